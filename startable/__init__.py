@@ -1,0 +1,53 @@
+"""Give any Python class an exact, race-free lifecycle.
+
+READY → STARTING → STARTED → STOPPING → STOPPED, driven by three decorators
+(:func:`as_raw_start`, :func:`as_raw_stop`, :func:`assert_state`) and
+:func:`of`, under structured concurrency on anyio (trio by default, asyncio
+too).
+"""
+
+from ._exceptions import AbortedError as AbortedError
+from ._exceptions import DefinitionError as DefinitionError
+from ._exceptions import NoOwnerError as NoOwnerError
+from ._exceptions import StartableError as StartableError
+from ._exceptions import StateError as StateError
+from ._exceptions import StoppedError as StoppedError
+from ._lifecycle import State as State
+from ._markers import as_raw_start as as_raw_start
+from ._markers import as_raw_stop as as_raw_stop
+from ._markers import assert_state as assert_state
+from ._owner import open_owner as open_owner
+from ._running import run as run
+from ._running import running as running
+from ._startable import Hook as Hook
+from ._startable import Startable as Startable
+from ._startable import StartableStatistics as StartableStatistics
+from ._startable import StateChange as StateChange
+from ._startable import of as of
+from ._util import fixup_module_metadata
+
+__all__ = (
+    "AbortedError",
+    "DefinitionError",
+    "Hook",
+    "NoOwnerError",
+    "StartableError",
+    "StartableStatistics",
+    "State",
+    "StateChange",
+    "StateError",
+    "Startable",
+    "StoppedError",
+    "as_raw_start",
+    "as_raw_stop",
+    "assert_state",
+    "of",
+    "open_owner",
+    "run",
+    "running",
+)
+
+__version__ = "0.1.0.dev0"
+
+fixup_module_metadata(__name__, __all__, globals())
+del fixup_module_metadata

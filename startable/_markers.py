@@ -1,0 +1,342 @@
+"""The three decorators, and how a class's raw hooks are found.
+
+``as_raw_start`` and ``as_raw_stop`` leave a small descriptor in the class body
+that behaves like the function it wraps; its ``__set_name__`` checks the class
+as soon as the class statement finishes, so misuse fails at definition time
+with the name ``Class.method``. ``assert_state`` wraps the method in a guard
+that reads the object's state and refuses to run the body in the wrong state.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import weakref
+from collections.abc import Callable, Coroutine
+from typing import Any, Final, NoReturn, TypeVar, overload
+
+import attrs
+
+from ._exceptions import DefinitionError, StateError
+from ._lifecycle import State, describe_states
+from ._registry import REGISTRY
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+START: Final = "raw start"
+STOP: Final = "raw stop"
+_GUARD_ATTR: Final = "__startable_guard__"
+
+
+class RawHook:
+    """What ``as_raw_start`` / ``as_raw_stop`` leave in the class body.
+
+    It behaves like the function it wraps (attribute access returns the usual
+    bound method), and records the role for the class's lifecycle.
+    """
+
+    __func__: Callable[..., Any]
+
+    def __init__(self, func: Callable[..., Any], role: str) -> None:
+        self.__func__ = func
+        self.role = role
+        functools.update_wrapper(self, func)
+
+    def __get__(self, obj: object, objtype: type | None = None) -> Any:
+        return self.__func__.__get__(obj, objtype)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        find_raw_hooks(owner)  # raises DefinitionError on conflicts
+
+    def __repr__(self) -> str:
+        return f"<{self.role} {self.__func__.__qualname__}>"
+
+
+def _where(func: Any) -> str:
+    return getattr(func, "__qualname__", None) or repr(func)
+
+
+def _check_method(func: Any, decorator: str) -> None:
+    """Refuse anything that is not a plain function defined in a class body."""
+    if isinstance(func, RawHook):
+        raise DefinitionError(
+            f"{_where(func.__func__)} is already marked as {func.role}; "
+            f"it cannot also be decorated with {decorator}"
+        )
+    if isinstance(func, staticmethod | classmethod | property):
+        kind = type(func).__name__
+        raise DefinitionError(
+            f"{decorator} cannot decorate a {kind} ({_where(getattr(func, '__func__', func))}); "
+            "it needs a plain method"
+        )
+    if not inspect.isfunction(func):
+        raise DefinitionError(f"{decorator} must decorate a method, not {func!r}")
+    qualname = func.__qualname__
+    if "." not in qualname or qualname.endswith(f"<locals>.{func.__name__}"):
+        raise DefinitionError(
+            f"{decorator} must decorate a method in a class body; "
+            f"{func.__module__}.{qualname} is not inside a class"
+        )
+    positional = [
+        p
+        for p in inspect.signature(func).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    if not positional:
+        raise DefinitionError(f"{qualname} takes no 'self'; {decorator} needs an instance method")
+
+
+def _required_after_self(func: Callable[..., Any]) -> list[inspect.Parameter]:
+    params = list(inspect.signature(func).parameters.values())[1:]
+    return [
+        p
+        for p in params
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+
+
+def as_raw_start(func: F) -> F:
+    """Mark the method that starts the object (its *raw start*).
+
+    The raw start runs once per cycle, when ``startable.of(obj).start()`` is
+    called in READY or STOPPED. It may be a coroutine function or a plain
+    function, and takes no arguments besides ``self``. If it raises, the
+    object's raw stop runs with that error and ``start()`` re-raises it.
+
+    Raises:
+        DefinitionError: at class definition, if the class already has a raw
+            start under another name, if the method is also marked as raw stop
+            or guarded, or if it is not a method defined in a class body.
+
+    Example::
+
+        class Server:
+            @startable.as_raw_start
+            async def _open(self) -> None:
+                self.listener = await anyio.create_tcp_listener(local_port=0)
+    """
+    _check_method(func, "as_raw_start")
+    if getattr(func, _GUARD_ATTR, None) is not None:
+        raise DefinitionError(f"{func.__qualname__} is guarded by assert_state; a raw start cannot be")
+    if extra := _required_after_self(func):
+        raise DefinitionError(
+            f"{func.__qualname__}: a raw start takes no arguments besides self, "
+            f"but it requires {', '.join(p.name for p in extra)}"
+        )
+    return RawHook(func, START)  # type: ignore[return-value]
+
+
+def as_raw_stop(func: F) -> F:
+    """Mark the method that stops the object (its *raw stop*).
+
+    The raw stop runs once per cycle: after a successful start, when the object
+    is stopped, and after a failed raw start, with that error. If it declares a
+    parameter besides ``self``, it receives the stop reason (an exception, or
+    None for a plain ``stop()``). Whatever it does, the object ends STOPPED; if
+    it raises, ``stop()`` raises that error.
+
+    Raises:
+        DefinitionError: at class definition, on the same misuses as
+            :func:`as_raw_start`, or if it requires more than one argument.
+
+    Example::
+
+        class Server:
+            @startable.as_raw_stop
+            async def _close(self, err: BaseException | None) -> None:
+                await self.listener.aclose()
+    """
+    _check_method(func, "as_raw_stop")
+    if getattr(func, _GUARD_ATTR, None) is not None:
+        raise DefinitionError(f"{func.__qualname__} is guarded by assert_state; a raw stop cannot be")
+    if len(extra := _required_after_self(func)) > 1:
+        raise DefinitionError(
+            f"{func.__qualname__}: a raw stop takes at most one argument besides self "
+            f"(the stop reason), but it requires {', '.join(p.name for p in extra)}"
+        )
+    return RawHook(func, STOP)  # type: ignore[return-value]
+
+
+@overload
+def assert_state(func: F, /) -> F: ...
+@overload
+def assert_state(*states: State) -> Callable[[F], F]: ...
+def assert_state(*states: Any) -> Any:
+    """Guard a method so that it only runs in the given states (default STARTED).
+
+    Called in any other state, the method raises :class:`StateError` and its
+    body does not run. Works on coroutine functions (checked when the call is
+    awaited, before the body starts) and plain functions (checked when called).
+    An object whose lifecycle was never touched counts as READY.
+
+    ``@assert_state`` without parentheses means ``@assert_state()``.
+
+    Args:
+        *states: the states in which the method may run.
+
+    Raises:
+        DefinitionError: if an argument is not a ``State``, or the decorated
+            object is not a method (or is already a raw hook or guarded).
+
+    Example::
+
+        class Cache:
+            @startable.assert_state()
+            async def get(self, key: str) -> bytes: ...
+
+            @startable.assert_state(State.STARTED, State.STOPPING)
+            def size(self) -> int: ...
+    """
+    if len(states) == 1 and not isinstance(states[0], State) and callable(states[0]):
+        return assert_state()(states[0])
+    for state in states:
+        if not isinstance(state, State):
+            raise DefinitionError(f"assert_state() takes State members, got {state!r}")
+    allowed = frozenset(states) if states else frozenset({State.STARTED})
+    return functools.partial(_guard, allowed=allowed)
+
+
+def _guard(func: F, *, allowed: frozenset[State]) -> F:
+    _check_method(func, "assert_state")
+    if getattr(func, _GUARD_ATTR, None) is not None:
+        raise DefinitionError(f"{func.__qualname__} is already guarded by assert_state")
+    lookup = REGISTRY.get
+    ready = State.READY
+
+    def refuse(self: object, state: State) -> NoReturn:
+        raise StateError(
+            f"{type(self).__qualname__}.{func.__name__}() needs the object to be "
+            f"{describe_states(allowed)}, but it is {state.name}",
+            actual=state,
+            expected=allowed,
+        )
+
+    # The checks are written out per case: this wrapper is on users' hot paths.
+    guarded: Callable[..., Any]
+    if len(allowed) == 1:
+        (only,) = allowed
+        if inspect.iscoroutinefunction(func):
+            coro_func: Callable[..., Coroutine[Any, Any, Any]] = func
+
+            async def guarded(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+                s = lookup(id(self))
+                state = ready if s is None else s._state
+                if state is not only:
+                    refuse(self, state)
+                return await coro_func(self, *args, **kwargs)
+        else:
+
+            def guarded(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+                s = lookup(id(self))
+                state = ready if s is None else s._state
+                if state is not only:
+                    refuse(self, state)
+                return func(self, *args, **kwargs)
+    elif inspect.iscoroutinefunction(func):
+        coro_func = func
+
+        async def guarded(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+            s = lookup(id(self))
+            state = ready if s is None else s._state
+            if state not in allowed:
+                refuse(self, state)
+            return await coro_func(self, *args, **kwargs)
+    else:
+
+        def guarded(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+            s = lookup(id(self))
+            state = ready if s is None else s._state
+            if state not in allowed:
+                refuse(self, state)
+            return func(self, *args, **kwargs)
+
+    functools.update_wrapper(guarded, func)
+    setattr(guarded, _GUARD_ATTR, allowed)
+    return guarded  # type: ignore[return-value]
+
+
+def guarded_states(func: object) -> frozenset[State] | None:
+    """The states a guarded method allows, or None if it is not guarded."""
+    return getattr(func, _GUARD_ATTR, None)
+
+
+def find_raw_hooks(cls: type) -> dict[str, str]:
+    """Map each role to the attribute name of that raw hook on ``cls``.
+
+    The nearest class in the MRO that marks a role decides its name; a
+    subclass overrides a raw hook by defining a method with the same name
+    (decorated or not). Marking a second method for a role that the class or
+    a base already has is an error.
+
+    Raises:
+        DefinitionError: naming the two conflicting methods.
+    """
+    found: dict[str, tuple[str, type]] = {}
+    for klass in cls.__mro__:
+        for name, value in vars(klass).items():
+            if not isinstance(value, RawHook):
+                continue
+            if value.role not in found:
+                found[value.role] = (name, klass)
+                continue
+            first_name, first_class = found[value.role]
+            if first_name == name:
+                continue  # overridden further down the MRO
+            if first_class is klass:
+                raise DefinitionError(
+                    f"{klass.__qualname__} has two {value.role}s: "
+                    f"{klass.__qualname__}.{first_name} and {klass.__qualname__}.{name}"
+                )
+            raise DefinitionError(
+                f"{first_class.__qualname__}.{first_name} is marked as {value.role}, but "
+                f"{klass.__qualname__}.{name} already is; override {name} instead"
+            )
+    return {role: name for role, (name, _) in found.items()}
+
+
+@attrs.frozen
+class ClassSpec:
+    """How to drive the lifecycle of instances of one class."""
+
+    start: str | None
+    stop: str | None
+    stop_takes_err: bool
+
+
+_SPECS: weakref.WeakKeyDictionary[type, ClassSpec] = weakref.WeakKeyDictionary()
+
+
+def takes_reason(func: Callable[..., Any], *, bound: bool) -> bool:
+    """Whether a raw stop declares a parameter for the stop reason."""
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):  # some builtins have no signature
+        return False
+    if not bound:
+        params = params[1:]
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
+
+
+def spec_for(cls: type) -> ClassSpec:
+    """The (cached) lifecycle description of ``cls``.
+
+    Raises:
+        TypeError: if ``cls`` has no raw start, raw stop or guarded method.
+        DefinitionError: on conflicting raw hooks.
+    """
+    spec = _SPECS.get(cls)
+    if spec is not None:
+        return spec
+    hooks = find_raw_hooks(cls)
+    if not hooks and not any(
+        guarded_states(value) is not None for klass in cls.__mro__ for value in vars(klass).values()
+    ):
+        raise TypeError(
+            f"{cls.__qualname__} has no lifecycle: mark a method with startable.as_raw_start "
+            "or startable.as_raw_stop (or guard one with startable.assert_state)"
+        )
+    stop = hooks.get(STOP)
+    stop_takes_err = stop is not None and takes_reason(getattr(cls, stop), bound=False)
+    spec = ClassSpec(start=hooks.get(START), stop=stop, stop_takes_err=stop_takes_err)
+    _SPECS[cls] = spec
+    return spec

@@ -1,0 +1,338 @@
+"""Owners: who holds the tasks of a lifecycle, and who stops what is left.
+
+An owner is either a running cycle of a service (so a service owns what its
+raw start starts) or an ``open_owner()`` block. All tasks physically live in
+the anyio task group of the outermost ``open_owner()``; each has its own
+cancel scope so an owner can cancel and await exactly its own tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import sniffio
+
+from ._exceptions import StateError
+from ._lifecycle import State
+
+if TYPE_CHECKING:
+    from ._startable import Startable
+
+#: The owner that lifecycles started by the current code belong to.
+current_owner: ContextVar[Owner | None] = ContextVar("startable_owner", default=None)
+#: The cycles whose raw start or raw stop the current code runs inside, innermost first.
+raw_frames: ContextVar[tuple[Owner, Any] | None] = ContextVar("startable_raw", default=None)
+
+
+def inside_raw(owner: Owner) -> bool:
+    """Whether the current code runs inside a raw start/stop of ``owner``'s cycle."""
+    frame = raw_frames.get()
+    while frame is not None:
+        if frame[0] is owner:
+            return True
+        frame = frame[1]
+    return False
+
+
+def combine(errors: list[Exception], message: str) -> Exception | None:
+    """None, the only error, or an ExceptionGroup of several."""
+    if not errors:
+        return None
+    if len(errors) == 1:
+        return errors[0]
+    return ExceptionGroup(message, errors)
+
+
+class Task:
+    """One task spawned for an owner."""
+
+    __slots__ = ("cancelled", "runner", "scope")
+
+    def __init__(self, runner: bool) -> None:
+        self.runner = runner  # runs the stop of a lifecycle the owner holds
+        self.cancelled = False
+        self.scope: anyio.CancelScope | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+class _Status:
+    """Passed to a task started with ``start_task``; records ``started()``."""
+
+    __slots__ = ("_inner", "done")
+
+    def __init__(self, inner: anyio.abc.TaskStatus[Any]) -> None:
+        self._inner = inner
+        self.done = False
+
+    def started(self, value: Any = None) -> None:
+        self.done = True
+        self._inner.started(value)
+
+
+def backend_checkpoint() -> Callable[[], Awaitable[None]]:
+    """The current backend's checkpoint, resolved once.
+
+    ``anyio.lowlevel.checkpoint`` looks the backend up on every call, which
+    costs as much as the rest of a no-op lifecycle cycle on trio.
+    """
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return trio.lowlevel.checkpoint
+    return anyio.lowlevel.checkpoint
+
+
+class Owner:
+    """Something that owns lifecycles and tasks."""
+
+    __slots__ = ("_idle", "checkpoint", "children", "closing", "parent", "task_group", "tasks")
+
+    def __init__(
+        self,
+        parent: Owner | None,
+        task_group: anyio.abc.TaskGroup,
+        checkpoint: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.parent = parent
+        self.task_group = task_group
+        self.checkpoint = checkpoint
+        self.children: dict[Startable, None] | None = None
+        self.tasks: dict[Task, None] | None = None
+        self.closing = False
+        self._idle: anyio.Event | None = None
+
+    # -- what subclasses say about themselves -------------------------------
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def crash(self, exc: Exception) -> None:
+        """Handle an error from one of this owner's tasks."""
+        raise NotImplementedError
+
+    def record(self, exc: Exception) -> None:
+        """Keep an error raised while this owner closes."""
+        raise NotImplementedError
+
+    # -- bookkeeping --------------------------------------------------------
+
+    def encloses(self, other: Owner | None) -> bool:
+        """Whether ``other`` is this owner or one of its descendants."""
+        while other is not None:
+            if other is self:
+                return True
+            other = other.parent
+        return False
+
+    def adopt(self, startable: Startable) -> None:
+        if self.children is None:
+            self.children = {}
+        self.children[startable] = None
+
+    def release(self, startable: Startable) -> None:
+        if self.children is not None:
+            self.children.pop(startable, None)
+
+    # -- tasks --------------------------------------------------------------
+
+    def spawn(
+        self,
+        func: Callable[..., Awaitable[Any]],
+        *args: Any,
+        name: object = None,
+        runner: bool = False,
+    ) -> Task:
+        """Run ``func(*args)`` as a task of this owner."""
+        if self.closing and not runner:
+            self._refuse_tasks()
+        task = Task(runner)
+        if self.tasks is None:
+            self.tasks = {}
+        self.tasks[task] = None
+        self.task_group.start_soon(self._run, task, func, args, name=name)
+        return task
+
+    def _refuse_tasks(self) -> None:
+        raise StateError(
+            f"{self.describe()} is stopping and takes no new tasks",
+            actual=State.STOPPING,
+            expected=(State.STARTING, State.STARTED, State.STOPPING),
+        )
+
+    async def _run(self, task: Task, func: Callable[..., Awaitable[Any]], args: Iterable[Any]) -> None:
+        current_owner.set(self)
+        raw_frames.set(None)
+        try:
+            with anyio.CancelScope() as task.scope:
+                if task.cancelled:
+                    task.scope.cancel()
+                try:
+                    await func(*args)
+                except Exception as exc:
+                    self.crash(exc)
+        finally:
+            self._done(task)
+
+    async def start_task(self, func: Callable[..., Awaitable[Any]], *args: Any, name: object) -> Any:
+        """Run ``func(*args, task_status=...)`` and wait for it to call ``started()``."""
+        if self.closing:
+            self._refuse_tasks()
+        task = Task(False)
+        if self.tasks is None:
+            self.tasks = {}
+        self.tasks[task] = None
+        return await self.task_group.start(self._run_started, task, func, args, name=name)
+
+    async def _run_started(
+        self,
+        task: Task,
+        func: Callable[..., Awaitable[Any]],
+        args: Iterable[Any],
+        *,
+        task_status: anyio.abc.TaskStatus[Any],
+    ) -> None:
+        current_owner.set(self)
+        raw_frames.set(None)
+        status = _Status(task_status)
+        try:
+            with anyio.CancelScope() as task.scope:
+                if task.cancelled:
+                    task.scope.cancel()
+                try:
+                    await func(*args, task_status=status)
+                except Exception as exc:
+                    if not status.done:
+                        raise  # to the caller of start_task()
+                    self.crash(exc)
+        finally:
+            self._done(task)
+
+    def _done(self, task: Task) -> None:
+        assert self.tasks is not None
+        del self.tasks[task]
+        if self._idle is not None:
+            self._idle.set()
+
+    async def _cancel_tasks(self, *, runners: bool) -> None:
+        """Cancel this owner's tasks (runners only if asked) and wait for all to end.
+
+        The wait is shielded: every task waited for has been cancelled, or is a
+        runner finishing a stop, so this is the same wait a nursery does.
+        """
+        if not self.tasks:
+            return
+        for task in list(self.tasks):
+            if runners or not task.runner:
+                task.cancel()
+        with anyio.CancelScope(shield=True):
+            while self.tasks:
+                self._idle = anyio.Event()
+                await self._idle.wait()
+        self._idle = None
+
+    async def close(self, interrupted: BaseException | None) -> BaseException | None:
+        """End everything this owner holds.
+
+        Cancels the owner's tasks, then stops the lifecycles it holds that are
+        still running, newest first, then waits for every task. Errors are
+        kept with :meth:`record`. If the close runs (or becomes) cancelled,
+        the stops are forced; the cancellation is returned so the caller can
+        re-raise it once everything has ended.
+        """
+        cancelled = anyio.get_cancelled_exc_class()
+        self.closing = True
+        await self._cancel_tasks(runners=False)
+        if self.children:
+            for child in reversed(list(self.children)):
+                try:
+                    await child._stop_by_owner()
+                except cancelled as exc:
+                    interrupted = exc
+                except Exception as exc:
+                    exc.add_note(f"raised while {self.describe()} stopped {child!r}, left running")
+                    self.record(exc)
+        await self._cancel_tasks(runners=interrupted is not None)
+        return interrupted
+
+
+class Root(Owner):
+    """The owner opened by ``open_owner()``."""
+
+    __slots__ = ("body", "errors")
+
+    def __init__(self, task_group: anyio.abc.TaskGroup) -> None:
+        super().__init__(None, task_group, backend_checkpoint())
+        self.body = anyio.CancelScope()
+        self.errors: list[Exception] = []
+
+    def describe(self) -> str:
+        return "open_owner()"
+
+    def crash(self, exc: Exception) -> None:
+        self.errors.append(exc)
+        self.body.cancel()
+
+    def record(self, exc: Exception) -> None:
+        self.errors.append(exc)
+
+
+@asynccontextmanager
+async def open_owner() -> AsyncIterator[None]:
+    """Own every lifecycle started in the body, and its tasks.
+
+    Lifecycles started inside the block (and not inside another service)
+    belong to it: their stops that begin on their own, their background tasks
+    and their async on_stopping hooks run in tasks of this block. On exit,
+    whatever is still running is stopped, newest first, and every task is
+    awaited. :func:`startable.running` and :func:`startable.run` open one for
+    you; use this directly to start several services by hand.
+
+    If a task of the block fails (for example a stop that began on its own
+    raised and nobody was waiting for it), the body is cancelled and the error
+    is raised on exit. Errors from the body and from closing come out as the
+    single error, or as an ``ExceptionGroup`` when there are several.
+
+    Example::
+
+        async with startable.open_owner():
+            await startable.of(db).start()
+            await startable.of(web).start()
+            ...
+        # web, then db, have been stopped here
+    """
+    cancelled = anyio.get_cancelled_exc_class()
+    body_error: BaseException | None = None
+    async with anyio.create_task_group() as task_group:
+        root = Root(task_group)
+        token = current_owner.set(root)
+        try:
+            with root.body:
+                yield
+        except BaseException as exc:
+            body_error = exc
+        finally:
+            current_owner.reset(token)
+        interrupted = await root.close(body_error if isinstance(body_error, cancelled) else None)
+    # Raised outside the task group, which would wrap them in an ExceptionGroup.
+    errors: list[Exception] = []
+    if isinstance(body_error, Exception):
+        errors.append(body_error)
+    errors.extend(root.errors)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ExceptionGroup("errors in startable.open_owner()", errors)
+    if body_error is not None:
+        raise body_error
+    if interrupted is not None:
+        raise interrupted

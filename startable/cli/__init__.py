@@ -1,0 +1,127 @@
+"""The ``startable`` command.
+
+``startable run MODULE:ATTR`` starts an object (or what a zero-argument
+factory returns), logs its state changes, and stops it on SIGINT or SIGTERM.
+MODULE is a dotted module name, importable from the current directory, or a
+path to a ``.py`` file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from .. import _running
+from .._markers import spec_for
+
+__all__ = ("load_target", "main")
+
+EXIT_USAGE = 2
+
+
+class TargetError(Exception):
+    """The MODULE:ATTR given on the command line cannot be used."""
+
+
+def _import(module_name: str) -> object:
+    if module_name.endswith(".py") or os.sep in module_name:
+        path = os.path.abspath(module_name)
+        if not os.path.isfile(path):
+            raise TargetError(f"no such file: {module_name}")
+        name = os.path.splitext(os.path.basename(path))[0]
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:  # pragma: no cover - not a .py file
+            raise TargetError(f"cannot load {module_name}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return importlib.import_module(module_name)
+
+
+def _has_lifecycle(obj: object) -> bool:
+    try:
+        spec_for(type(obj))
+    except TypeError:
+        return False
+    return True
+
+
+def load_target(target: str) -> object:
+    """Import ``MODULE:ATTR`` and return the object to run.
+
+    If ATTR names something without a lifecycle that is callable (a class,
+    a factory function), it is called with no arguments.
+
+    Raises:
+        TargetError: with a message that says what is wrong.
+    """
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise TargetError(f"expected MODULE:ATTR, got {target!r}")
+    try:
+        obj = _import(module_name)
+    except TargetError:
+        raise
+    except ImportError as exc:
+        raise TargetError(f"cannot import {module_name!r}: {exc}") from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise TargetError(f"{module_name!r} has no attribute {attr!r}") from None
+    if _has_lifecycle(obj):
+        return obj
+    if not callable(obj):
+        raise TargetError(f"{target} is neither a startable object nor a factory: {obj!r}")
+    made = obj()
+    if not _has_lifecycle(made):
+        raise TargetError(f"{target}() returned {made!r}, which has no lifecycle")
+    return made
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="startable", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run",
+        help="run one startable object until SIGINT or SIGTERM",
+        description="Start MODULE:ATTR, log its state changes, stop it on SIGINT/SIGTERM "
+        "(a second SIGINT forces). Exit code 0 only on a clean stop.",
+    )
+    run.add_argument("target", metavar="MODULE:ATTR", help="an object, or a zero-argument factory")
+    run.add_argument("--backend", choices=("trio", "asyncio"), default="trio")
+    run.add_argument("--start-timeout", type=float, metavar="SECONDS", default=None)
+    run.add_argument("--stop-timeout", type=float, metavar="SECONDS", default=None)
+    run.add_argument(
+        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``startable`` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        obj = load_target(args.target)
+    except TargetError as exc:
+        print(f"startable: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return _running.run(
+        obj,
+        backend=args.backend,
+        start_timeout=args.start_timeout,
+        stop_timeout=args.stop_timeout,
+    )
