@@ -34,6 +34,7 @@ class Probe:
         self.in_start = False
         self.in_stop = False
         self.on_start: Callable[[], Any] | None = None
+        self.on_stop: Callable[[], Any] | None = None
 
     def __repr__(self) -> str:
         return f"Probe({self.name})"
@@ -64,6 +65,8 @@ class Probe:
         self.stop_reasons.append(err)
         self.log.append((self.name, "stop", err))
         self.stop_entered.set()
+        if self.on_stop is not None:
+            self.on_stop()
         try:
             if self.stop_gate is not None:
                 await self.stop_gate.wait()
