@@ -1,0 +1,74 @@
+"""Services for the CLI tests, run in a child process by ``startable run``."""
+
+from __future__ import annotations
+
+import anyio
+
+import startable
+
+
+class Quick:
+    """Starts and waits for a signal."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        pass
+
+    @startable.as_raw_stop
+    async def _stop(self) -> None:
+        pass
+
+
+class HangingStop:
+    """A raw stop that never returns: only a forced stop ends it."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        pass
+
+    @startable.as_raw_stop
+    async def _stop(self) -> None:
+        await anyio.sleep_forever()
+
+
+class HangingStart:
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        await anyio.sleep_forever()
+
+
+class FailingStart:
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        raise OSError("port 80 is taken")
+
+
+class Crashes:
+    """Crashes from a background task shortly after starting."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        startable.of(self).start_soon(self._crash)
+
+    async def _crash(self) -> None:
+        await anyio.sleep(0.05)
+        raise RuntimeError("lost the upstream connection")
+
+
+class FinishesOnItsOwn:
+    """A job: stops itself, without a reason, once its work is done."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        startable.of(self).start_soon(self._work)
+
+    async def _work(self) -> None:
+        await anyio.sleep(0.05)
+        startable.of(self).stop_nowait()
+
+
+def make_quick() -> Quick:
+    return Quick()
+
+
+not_startable = 42

@@ -1,0 +1,157 @@
+"""``startable run`` in a real child process, driven by real signals."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import pytest
+from anyio.streams.text import TextReceiveStream
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = "tests/cli_targets.py"
+
+pytestmark = pytest.mark.anyio
+
+
+class Cli:
+    """A running ``startable run`` process and the stderr it printed so far."""
+
+    def __init__(self, process: anyio.abc.Process) -> None:
+        self.process = process
+        assert process.stderr is not None
+        self._lines = TextReceiveStream(process.stderr)
+        self.output = ""
+
+    async def wait_for(self, marker: str) -> None:
+        while marker not in self.output:
+            self.output += await self._lines.receive()
+
+    async def finish(self) -> int:
+        async for chunk in self._lines:
+            self.output += chunk
+        return await self.process.wait()
+
+
+async def run_cli(*args: str) -> Cli:
+    process = await anyio.open_process(
+        [sys.executable, "-m", "startable", "run", *args],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+    return Cli(process)
+
+
+async def cli_exit(cli: Cli) -> int:
+    try:
+        return await cli.finish()
+    finally:
+        if cli.process.returncode is None:
+            cli.process.kill()
+            await cli.process.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_quick_start_service_stops_cleanly_on_signal(signum: int) -> None:
+    with anyio.fail_after(30):
+        cli = await run_cli("examples/hello.py:Heartbeat")
+        try:
+            await cli.wait_for("STARTED")
+            cli.process.send_signal(signum)
+        finally:
+            code = await cli_exit(cli)
+    assert code == 0, cli.output
+    for state in ("STARTING", "STARTED", "STOPPING", "STOPPED"):
+        assert state in cli.output
+    assert signal.Signals(signum).name in cli.output
+
+
+async def test_second_sigint_forces_a_hanging_stop() -> None:
+    with anyio.fail_after(30):
+        cli = await run_cli(f"{TARGETS}:HangingStop")
+        try:
+            await cli.wait_for("STARTED")
+            cli.process.send_signal(signal.SIGINT)
+            await cli.wait_for("press Ctrl-C again")
+            cli.process.send_signal(signal.SIGINT)
+        finally:
+            code = await cli_exit(cli)
+    assert code == 130, cli.output
+    assert "forcing" in cli.output
+    assert "STOPPED" in cli.output
+
+
+async def test_stop_timeout_forces_and_fails() -> None:
+    with anyio.fail_after(30):
+        cli = await run_cli(f"{TARGETS}:HangingStop", "--stop-timeout", "0.2")
+        try:
+            await cli.wait_for("STARTED")
+            cli.process.send_signal(signal.SIGTERM)
+        finally:
+            code = await cli_exit(cli)
+    assert code == 1, cli.output
+    assert "took more than 0.2s" in cli.output
+
+
+async def test_start_timeout_abandons_the_start() -> None:
+    with anyio.fail_after(30):
+        code = await cli_exit(await run_cli(f"{TARGETS}:HangingStart", "--start-timeout", "0.2"))
+    assert code == 1
+
+
+async def test_failing_start_exits_1_with_the_error() -> None:
+    with anyio.fail_after(30):
+        cli = await run_cli(f"{TARGETS}:FailingStart")
+        code = await cli_exit(cli)
+    assert code == 1
+    assert "port 80 is taken" in cli.output
+
+
+async def test_crash_after_start_exits_1_with_the_reason() -> None:
+    with anyio.fail_after(30):
+        cli = await run_cli(f"{TARGETS}:Crashes", "--backend", "asyncio")
+        code = await cli_exit(cli)
+    assert code == 1
+    assert "lost the upstream connection" in cli.output
+
+
+async def test_job_that_finishes_on_its_own_exits_0() -> None:
+    with anyio.fail_after(30):
+        cli = await run_cli(f"{TARGETS}:FinishesOnItsOwn")
+        code = await cli_exit(cli)
+    assert code == 0, cli.output
+
+
+async def test_factory_and_module_syntax() -> None:
+    with anyio.fail_after(30):
+        cli = await run_cli("tests.cli_targets:make_quick")
+        try:
+            await cli.wait_for("STARTED")
+            cli.process.send_signal(signal.SIGINT)
+        finally:
+            code = await cli_exit(cli)
+    assert code == 0, cli.output
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("no_colon", "expected MODULE:ATTR"),
+        ("tests.cli_targets:Missing", "has no attribute 'Missing'"),
+        ("no_such_module_xyz:App", "cannot import 'no_such_module_xyz'"),
+        ("missing/file.py:App", "no such file"),
+        (f"{TARGETS}:not_startable", "neither a startable object nor a factory"),
+        (f"{TARGETS}:Cli", "has no attribute"),
+    ],
+)
+async def test_bad_targets_exit_2_with_a_clear_message(target: str, message: str) -> None:
+    with anyio.fail_after(30):
+        cli = await run_cli(target)
+        code = await cli_exit(cli)
+    assert code == 2
+    assert message in cli.output

@@ -1,0 +1,64 @@
+"""Every file in examples/ is run: as a script, and in-process on each backend."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import anyio
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+EXPECTED = {
+    "first_service.py": ["echoed: hello", "last words: server closing", "refused:"],
+    "composition.py": ["database: connected", "cache: 128 slots ready", "database: disconnected"],
+    "aggregation.py": ["pool started once", "orders: stopped because ConnectionError"],
+    "spontaneous_stop.py": ["the dashboard stopped on its own"],
+    "background_tasks.py": ["first ticket: 100", "background tasks alive: 0"],
+}
+# Run by tests/test_cli.py through `startable run`.
+RUN_BY_CLI = {"hello.py"}
+
+
+def test_every_example_is_covered() -> None:
+    on_disk = {path.name for path in EXAMPLES.glob("*.py")}
+    assert on_disk == set(EXPECTED) | RUN_BY_CLI
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_runs_as_a_script(name: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    for expected in EXPECTED[name]:
+        assert expected in result.stdout, result.stdout
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name[:-3]}", EXAMPLES / name)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+async def test_example_main_on_each_backend(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    module = load(name)
+    with anyio.fail_after(10):
+        await module.main()
+    out = capsys.readouterr().out
+    for expected in EXPECTED[name]:
+        assert expected in out

@@ -1,0 +1,97 @@
+"""The public face: exports, module names, and the import layering."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import startable
+import startable.cli
+
+ROOT = Path(__file__).resolve().parent.parent
+# __main__.py is the `python -m startable` entry point, never imported by `import startable`.
+CORE_MODULES = sorted(p for p in (ROOT / "startable").glob("*.py") if p.name != "__main__.py")
+UPPER_LAYERS = ("cli", "testing", "cluster")
+
+
+def test_all_is_a_tuple_of_existing_names() -> None:
+    assert isinstance(startable.__all__, tuple)
+    assert len(set(startable.__all__)) == len(startable.__all__)
+    for name in startable.__all__:
+        assert hasattr(startable, name), name
+    public = {
+        n for n, v in vars(startable).items() if not n.startswith("_") and not isinstance(v, ModuleType)
+    }
+    assert public == set(startable.__all__)
+
+
+def test_public_objects_report_the_public_module() -> None:
+    for name in startable.__all__:
+        obj = getattr(startable, name)
+        module = getattr(obj, "__module__", "startable")
+        if callable(obj) and not isinstance(obj, type(startable.Hook)):
+            assert module == "startable", (name, module)
+
+
+def test_fixed_names_from_the_issue() -> None:
+    assert [s.name for s in startable.State] == [
+        "READY",
+        "STARTING",
+        "STARTED",
+        "STOPPING",
+        "STOPPED",
+    ]
+    assert issubclass(startable.StateError, startable.StartableError)
+    for error in (
+        startable.StateError,
+        startable.DefinitionError,
+        startable.NoOwnerError,
+        startable.AbortedError,
+        startable.StoppedError,
+    ):
+        assert issubclass(error, startable.StartableError)
+        assert error.__doc__
+
+
+def _imports(path: Path) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            prefix = "." * node.level + (node.module or "")
+            names.append(prefix)
+            names.extend(f"{prefix}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_core_modules_never_import_upper_layers() -> None:
+    assert CORE_MODULES
+    for path in CORE_MODULES:
+        for name in _imports(path):
+            parts = name.replace("startable.", ".").lstrip(".").split(".")
+            assert parts[0] not in UPPER_LAYERS, (path.name, name)
+
+
+def test_importing_the_core_alone_loads_nothing_above_it() -> None:
+    code = (
+        "import sys, startable\n"
+        "mods = sorted(m for m in sys.modules if m.startswith('startable'))\n"
+        "heavy = sorted(m for m in ('rich', 'hypothesis', 'redis', 'coredis', 'psutil') "
+        "if m in sys.modules)\n"
+        "print(mods); print(heavy)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    modules_line, heavy_line = result.stdout.splitlines()
+    modules = eval(modules_line)
+    assert all(m == "startable" or m.startswith("startable._") for m in modules), modules
+    assert eval(heavy_line) == []
+
+
+def test_cli_exports() -> None:
+    assert startable.cli.__all__ == ("load_target", "main")
