@@ -169,4 +169,3 @@ def render_table() -> str:
             cells.append(text)
         body.append(f"| {state.name} | {cells[0]} | {cells[1]} |\n")
     return header + "".join(body)
-

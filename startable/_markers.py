@@ -13,7 +13,7 @@ import functools
 import inspect
 import weakref
 from collections.abc import Callable, Coroutine
-from typing import Any, Final, NoReturn, TypeVar, overload
+from typing import Any, Final, NoReturn, TypeVar, cast, overload
 
 import attrs
 
@@ -40,7 +40,7 @@ class RawHook:
     def __init__(self, func: Callable[..., Any], role: str) -> None:
         self.__func__ = func
         self.role = role
-        functools.update_wrapper(self, func)
+        functools.update_wrapper(cast(Any, self), func)
 
     def __get__(self, obj: object, objtype: type | None = None) -> Any:
         return self.__func__.__get__(obj, objtype)
@@ -117,7 +117,9 @@ def as_raw_start(func: F) -> F:
     """
     _check_method(func, "as_raw_start")
     if getattr(func, _GUARD_ATTR, None) is not None:
-        raise DefinitionError(f"{func.__qualname__} is guarded by assert_state; a raw start cannot be")
+        raise DefinitionError(
+            f"{func.__qualname__} is guarded by assert_state; a raw start cannot be"
+        )
     if extra := _required_after_self(func):
         raise DefinitionError(
             f"{func.__qualname__}: a raw start takes no arguments besides self, "
@@ -148,7 +150,9 @@ def as_raw_stop(func: F) -> F:
     """
     _check_method(func, "as_raw_stop")
     if getattr(func, _GUARD_ATTR, None) is not None:
-        raise DefinitionError(f"{func.__qualname__} is guarded by assert_state; a raw stop cannot be")
+        raise DefinitionError(
+            f"{func.__qualname__} is guarded by assert_state; a raw stop cannot be"
+        )
     if len(extra := _required_after_self(func)) > 1:
         raise DefinitionError(
             f"{func.__qualname__}: a raw stop takes at most one argument besides self "
@@ -314,7 +318,9 @@ def takes_reason(func: Callable[..., Any], *, bound: bool) -> bool:
         return False
     if not bound:
         params = params[1:]
-    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
+    return any(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params
+    )
 
 
 def spec_for(cls: type) -> ClassSpec:

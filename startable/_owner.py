@@ -169,7 +169,9 @@ class Owner:
             expected=(State.STARTING, State.STARTED, State.STOPPING),
         )
 
-    async def _run(self, task: Task, func: Callable[..., Awaitable[Any]], args: Iterable[Any]) -> None:
+    async def _run(
+        self, task: Task, func: Callable[..., Awaitable[Any]], args: Iterable[Any]
+    ) -> None:
         current_owner.set(self)
         raw_frames.set(None)
         try:
@@ -183,7 +185,9 @@ class Owner:
         finally:
             self._done(task)
 
-    async def start_task(self, func: Callable[..., Awaitable[Any]], *args: Any, name: object) -> Any:
+    async def start_task(
+        self, func: Callable[..., Awaitable[Any]], *args: Any, name: object
+    ) -> Any:
         """Run ``func(*args, task_status=...)`` and wait for it to call ``started()``."""
         if self.closing:
             self._refuse_tasks()

@@ -66,7 +66,9 @@ async def running(obj: T) -> AsyncIterator[T]:
         if on_its_own:
             reason = on_its_own[0]
             if reason is None:
-                reason = StoppedError(f"{lifecycle!r} stopped on its own while running() was active")
+                reason = StoppedError(
+                    f"{lifecycle!r} stopped on its own while running() was active"
+                )
             if not isinstance(reason, Exception):
                 raise reason
             errors.append(reason)
@@ -158,7 +160,9 @@ async def _serve(
 
                 watchers.start_soon(watch_signals)
                 with force:
-                    code = await _main(lifecycle, wake, signalled, force, start_timeout, stop_timeout)
+                    code = await _main(
+                        lifecycle, wake, signalled, force, start_timeout, stop_timeout
+                    )
                 watchers.cancel_scope.cancel()
     finally:
         unsubscribe()
@@ -182,7 +186,7 @@ async def _main(
         wake.set()
 
     async def stop(label: str) -> bool:
-        with anyio.move_on_after(stop_timeout) as scope:
+        with anyio.move_on_after(stop_timeout):
             try:
                 await lifecycle.stop()
             except Exception:

@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 from types import CoroutineType, MethodType
-from typing import Any, Final, TypeAlias, final
+from typing import Any, Final, TypeAlias, TypeGuard, cast, final
 
 import anyio
 import anyio.lowlevel
@@ -237,7 +237,9 @@ class Startable:
     def __repr__(self) -> str:
         if self._ref is not None:
             obj = self._ref()
-            label = f"{type(obj).__qualname__} at {id(obj):#x}" if obj is not None else "<collected>"
+            label = (
+                f"{type(obj).__qualname__} at {id(obj):#x}" if obj is not None else "<collected>"
+            )
         else:
             label = self._name or f"at {id(self):#x}"
         cycle = self._cycle
@@ -508,7 +510,7 @@ class Startable:
         if type(spec) is _FuncSpec:
             return spec.start
         assert isinstance(spec, ClassSpec)
-        return None if spec.start is None else getattr(target, spec.start)  # type: ignore[no-any-return]
+        return None if spec.start is None else getattr(target, spec.start)
 
     def _call_raw_stop(self, target: object, reason: BaseException | None) -> object:
         spec = self._spec
@@ -547,7 +549,7 @@ class Startable:
             if raw_start is not None:
                 result = raw_start()
                 if type(result) is CoroutineType or _isawaitable(result):
-                    await result
+                    await cast(Awaitable[object], result)
         except BaseException as exc:
             current_owner.reset(owner_token)
             raw_frames.reset(frame_token)
@@ -587,7 +589,8 @@ class Startable:
         assert cycle is not None
         if inside_raw(cycle):
             raise StateError(
-                f"start() of {self!r} was awaited inside its own raw start and would wait for itself",
+                f"start() of {self!r} was awaited inside its own raw start "
+                "and would wait for itself",
                 actual=STARTING,
                 expected=(READY, STARTED, STOPPED),
             )
@@ -612,7 +615,7 @@ class Startable:
             try:
                 if type(hook) is MethodType and hook.__func__ is _STOP:
                     # `startable.of(parent).stop`: begin the parent's stop now.
-                    hook.__self__.stop_nowait(reason)
+                    cast(Startable, hook.__self__).stop_nowait(reason)
                     continue
                 result = hook(reason)
                 if _isawaitable(result):
@@ -625,7 +628,9 @@ class Startable:
 
     def _spawn_runner(self, cycle: _Cycle) -> None:
         assert cycle.parent is not None
-        cycle.runner = cycle.parent.spawn(self._stop_runner, cycle, runner=True, name=f"stop {self!r}")
+        cycle.runner = cycle.parent.spawn(
+            self._stop_runner, cycle, runner=True, name=f"stop {self!r}"
+        )
 
     async def _stop_runner(self, cycle: _Cycle) -> None:
         outcome = await self._finish_stop(cycle)
@@ -658,7 +663,7 @@ class Startable:
             try:
                 result = self._call_raw_stop(target, cycle.reason)
                 if type(result) is CoroutineType or _isawaitable(result):
-                    await result
+                    await cast(Awaitable[object], result)
             except Exception as exc:
                 cycle.last_error = exc
                 cycle.stop_errors.append(exc)
@@ -720,7 +725,7 @@ class Startable:
 _STOP: Final = Startable.stop
 
 
-def _isawaitable(obj: object) -> bool:
+def _isawaitable(obj: object) -> TypeGuard[Awaitable[object]]:
     return obj is not None and inspect.isawaitable(obj)
 
 

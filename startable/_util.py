@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
-def fixup_module_metadata(module_name: str, names: Iterable[str], namespace: dict[str, object]) -> None:
+def fixup_module_metadata(
+    module_name: str, names: Iterable[str], namespace: dict[str, object]
+) -> None:
     """Make public objects report the public module they are exported from.
 
     ``startable.Startable.__module__`` then reads ``"startable"`` rather than

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 import startable
 from startable import State
@@ -88,4 +89,4 @@ class Probe:
 async def wait_until(predicate: Callable[[], bool]) -> None:
     """Yield to other tasks until ``predicate()`` holds (bounded by the caller's fail_after)."""
     while not predicate():
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()

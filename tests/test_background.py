@@ -43,7 +43,9 @@ class Worker:
 
     @startable.as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
-        self.seen.append(("raw stop, task alive", not any(s[0] == "task ended in" for s in self.seen)))
+        self.seen.append(
+            ("raw stop, task alive", not any(s[0] == "task ended in" for s in self.seen))
+        )
 
 
 async def test_background_task_lives_until_the_end_of_stopping() -> None:
@@ -75,7 +77,8 @@ async def test_crash_during_starting_stops_the_service_after_its_raw_start() -> 
     boom = RuntimeError("early crash")
 
     class Early:
-        stop_reasons: list[BaseException | None] = []
+        def __init__(self) -> None:
+            self.stop_reasons: list[BaseException | None] = []
 
         @startable.as_raw_start
         async def _start(self) -> None:

@@ -97,9 +97,7 @@ async def test_child_awaiting_its_own_stop_from_another_task_stops_the_parent() 
     parent = Parent(log)
     reason = ConnectionError("lost")
     parent_state_when_child_stops: list[State] = []
-    parent.child1.on_stop = lambda: parent_state_when_child_stops.append(
-        startable.of(parent).state
-    )
+    parent.child1.on_stop = lambda: parent_state_when_child_stops.append(startable.of(parent).state)
 
     with anyio.fail_after(5):
         with pytest.raises(ConnectionError):

@@ -36,8 +36,8 @@ def test_moves_are_exactly_the_lifecycle() -> None:
 
 
 def test_accepted_states() -> None:
-    assert START_ACCEPTS == {READY, STARTING, STARTED, STOPPED}
-    assert STOP_ACCEPTS == set(State)
+    assert {READY, STARTING, STARTED, STOPPED} == START_ACCEPTS
+    assert set(State) == STOP_ACCEPTS
 
 
 def test_the_machine_is_built_from_the_rows() -> None:
@@ -53,7 +53,8 @@ def test_the_machine_is_built_from_the_rows() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "render"), [("lifecycle-diagram.mmd", render_mermaid), ("lifecycle-table.md", render_table)]
+    ("name", "render"),
+    [("lifecycle-diagram.mmd", render_mermaid), ("lifecycle-table.md", render_table)],
 )
 def test_generated_docs_are_up_to_date(name: str, render: object) -> None:
     path = GENERATED / name

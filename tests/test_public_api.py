@@ -23,7 +23,9 @@ def test_all_is_a_tuple_of_existing_names() -> None:
     for name in startable.__all__:
         assert hasattr(startable, name), name
     public = {
-        n for n, v in vars(startable).items() if not n.startswith("_") and not isinstance(v, ModuleType)
+        n
+        for n, v in vars(startable).items()
+        if not n.startswith("_") and not isinstance(v, ModuleType)
     }
     assert public == set(startable.__all__)
 
