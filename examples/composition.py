@@ -41,6 +41,7 @@ class Cache:
         print("cache: dropped")
 
 
+# --8<-- [start:class-app]
 class App:
     def __init__(self) -> None:
         self.database = Database()
@@ -58,6 +59,9 @@ class App:
         if self.cache is not None:
             await startable.of(self.cache).stop()
         await startable.of(self.database).stop()
+
+
+# --8<-- [end:class-app]
 
 
 async def main() -> None:

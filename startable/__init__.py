@@ -1,8 +1,8 @@
 """Give any Python class an exact, race-free lifecycle.
 
 READY → STARTING → STARTED → STOPPING → STOPPED, driven by three decorators
-(:func:`as_raw_start`, :func:`as_raw_stop`, :func:`assert_state`) and
-:func:`of`, under structured concurrency on anyio (trio by default, asyncio
+(`as_raw_start`, `as_raw_stop`, `assert_state`) and
+`of`, under structured concurrency on anyio (trio by default, asyncio
 too).
 """
 

@@ -1,4 +1,4 @@
-"""Every error the library raises derives from :class:`StartableError`."""
+"""Every error the library raises derives from `StartableError`."""
 
 from __future__ import annotations
 
@@ -10,21 +10,21 @@ if TYPE_CHECKING:
 
 
 class StartableError(Exception):
-    """Root of every error raised by ``startable`` itself.
+    """Root of every error raised by `startable` itself.
 
     Errors raised by your own raw start, raw stop or background tasks are
-    passed through unchanged; they are not wrapped in a ``StartableError``.
+    passed through unchanged; they are not wrapped in a `StartableError`.
     """
 
 
 class StateError(StartableError, RuntimeError):
     """An operation was asked for in a state that does not allow it.
 
-    Raised by a method decorated with :func:`startable.assert_state` when it is
+    Raised by a method decorated with `startable.assert_state` when it is
     called in another state (its body does not run), by
-    :meth:`startable.Startable.start` while the object is STOPPING, and by
+    `startable.Startable.start` while the object is STOPPING, and by
     calls that would wait for themselves (for example awaiting
-    ``startable.of(self).stop()`` from inside the object's own raw stop).
+    `startable.of(self).stop()` from inside the object's own raw stop).
 
     Attributes:
         actual: the state the object was in.
@@ -45,10 +45,10 @@ class DefinitionError(StartableError, TypeError):
 
     Examples: two raw starts in one class, a method marked both raw start and
     raw stop, a guard on a raw start, a decorator on a module-level function.
-    The message names ``Class.method``.
+    The message names `Class.method`.
 
     On Python 3.11 the interpreter wraps errors raised while a class body is
-    being finalised in a ``RuntimeError``; this error is then its ``__cause__``.
+    being finalised in a `RuntimeError`; this error is then its `__cause__`.
     """
 
 
@@ -56,9 +56,9 @@ class NoOwnerError(StartableError, RuntimeError):
     """A lifecycle was started with no owner to hold its tasks.
 
     Every cycle belongs to an owner: the service whose raw start (or
-    background task) started it, or an ``async with`` block of
-    :func:`startable.running` or :func:`startable.open_owner`. Raised by
-    :meth:`startable.Startable.start` when none is active.
+    background task) started it, or an `async with` block of
+    `startable.running` or `startable.open_owner`. Raised by
+    `startable.Startable.start` when none is active.
     """
 
 
@@ -74,7 +74,7 @@ class AbortedError(StartableError):
 class StoppedError(StartableError):
     """A service stopped on its own, without a reason, while it was in use.
 
-    Raised by :func:`startable.running` when the service stops while the body
-    runs and no error was given to ``stop()``; with a reason, that reason is
+    Raised by `startable.running` when the service stops while the body
+    runs and no error was given to `stop()`; with a reason, that reason is
     raised instead.
     """

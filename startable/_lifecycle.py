@@ -1,11 +1,11 @@
 """The lifecycle table, declared once.
 
 The rows below are the single source of truth for the legal moves between
-states, for what ``start()`` and ``stop()`` do in each state, for the states
+states, for what `start()` and `stop()` do in each state, for the states
 named in error messages, and for the diagram and table in the docs. They are
-loaded into one ``transitions.Machine`` at import time, which validates them;
+loaded into one `transitions.Machine` at import time, which validates them;
 the run-time engine then uses the plain lookups derived from that machine (a
-``Machine`` per object would cost ~10 KiB and ~50 µs each).
+`Machine` per object would cost ~10 KiB and ~50 µs each).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class State(enum.Enum):
         STARTING: raw start is running.
         STARTED: raw start succeeded; the service is usable.
         STOPPING: on_stopping hooks have been called; raw stop is running.
-        STOPPED: raw stop has finished. ``start()`` begins a new cycle.
+        STOPPED: raw stop has finished. `start()` begins a new cycle.
     """
 
     READY = "READY"
@@ -43,7 +43,7 @@ class State(enum.Enum):
 
 
 class Reply(enum.Enum):
-    """What a call of ``start()`` or ``stop()`` does in a given state."""
+    """What a call of `start()` or `stop()` does in a given state."""
 
     BEGIN = "begins"  # runs the raw hook in the calling task
     JOIN = "joins"  # waits for the phase in flight and shares its outcome
@@ -53,10 +53,10 @@ class Reply(enum.Enum):
 
 @attrs.frozen
 class Row:
-    """One row of the lifecycle table: ``trigger`` in ``source`` goes to ``dest``.
+    """One row of the lifecycle table: `trigger` in `source` goes to `dest`.
 
-    ``dest`` is None when the call does not move the state. ``reply`` is set for
-    the two public calls, ``start`` and ``stop``; the other triggers are the
+    `dest` is None when the call does not move the state. `reply` is set for
+    the two public calls, `start` and `stop`; the other triggers are the
     engine's own events.
     """
 
@@ -120,7 +120,7 @@ def _derive_replies(trigger: str) -> Mapping[State, Reply]:
 
 #: Every legal (from, to) pair; the engine refuses any other move.
 MOVES = _derive_moves()
-#: The states in which ``start()`` / ``stop()`` are accepted.
+#: The states in which `start()` / `stop()` are accepted.
 START_ACCEPTS = _derive_accepts("start")
 STOP_ACCEPTS = _derive_accepts("stop")
 #: What a call does in each state where it is accepted.
@@ -129,12 +129,12 @@ STOP_REPLIES = _derive_replies("stop")
 
 
 def describe_states(states: frozenset[State] | set[State]) -> str:
-    """``READY, STARTED`` in declaration order."""
+    """`READY, STARTED` in declaration order."""
     return ", ".join(state.name for state in State if state in states)
 
 
 def render_mermaid() -> str:
-    """The lifecycle as a Mermaid ``stateDiagram-v2``, drawn from the machine."""
+    """The lifecycle as a Mermaid `stateDiagram-v2`, drawn from the machine."""
     lines = ["stateDiagram-v2", "    direction LR", f"    [*] --> {MACHINE.initial}"]
     for trigger, event in MACHINE.events.items():
         for source, candidates in event.transitions.items():

@@ -1,9 +1,9 @@
 """The three decorators, and how a class's raw hooks are found.
 
-``as_raw_start`` and ``as_raw_stop`` leave a small descriptor in the class body
-that behaves like the function it wraps; its ``__set_name__`` checks the class
+`as_raw_start` and `as_raw_stop` leave a small descriptor in the class body
+that behaves like the function it wraps; its `__set_name__` checks the class
 as soon as the class statement finishes, so misuse fails at definition time
-with the name ``Class.method``. ``assert_state`` wraps the method in a guard
+with the name `Class.method`. `assert_state` wraps the method in a guard
 that reads the object's state and refuses to run the body in the wrong state.
 """
 
@@ -29,7 +29,7 @@ _GUARD_ATTR: Final = "__startable_guard__"
 
 
 class RawHook:
-    """What ``as_raw_start`` / ``as_raw_stop`` leave in the class body.
+    """What `as_raw_start` / `as_raw_stop` leave in the class body.
 
     It behaves like the function it wraps (attribute access returns the usual
     bound method), and records the role for the class's lifecycle.
@@ -98,22 +98,23 @@ def _required_after_self(func: Callable[..., Any]) -> list[inspect.Parameter]:
 def as_raw_start(func: F) -> F:
     """Mark the method that starts the object (its *raw start*).
 
-    The raw start runs once per cycle, when ``startable.of(obj).start()`` is
+    The raw start runs once per cycle, when `startable.of(obj).start()` is
     called in READY or STOPPED. It may be a coroutine function or a plain
-    function, and takes no arguments besides ``self``. If it raises, the
-    object's raw stop runs with that error and ``start()`` re-raises it.
+    function, and takes no arguments besides `self`. If it raises, the
+    object's raw stop runs with that error and `start()` re-raises it.
 
     Raises:
         DefinitionError: at class definition, if the class already has a raw
             start under another name, if the method is also marked as raw stop
             or guarded, or if it is not a method defined in a class body.
 
-    Example::
-
+    Example:
+        ```python
         class Server:
             @startable.as_raw_start
             async def _open(self) -> None:
                 self.listener = await anyio.create_tcp_listener(local_port=0)
+        ```
     """
     _check_method(func, "as_raw_start")
     if getattr(func, _GUARD_ATTR, None) is not None:
@@ -133,20 +134,21 @@ def as_raw_stop(func: F) -> F:
 
     The raw stop runs once per cycle: after a successful start, when the object
     is stopped, and after a failed raw start, with that error. If it declares a
-    parameter besides ``self``, it receives the stop reason (an exception, or
-    None for a plain ``stop()``). Whatever it does, the object ends STOPPED; if
-    it raises, ``stop()`` raises that error.
+    parameter besides `self`, it receives the stop reason (an exception, or
+    None for a plain `stop()`). Whatever it does, the object ends STOPPED; if
+    it raises, `stop()` raises that error.
 
     Raises:
         DefinitionError: at class definition, on the same misuses as
-            :func:`as_raw_start`, or if it requires more than one argument.
+            `as_raw_start`, or if it requires more than one argument.
 
-    Example::
-
+    Example:
+        ```python
         class Server:
             @startable.as_raw_stop
             async def _close(self, err: BaseException | None) -> None:
                 await self.listener.aclose()
+        ```
     """
     _check_method(func, "as_raw_stop")
     if getattr(func, _GUARD_ATTR, None) is not None:
@@ -168,28 +170,29 @@ def assert_state(*states: State) -> Callable[[F], F]: ...
 def assert_state(*states: Any) -> Any:
     """Guard a method so that it only runs in the given states (default STARTED).
 
-    Called in any other state, the method raises :class:`StateError` and its
+    Called in any other state, the method raises `StateError` and its
     body does not run. Works on coroutine functions (checked when the call is
     awaited, before the body starts) and plain functions (checked when called).
     An object whose lifecycle was never touched counts as READY.
 
-    ``@assert_state`` without parentheses means ``@assert_state()``.
+    `@assert_state` without parentheses means `@assert_state()`.
 
     Args:
         *states: the states in which the method may run.
 
     Raises:
-        DefinitionError: if an argument is not a ``State``, or the decorated
+        DefinitionError: if an argument is not a `State`, or the decorated
             object is not a method (or is already a raw hook or guarded).
 
-    Example::
-
+    Example:
+        ```python
         class Cache:
             @startable.assert_state()
             async def get(self, key: str) -> bytes: ...
 
             @startable.assert_state(State.STARTED, State.STOPPING)
             def size(self) -> int: ...
+        ```
     """
     if len(states) == 1 and not isinstance(states[0], State) and callable(states[0]):
         return assert_state()(states[0])
@@ -265,7 +268,7 @@ def guarded_states(func: object) -> frozenset[State] | None:
 
 
 def find_raw_hooks(cls: type) -> dict[str, str]:
-    """Map each role to the attribute name of that raw hook on ``cls``.
+    """Map each role to the attribute name of that raw hook on `cls`.
 
     The nearest class in the MRO that marks a role decides its name; a
     subclass overrides a raw hook by defining a method with the same name
@@ -324,10 +327,10 @@ def takes_reason(func: Callable[..., Any], *, bound: bool) -> bool:
 
 
 def spec_for(cls: type) -> ClassSpec:
-    """The (cached) lifecycle description of ``cls``.
+    """The (cached) lifecycle description of `cls`.
 
     Raises:
-        TypeError: if ``cls`` has no raw start, raw stop or guarded method.
+        TypeError: if `cls` has no raw start, raw stop or guarded method.
         DefinitionError: on conflicting raw hooks.
     """
     spec = _SPECS.get(cls)

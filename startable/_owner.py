@@ -1,8 +1,8 @@
 """Owners: who holds the tasks of a lifecycle, and who stops what is left.
 
 An owner is either a running cycle of a service (so a service owns what its
-raw start starts) or an ``open_owner()`` block. All tasks physically live in
-the anyio task group of the outermost ``open_owner()``; each has its own
+raw start starts) or an `open_owner()` block. All tasks physically live in
+the anyio task group of the outermost `open_owner()`; each has its own
 cancel scope so an owner can cancel and await exactly its own tasks.
 """
 
@@ -31,7 +31,7 @@ raw_frames: ContextVar[tuple[Owner, Any] | None] = ContextVar("startable_raw", d
 
 
 def inside_raw(owner: Owner) -> bool:
-    """Whether the current code runs inside a raw start/stop of ``owner``'s cycle."""
+    """Whether the current code runs inside a raw start/stop of `owner`'s cycle."""
     frame = raw_frames.get()
     while frame is not None:
         if frame[0] is owner:
@@ -66,7 +66,7 @@ class Task:
 
 
 class _Status:
-    """Passed to a task started with ``start_task``; records ``started()``."""
+    """Passed to a task started with `start_task`; records `started()`."""
 
     __slots__ = ("_inner", "done")
 
@@ -82,7 +82,7 @@ class _Status:
 def backend_checkpoint() -> Callable[[], Awaitable[None]]:
     """The current backend's checkpoint, resolved once.
 
-    ``anyio.lowlevel.checkpoint`` looks the backend up on every call, which
+    `anyio.lowlevel.checkpoint` looks the backend up on every call, which
     costs as much as the rest of a no-op lifecycle cycle on trio.
     """
     if sniffio.current_async_library() == "trio":
@@ -127,7 +127,7 @@ class Owner:
     # -- bookkeeping --------------------------------------------------------
 
     def encloses(self, other: Owner | None) -> bool:
-        """Whether ``other`` is this owner or one of its descendants."""
+        """Whether `other` is this owner or one of its descendants."""
         while other is not None:
             if other is self:
                 return True
@@ -152,7 +152,7 @@ class Owner:
         name: object = None,
         runner: bool = False,
     ) -> Task:
-        """Run ``func(*args)`` as a task of this owner."""
+        """Run `func(*args)` as a task of this owner."""
         if self.closing and not runner:
             self._refuse_tasks()
         task = Task(runner)
@@ -188,7 +188,7 @@ class Owner:
     async def start_task(
         self, func: Callable[..., Awaitable[Any]], *args: Any, name: object
     ) -> Any:
-        """Run ``func(*args, task_status=...)`` and wait for it to call ``started()``."""
+        """Run `func(*args, task_status=...)` and wait for it to call `started()`."""
         if self.closing:
             self._refuse_tasks()
         task = Task(False)
@@ -249,7 +249,7 @@ class Owner:
 
         Cancels the owner's tasks, then stops the lifecycles it holds that are
         still running, newest first, then waits for every task. Errors are
-        kept with :meth:`record`. If the close runs (or becomes) cancelled,
+        kept with `record`. If the close runs (or becomes) cancelled,
         the stops are forced; the cancellation is returned so the caller can
         re-raise it once everything has ended.
         """
@@ -270,7 +270,7 @@ class Owner:
 
 
 class Root(Owner):
-    """The owner opened by ``open_owner()``."""
+    """The owner opened by `open_owner()`."""
 
     __slots__ = ("body", "errors")
 
@@ -298,21 +298,22 @@ async def open_owner() -> AsyncIterator[None]:
     belong to it: their stops that begin on their own, their background tasks
     and their async on_stopping hooks run in tasks of this block. On exit,
     whatever is still running is stopped, newest first, and every task is
-    awaited. :func:`startable.running` and :func:`startable.run` open one for
+    awaited. `startable.running` and `startable.run` open one for
     you; use this directly to start several services by hand.
 
     If a task of the block fails (for example a stop that began on its own
     raised and nobody was waiting for it), the body is cancelled and the error
     is raised on exit. Errors from the body and from closing come out as the
-    single error, or as an ``ExceptionGroup`` when there are several.
+    single error, or as an `ExceptionGroup` when there are several.
 
-    Example::
-
+    Example:
+        ```python
         async with startable.open_owner():
             await startable.of(db).start()
             await startable.of(web).start()
             ...
         # web, then db, have been stopped here
+        ```
     """
     cancelled = anyio.get_cancelled_exc_class()
     body_error: BaseException | None = None

@@ -1,11 +1,11 @@
 """The identity map from an object to its Startable.
 
-Entries are keyed by ``id(obj)`` rather than by the object, so objects that are
-unhashable (attrs classes with ``eq=True``) or that define ``__eq__`` work.
-Each entry's ``Startable`` holds a weak reference to its object whose callback
+Entries are keyed by `id(obj)` rather than by the object, so objects that are
+unhashable (attrs classes with `eq=True`) or that define `__eq__` work.
+Each entry's `Startable` holds a weak reference to its object whose callback
 removes the entry; CPython runs that callback while the object is being freed,
-before its address (and so its ``id``) can be reused, so a live object never
-finds a stale entry under its ``id``.
+before its address (and so its `id`) can be reused, so a live object never
+finds a stale entry under its `id`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _forget(ref: ObjectRef) -> None:
 
 
 def make_ref(obj: Any) -> ObjectRef:
-    """A weak reference to ``obj`` that unregisters it when it dies."""
+    """A weak reference to `obj` that unregisters it when it dies."""
     ref = ObjectRef(obj, _forget)
     ref.key = id(obj)
     return ref

@@ -1,4 +1,4 @@
-"""Entry points: ``running()`` for code, ``run()`` for programs."""
+"""Entry points: `running()` for code, `run()` for programs."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 logger = logging.getLogger("startable")
 
-#: Exit codes of :func:`run`.
+#: Exit codes of `run`.
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_FORCED = 130
@@ -26,22 +26,23 @@ EXIT_FORCED = 130
 
 @asynccontextmanager
 async def running(obj: T) -> AsyncIterator[T]:
-    """Start ``obj`` on entry and stop it on exit; yields ``obj``.
+    """Start `obj` on entry and stop it on exit; yields `obj`.
 
     The stop on exit gets the body's exception (if any) as its reason. If the
     service stops on its own while the body runs (a crash, a child's crash, a
     background task's error), the body is cancelled and the reason is raised
-    — or :class:`StoppedError` if it stopped without one. Errors from the
+    — or `StoppedError` if it stopped without one. Errors from the
     body, the reason and the stop come out as the single error, or as an
-    ``ExceptionGroup`` when there are several.
+    `ExceptionGroup` when there are several.
 
-    The block is the service's owner (see :func:`open_owner`); anything else
+    The block is the service's owner (see `open_owner`); anything else
     started in the body without being stopped is stopped on exit too.
 
-    Example::
-
+    Example:
+        ```python
         async with startable.running(Server()) as server:
             await serve_forever(server)
+        ```
     """
     lifecycle = of(obj)
     async with open_owner():
@@ -94,16 +95,16 @@ def run(
     start_timeout: float | None = None,
     stop_timeout: float | None = None,
 ) -> int:
-    """Run ``obj`` as a program: start it, wait, stop it on SIGINT or SIGTERM.
+    """Run `obj` as a program: start it, wait, stop it on SIGINT or SIGTERM.
 
-    State changes and errors are logged on the ``startable`` logger. A second
+    State changes and errors are logged on the `startable` logger. A second
     SIGINT while stopping forces the stop (the raw stop is cancelled). A
     service that stops on its own ends the program too.
 
     Args:
-        obj: anything :func:`of` accepts.
+        obj: anything `of` accepts.
         backend: the anyio backend.
-        backend_options: passed to :func:`anyio.run`.
+        backend_options: passed to `anyio.run`.
         start_timeout: seconds the start may take; then it is abandoned.
         stop_timeout: seconds the stop may take; then it is forced.
 
@@ -112,10 +113,11 @@ def run(
         its own without a reason), 130 when a second SIGINT forced the stop,
         1 otherwise (failed or timed-out start, stop reason, failed stop).
 
-    Example::
-
+    Example:
+        ```python
         if __name__ == "__main__":
             sys.exit(startable.run(Server()))
+        ```
     """
     lifecycle = of(obj)
     return anyio.run(

@@ -1,4 +1,4 @@
-"""The lifecycle engine: :class:`Startable` and :func:`of`."""
+"""The lifecycle engine: `Startable` and `of`."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class StateChange:
 
 @attrs.frozen
 class StartableStatistics:
-    """A snapshot of a lifecycle, from :meth:`Startable.statistics`.
+    """A snapshot of a lifecycle, from `Startable.statistics`.
 
     Attributes:
         state: the current state.
@@ -166,13 +166,15 @@ def _name_of(func: object) -> str:
 class Startable:
     """The lifecycle of one object.
 
-    Get the one belonging to an object with :func:`startable.of`; or build
-    one from two callables, without decorators::
+    Get the one belonging to an object with `startable.of`; or build
+    one from two callables, without decorators:
 
-        lifecycle = startable.Startable(open_pool, close_pool, name="pool")
+    ```python
+    lifecycle = startable.Startable(open_pool, close_pool, name="pool")
+    ```
 
-    The table on the *Semantics* page says exactly what :meth:`start` and
-    :meth:`stop` do in each state. In short: a start while STARTING joins it,
+    The table on the *Semantics* page says exactly what `start` and
+    `stop` do in each state. In short: a start while STARTING joins it,
     a stop while STARTING waits for the raw start and then stops, a failed
     raw start cleans up and re-raises, and a start while STOPPED begins a new
     cycle.
@@ -181,7 +183,7 @@ class Startable:
         raw_start: called (and awaited if it returns an awaitable) to start.
         raw_stop: called to stop; receives the stop reason if it takes an
             argument.
-        name: used in ``repr()`` and error messages.
+        name: used in `repr()` and error messages.
     """
 
     __slots__ = ("__weakref__", "_cycle", "_name", "_observers", "_ref", "_spec", "_state")
@@ -264,10 +266,10 @@ class Startable:
         )
 
     def subscribe(self, callback: Callable[[StateChange], object]) -> Callable[[], None]:
-        """Call ``callback(change)`` synchronously on every move of this lifecycle.
+        """Call `callback(change)` synchronously on every move of this lifecycle.
 
         Callbacks run inside the move, in the task that causes it; they must
-        not block. An exception from a callback is logged on the ``startable``
+        not block. An exception from a callback is logged on the `startable`
         logger and does not affect the lifecycle.
 
         Returns:
@@ -284,7 +286,7 @@ class Startable:
         return unsubscribe
 
     async def wait_state(self, *states: State) -> State:
-        """Wait until the lifecycle is in one of ``states``; return that state.
+        """Wait until the lifecycle is in one of `states`; return that state.
 
         Returns at once (after a checkpoint) if it already is.
         """
@@ -316,9 +318,9 @@ class Startable:
 
         Args:
             on_stopping: called synchronously with the stop reason when this
-                cycle leaves STARTED (not if the start fails: ``start()``
-                raises then). Passing the parent's ``stop`` —
-                ``await startable.of(child).start(startable.of(self).stop)`` —
+                cycle leaves STARTED (not if the start fails: `start()`
+                raises then). Passing the parent's `stop` —
+                `await startable.of(child).start(startable.of(self).stop)` —
                 makes the parent begin stopping in the same step as the
                 child, with the child's reason. If the hook returns an
                 awaitable, it runs as a task of the owner.
@@ -398,7 +400,7 @@ class Startable:
     def stop_nowait(self, err: BaseException | None = None) -> None:
         """Begin stopping now, without waiting; for synchronous callbacks.
 
-        Does what ``stop(err)`` does, but returns at once: in STARTED the
+        Does what `stop(err)` does, but returns at once: in STARTED the
         state becomes STOPPING and the hooks run before this returns, and the
         raw stop runs in a task of the owner. In STARTING the stop is
         scheduled for when the raw start finishes. Errors from the raw stop go
@@ -435,7 +437,7 @@ class Startable:
     def start_soon(
         self, func: Callable[..., Awaitable[Any]], *args: Any, name: object = None
     ) -> None:
-        """Run ``func(*args)`` as a background task of the current cycle.
+        """Run `func(*args)` as a background task of the current cycle.
 
         The task is cancelled and awaited at the end of the raw stop, before
         the state becomes STOPPED. If it raises, the service stops with that
@@ -451,11 +453,11 @@ class Startable:
     ) -> Any:
         """Start a background task and wait until it reports that it is ready.
 
-        ``func`` is called as ``func(*args, task_status=status)`` and must
-        call ``status.started(value)``; this returns ``value``. An error
-        raised before ``started()`` is raised here (so a raw start that waits
+        `func` is called as `func(*args, task_status=status)` and must
+        call `status.started(value)`; this returns `value`. An error
+        raised before `started()` is raised here (so a raw start that waits
         for a task fails with that task's error); after it, the task behaves
-        as with :meth:`start_soon`.
+        as with `start_soon`.
         """
         return await self._tasks_owner("start_task()").start_task(func, *args, name=name)
 
@@ -740,22 +742,23 @@ def _logger() -> Any:
 
 
 def of(obj: object) -> Startable:
-    """The lifecycle of ``obj``: the same :class:`Startable` on every call.
+    """The lifecycle of `obj`: the same `Startable` on every call.
 
-    ``obj``'s class must have a raw start, a raw stop or a guarded method
-    (see :func:`as_raw_start`). The object is referenced weakly while idle, so
-    ``of()`` never keeps it alive. A :class:`Startable` passed in is returned
+    `obj`'s class must have a raw start, a raw stop or a guarded method
+    (see `as_raw_start`). The object is referenced weakly while idle, so
+    `of()` never keeps it alive. A `Startable` passed in is returned
     as is.
 
     Raises:
         TypeError: if the class has no lifecycle, or its instances cannot be
-            weakly referenced (a ``__slots__`` class without ``__weakref__``).
+            weakly referenced (a `__slots__` class without `__weakref__`).
 
-    Example::
-
+    Example:
+        ```python
         service = Service()
         await startable.of(service).start()
         assert startable.of(service) is startable.of(service)
+        ```
     """
     key = id(obj)
     found = REGISTRY.get(key)

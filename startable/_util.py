@@ -10,7 +10,7 @@ def fixup_module_metadata(
 ) -> None:
     """Make public objects report the public module they are exported from.
 
-    ``startable.Startable.__module__`` then reads ``"startable"`` rather than
+    `startable.Startable.__module__` then reads `"startable"` rather than
     the private module that defines it, in reprs, tracebacks and the docs.
     """
     for name in names:

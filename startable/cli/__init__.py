@@ -1,9 +1,9 @@
-"""The ``startable`` command.
+"""The `startable` command.
 
-``startable run MODULE:ATTR`` starts an object (or what a zero-argument
+`startable run MODULE:ATTR` starts an object (or what a zero-argument
 factory returns), logs its state changes, and stops it on SIGINT or SIGTERM.
 MODULE is a dotted module name, importable from the current directory, or a
-path to a ``.py`` file.
+path to a `.py` file.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _has_lifecycle(obj: object) -> bool:
 
 
 def load_target(target: str) -> object:
-    """Import ``MODULE:ATTR`` and return the object to run.
+    """Import `MODULE:ATTR` and return the object to run.
 
     If ATTR names something without a lifecycle that is callable (a class,
     a factory function), it is called with no arguments.
@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``startable`` command; returns the exit code."""
+    """Run the `startable` command; returns the exit code."""
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level,
