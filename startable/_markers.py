@@ -207,8 +207,6 @@ def _guard(func: F, *, allowed: frozenset[State]) -> F:
     _check_method(func, "assert_state")
     if getattr(func, _GUARD_ATTR, None) is not None:
         raise DefinitionError(f"{func.__qualname__} is already guarded by assert_state")
-    lookup = REGISTRY.get
-    ready = State.READY
 
     def refuse(self: object, state: State) -> NoReturn:
         raise StateError(
@@ -218,48 +216,120 @@ def _guard(func: F, *, allowed: frozenset[State]) -> F:
             expected=allowed,
         )
 
-    # The checks are written out per case: this wrapper is on users' hot paths.
-    guarded: Callable[..., Any]
-    if len(allowed) == 1:
-        (only,) = allowed
-        if inspect.iscoroutinefunction(func):
-            coro_func: Callable[..., Coroutine[Any, Any, Any]] = func
+    guarded = _compile_guard(func, allowed, refuse)
+    functools.update_wrapper(guarded, func)
+    setattr(guarded, _GUARD_ATTR, allowed)
+    return guarded  # type: ignore[return-value]
 
-            async def guarded(self: Any, /, *args: Any, **kwargs: Any) -> Any:
-                s = lookup(id(self))
-                state = ready if s is None else s._state
-                if state is not only:
-                    refuse(self, state)
-                return await coro_func(self, *args, **kwargs)
+
+_P = inspect.Parameter
+# Names the generated wrapper uses; a method with a parameter of one of these
+# names gets the generic (slower) wrapper instead.
+_GUARD_NAMES = frozenset(
+    {
+        "_sg_lookup",
+        "_sg_id",
+        "_sg_func",
+        "_sg_refuse",
+        "_sg_ready",
+        "_sg_only",
+        "_sg_allowed",
+        "_sg_s",
+        "_sg_state",
+    }
+)
+
+
+def _compile_guard(
+    func: Callable[..., Any], allowed: frozenset[State], refuse: Callable[[Any, State], NoReturn]
+) -> Callable[..., Any]:
+    """Build the guard around ``func`` with ``func``'s own parameter list.
+
+    Forwarding ``*args, **kwargs`` costs more than the state check itself
+    (about 0.4 µs a call on the benchmark machine), so the wrapper is
+    generated with the exact signature, as attrs generates ``__init__``.
+    """
+    namespace: dict[str, Any] = {
+        "_sg_lookup": REGISTRY.get,
+        "_sg_id": id,
+        "_sg_func": func,
+        "_sg_refuse": refuse,
+        "_sg_ready": State.READY,
+        "_sg_allowed": allowed,
+    }
+    params = list(inspect.signature(func).parameters.values())
+    if {p.name for p in params} & _GUARD_NAMES or any(p.name.startswith("_sg_d") for p in params):
+        return _generic_guard(func, allowed, refuse)
+    defs: list[str] = []
+    call: list[str] = []
+    bare_star = not any(p.kind is _P.VAR_POSITIONAL for p in params)
+    for index, p in enumerate(params):
+        text = p.name
+        if p.default is not p.empty:
+            namespace[f"_sg_d{index}"] = p.default
+            text += f"=_sg_d{index}"
+        if p.kind is _P.KEYWORD_ONLY and bare_star:
+            defs.append("*")  # before the first keyword-only parameter
+            bare_star = False
+        if p.kind is _P.VAR_POSITIONAL:
+            text = f"*{p.name}"
+            call.append(text)
+        elif p.kind is _P.VAR_KEYWORD:
+            text = f"**{p.name}"
+            call.append(text)
+        elif p.kind is _P.KEYWORD_ONLY:
+            call.append(f"{p.name}={p.name}")
         else:
+            call.append(p.name)
+        defs.append(text)
+        if p.kind is _P.POSITIONAL_ONLY and (
+            index + 1 == len(params) or params[index + 1].kind is not _P.POSITIONAL_ONLY
+        ):
+            defs.append("/")
+    subject = params[0].name
+    if len(allowed) == 1:
+        (namespace["_sg_only"],) = allowed
+        refused = "_sg_state is not _sg_only"
+    else:
+        refused = "_sg_state not in _sg_allowed"
+    is_async = inspect.iscoroutinefunction(func)
+    source = (
+        f"{'async ' if is_async else ''}def guarded({', '.join(defs)}):\n"
+        f"    _sg_s = _sg_lookup(_sg_id({subject}))\n"
+        f"    _sg_state = _sg_ready if _sg_s is None else _sg_s._state\n"
+        f"    if {refused}:\n"
+        f"        _sg_refuse({subject}, _sg_state)\n"
+        f"    return {'await ' if is_async else ''}_sg_func({', '.join(call)})\n"
+    )
+    exec(compile(source, f"<startable guard of {func.__qualname__}>", "exec"), namespace)
+    return namespace["guarded"]  # type: ignore[no-any-return]
 
-            def guarded(self: Any, /, *args: Any, **kwargs: Any) -> Any:
-                s = lookup(id(self))
-                state = ready if s is None else s._state
-                if state is not only:
-                    refuse(self, state)
-                return func(self, *args, **kwargs)
-    elif inspect.iscoroutinefunction(func):
-        coro_func = func
 
-        async def guarded(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+def _generic_guard(
+    func: Callable[..., Any], allowed: frozenset[State], refuse: Callable[[Any, State], NoReturn]
+) -> Callable[..., Any]:
+    lookup = REGISTRY.get
+    ready = State.READY
+    if inspect.iscoroutinefunction(func):
+        coro_func: Callable[..., Coroutine[Any, Any, Any]] = func
+
+        async def guarded_async(self: Any, /, *args: Any, **kwargs: Any) -> Any:
             s = lookup(id(self))
             state = ready if s is None else s._state
             if state not in allowed:
                 refuse(self, state)
             return await coro_func(self, *args, **kwargs)
-    else:
 
-        def guarded(self: Any, /, *args: Any, **kwargs: Any) -> Any:
-            s = lookup(id(self))
-            state = ready if s is None else s._state
-            if state not in allowed:
-                refuse(self, state)
-            return func(self, *args, **kwargs)
+        return guarded_async
 
-    functools.update_wrapper(guarded, func)
-    setattr(guarded, _GUARD_ATTR, allowed)
-    return guarded  # type: ignore[return-value]
+    def guarded(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+        s = lookup(id(self))
+        state = ready if s is None else s._state
+        if state not in allowed:
+            refuse(self, state)
+        return func(self, *args, **kwargs)
+
+    return guarded
 
 
 def guarded_states(func: object) -> frozenset[State] | None:

@@ -351,3 +351,64 @@ class TestBehaviour:
         async with startable.open_owner():
             with pytest.raises(startable.StartableError, match="keep a reference"):
                 await lifecycle.start()
+
+
+class Signatures:
+    """Guarded methods with every kind of parameter."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None: ...
+
+    @startable.assert_state()
+    async def positional_only(self, a: int, b: int = 2, /) -> tuple[int, int]:
+        return (a, b)
+
+    @startable.assert_state()
+    async def mixed(
+        self, a: int, *args: int, key: str = "k", flag: bool, **extra: object
+    ) -> tuple[object, ...]:
+        return (a, args, key, flag, extra)
+
+    @startable.assert_state()
+    def keyword_only(self, *, x: list[int] | None = None) -> list[int] | None:
+        return x
+
+    @startable.assert_state(State.STARTED, State.STOPPING)
+    def clashing_name(self, _sg_func: int, _sg_d0: int = 0) -> int:
+        return _sg_func + _sg_d0
+
+    @startable.assert_state()
+    def defaults_are_the_same_objects(self, seen: list[int] = []) -> list[int]:  # noqa: B006
+        seen.append(1)
+        return seen
+
+
+@pytest.mark.anyio
+async def test_guards_forward_every_kind_of_parameter() -> None:
+    import inspect
+
+    obj = Signatures()
+    async with startable.running(obj):
+        assert await obj.positional_only(1) == (1, 2)
+        assert await obj.positional_only(1, 3) == (1, 3)
+        with pytest.raises(TypeError):
+            await obj.positional_only(a=1)  # type: ignore[call-arg]
+        assert await obj.mixed(1, 2, 3, flag=True, z=4) == (1, (2, 3), "k", True, {"z": 4})
+        assert await obj.mixed(1, key="q", flag=False) == (1, (), "q", False, {})
+        with pytest.raises(TypeError):
+            await obj.mixed(1)  # type: ignore[call-arg]
+        assert obj.keyword_only() is None
+        assert obj.keyword_only(x=[1]) == [1]
+        with pytest.raises(TypeError):
+            obj.keyword_only([1])  # type: ignore[misc]
+        assert obj.clashing_name(2, 3) == 5
+        first = obj.defaults_are_the_same_objects()
+        second = obj.defaults_are_the_same_objects()
+        assert first is second  # the default object itself, as without the guard
+    for name in ("positional_only", "mixed", "keyword_only", "clashing_name"):
+        method = getattr(Signatures, name)
+        assert inspect.signature(method) == inspect.signature(method.__wrapped__)
+    with pytest.raises(StateError):
+        await obj.mixed(1, flag=True)
+    with pytest.raises(StateError, match="STARTED, STOPPING"):
+        obj.clashing_name(1)

@@ -1,0 +1,246 @@
+"""Benchmarks of the lifecycle core, each against a baseline measured in the same run.
+
+    uv run python bench/core.py            # full run (about a minute)
+    uv run python bench/core.py --quick    # a smoke run; figures are not meaningful
+    uv run python bench/core.py --check    # exit 1 if a bar is missed
+
+Each figure is the best of several interleaved rounds (the minimum is the
+estimator least disturbed by other load on the machine); ratios compare
+figures from this same run, never from another machine.
+
+What is measured:
+
+1. A start+stop cycle of a no-op service, a new object each cycle, against
+   mode-streaming's ``Service`` (asyncio only) and against two bare coroutine
+   calls. Bar: <= 0.5x mode's time.
+2. A guarded async method call against the same method unguarded, for an
+   empty body and for a body that does one checkpoint (the least an async
+   method that yields does). Bar: <= 1.5x.
+3. Memory per idle object (tracemalloc): a service object with its lifecycle
+   created, against mode's ``Service``. Bar: <= 1 KiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import sys
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+import startable
+
+try:
+    from mode import Service as ModeService
+except ImportError:  # pragma: no cover - the bench group is not installed
+    sys.exit("bench/core.py needs the bench group: uv sync --group bench")
+
+
+# -- the services under test -------------------------------------------------
+
+
+class NoOp:
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        pass
+
+    @startable.as_raw_stop
+    async def _stop(self) -> None:
+        pass
+
+
+class Guarded:
+    @startable.assert_state()
+    async def empty(self) -> int:
+        return 1
+
+    async def empty_unguarded(self) -> int:
+        return 1
+
+    @startable.assert_state()
+    async def one_checkpoint(self) -> int:
+        await anyio.lowlevel.checkpoint()
+        return 1
+
+    async def one_checkpoint_unguarded(self) -> int:
+        await anyio.lowlevel.checkpoint()
+        return 1
+
+
+class ModeNoOp(ModeService):  # type: ignore[misc]
+    async def on_start(self) -> None:
+        pass
+
+    async def on_stop(self) -> None:
+        pass
+
+
+# -- timing ------------------------------------------------------------------
+
+
+def best(rounds: int, measure: Callable[[], float]) -> float:
+    return min(measure() for _ in range(rounds))
+
+
+async def _cycles_startable(n: int) -> float:
+    async with startable.open_owner():
+        began = time.perf_counter()
+        for _ in range(n):
+            obj = NoOp()
+            lifecycle = startable.of(obj)
+            await lifecycle.start()
+            await lifecycle.stop()
+        return (time.perf_counter() - began) / n
+
+
+async def _cycles_bare(n: int) -> float:
+    obj = NoOp()
+    raw_start, raw_stop = obj._start, obj._stop
+    began = time.perf_counter()
+    for _ in range(n):
+        await raw_start()
+        await raw_stop()
+    return (time.perf_counter() - began) / n
+
+
+async def _cycles_mode(n: int) -> float:
+    began = time.perf_counter()
+    for _ in range(n):
+        service = ModeNoOp()
+        await service.start()
+        await service.stop()
+    return (time.perf_counter() - began) / n
+
+
+async def _calls(n: int, method: Callable[[], Awaitable[Any]]) -> float:
+    began = time.perf_counter()
+    for _ in range(n):
+        await method()
+    return (time.perf_counter() - began) / n
+
+
+async def _guard_pair(n: int, guarded_name: str) -> tuple[float, float]:
+    obj = Guarded()
+    async with startable.running(obj):
+        guarded = getattr(obj, guarded_name)
+        plain = getattr(obj, f"{guarded_name}_unguarded")
+        await _calls(n // 10, guarded)  # warm up
+        return await _calls(n, guarded), await _calls(n, plain)
+
+
+# -- memory ------------------------------------------------------------------
+
+
+def bytes_per_object(make: Callable[[], object], n: int) -> float:
+    keep: list[object] = [None] * n
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(n):
+        keep[i] = make()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    del keep
+    gc.collect()
+    return (after - before) / n
+
+
+def _idle_service() -> object:
+    obj = NoOp()
+    startable.of(obj)
+    return obj
+
+
+# -- report ------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a bar is missed")
+    args = parser.parse_args()
+    n_cycles, n_calls, n_objects, rounds = (
+        (200, 2_000, 1_000, 2) if args.quick else (5_000, 100_000, 20_000, 7)
+    )
+
+    results: dict[str, float] = {}
+    for _ in range(rounds):  # interleaved, so drift in machine load hits all alike
+        for backend in ("trio", "asyncio"):
+            for key, func in (("cycle", _cycles_startable), ("bare", _cycles_bare)):
+                value = anyio.run(func, n_cycles, backend=backend)
+                results[f"{key}/{backend}"] = min(results.get(f"{key}/{backend}", 1e9), value)
+        value = asyncio.run(_cycles_mode(n_cycles))
+        results["cycle/mode"] = min(results.get("cycle/mode", 1e9), value)
+    guard: dict[str, float] = {}
+    for _ in range(rounds):
+        for backend in ("trio", "asyncio"):
+            for body in ("empty", "one_checkpoint"):
+                with_guard, without = anyio.run(_guard_pair, n_calls, body, backend=backend)
+                for key, value in (
+                    (f"{body}/{backend}/guarded", with_guard),
+                    (f"{body}/{backend}/plain", without),
+                ):
+                    guard[key] = min(guard.get(key, 1e9), value)
+    memory = {
+        "startable": min(bytes_per_object(_idle_service, n_objects) for _ in range(3)),
+        "object alone": min(bytes_per_object(NoOp, n_objects) for _ in range(3)),
+        "mode": min(bytes_per_object(ModeNoOp, n_objects) for _ in range(3)),
+    }
+
+    rows: list[tuple[str, str, str, bool | None]] = []
+    mode = results["cycle/mode"]
+    for backend in ("trio", "asyncio"):
+        ours = results[f"cycle/{backend}"]
+        bare = results[f"bare/{backend}"]
+        rows.append(
+            (
+                f"start+stop cycle ({backend})",
+                f"{ours * 1e6:.1f} µs vs mode {mode * 1e6:.1f} µs, bare {bare * 1e6:.2f} µs",
+                f"{ours / mode:.2f}x mode, {ours / bare:.0f}x bare",
+                ours / mode <= 0.5,
+            )
+        )
+    for body in ("empty", "one_checkpoint"):
+        for backend in ("trio", "asyncio"):
+            guarded = guard[f"{body}/{backend}/guarded"]
+            plain = guard[f"{body}/{backend}/plain"]
+            rows.append(
+                (
+                    f"guarded call, {body.replace('_', ' ')} body ({backend})",
+                    f"{guarded * 1e9:.0f} ns vs {plain * 1e9:.0f} ns "
+                    f"(+{(guarded - plain) * 1e9:.0f} ns)",
+                    f"{guarded / plain:.2f}x",
+                    guarded / plain <= 1.5,
+                )
+            )
+    ours_bytes = memory["startable"]
+    rows.append(
+        (
+            "memory per idle object",
+            f"{ours_bytes:.0f} B (object alone {memory['object alone']:.0f} B) "
+            f"vs mode {memory['mode']:.0f} B",
+            f"{ours_bytes / memory['mode']:.2f}x mode",
+            ours_bytes <= 1024,
+        )
+    )
+
+    width = max(len(r[0]) for r in rows)
+    python = sys.version.split()[0]
+    print(f"startable {startable.__version__}, Python {python}, best of {rounds} rounds")
+    if args.quick:
+        print("(--quick: sizes too small for the figures to mean anything)")
+    for name, figures, ratio, ok in rows:
+        verdict = "" if ok is None else ("meets bar" if ok else "MISSES BAR")
+        print(f"  {name:<{width}}  {ratio:<24} {verdict:<10} {figures}")
+    missed = [r[0] for r in rows if r[3] is False]
+    return 1 if args.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
