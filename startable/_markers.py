@@ -28,11 +28,16 @@ STOP: Final = "raw stop"
 _GUARD_ATTR: Final = "__startable_guard__"
 
 
+_ROLE_ATTR: Final = "__startable_role__"
+
+
 class RawHook:
     """What `as_raw_start` / `as_raw_stop` leave in the class body.
 
-    It behaves like the function it wraps (attribute access returns the usual
-    bound method), and records the role for the class's lifecycle.
+    It only exists while the class statement runs: its `__set_name__` checks
+    the class, then puts the plain function back, marked with its role. After
+    that the method is an ordinary function (fast to call, patchable, and
+    `super()` works), and the lifecycle finds it by its mark.
     """
 
     __func__: Callable[..., Any]
@@ -46,10 +51,19 @@ class RawHook:
         return self.__func__.__get__(obj, objtype)
 
     def __set_name__(self, owner: type, name: str) -> None:
+        setattr(self.__func__, _ROLE_ATTR, self.role)
+        setattr(owner, name, self.__func__)
         find_raw_hooks(owner)  # raises DefinitionError on conflicts
 
     def __repr__(self) -> str:
         return f"<{self.role} {self.__func__.__qualname__}>"
+
+
+def role_of(value: object) -> str | None:
+    """`START`, `STOP` or None: the raw-hook role of a class attribute."""
+    if isinstance(value, RawHook):
+        return value.role
+    return getattr(value, _ROLE_ATTR, None) if inspect.isfunction(value) else None
 
 
 def _where(func: Any) -> str:
@@ -58,9 +72,9 @@ def _where(func: Any) -> str:
 
 def _check_method(func: Any, decorator: str) -> None:
     """Refuse anything that is not a plain function defined in a class body."""
-    if isinstance(func, RawHook):
+    if (role := role_of(func)) is not None:
         raise DefinitionError(
-            f"{_where(func.__func__)} is already marked as {func.role}; "
+            f"{_where(getattr(func, '__func__', func))} is already marked as {role}; "
             f"it cannot also be decorated with {decorator}"
         )
     if isinstance(func, staticmethod | classmethod | property):
@@ -351,21 +365,22 @@ def find_raw_hooks(cls: type) -> dict[str, str]:
     found: dict[str, tuple[str, type]] = {}
     for klass in cls.__mro__:
         for name, value in vars(klass).items():
-            if not isinstance(value, RawHook):
+            role = role_of(value)
+            if role is None:
                 continue
-            if value.role not in found:
-                found[value.role] = (name, klass)
+            if role not in found:
+                found[role] = (name, klass)
                 continue
-            first_name, first_class = found[value.role]
+            first_name, first_class = found[role]
             if first_name == name:
                 continue  # overridden further down the MRO
             if first_class is klass:
                 raise DefinitionError(
-                    f"{klass.__qualname__} has two {value.role}s: "
+                    f"{klass.__qualname__} has two {role}s: "
                     f"{klass.__qualname__}.{first_name} and {klass.__qualname__}.{name}"
                 )
             raise DefinitionError(
-                f"{first_class.__qualname__}.{first_name} is marked as {value.role}, but "
+                f"{first_class.__qualname__}.{first_name} is marked as {role}, but "
                 f"{klass.__qualname__}.{name} already is; override {name} instead"
             )
     return {role: name for role, (name, _) in found.items()}

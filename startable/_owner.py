@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import anyio
 import anyio.abc
@@ -24,19 +24,30 @@ from ._lifecycle import State
 if TYPE_CHECKING:
     from ._startable import Startable
 
-#: The owner that lifecycles started by the current code belong to.
-current_owner: ContextVar[Owner | None] = ContextVar("startable_owner", default=None)
-#: The cycles whose raw start or raw stop the current code runs inside, innermost first.
-raw_frames: ContextVar[tuple[Owner, Any] | None] = ContextVar("startable_raw", default=None)
+#: The chain of cycles whose raw start or raw stop the current code runs
+#: inside, innermost first: (cycle, outer chain) or None.
+RawChain: TypeAlias = "tuple[Owner, RawChain] | None"
+
+#: What the current code runs under: the owner that lifecycles it starts
+#: belong to, and its raw chain. One variable, so entering a raw hook costs
+#: one set and one reset.
+CONTEXT: ContextVar[tuple[Owner | None, RawChain]] = ContextVar(
+    "startable_context", default=(None, None)
+)
+
+
+def current_owner() -> Owner | None:
+    """The owner that a lifecycle started by the current code would belong to."""
+    return CONTEXT.get()[0]
 
 
 def inside_raw(owner: Owner) -> bool:
     """Whether the current code runs inside a raw start/stop of `owner`'s cycle."""
-    frame = raw_frames.get()
-    while frame is not None:
-        if frame[0] is owner:
+    chain = CONTEXT.get()[1]
+    while chain is not None:
+        if chain[0] is owner:
             return True
-        frame = frame[1]
+        chain = chain[1]
     return False
 
 
@@ -172,8 +183,7 @@ class Owner:
     async def _run(
         self, task: Task, func: Callable[..., Awaitable[Any]], args: Iterable[Any]
     ) -> None:
-        current_owner.set(self)
-        raw_frames.set(None)
+        CONTEXT.set((self, None))
         try:
             with anyio.CancelScope() as task.scope:
                 if task.cancelled:
@@ -205,8 +215,7 @@ class Owner:
         *,
         task_status: anyio.abc.TaskStatus[Any],
     ) -> None:
-        current_owner.set(self)
-        raw_frames.set(None)
+        CONTEXT.set((self, None))
         status = _Status(task_status)
         try:
             with anyio.CancelScope() as task.scope:
@@ -228,10 +237,12 @@ class Owner:
             self._idle.set()
 
     async def _cancel_tasks(self, *, runners: bool) -> None:
-        """Cancel this owner's tasks (runners only if asked) and wait for all to end.
+        """Cancel this owner's tasks and wait for them to end.
 
-        The wait is shielded: every task waited for has been cancelled, or is a
-        runner finishing a stop, so this is the same wait a nursery does.
+        Without ``runners``, the tasks running stops of lifecycles this owner
+        holds are neither cancelled nor waited for (those stops are awaited by
+        ``close``, or belong to a forced close). The wait is shielded: every
+        task waited for has been cancelled, so this is the wait a nursery does.
         """
         if not self.tasks:
             return
@@ -239,7 +250,7 @@ class Owner:
             if runners or not task.runner:
                 task.cancel()
         with anyio.CancelScope(shield=True):
-            while self.tasks:
+            while self.tasks and (runners or any(not task.runner for task in self.tasks)):
                 self._idle = anyio.Event()
                 await self._idle.wait()
         self._idle = None
@@ -265,8 +276,21 @@ class Owner:
                 except Exception as exc:
                     exc.add_note(f"raised while {self.describe()} stopped {child!r}, left running")
                     self.record(exc)
-        await self._cancel_tasks(runners=interrupted is not None)
+        if interrupted is not None:
+            await self._cancel_tasks(runners=True)
+        else:
+            await self._wait_all()  # every stop has finished: runners only have to return
         return interrupted
+
+    async def _wait_all(self) -> None:
+        """Cancel what is left but runners, and wait for every task, runners too."""
+        await self._cancel_tasks(runners=False)
+        if self.tasks:
+            with anyio.CancelScope(shield=True):
+                while self.tasks:
+                    self._idle = anyio.Event()
+                    await self._idle.wait()
+            self._idle = None
 
 
 class Root(Owner):
@@ -319,14 +343,14 @@ async def open_owner() -> AsyncIterator[None]:
     body_error: BaseException | None = None
     async with anyio.create_task_group() as task_group:
         root = Root(task_group)
-        token = current_owner.set(root)
+        token = CONTEXT.set((root, CONTEXT.get()[1]))
         try:
             with root.body:
                 yield
         except BaseException as exc:
             body_error = exc
         finally:
-            current_owner.reset(token)
+            CONTEXT.reset(token)
         interrupted = await root.close(body_error if isinstance(body_error, cancelled) else None)
     # Raised outside the task group, which would wrap them in an ExceptionGroup.
     errors: list[Exception] = []

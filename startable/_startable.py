@@ -23,7 +23,7 @@ from ._lifecycle import (
     describe_states,
 )
 from ._markers import ClassSpec, spec_for, takes_reason
-from ._owner import Owner, Task, combine, current_owner, inside_raw, raw_frames
+from ._owner import CONTEXT, Owner, Task, combine, current_owner, inside_raw
 from ._registry import REGISTRY, ObjectRef, make_ref
 
 READY, STARTING, STARTED, STOPPING, STOPPED = State
@@ -106,7 +106,15 @@ class _Cycle(Owner):
     )
 
     def __init__(self, startable: Startable, parent: Owner, number: int, target: object) -> None:
-        super().__init__(parent, parent.task_group, parent.checkpoint)
+        # Every field set here, without calling Owner.__init__: this runs on
+        # each start, and the call is a measurable share of a no-op cycle.
+        self.parent = parent
+        self.task_group = parent.task_group
+        self.checkpoint = parent.checkpoint
+        self.children = None
+        self.tasks = None
+        self.closing = False
+        self._idle = None
         self.startable = startable
         self.number = number
         self.target = target  # held strongly while the cycle runs
@@ -116,7 +124,7 @@ class _Cycle(Owner):
         self.start_error: BaseException | None = None
         self.pending = False  # a stop was asked for during STARTING
         self.reason: BaseException | None = None
-        self.stop_errors: list[Exception] = []
+        self.stop_errors: list[Exception] | None = None
         self.outcome: Exception | None = None
         self.stop_waiters = 0
         self.runner: Task | None = None
@@ -143,10 +151,14 @@ class _Cycle(Owner):
             startable._spawn_runner(self)
         else:
             exc.add_note(f"raised by a task of {startable!r} while it was {state.name}")
-            self.stop_errors.append(exc)
+            self.record(exc)
 
     def record(self, exc: Exception) -> None:
-        self.stop_errors.append(exc)
+        """Keep an error for the outcome of this cycle's stop."""
+        if self.stop_errors is None:
+            self.stop_errors = [exc]
+        else:
+            self.stop_errors.append(exc)
 
 
 @attrs.frozen
@@ -370,7 +382,7 @@ class Startable:
         cycle = self._cycle
         if reply is Reply.BEGIN:
             assert cycle is not None
-            if cycle.encloses(current_owner.get()):
+            if cycle.encloses(current_owner()):
                 # Called from a task this stop will cancel: let the owner run it.
                 self._begin_stop(cycle, err)
                 self._spawn_runner(cycle)
@@ -468,7 +480,7 @@ class Startable:
         # to the running event loop; a STOPPED cycle may be from an earlier one.
         owner: Owner | None = self._cycle
         if owner is None or self._state is STOPPED:
-            owner = current_owner.get()
+            owner = current_owner()
         return owner.checkpoint() if owner is not None else _checkpoint()
 
     def _move(self, new: State, reason: BaseException | None = None) -> None:
@@ -526,7 +538,8 @@ class Startable:
         return func(reason) if spec.stop_takes_err else func()
 
     async def _run_start(self, on_stopping: Hook | None) -> None:
-        owner = current_owner.get()
+        outer = CONTEXT.get()
+        owner = outer[0]
         if owner is None:
             raise NoOwnerError(
                 f"cannot start {self!r}: it has no owner. Start it inside "
@@ -544,8 +557,7 @@ class Startable:
         owner.adopt(self)
         began = perf_counter()
         self._move(STARTING)
-        owner_token = current_owner.set(cycle)
-        frame_token = raw_frames.set((cycle, raw_frames.get()))
+        token = CONTEXT.set((cycle, (cycle, outer[1])))
         try:
             raw_start = self._raw_start(target)
             if raw_start is not None:
@@ -553,8 +565,7 @@ class Startable:
                 if type(result) is CoroutineType or _isawaitable(result):
                     await cast(Awaitable[object], result)
         except BaseException as exc:
-            current_owner.reset(owner_token)
-            raw_frames.reset(frame_token)
+            CONTEXT.reset(token)
             cycle.start_duration = perf_counter() - began
             if isinstance(exc, Exception):
                 self._start_failed(cycle, exc)
@@ -568,8 +579,7 @@ class Startable:
             self._start_failed(cycle, aborted)
             self._spawn_runner(cycle)
             raise
-        current_owner.reset(owner_token)
-        raw_frames.reset(frame_token)
+        CONTEXT.reset(token)
         cycle.start_duration = perf_counter() - began
         self._move(STARTED)
         if cycle.start_event is not None:
@@ -626,7 +636,7 @@ class Startable:
             except Exception as exc:
                 exc.add_note(f"raised by the on_stopping hook {_name_of(hook)} of {self!r}")
                 cycle.last_error = exc
-                cycle.stop_errors.append(exc)
+                cycle.record(exc)
 
     def _spawn_runner(self, cycle: _Cycle) -> None:
         assert cycle.parent is not None
@@ -635,10 +645,11 @@ class Startable:
         )
 
     async def _stop_runner(self, cycle: _Cycle) -> None:
+        owner = cycle.parent
+        assert owner is not None
         outcome = await self._finish_stop(cycle)
         if outcome is not None and cycle.stop_waiters == 0:
-            assert cycle.parent is not None
-            cycle.parent.crash(outcome)
+            owner.crash(outcome)  # nobody was waiting: the error goes up
 
     async def _join_stop(self, cycle: _Cycle) -> None:
         if cycle.stop_event is None:
@@ -659,8 +670,7 @@ class Startable:
         """
         target = cycle.target
         interrupted: BaseException | None = None
-        owner_token = current_owner.set(cycle)
-        frame_token = raw_frames.set((cycle, raw_frames.get()))
+        token = CONTEXT.set((cycle, (cycle, CONTEXT.get()[1])))
         try:
             try:
                 result = self._call_raw_stop(target, cycle.reason)
@@ -668,7 +678,7 @@ class Startable:
                     await cast(Awaitable[object], result)
             except Exception as exc:
                 cycle.last_error = exc
-                cycle.stop_errors.append(exc)
+                cycle.record(exc)
             except BaseException as exc:
                 interrupted = exc
             if cycle.tasks or cycle.children:
@@ -676,11 +686,11 @@ class Startable:
             else:
                 cycle.closing = True
         finally:
-            current_owner.reset(owner_token)
-            raw_frames.reset(frame_token)
+            CONTEXT.reset(token)
         errors = cycle.stop_errors
         if interrupted is not None:
-            errors.insert(0, AbortedError(f"the stop of {self!r} was interrupted"))
+            aborted = AbortedError(f"the stop of {self!r} was interrupted")
+            errors = [aborted, *errors] if errors else [aborted]
         outcome = None
         if errors:
             outcome = combine(errors, f"errors while stopping {self!r}")
@@ -694,6 +704,7 @@ class Startable:
         self._move(STOPPED, cycle.reason)
         assert cycle.parent is not None
         cycle.parent.release(self)
+        cycle.parent = None  # a finished cycle must not keep its owner alive
         if cycle.stop_event is not None:
             cycle.stop_event.set()
         if interrupted is not None:
@@ -711,6 +722,8 @@ class Startable:
             if outcome is not None:
                 raise outcome
             return
+        if self._state is STARTING and not cycle.pending:
+            cycle.pending = True  # if that start still succeeds, it stops at once
         try:
             await self._join_stop(cycle)
         except anyio.get_cancelled_exc_class():
