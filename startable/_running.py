@@ -131,10 +131,12 @@ def run(
 
 
 def _log_change(change: StateChange) -> None:
+    name = change.startable.name
+    move = f"{change.previous.name} → {change.current.name}"
     if change.reason is not None:
-        logger.info("%r: %s (reason: %r)", change.startable, change.current.name, change.reason)
+        logger.info("%s: %s (reason: %r)", name, move, change.reason)
     else:
-        logger.info("%r: %s", change.startable, change.current.name)
+        logger.info("%s: %s", name, move)
 
 
 async def _serve(

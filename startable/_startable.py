@@ -244,6 +244,14 @@ class Startable:
         return self._state
 
     @property
+    def name(self) -> str:
+        """A short label for logs: the `name` given, or the object's class name."""
+        if self._ref is not None:
+            obj = self._ref()
+            return type(obj).__qualname__ if obj is not None else "<collected>"
+        return self._name or "Startable"
+
+    @property
     def target(self) -> object | None:
         """The object this lifecycle belongs to (None if made from callables or collected)."""
         return None if self._ref is None else self._ref()

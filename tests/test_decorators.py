@@ -412,3 +412,10 @@ async def test_guards_forward_every_kind_of_parameter() -> None:
         await obj.mixed(1, flag=True)
     with pytest.raises(StateError, match="STARTED, STOPPING"):
         obj.clashing_name(1)
+
+
+def test_name_is_a_short_label() -> None:
+    obj = Plain()
+    assert startable.of(obj).name == "Plain"
+    assert startable.Startable(name="pool").name == "pool"
+    assert startable.Startable().name == "Startable"

@@ -20,6 +20,11 @@ EXPECTED = {
     "aggregation.py": ["pool started once", "orders: stopped because ConnectionError"],
     "spontaneous_stop.py": ["the dashboard stopped on its own"],
     "background_tasks.py": ["first ticket: 100", "background tasks alive: 0"],
+    "observe.py": [
+        "cycle 1: READY -> STARTING",
+        "STARTED -> STOPPING because TimeoutError('the upstream did not answer')",
+        "stopped after cycle 1",
+    ],
 }
 # Run by tests/test_cli.py through `startable run`.
 RUN_BY_CLI = {"hello.py"}
