@@ -12,10 +12,13 @@ from ._exceptions import NoOwnerError as NoOwnerError
 from ._exceptions import StartableError as StartableError
 from ._exceptions import StateError as StateError
 from ._exceptions import StoppedError as StoppedError
+from ._instrument import Instrument as Instrument
+from ._instrument import instrumented as instrumented
 from ._lifecycle import State as State
 from ._markers import as_raw_start as as_raw_start
 from ._markers import as_raw_stop as as_raw_stop
 from ._markers import assert_state as assert_state
+from ._markers import guarded_states as guarded_states
 from ._owner import open_owner as open_owner
 from ._running import run as run
 from ._running import running as running
@@ -30,6 +33,7 @@ __all__ = (
     "AbortedError",
     "DefinitionError",
     "Hook",
+    "Instrument",
     "NoOwnerError",
     "Startable",
     "StartableError",
@@ -41,6 +45,8 @@ __all__ = (
     "as_raw_start",
     "as_raw_stop",
     "assert_state",
+    "guarded_states",
+    "instrumented",
     "of",
     "open_owner",
     "run",

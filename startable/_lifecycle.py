@@ -41,6 +41,10 @@ class State(enum.Enum):
     def __repr__(self) -> str:
         return f"State.{self.name}"
 
+    def can_move_to(self, other: State) -> bool:
+        """Whether the lifecycle table allows a move from this state to `other`."""
+        return (self, other) in MOVES
+
 
 class Reply(enum.Enum):
     """What a call of `start()` or `stop()` does in a given state."""

@@ -347,7 +347,16 @@ def _generic_guard(
 
 
 def guarded_states(func: object) -> frozenset[State] | None:
-    """The states a guarded method allows, or None if it is not guarded."""
+    """The states in which a method guarded by `assert_state` may run.
+
+    Returns None for anything that is not a guarded method. Works on the
+    function taken from the class and on a bound method.
+
+    Example:
+        ```python
+        assert startable.guarded_states(Cache.get) == {State.STARTED}
+        ```
+    """
     return getattr(func, _GUARD_ATTR, None)
 
 

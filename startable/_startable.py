@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
+from functools import partial
 from time import perf_counter
 from types import CoroutineType, MethodType
 from typing import Any, Final, TypeAlias, TypeGuard, cast, final
@@ -13,6 +14,7 @@ import anyio.lowlevel
 import attrs
 
 from ._exceptions import AbortedError, NoOwnerError, StartableError, StateError
+from ._instrument import INSTRUMENTS, Instrument
 from ._lifecycle import (
     MOVES,
     START_ACCEPTS,
@@ -496,10 +498,11 @@ class Startable:
         if (old, new) not in MOVES:  # pragma: no cover - a bug in the engine
             raise AssertionError(f"startable: illegal move {old.name} -> {new.name} of {self!r}")
         self._state = new
-        if self._observers:
+        instruments = INSTRUMENTS.get()
+        if self._observers or instruments:
             cycle = self._cycle
             change = StateChange(self, old, new, reason, cycle.number if cycle else 0)
-            for callback in list(self._observers):
+            for callback in [*(self._observers or ()), *(i.on_move for i in instruments)]:
                 try:
                     callback(change)
                 except Exception:
@@ -527,12 +530,14 @@ class Startable:
             )
         return target
 
-    def _raw_start(self, target: object) -> Callable[[], object] | None:
+    def _call_raw_start(self, target: object) -> object:
         spec = self._spec
         if type(spec) is _FuncSpec:
-            return spec.start
-        assert isinstance(spec, ClassSpec)
-        return None if spec.start is None else getattr(target, spec.start)
+            func = spec.start
+        else:
+            assert isinstance(spec, ClassSpec)
+            func = None if spec.start is None else getattr(target, spec.start)
+        return None if func is None else func()
 
     def _call_raw_stop(self, target: object, reason: BaseException | None) -> object:
         spec = self._spec
@@ -544,6 +549,27 @@ class Startable:
         if func is None:
             return None
         return func(reason) if spec.stop_takes_err else func()
+
+    async def _instrumented(
+        self,
+        instruments: tuple[Instrument, ...],
+        stopping: _Cycle | None,
+        raw: Callable[[], object],
+    ) -> None:
+        """Call a raw hook through the instruments, outermost first."""
+
+        async def call() -> None:
+            result = raw()
+            if _isawaitable(result):
+                await result
+
+        wrapped: Callable[[], Awaitable[None]] = call
+        for instrument in reversed(instruments):
+            if stopping is None:
+                wrapped = partial(instrument.raw_start, self, wrapped)
+            else:
+                wrapped = partial(instrument.raw_stop, self, stopping.reason, wrapped)
+        await wrapped()
 
     async def _run_start(self, on_stopping: Hook | None) -> None:
         outer = CONTEXT.get()
@@ -567,9 +593,11 @@ class Startable:
         self._move(STARTING)
         token = CONTEXT.set((cycle, (cycle, outer[1])))
         try:
-            raw_start = self._raw_start(target)
-            if raw_start is not None:
-                result = raw_start()
+            instruments = INSTRUMENTS.get()
+            if instruments:
+                await self._instrumented(instruments, None, partial(self._call_raw_start, target))
+            else:
+                result = self._call_raw_start(target)
                 if type(result) is CoroutineType or _isawaitable(result):
                     await cast(Awaitable[object], result)
         except BaseException as exc:
@@ -681,9 +709,14 @@ class Startable:
         token = CONTEXT.set((cycle, (cycle, CONTEXT.get()[1])))
         try:
             try:
-                result = self._call_raw_stop(target, cycle.reason)
-                if type(result) is CoroutineType or _isawaitable(result):
-                    await cast(Awaitable[object], result)
+                instruments = INSTRUMENTS.get()
+                if instruments:
+                    call = partial(self._call_raw_stop, target, cycle.reason)
+                    await self._instrumented(instruments, cycle, call)
+                else:
+                    result = self._call_raw_stop(target, cycle.reason)
+                    if type(result) is CoroutineType or _isawaitable(result):
+                        await cast(Awaitable[object], result)
             except Exception as exc:
                 cycle.last_error = exc
                 cycle.record(exc)

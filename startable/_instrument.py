@@ -1,0 +1,95 @@
+"""Instruments: watch every lifecycle in a context, and wrap its raw hooks.
+
+Modelled on `trio.abc.Instrument`: an object whose methods the engine calls
+at known points. Instruments are set per context with `instrumented()`, so
+tasks started inside the block (and the lifecycles they drive) see them, and
+code elsewhere does not. With none set, each raw hook call and each move costs
+one context-variable read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._startable import Startable, StateChange
+
+
+class Instrument:
+    """Base class for instruments; override the methods you need.
+
+    The raw-hook methods work like middleware: they receive the call to make
+    and must await it (or not, or raise instead) — so an instrument can
+    record a raw hook's start and end, delay it, or make it fail, which is
+    what `startable.testing` does.
+
+    Example:
+        ```python
+        class Timing(startable.Instrument):
+            async def raw_start(self, lifecycle, call):
+                began = time.perf_counter()
+                try:
+                    await call()
+                finally:
+                    print(lifecycle.name, "started in", time.perf_counter() - began)
+
+        with startable.instrumented(Timing()):
+            async with startable.running(service):
+                ...
+        ```
+    """
+
+    def on_move(self, change: StateChange) -> None:
+        """Called synchronously on every move of every lifecycle, after its subscribers.
+
+        An exception is logged on the `startable` logger and ignored.
+        """
+
+    async def raw_start(self, lifecycle: Startable, call: Callable[[], Awaitable[None]]) -> None:
+        """Wraps each raw start: `await call()` runs it (and inner instruments).
+
+        An exception raised here is the start's failure, as if the raw start
+        had raised it.
+        """
+        await call()
+
+    async def raw_stop(
+        self,
+        lifecycle: Startable,
+        reason: BaseException | None,
+        call: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Wraps each raw stop (`reason` is what the raw stop receives).
+
+        An exception raised here is an error of the stop, as if the raw stop
+        had raised it.
+        """
+        await call()
+
+
+#: The instruments of the current context, outermost first.
+INSTRUMENTS: ContextVar[tuple[Instrument, ...]] = ContextVar("startable_instruments", default=())
+
+
+@contextmanager
+def instrumented(*instruments: Instrument) -> Iterator[None]:
+    """Apply `instruments` to every lifecycle driven from inside the block.
+
+    Nests: instruments of an outer block stay active, and wrap those of the
+    inner one. Tasks started inside the block keep them after it ends, as
+    with any context variable.
+
+    Raises:
+        TypeError: if an argument is not an `Instrument`.
+    """
+    for instrument in instruments:
+        if not isinstance(instrument, Instrument):
+            raise TypeError(f"instrumented() takes Instrument objects, got {instrument!r}")
+    token = INSTRUMENTS.set(INSTRUMENTS.get() + instruments)
+    try:
+        yield
+    finally:
+        INSTRUMENTS.reset(token)
