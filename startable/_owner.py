@@ -106,7 +106,16 @@ def backend_checkpoint() -> Callable[[], Awaitable[None]]:
 class Owner:
     """Something that owns lifecycles and tasks."""
 
-    __slots__ = ("_idle", "checkpoint", "children", "closing", "parent", "task_group", "tasks")
+    __slots__ = (
+        "_idle",
+        "checkpoint",
+        "children",
+        "closed",
+        "closing",
+        "parent",
+        "task_group",
+        "tasks",
+    )
 
     def __init__(
         self,
@@ -119,7 +128,8 @@ class Owner:
         self.checkpoint = checkpoint
         self.children: dict[Startable, None] | None = None
         self.tasks: dict[Task, None] | None = None
-        self.closing = False
+        self.closing = False  # no new background tasks
+        self.closed = False  # no tasks at all: everything it held has ended
         self._idle: anyio.Event | None = None
 
     # -- what subclasses say about themselves -------------------------------
@@ -162,9 +172,15 @@ class Owner:
         *args: Any,
         name: object = None,
         runner: bool = False,
+        internal: bool = False,
     ) -> Task:
-        """Run `func(*args)` as a task of this owner."""
-        if self.closing and not runner:
+        """Run `func(*args)` as a task of this owner.
+
+        Background tasks (neither `runner` nor `internal`) are refused once
+        the owner is closing; the engine's own tasks (stop runners, async
+        hooks) are taken until the owner has closed.
+        """
+        if self.closing and not (runner or internal):
             self._refuse_tasks()
         task = Task(runner)
         if self.tasks is None:
@@ -246,11 +262,10 @@ class Owner:
         """
         if not self.tasks:
             return
-        for task in list(self.tasks):
-            if runners or not task.runner:
-                task.cancel()
         with anyio.CancelScope(shield=True):
-            while self.tasks and (runners or any(not task.runner for task in self.tasks)):
+            while pending := [task for task in self.tasks if runners or not task.runner]:
+                for task in pending:  # again on each pass: tasks may arrive meanwhile
+                    task.cancel()
                 self._idle = anyio.Event()
                 await self._idle.wait()
         self._idle = None
@@ -280,6 +295,7 @@ class Owner:
             await self._cancel_tasks(runners=True)
         else:
             await self._wait_all()  # every stop has finished: runners only have to return
+        self.closed = True
         return interrupted
 
     async def _wait_all(self) -> None:

@@ -116,11 +116,14 @@ class _Cycle(Owner):
         self.children = None
         self.tasks = None
         self.closing = False
+        self.closed = False
         self._idle = None
         self.startable = startable
         self.number = number
         self.target = target  # held strongly while the cycle runs
-        self.hooks: list[Hook] | None = None
+        # (hook, the owner of the code that passed it): an async hook's task
+        # belongs to whoever asked for it.
+        self.hooks: list[tuple[Hook, Owner | None]] | None = None
         self.start_event: anyio.Event | None = None
         self.stop_event: anyio.Event | None = None
         self.start_error: BaseException | None = None
@@ -514,9 +517,9 @@ class Startable:
         cycle = self._cycle
         assert cycle is not None
         if cycle.hooks is None:
-            cycle.hooks = [hook]
-        elif hook not in cycle.hooks:
-            cycle.hooks.append(hook)
+            cycle.hooks = [(hook, current_owner())]
+        elif all(hook != known for known, _ in cycle.hooks):
+            cycle.hooks.append((hook, current_owner()))
 
     def _target(self) -> object:
         ref = self._ref
@@ -586,7 +589,7 @@ class Startable:
         previous = self._cycle
         cycle = _Cycle(self, owner, previous.number + 1 if previous else 1, target)
         if on_stopping is not None:
-            cycle.hooks = [on_stopping]
+            cycle.hooks = [(on_stopping, owner)]
         self._cycle = cycle
         owner.adopt(self)
         began = perf_counter()
@@ -659,7 +662,7 @@ class Startable:
         cycle.hooks = None
         if not hooks:
             return
-        for hook in hooks:
+        for hook, registrant in hooks:
             try:
                 if type(hook) is MethodType and hook.__func__ is _STOP:
                     # `startable.of(parent).stop`: begin the parent's stop now.
@@ -667,8 +670,11 @@ class Startable:
                     continue
                 result = hook(reason)
                 if _isawaitable(result):
-                    assert cycle.parent is not None
-                    cycle.parent.spawn(_await, result, name=f"on_stopping hook {_name_of(hook)}")
+                    host = registrant if registrant is not None and not registrant.closed else None
+                    host = host or cycle.parent
+                    assert host is not None
+                    name = f"on_stopping hook {_name_of(hook)}"
+                    host.spawn(_await, result, name=name, internal=True)
             except Exception as exc:
                 exc.add_note(f"raised by the on_stopping hook {_name_of(hook)} of {self!r}")
                 cycle.last_error = exc
@@ -725,7 +731,7 @@ class Startable:
             if cycle.tasks or cycle.children:
                 interrupted = await cycle.close(interrupted)
             else:
-                cycle.closing = True
+                cycle.closing = cycle.closed = True
         finally:
             CONTEXT.reset(token)
         errors = cycle.stop_errors

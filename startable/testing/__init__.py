@@ -1,0 +1,73 @@
+"""Property-based race testing of lifecycles: for your services, and for ours.
+
+`check_lifecycle(MyService)` lets hypothesis generate programs of concurrent
+starts, stops, guarded calls, spontaneous stops and crashes, injects faults
+into the raw hooks, and checks after every step that the lifecycle keeps its
+promises (see `Invariant`). Failures shrink to a short program and replay from
+the seed hypothesis prints.
+
+Needs hypothesis: `pip install 'startable[testing]'`.
+"""
+
+try:
+    import hypothesis as _hypothesis  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "startable.testing needs hypothesis; install it with: pip install 'startable[testing]'"
+    ) from exc
+
+from .._util import fixup_module_metadata
+from ._check import EXAMPLES_VARIABLE as EXAMPLES_VARIABLE
+from ._check import check_lifecycle as check_lifecycle
+from ._program import BUILTIN_ACTIONS as BUILTIN_ACTIONS
+from ._program import CRASH as CRASH
+from ._program import START as START
+from ._program import START_ASYNC_HOOK as START_ASYNC_HOOK
+from ._program import START_RAISING_HOOK as START_RAISING_HOOK
+from ._program import STOP as STOP
+from ._program import STOP_NOWAIT as STOP_NOWAIT
+from ._program import STOP_REASON as STOP_REASON
+from ._program import TASK as TASK
+from ._program import Fault as Fault
+from ._program import Program as Program
+from ._program import Step as Step
+from ._program import programs as programs
+from ._runner import HookFault as HookFault
+from ._runner import InjectedFault as InjectedFault
+from ._runner import Invariant as Invariant
+from ._runner import Lifecycle as Lifecycle
+from ._runner import LifecycleViolation as LifecycleViolation
+from ._runner import Operation as Operation
+from ._runner import Reason as Reason
+from ._runner import RunView as RunView
+from ._runner import run_program as run_program
+
+__all__ = (
+    "BUILTIN_ACTIONS",
+    "CRASH",
+    "EXAMPLES_VARIABLE",
+    "START",
+    "START_ASYNC_HOOK",
+    "START_RAISING_HOOK",
+    "STOP",
+    "STOP_NOWAIT",
+    "STOP_REASON",
+    "TASK",
+    "Fault",
+    "HookFault",
+    "InjectedFault",
+    "Invariant",
+    "Lifecycle",
+    "LifecycleViolation",
+    "Operation",
+    "Program",
+    "Reason",
+    "RunView",
+    "Step",
+    "check_lifecycle",
+    "programs",
+    "run_program",
+)
+
+fixup_module_metadata(__name__, __all__, globals())
+del fixup_module_metadata

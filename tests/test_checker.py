@@ -1,0 +1,266 @@
+"""startable.testing: it finds each kind of bug, and our own core passes it.
+
+The number of programs per run of the checker over our core comes from
+$STARTABLE_EXAMPLES (2000 by default, the CI profile; set 50000 for nightly).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import anyio
+import hypothesis
+import pytest
+
+import startable
+import startable.testing as st
+from startable import State
+
+from .naive import BUGS, NaiveService, naive_lifecycle
+from .probes import Probe
+from .test_composition import Parent, build_tree
+
+SUITE_EXAMPLES = int(os.environ.get(st.EXAMPLES_VARIABLE, "2000"))
+# A proof stops at the first failure; this only bounds how long it may search.
+PROOF = hypothesis.settings(database=None, max_examples=5000)
+
+EXPECTED = {
+    "illegal move": st.Invariant.MOVES,
+    "start does not join": st.Invariant.ONCE,
+    "stop does not wait for start": st.Invariant.ORDER,
+    "hook called twice": st.Invariant.HOOKS,
+    "reason lost": st.Invariant.REASON,
+    "stop can hang": st.Invariant.DEADLINE,
+    "tasks outlive stop": st.Invariant.TASKS,
+    "stop before start raises": st.Invariant.ERRORS,
+}
+
+
+def test_every_bug_has_a_proof() -> None:
+    assert set(EXPECTED) == set(BUGS)
+    proved = {*EXPECTED.values(), st.Invariant.GUARDS, st.Invariant.USER}
+    assert proved == set(st.Invariant)
+
+
+# -- proof: each broken implementation is caught, with a short program -------
+
+
+@pytest.mark.parametrize("bug", sorted(EXPECTED))
+def test_the_checker_catches(bug: str) -> None:
+    with pytest.raises(st.LifecycleViolation) as caught:
+        st.check_lifecycle(
+            lambda: NaiveService(frozenset({bug})),
+            lifecycle=naive_lifecycle,
+            settings=PROOF,
+        )
+    violation = caught.value
+    assert violation.invariant is EXPECTED[bug], violation
+    assert len(violation.program.steps) <= 6, violation  # shrunk (programs go up to 10)
+    assert violation.invariant.value in str(violation)
+    assert "program:" in str(violation)
+
+
+def test_the_checker_catches_a_guard_that_lets_the_body_run_while_starting() -> None:
+    query = st.Operation("query()", lambda service: service.query(), states={State.STARTED})
+    with pytest.raises(st.LifecycleViolation) as caught:
+        st.check_lifecycle(
+            NaiveService, lifecycle=naive_lifecycle, operations=[query], settings=PROOF
+        )
+    assert caught.value.invariant is st.Invariant.GUARDS
+    assert "ran while the service was STARTING" in caught.value.detail
+    assert len(caught.value.program.steps) <= 6
+
+
+@pytest.mark.parametrize("bug", ["stop does not wait for start", "hook called twice"])
+def test_the_checker_catches_on_asyncio_too(bug: str) -> None:
+    with pytest.raises(st.LifecycleViolation) as caught:
+        st.check_lifecycle(
+            lambda: NaiveService(frozenset({bug})),
+            lifecycle=naive_lifecycle,
+            backend="asyncio",
+            settings=PROOF,
+        )
+    assert caught.value.invariant is EXPECTED[bug]
+
+
+def test_user_invariants_are_checked_after_every_step() -> None:
+    def never_started_twice(view: st.RunView) -> None:
+        assert startable.of(view.root).statistics().cycle < 2, "the service was restarted"
+
+    with pytest.raises(st.LifecycleViolation) as caught:
+        st.check_lifecycle(Probe, invariants=[never_started_twice], settings=PROOF)
+    assert caught.value.invariant is st.Invariant.USER
+    assert "never_started_twice" in caught.value.detail
+    assert "restarted" in caught.value.detail
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_the_naive_implementation_without_bugs_passes(backend: st._runner.Backend) -> None:
+    st.check_lifecycle(NaiveService, lifecycle=naive_lifecycle, backend=backend, max_examples=300)
+
+
+# -- our own core, under the checker --------------------------------------------
+
+
+class Group:
+    """Two users sharing one injected pool: aggregation."""
+
+    def __init__(self) -> None:
+        self.pool = Probe("pool")
+        self.first = User(self.pool)
+        self.second = User(self.pool)
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        await startable.of(self.first).start(startable.of(self).stop)
+        await startable.of(self.second).start(startable.of(self).stop)
+
+    @startable.as_raw_stop
+    async def _stop(self) -> None:
+        await startable.of(self.second).stop()
+        await startable.of(self.first).stop()
+
+
+class User:
+    def __init__(self, pool: Probe) -> None:
+        self.pool = pool
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        await startable.of(self.pool).start(startable.of(self).stop)
+
+    @startable.as_raw_stop
+    async def _stop(self) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    @startable.assert_state()
+    async def use(self) -> str:
+        return await self.pool.ping()
+
+
+def single() -> Any:
+    return Probe("service")
+
+
+def composed() -> Any:
+    return Parent([])
+
+
+def tree() -> Any:
+    return build_tree([])["top"]
+
+
+def tree_nodes(top: Any) -> list[Any]:
+    middle, middle_sibling = top.children
+    leaf, leaf_sibling = middle.children
+    return [top, middle, middle_sibling, leaf, leaf_sibling]
+
+
+SHAPES = {
+    "single service": (single, None),
+    "parent with two composed children": (composed, lambda p: [p, p.child1, p.child2]),
+    "injected child shared by two users": (Group, lambda g: [g, g.first, g.second, g.pool]),
+    "three-level tree": (tree, tree_nodes),
+}
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_our_core_keeps_every_invariant(shape: str, backend: st._runner.Backend) -> None:
+    factory, targets = SHAPES[shape]
+    st.check_lifecycle(
+        factory,
+        targets=targets,
+        backend=backend,
+        max_examples=SUITE_EXAMPLES,
+        settings=hypothesis.settings(database=None),
+    )
+
+
+# -- determinism and the API --------------------------------------------------
+
+
+def test_a_run_replays_exactly() -> None:
+    logs: list[tuple[str, ...]] = []
+
+    def record(view: st.RunView) -> None:
+        logs.append(view.events)  # keeps the last snapshot of each run
+
+    program = st.Program(
+        steps=(
+            st.Step(0, st.START),
+            st.Step(1, st.STOP_REASON, delay=1),
+            st.Step(2, st.START, delay=2),
+            st.Step(0, st.CRASH),
+        ),
+        start_faults=(st.Fault(sleep_before=0.5, checkpoints_after=2),),
+        stop_faults=(st.Fault(raise_after=True),),
+    )
+
+    @hypothesis.settings(derandomize=True, database=None, max_examples=1)
+    @hypothesis.given(hypothesis.strategies.just(program))
+    def run(program: st.Program) -> None:
+        st.run_program(program, single, invariants=[record])
+
+    run()
+    first = logs[-1]
+    logs.clear()
+    run()
+    assert logs[-1] == first
+    assert any("raw start begins" in event for event in first)
+    assert any("raw stop ends" in event for event in first)
+
+
+def test_programs_describe_themselves() -> None:
+    program = st.Program(
+        steps=(st.Step(0, st.START), st.Step(1, st.STOP_REASON, target=1, delay=2)),
+        start_faults=(st.Fault(raise_before=True),),
+    )
+    text = program.describe(["parent", "child"])
+    assert "1. caller 0: start on parent" in text
+    assert "2. caller 1: stop with a reason on child after 2 checkpoints" in text
+    assert "fault: raw start call 1 raises instead of running" in text
+    assert program.callers == 2
+
+
+def test_check_lifecycle_validates_its_arguments() -> None:
+    with pytest.raises(ValueError, match="callers"):
+        st.check_lifecycle(Probe, callers=0)
+    with pytest.raises(ValueError, match="backend"):
+        st.check_lifecycle(Probe, backend="curio")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown built-in actions"):
+        st.check_lifecycle(Probe, actions=["dance"])
+    with pytest.raises(ValueError, match="two operations"):
+        st.check_lifecycle(Probe, operations=[st.Operation("start", lambda s: None)])
+    with pytest.raises(ValueError, match="targets #3"):
+        st.check_lifecycle(Probe, operations=[st.Operation("x", lambda s: None, target=3)])
+
+
+def test_guarded_methods_are_discovered_and_expected_errors_honoured() -> None:
+    class Flaky:
+        @startable.as_raw_start
+        async def _start(self) -> None:
+            pass
+
+        @startable.assert_state()
+        async def fetch(self) -> str:
+            raise ConnectionResetError("the server hung up")
+
+    with pytest.raises(st.LifecycleViolation) as caught:
+        st.check_lifecycle(Flaky, settings=PROOF)
+    assert caught.value.invariant is st.Invariant.ERRORS
+    assert "Flaky.fetch()" in caught.value.detail
+    st.check_lifecycle(Flaky, expected_errors=[ConnectionResetError], max_examples=100)
+
+
+def test_examples_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from startable.testing._check import default_examples
+
+    monkeypatch.delenv(st.EXAMPLES_VARIABLE, raising=False)
+    assert default_examples() == 200
+    monkeypatch.setenv(st.EXAMPLES_VARIABLE, "50000")
+    assert default_examples() == 50000
+    monkeypatch.setenv(st.EXAMPLES_VARIABLE, "lots")
+    with pytest.raises(ValueError, match="whole number"):
+        default_examples()
