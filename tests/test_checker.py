@@ -264,3 +264,30 @@ def test_examples_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(st.EXAMPLES_VARIABLE, "lots")
     with pytest.raises(ValueError, match="whole number"):
         default_examples()
+
+
+def test_pytest_option_sets_the_examples(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import os
+
+        def test_examples():
+            assert os.environ["STARTABLE_EXAMPLES"] == "7"
+        """
+    )
+    result = pytester.runpytest_subprocess("--startable-examples", "7")
+    result.assert_outcomes(passed=1)
+
+
+def test_the_testing_layer_uses_only_the_public_core() -> None:
+    import ast
+    from pathlib import Path
+
+    for path in (Path(st.__file__).parent).glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                module = "." * node.level + node.module
+                if module.startswith("startable") or node.level > 1:
+                    assert module in ("startable", "..", ".._util"), (path.name, module)
+                    if module == "startable":
+                        assert all(a.name in startable.__all__ for a in node.names), path.name

@@ -97,3 +97,18 @@ def test_importing_the_core_alone_loads_nothing_above_it() -> None:
 
 def test_cli_exports() -> None:
     assert startable.cli.__all__ == ("load_target", "main")
+
+
+def test_benchmarks_run() -> None:
+    """Each bench/ script runs end to end (figures from --quick mean nothing)."""
+    root = Path(__file__).resolve().parent.parent
+    for script in sorted((root / "bench").glob("*.py")):
+        result = subprocess.run(
+            [sys.executable, str(script), "--quick"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, (script.name, result.stderr)
+        assert "best of" in result.stdout
