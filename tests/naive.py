@@ -152,8 +152,14 @@ class Naive:
         elif self.state is STARTING:
             if "stop does not wait for start" in self.bugs:
                 await self.raw_start_began.wait()
-                self.reason = err
-                await self._through(partial(self.target.raw_stop, err), err)
+                if self.state is STARTING:  # the raw start is running: stop under it
+                    self.reason = err
+                    await self._through(partial(self.target.raw_stop, err), err)
+                    return
+                if self.state is STOPPING:
+                    await self._join_stop()
+                else:
+                    await self.stop(err)
                 return
             if not self.pending:
                 self.pending, self.reason = True, err

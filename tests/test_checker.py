@@ -22,8 +22,10 @@ from .probes import Probe
 from .test_composition import Parent, build_tree
 
 SUITE_EXAMPLES = int(os.environ.get(st.EXAMPLES_VARIABLE, "2000"))
-# A proof stops at the first failure; this only bounds how long it may search.
-PROOF = hypothesis.settings(database=None, max_examples=5000)
+# A proof must find its bug on every run: the search is derandomized (the
+# same programs each time) and its bound, which only limits how long it may
+# search, is passed as max_examples= so that $STARTABLE_EXAMPLES cannot lower it.
+PROOF = {"settings": hypothesis.settings(database=None, derandomize=True), "max_examples": 5000}
 
 EXPECTED = {
     "illegal move": st.Invariant.MOVES,
@@ -52,7 +54,7 @@ def test_the_checker_catches(bug: str) -> None:
         st.check_lifecycle(
             lambda: NaiveService(frozenset({bug})),
             lifecycle=naive_lifecycle,
-            settings=PROOF,
+            **PROOF,
         )
     violation = caught.value
     assert violation.invariant is EXPECTED[bug], violation
@@ -64,9 +66,7 @@ def test_the_checker_catches(bug: str) -> None:
 def test_the_checker_catches_a_guard_that_lets_the_body_run_while_starting() -> None:
     query = st.Operation("query()", lambda service: service.query(), states={State.STARTED})
     with pytest.raises(st.LifecycleViolation) as caught:
-        st.check_lifecycle(
-            NaiveService, lifecycle=naive_lifecycle, operations=[query], settings=PROOF
-        )
+        st.check_lifecycle(NaiveService, lifecycle=naive_lifecycle, operations=[query], **PROOF)
     assert caught.value.invariant is st.Invariant.GUARDS
     assert "ran while the service was STARTING" in caught.value.detail
     assert len(caught.value.program.steps) <= 6
@@ -79,7 +79,7 @@ def test_the_checker_catches_on_asyncio_too(bug: str) -> None:
             lambda: NaiveService(frozenset({bug})),
             lifecycle=naive_lifecycle,
             backend="asyncio",
-            settings=PROOF,
+            **PROOF,
         )
     assert caught.value.invariant is EXPECTED[bug]
 
@@ -89,7 +89,7 @@ def test_user_invariants_are_checked_after_every_step() -> None:
         assert startable.of(view.root).statistics().cycle < 2, "the service was restarted"
 
     with pytest.raises(st.LifecycleViolation) as caught:
-        st.check_lifecycle(Probe, invariants=[never_started_twice], settings=PROOF)
+        st.check_lifecycle(Probe, invariants=[never_started_twice], **PROOF)
     assert caught.value.invariant is st.Invariant.USER
     assert "never_started_twice" in caught.value.detail
     assert "restarted" in caught.value.detail
@@ -248,7 +248,7 @@ def test_guarded_methods_are_discovered_and_expected_errors_honoured() -> None:
             raise ConnectionResetError("the server hung up")
 
     with pytest.raises(st.LifecycleViolation) as caught:
-        st.check_lifecycle(Flaky, settings=PROOF)
+        st.check_lifecycle(Flaky, **PROOF)
     assert caught.value.invariant is st.Invariant.ERRORS
     assert "Flaky.fetch()" in caught.value.detail
     st.check_lifecycle(Flaky, expected_errors=[ConnectionResetError], max_examples=100)
@@ -291,3 +291,22 @@ def test_the_testing_layer_uses_only_the_public_core() -> None:
                     assert module in ("startable", "..", ".._util"), (path.name, module)
                     if module == "startable":
                         assert all(a.name in startable.__all__ for a in node.names), path.name
+
+
+def test_where_the_number_of_programs_comes_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs: list[int] = []
+
+    def counted() -> Probe:
+        runs.append(1)
+        return Probe()
+
+    def tried(**options: Any) -> int:
+        runs.clear()
+        st.check_lifecycle(counted, settings=hypothesis.settings(database=None), **options)
+        return len(runs) - 1  # one more call discovers the targets
+
+    monkeypatch.delenv(st.EXAMPLES_VARIABLE, raising=False)
+    assert tried(max_examples=7) == 7
+    monkeypatch.setenv(st.EXAMPLES_VARIABLE, "9")
+    assert tried() == 9
+    assert tried(max_examples=5) == 5

@@ -117,7 +117,8 @@ def check_lifecycle(
         backend: `"trio"` (virtual time, replayable scheduling) or `"asyncio"`.
         deadline: seconds any call may take (virtual on trio).
         lifecycle: how to get the lifecycle of an object (`startable.of`).
-        max_examples: programs to try; default `$STARTABLE_EXAMPLES` or 200.
+        max_examples: programs to try. If not given: `$STARTABLE_EXAMPLES`
+            if set, else the `max_examples` of `settings` if given, else 200.
         settings: hypothesis settings to start from.
 
     Raises:
@@ -171,6 +172,11 @@ def check_lifecycle(
         inject_faults=inject_faults,
         sleeps=backend == "trio",
     )
+    if max_examples is None:
+        from_settings = settings.max_examples if settings is not None else None
+        max_examples = (
+            from_settings if from_settings and EXAMPLES_VARIABLE not in os.environ else None
+        )
     chosen = hypothesis.settings(
         settings,
         max_examples=max_examples if max_examples is not None else default_examples(),

@@ -372,15 +372,10 @@ class Recorder(startable.Instrument):
             )
         track.raw_starts += 1
         track.in_start = True
-        fault = next(self.start_faults, _NO_FAULT)
         try:
-            await self._disturb(fault.checkpoints_before, fault.sleep_before)
-            if fault.raise_before:
-                raise InjectedFault(f"injected into the raw start of {track.name}, before it ran")
-            await call()
-            await self._disturb(fault.checkpoints_after, 0.0)
-            if fault.raise_after:
-                raise InjectedFault(f"injected into the raw start of {track.name}, after it ran")
+            await self._faulty(
+                next(self.start_faults, _NO_FAULT), f"raw start of {track.name}", call
+            )
         finally:
             track.in_start = False
             self.log(f"{track.name}: raw start ends")
@@ -411,24 +406,25 @@ class Recorder(startable.Instrument):
         track.raw_stops += 1
         track.raw_stop_began = True
         track.in_stop = True
-        fault = next(self.stop_faults, _NO_FAULT)
         try:
-            await self._disturb(fault.checkpoints_before, fault.sleep_before)
-            if fault.raise_before:
-                raise InjectedFault(f"injected into the raw stop of {track.name}, before it ran")
-            await call()
-            await self._disturb(fault.checkpoints_after, 0.0)
-            if fault.raise_after:
-                raise InjectedFault(f"injected into the raw stop of {track.name}, after it ran")
+            await self._faulty(next(self.stop_faults, _NO_FAULT), f"raw stop of {track.name}", call)
         finally:
             track.in_stop = False
             self.log(f"{track.name}: raw stop ends")
 
-    async def _disturb(self, checkpoints: int, sleep: float) -> None:
-        if sleep:
-            await anyio.sleep(sleep)
-        for _ in range(checkpoints):
+    async def _faulty(self, fault: Fault, what: str, call: Callable[[], Awaitable[None]]) -> None:
+        """Make the raw hook `call` as `fault` says."""
+        if fault.sleep_before:
+            await anyio.sleep(fault.sleep_before)
+        for _ in range(fault.checkpoints_before):
             await anyio.lowlevel.checkpoint()
+        if fault.raise_before:
+            raise InjectedFault(f"injected into the {what}, before it ran")
+        await call()
+        for _ in range(fault.checkpoints_after):
+            await anyio.lowlevel.checkpoint()
+        if fault.raise_after:
+            raise InjectedFault(f"injected into the {what}, after it ran")
 
     def hook_fired(self, probe: _HookProbe, reason: BaseException | None) -> None:
         track = self.track(probe.lifecycle)
