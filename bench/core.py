@@ -3,10 +3,14 @@
     uv run python bench/core.py            # full run (about a minute)
     uv run python bench/core.py --quick    # a smoke run; figures are not meaningful
     uv run python bench/core.py --check    # exit 1 if a bar is missed
+    uv run python bench/core.py --instructions   # + instruction counts (needs valgrind)
 
 Each figure is the best of several interleaved rounds (the minimum is the
 estimator least disturbed by other load on the machine); ratios compare
-figures from this same run, never from another machine.
+figures from this same run, never from another machine. On a shared or
+virtual machine, wall-clock ratios still move by about ten per cent from run
+to run; `--instructions` adds the cycle's cost in CPU instructions, counted by
+valgrind's callgrind, which does not move with load.
 
 What is measured:
 
@@ -25,6 +29,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
+import re
+import shutil
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -157,6 +165,71 @@ def _idle_service() -> object:
     return obj
 
 
+# -- instruction counts --------------------------------------------------------
+
+_CYCLES_PROGRAM = """
+import asyncio, sys, anyio, startable
+from mode import Service
+
+class NoOp:
+    @startable.as_raw_start
+    async def _start(self): pass
+    @startable.as_raw_stop
+    async def _stop(self): pass
+
+class ModeNoOp(Service):
+    async def on_start(self): pass
+    async def on_stop(self): pass
+
+async def ours(n):
+    async with startable.open_owner():
+        for _ in range(n):
+            obj = NoOp()
+            lifecycle = startable.of(obj)
+            await lifecycle.start()
+            await lifecycle.stop()
+
+async def theirs(n):
+    for _ in range(n):
+        service = ModeNoOp()
+        await service.start()
+        await service.stop()
+
+kind, n = sys.argv[1], int(sys.argv[2])
+if kind == "mode":
+    asyncio.run(theirs(n))
+else:
+    anyio.run(ours, n, backend=kind)
+"""
+
+
+def instructions_per_cycle(kind: str) -> float:
+    """CPU instructions of one cycle: the difference of two runs, divided."""
+
+    def count(n: int) -> int:
+        result = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--callgrind-out-file=/dev/null",
+                sys.executable,
+                "-c",
+                _CYCLES_PROGRAM,
+                kind,
+                str(n),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+        )
+        match = re.search(r"I\s+refs:\s+([\d,]+)", result.stderr)
+        assert match, result.stderr[-500:]
+        return int(match.group(1).replace(",", ""))
+
+    return (count(3000) - count(1000)) / 2000
+
+
 # -- report ------------------------------------------------------------------
 
 
@@ -164,6 +237,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument("--check", action="store_true", help="exit 1 if a bar is missed")
+    parser.add_argument(
+        "--instructions", action="store_true", help="also count instructions with valgrind"
+    )
     args = parser.parse_args()
     n_cycles, n_calls, n_objects, rounds = (
         (200, 2_000, 1_000, 2) if args.quick else (5_000, 100_000, 20_000, 7)
@@ -217,6 +293,20 @@ def main() -> int:
                     f"(+{(guarded - plain) * 1e9:.0f} ns)",
                     f"{guarded / plain:.2f}x",
                     guarded / plain <= 1.5,
+                )
+            )
+    if args.instructions:
+        if shutil.which("valgrind") is None:
+            sys.exit("--instructions needs valgrind (apt install valgrind)")
+        mode_count = instructions_per_cycle("mode")
+        for backend in ("trio", "asyncio"):
+            ours_count = instructions_per_cycle(backend)
+            rows.append(
+                (
+                    f"start+stop cycle, instructions ({backend})",
+                    f"{ours_count / 1000:.0f}k vs mode {mode_count / 1000:.0f}k instructions",
+                    f"{ours_count / mode_count:.2f}x mode",
+                    ours_count / mode_count <= 0.5,
                 )
             )
     ours_bytes = memory["startable"]

@@ -124,6 +124,8 @@ def _derive_replies(trigger: str) -> Mapping[State, Reply]:
 
 #: Every legal (from, to) pair; the engine refuses any other move.
 MOVES = _derive_moves()
+#: For each state, the states it may move to (the engine's check of each move).
+SUCCESSORS = {state: frozenset(b for a, b in MOVES if a is state) for state in State}
 #: The states in which `start()` / `stop()` are accepted.
 START_ACCEPTS = _derive_accepts("start")
 STOP_ACCEPTS = _derive_accepts("stop")

@@ -404,6 +404,8 @@ class ClassSpec:
     stop_takes_err: bool
 
 
+_SPEC_ATTR: Final = "__startable_spec__"
+# For the rare class whose metaclass refuses new attributes.
 _SPECS: weakref.WeakKeyDictionary[type, ClassSpec] = weakref.WeakKeyDictionary()
 
 
@@ -427,7 +429,9 @@ def spec_for(cls: type) -> ClassSpec:
         TypeError: if `cls` has no raw start, raw stop or guarded method.
         DefinitionError: on conflicting raw hooks.
     """
-    spec = _SPECS.get(cls)
+    # Cached on the class itself (its own __dict__, never a base's): a plain
+    # dict lookup, where a WeakKeyDictionary makes a weak reference per lookup.
+    spec = cls.__dict__.get(_SPEC_ATTR) or _SPECS.get(cls)
     if spec is not None:
         return spec
     hooks = find_raw_hooks(cls)
@@ -441,5 +445,8 @@ def spec_for(cls: type) -> ClassSpec:
     stop = hooks.get(STOP)
     stop_takes_err = stop is not None and takes_reason(getattr(cls, stop), bound=False)
     spec = ClassSpec(start=hooks.get(START), stop=stop, stop_takes_err=stop_takes_err)
-    _SPECS[cls] = spec
+    try:
+        setattr(cls, _SPEC_ATTR, spec)
+    except (AttributeError, TypeError):
+        _SPECS[cls] = spec
     return spec

@@ -147,23 +147,6 @@ class Owner:
 
     # -- bookkeeping --------------------------------------------------------
 
-    def encloses(self, other: Owner | None) -> bool:
-        """Whether `other` is this owner or one of its descendants."""
-        while other is not None:
-            if other is self:
-                return True
-            other = other.parent
-        return False
-
-    def adopt(self, startable: Startable) -> None:
-        if self.children is None:
-            self.children = {}
-        self.children[startable] = None
-
-    def release(self, startable: Startable) -> None:
-        if self.children is not None:
-            self.children.pop(startable, None)
-
     # -- tasks --------------------------------------------------------------
 
     def spawn(

@@ -16,10 +16,10 @@ import attrs
 from ._exceptions import AbortedError, NoOwnerError, StartableError, StateError
 from ._instrument import INSTRUMENTS, Instrument
 from ._lifecycle import (
-    MOVES,
     START_ACCEPTS,
     START_REPLIES,
     STOP_REPLIES,
+    SUCCESSORS,
     Reply,
     State,
     describe_states,
@@ -33,7 +33,18 @@ READY, STARTING, STARTED, STOPPING, STOPPED = State
 #: An on_stopping hook: called with the stop reason when a cycle leaves STARTED.
 Hook: TypeAlias = Callable[[BaseException | None], object]
 
-_checkpoint: Final = anyio.lowlevel.checkpoint
+
+class _NoOwner:
+    """Stands in for an owner where there is none: only its checkpoint is used.
+
+    The owners' checkpoint is resolved once for the running backend; a call
+    made with no owner in context uses anyio's, which looks it up each time.
+    """
+
+    checkpoint = staticmethod(anyio.lowlevel.checkpoint)
+
+
+_FALLBACK: Final = _NoOwner()
 
 
 @attrs.frozen
@@ -89,6 +100,7 @@ class _Cycle(Owner):
 
     __slots__ = (
         "hooks",
+        "instruments",
         "last_error",
         "number",
         "outcome",
@@ -121,6 +133,9 @@ class _Cycle(Owner):
         self.startable = startable
         self.number = number
         self.target = target  # held strongly while the cycle runs
+        # The instruments of the context where the cycle began see all of it,
+        # whichever task makes its later moves.
+        self.instruments = INSTRUMENTS.get()
         # (hook, the owner of the code that passed it): an async hook's task
         # belongs to whoever asked for it.
         self.hooks: list[tuple[Hook, Owner | None]] | None = None
@@ -356,12 +371,20 @@ class Startable:
             NoOwnerError: when beginning a cycle with no owner in context.
             Exception: whatever the raw start raised (after the raw stop ran).
         """
-        await self._checkpoint()
+        cycle = self._cycle
+        owner: Owner | None = cycle if cycle is not None and self._state is not STOPPED else None
+        await (owner or CONTEXT.get()[0] or _FALLBACK).checkpoint()
         state = self._state  # read after the checkpoint: others may have run
         reply = START_REPLIES.get(state)
-        if reply is Reply.BEGIN:
-            await self._run_start(on_stopping)
-        elif reply is Reply.RETURN:
+        if reply is not Reply.BEGIN:
+            await self._start_without_beginning(state, reply, on_stopping)
+            return
+        await self._begin_cycle(on_stopping)
+
+    async def _start_without_beginning(
+        self, state: State, reply: Reply | None, on_stopping: Hook | None
+    ) -> None:
+        if reply is Reply.RETURN:
             self._add_hook(on_stopping)
         elif reply is Reply.JOIN:
             self._add_hook(on_stopping)
@@ -389,13 +412,18 @@ class Startable:
             Exception: whatever the raw stop (or a hook, or a task left
                 running) raised; several errors come as an ExceptionGroup.
         """
-        await self._checkpoint()
+        cycle = self._cycle
+        owner: Owner | None = cycle if cycle is not None and self._state is not STOPPED else None
+        await (owner or CONTEXT.get()[0] or _FALLBACK).checkpoint()
         state = self._state  # read after the checkpoint: others may have run
         reply = STOP_REPLIES[state]
         cycle = self._cycle
         if reply is Reply.BEGIN:
             assert cycle is not None
-            if cycle.encloses(current_owner()):
+            current = CONTEXT.get()[0]
+            while current is not None and current is not cycle:
+                current = current.parent
+            if current is not None:
                 # Called from a task this stop will cancel: let the owner run it.
                 self._begin_stop(cycle, err)
                 self._spawn_runner(cycle)
@@ -488,22 +516,14 @@ class Startable:
 
     # -- the engine ---------------------------------------------------------
 
-    def _checkpoint(self) -> Awaitable[None]:
-        # Only a live cycle or the current context's owner is known to belong
-        # to the running event loop; a STOPPED cycle may be from an earlier one.
-        owner: Owner | None = self._cycle
-        if owner is None or self._state is STOPPED:
-            owner = current_owner()
-        return owner.checkpoint() if owner is not None else _checkpoint()
-
     def _move(self, new: State, reason: BaseException | None = None) -> None:
         old = self._state
-        if (old, new) not in MOVES:  # pragma: no cover - a bug in the engine
+        if new not in SUCCESSORS[old]:  # pragma: no cover - a bug in the engine
             raise AssertionError(f"startable: illegal move {old.name} -> {new.name} of {self!r}")
         self._state = new
-        instruments = INSTRUMENTS.get()
+        cycle = self._cycle
+        instruments = cycle.instruments if cycle is not None else INSTRUMENTS.get()
         if self._observers or instruments:
-            cycle = self._cycle
             change = StateChange(self, old, new, reason, cycle.number if cycle else 0)
             for callback in [*(self._observers or ()), *(i.on_move for i in instruments)]:
                 try:
@@ -521,34 +541,22 @@ class Startable:
         elif all(hook != known for known, _ in cycle.hooks):
             cycle.hooks.append((hook, current_owner()))
 
-    def _target(self) -> object:
-        ref = self._ref
-        if ref is None:
-            return None
-        target = ref()
-        if target is None:
-            raise StartableError(
-                f"the object of {self!r} has been garbage-collected: startable.of() refers to "
-                "its object weakly, so keep a reference to the object itself"
-            )
-        return target
-
     def _call_raw_start(self, target: object) -> object:
         spec = self._spec
-        if type(spec) is _FuncSpec:
-            func = spec.start
-        else:
-            assert isinstance(spec, ClassSpec)
-            func = None if spec.start is None else getattr(target, spec.start)
-        return None if func is None else func()
+        if type(spec) is ClassSpec:
+            name = spec.start
+            return None if name is None else getattr(target, name)()
+        assert isinstance(spec, _FuncSpec)
+        return None if spec.start is None else spec.start()
 
     def _call_raw_stop(self, target: object, reason: BaseException | None) -> object:
         spec = self._spec
-        if type(spec) is _FuncSpec:
-            func = spec.stop
+        if type(spec) is ClassSpec:
+            name = spec.stop
+            func = None if name is None else getattr(target, name)
         else:
-            assert isinstance(spec, ClassSpec)
-            func = None if spec.stop is None else getattr(target, spec.stop)
+            assert isinstance(spec, _FuncSpec)
+            func = spec.stop
         if func is None:
             return None
         return func(reason) if spec.stop_takes_err else func()
@@ -574,7 +582,7 @@ class Startable:
                 wrapped = partial(instrument.raw_stop, self, stopping.reason, wrapped)
         await wrapped()
 
-    async def _run_start(self, on_stopping: Hook | None) -> None:
+    async def _begin_cycle(self, on_stopping: Hook | None) -> None:
         outer = CONTEXT.get()
         owner = outer[0]
         if owner is None:
@@ -585,24 +593,38 @@ class Startable:
             )
         if owner.closing:
             raise NoOwnerError(f"cannot start {self!r}: its owner {owner.describe()} is stopping")
-        target = self._target()
+        ref = self._ref
+        target = None if ref is None else ref()
+        if target is None and ref is not None:
+            raise StartableError(
+                f"the object of {self!r} has been garbage-collected: startable.of() refers to "
+                "its object weakly, so keep a reference to the object itself"
+            )
         previous = self._cycle
         cycle = _Cycle(self, owner, previous.number + 1 if previous else 1, target)
         if on_stopping is not None:
             cycle.hooks = [(on_stopping, owner)]
         self._cycle = cycle
-        owner.adopt(self)
+        children = owner.children
+        if children is None:
+            owner.children = {self: None}
+        else:
+            children[self] = None
         began = perf_counter()
         self._move(STARTING)
         token = CONTEXT.set((cycle, (cycle, outer[1])))
         try:
-            instruments = INSTRUMENTS.get()
-            if instruments:
-                await self._instrumented(instruments, None, partial(self._call_raw_start, target))
+            if cycle.instruments:
+                raw = partial(self._call_raw_start, target)
+                await self._instrumented(cycle.instruments, None, raw)
             else:
-                result = self._call_raw_start(target)
+                spec = self._spec
+                if type(spec) is ClassSpec:
+                    result = None if spec.start is None else getattr(target, spec.start)()
+                else:
+                    result = self._call_raw_start(target)
                 if type(result) is CoroutineType or _isawaitable(result):
-                    await cast(Awaitable[object], result)
+                    await result
         except BaseException as exc:
             CONTEXT.reset(token)
             cycle.start_duration = perf_counter() - began
@@ -659,9 +681,9 @@ class Startable:
         cycle.stop_time = perf_counter()
         self._move(STOPPING, reason)
         hooks = cycle.hooks
-        cycle.hooks = None
-        if not hooks:
+        if hooks is None:
             return
+        cycle.hooks = None
         for hook, registrant in hooks:
             try:
                 if type(hook) is MethodType and hook.__func__ is _STOP:
@@ -715,14 +737,13 @@ class Startable:
         token = CONTEXT.set((cycle, (cycle, CONTEXT.get()[1])))
         try:
             try:
-                instruments = INSTRUMENTS.get()
-                if instruments:
+                if cycle.instruments:
                     call = partial(self._call_raw_stop, target, cycle.reason)
-                    await self._instrumented(instruments, cycle, call)
+                    await self._instrumented(cycle.instruments, cycle, call)
                 else:
                     result = self._call_raw_stop(target, cycle.reason)
                     if type(result) is CoroutineType or _isawaitable(result):
-                        await cast(Awaitable[object], result)
+                        await result
             except Exception as exc:
                 cycle.last_error = exc
                 cycle.record(exc)
@@ -749,8 +770,10 @@ class Startable:
         cycle.stop_duration = perf_counter() - cycle.stop_time
         cycle.target = None
         self._move(STOPPED, cycle.reason)
-        assert cycle.parent is not None
-        cycle.parent.release(self)
+        owner = cycle.parent
+        assert owner is not None
+        if owner.children is not None:
+            owner.children.pop(self, None)
         cycle.parent = None  # a finished cycle must not keep its owner alive
         if cycle.stop_event is not None:
             cycle.stop_event.set()
