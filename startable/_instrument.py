@@ -1,10 +1,10 @@
 """Instruments: watch every lifecycle in a context, and wrap its raw hooks.
 
 Modelled on `trio.abc.Instrument`: an object whose methods the engine calls
-at known points. Instruments are set per context with `instrumented()`, so
-tasks started inside the block (and the lifecycles they drive) see them, and
-code elsewhere does not. With none set, each raw hook call and each move costs
-one context-variable read.
+at known points. Instruments are set per context with `instrumented()`; a
+cycle that begins inside the block captures them and reports all its moves
+and raw hooks to them, whichever task makes them. With none set, a cycle
+costs one extra context-variable read.
 """
 
 from __future__ import annotations
@@ -76,11 +76,12 @@ INSTRUMENTS: ContextVar[tuple[Instrument, ...]] = ContextVar("startable_instrume
 
 @contextmanager
 def instrumented(*instruments: Instrument) -> Iterator[None]:
-    """Apply `instruments` to every lifecycle driven from inside the block.
+    """Apply `instruments` to every cycle that begins inside the block.
 
-    Nests: instruments of an outer block stay active, and wrap those of the
-    inner one. Tasks started inside the block keep them after it ends, as
-    with any context variable.
+    A cycle keeps the instruments of the place where it began until it is
+    STOPPED, so they see its later moves and its raw stop even when another
+    task makes them. Nests: instruments of an outer block stay active, and
+    wrap those of the inner one.
 
     Raises:
         TypeError: if an argument is not an `Instrument`.
