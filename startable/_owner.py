@@ -52,7 +52,8 @@ def inside_raw(owner: Owner) -> bool:
 
 
 def combine(errors: list[Exception], message: str) -> Exception | None:
-    """None, the only error, or an ExceptionGroup of several."""
+    """None, the only error, or an ExceptionGroup of several (each once)."""
+    errors = list({id(error): error for error in errors}.values())
     if not errors:
         return None
     if len(errors) == 1:
@@ -356,10 +357,9 @@ async def open_owner() -> AsyncIterator[None]:
     if isinstance(body_error, Exception):
         errors.append(body_error)
     errors.extend(root.errors)
-    if len(errors) == 1:
-        raise errors[0]
-    if errors:
-        raise ExceptionGroup("errors in startable.open_owner()", errors)
+    error = combine(errors, "errors in startable.open_owner()")
+    if error is not None:
+        raise error
     if body_error is not None:
         raise body_error
     if interrupted is not None:

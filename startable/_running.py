@@ -11,7 +11,7 @@ from typing import Any, Literal, TypeVar
 import anyio
 
 from ._exceptions import StoppedError
-from ._owner import open_owner
+from ._owner import combine, open_owner
 from ._startable import Startable, StateChange, of
 
 T = TypeVar("T")
@@ -79,10 +79,9 @@ async def running(obj: T) -> AsyncIterator[T]:
             await lifecycle.stop(body_error if isinstance(body_error, Exception) else None)
         except Exception as exc:
             errors.append(exc)
-        if len(errors) == 1:
-            raise errors[0]
-        if errors:
-            raise ExceptionGroup(f"errors in running({lifecycle!r})", errors)
+        error = combine(errors, f"errors in running({lifecycle!r})")
+        if error is not None:
+            raise error
         if body_error is not None:
             raise body_error
 

@@ -1,0 +1,71 @@
+"""The errors of the cluster layer; all derive from `startable.StartableError`."""
+
+from __future__ import annotations
+
+from .._exceptions import StartableError
+from ._messages import ErrorInfo
+
+
+class ClusterError(StartableError):
+    """Root of the errors raised by `startable.cluster`."""
+
+
+class PortError(ClusterError, ConnectionError):
+    """A port cannot carry messages any more; it has stopped (or is stopping).
+
+    Raised by `ConnectionPort.send`/`receive` and given as the reason of the
+    port's stop.
+    """
+
+
+class PortClosed(PortError):
+    """The peer closed the connection (end of stream between frames)."""
+
+
+class FrameError(PortError):
+    """The byte stream broke the framing: a frame too large, cut short, or
+    not a startable port at all. The port closes: a stream cannot be trusted
+    to find the next frame after a bad one."""
+
+
+class AuthenticationError(FrameError):
+    """The peer does not hold the cluster key: the handshake failed, or a
+    frame's HMAC did not match. The port closes."""
+
+
+class MessageError(ClusterError, ValueError):
+    """A well-framed (and authenticated) frame held no valid message.
+
+    Raised by `ConnectionPort.receive` for that one frame, which is dropped;
+    the port stays open and the next call receives the next frame.
+    """
+
+
+class RemoteError(ClusterError):
+    """An exception raised in another process, with its traceback as text.
+
+    Attributes:
+        info: the remote exception's type name, message and traceback.
+    """
+
+    info: ErrorInfo
+
+    def __init__(self, info: ErrorInfo, where: str = "") -> None:
+        self.info = info
+        self.where = where
+        super().__init__(f"{info.type}: {info.message}" + (f" ({where})" if where else ""))
+
+    def __str__(self) -> str:
+        head = super().__str__()
+        return f"{head}\n\nRemote traceback:\n{self.info.traceback.rstrip()}"
+
+
+class RemoteExited(ClusterError):
+    """The remote process ended; `returncode` as subprocess reports it
+    (negative: killed by that signal)."""
+
+    returncode: int
+
+    def __init__(self, message: str, returncode: int) -> None:
+        super().__init__(message)
+        self.returncode = returncode
