@@ -145,7 +145,7 @@ async def test_factory_and_module_syntax() -> None:
         ("tests.cli_targets:Missing", "has no attribute 'Missing'"),
         ("no_such_module_xyz:App", "cannot import 'no_such_module_xyz'"),
         ("missing/file.py:App", "no such file"),
-        (f"{TARGETS}:not_startable", "neither a startable object nor a factory"),
+        (f"{TARGETS}:not_startable", "neither an object with a lifecycle nor a factory"),
         (f"{TARGETS}:Cli", "has no attribute"),
     ],
 )

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import _running
-from .._markers import spec_for
+from .._util import instance_of
 
 __all__ = ("load_target", "main")
 
@@ -46,14 +46,6 @@ def _import(module_name: str) -> object:
     return importlib.import_module(module_name)
 
 
-def _has_lifecycle(obj: object) -> bool:
-    try:
-        spec_for(type(obj))
-    except TypeError:
-        return False
-    return True
-
-
 def load_target(target: str) -> object:
     """Import `MODULE:ATTR` and return the object to run.
 
@@ -77,14 +69,10 @@ def load_target(target: str) -> object:
             obj = getattr(obj, part)
         except AttributeError:
             raise TargetError(f"{module_name!r} has no attribute {attr!r}") from None
-    if _has_lifecycle(obj):
-        return obj
-    if not callable(obj):
-        raise TargetError(f"{target} is neither a startable object nor a factory: {obj!r}")
-    made = obj()
-    if not _has_lifecycle(made):
-        raise TargetError(f"{target}() returned {made!r}, which has no lifecycle")
-    return made
+    try:
+        return instance_of(obj, target)
+    except TypeError as exc:
+        raise TargetError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:

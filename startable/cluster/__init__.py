@@ -4,6 +4,10 @@ Every component is itself a lifecycle built with the public decorators.
 """
 
 from .._util import fixup_module_metadata
+from ._container import ServiceContainer as ServiceContainer
+from ._controller import OutputLine as OutputLine
+from ._controller import ServiceController as ServiceController
+from ._controller import StopStep as StopStep
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import ClusterError as ClusterError
 from ._errors import FrameError as FrameError
@@ -13,6 +17,9 @@ from ._errors import PortError as PortError
 from ._errors import RemoteError as RemoteError
 from ._errors import RemoteExited as RemoteExited
 from ._messages import ErrorInfo as ErrorInfo
+from ._messages import Resources as Resources
+from ._permissions import Permissions as Permissions
+from ._permissions import landlock_abi as landlock_abi
 from ._port import ConnectionPort as ConnectionPort
 from ._port import PortStatistics as PortStatistics
 from ._port import from_socket as from_socket
@@ -25,12 +32,19 @@ __all__ = (
     "ErrorInfo",
     "FrameError",
     "MessageError",
+    "OutputLine",
+    "Permissions",
     "PortClosed",
     "PortError",
     "PortStatistics",
     "RemoteError",
     "RemoteExited",
+    "Resources",
+    "ServiceContainer",
+    "ServiceController",
+    "StopStep",
     "from_socket",
+    "landlock_abi",
     "port_pair",
 )
 

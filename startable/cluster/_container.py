@@ -1,0 +1,135 @@
+"""`ServiceContainer`: one service's execution environment, across restarts."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .. import _markers as markers
+from .._lifecycle import State
+from .._startable import of
+from ._controller import OutputLine, ServiceController
+from ._errors import RemoteError
+from ._messages import Resources
+from ._permissions import Permissions
+
+
+class ServiceContainer:
+    """The environment one service runs in: a new child process on every start.
+
+    Each start creates a new `ServiceController` (and so a new remote
+    process), each stop destroys them; one service per container. A start
+    fails with the remote's error (traceback included) if the entry cannot
+    be loaded or its raw start raises. If the service stops on its own or its
+    process dies, the container stops with that reason.
+
+    Args:
+        entry: `"package.module:attribute"` naming an object with a lifecycle
+            or a zero-argument factory of one (with `code`: a name in it).
+        code: source text the child runs to define the entry.
+        permissions: what the service may do (see `Permissions`); None runs
+            it unrestricted.
+        env: environment variables for the service.
+        cwd: its working directory.
+        name: used in `repr()`, logs and errors; the entry by default.
+        on_output: called with each line the service writes.
+        **options: passed to each `ServiceController` (timeouts, history
+            sizes, the interpreter...).
+
+    Example:
+        ```python
+        container = ServiceContainer(
+            "myapp.cache:Cache",
+            permissions=Permissions(write=["/var/cache/myapp"]),
+            env={"CACHE_SIZE": "128"},
+        )
+        async with startable.running(container):
+            print(container.pid, container.controller.mechanisms)
+        ```
+    """
+
+    def __init__(
+        self,
+        entry: str,
+        *,
+        code: str | None = None,
+        permissions: Permissions | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        name: str | None = None,
+        on_output: Callable[[OutputLine], object] | None = None,
+        history: int = 10,
+        **options: Any,
+    ) -> None:
+        if not isinstance(entry, str) or not entry:
+            raise ValueError(f"a container needs an entry, not {entry!r}")
+        if code is None and ":" not in entry:
+            raise ValueError(f"an entry is 'package.module:attribute', not {entry!r}")
+        if permissions is not None and not isinstance(permissions, Permissions):
+            raise TypeError(f"permissions must be a Permissions, not {permissions!r}")
+        self.entry = entry
+        self.code = code
+        self.permissions = permissions
+        self.env = dict(env or {})
+        self.cwd = cwd
+        self.name = name or entry
+        self.on_output = on_output
+        self.options = options
+        #: The controllers of past incarnations, newest last (the current one too).
+        self.incarnations: deque[ServiceController] = deque(maxlen=history)
+
+    def __repr__(self) -> str:
+        return f"<ServiceContainer {self.name}: {of(self).state.name}>"
+
+    @markers.as_raw_start
+    async def _start(self) -> None:
+        controller = ServiceController(
+            self.entry,
+            code=self.code,
+            permissions=self.permissions,
+            env=self.env,
+            cwd=self.cwd,
+            name=self.name,
+            on_output=self.on_output,
+            **self.options,
+        )
+        self.incarnations.append(controller)
+        await of(controller).start(of(self).stop)
+
+    @markers.as_raw_stop
+    async def _stop(self, err: BaseException | None) -> None:
+        controller = self.controller
+        if controller is not None and of(controller).state is not State.STOPPED:
+            await of(controller).stop(err)
+
+    # -- the current (or last) incarnation ------------------------------------
+
+    @property
+    def controller(self) -> ServiceController | None:
+        """The controller of the current (or last) incarnation."""
+        return self.incarnations[-1] if self.incarnations else None
+
+    @property
+    def pid(self) -> int | None:
+        return self.controller.pid if self.controller else None
+
+    @property
+    def remote_state(self) -> State | None:
+        return self.controller.remote_state if self.controller else None
+
+    @property
+    def output(self) -> list[OutputLine]:
+        return list(self.controller.output) if self.controller else []
+
+    @property
+    def errors(self) -> list[RemoteError]:
+        return list(self.controller.errors) if self.controller else []
+
+    @property
+    def resources(self) -> list[Resources]:
+        return list(self.controller.resources) if self.controller else []
+
+    @property
+    def returncode(self) -> int | None:
+        return self.controller.returncode if self.controller else None

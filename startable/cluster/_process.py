@@ -1,0 +1,131 @@
+"""Child processes: started from a long-lived thread, awaited through a pidfd.
+
+The kernel's parent-death signal (`PR_SET_PDEATHSIG`, which the remote
+arms first thing) fires when the *thread* that forked the child exits, not
+the process. Event loops start subprocesses from worker threads that come and
+go (trio does), which would kill children at random; here every child is
+started from one thread that lives as long as this process.
+
+Each child leads its own process group, so the stop ladder's signals reach
+whatever it started too. Its exit is awaited on a pidfd (Linux 5.3+), which
+also makes signalling it immune to pid reuse.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+_spawner: concurrent.futures.ThreadPoolExecutor | None = None
+_spawner_lock = threading.Lock()
+
+
+def _executor() -> concurrent.futures.ThreadPoolExecutor:
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            # One worker, never idle-retired: it lives until the interpreter exits.
+            _spawner = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="startable-spawner"
+            )
+        return _spawner
+
+
+class ChildProcess:
+    """A running child: its pid, its pidfd, its output pipes, and its exit."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.pidfd = os.pidfd_open(popen.pid)
+        self.returncode: int | None = None
+        self._exited = anyio.Event()
+
+    async def wait(self) -> int:
+        """Wait for the child to exit (the first caller reaps it); its return code."""
+        if self.returncode is None:
+            await anyio.wait_readable(self.pidfd)
+            if self.returncode is None:
+                self.returncode = self.popen.wait()  # it has exited: this does not block
+                self._exited.set()
+        return self.returncode
+
+    async def exited(self) -> None:
+        await self._exited.wait()
+
+    def signal(self, signum: int) -> None:
+        """Send `signum` to the child's process group, or the child alone if it has none."""
+        if self.returncode is None:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signum)
+            except ProcessLookupError:
+                pass
+        try:
+            os.killpg(self.pid, signum)  # the child leads its group: this reaches its descendants
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def close(self) -> None:
+        for stream in (self.popen.stdout, self.popen.stderr):
+            if stream is not None:
+                stream.close()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+async def spawn(
+    args: Sequence[str],
+    *,
+    pass_fds: Sequence[int] = (),
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> ChildProcess:
+    """Start a child in a new session, with piped stdout and stderr, from the spawner thread."""
+    options: dict[str, Any] = {
+        "pass_fds": tuple(pass_fds),
+        "env": dict(env) if env is not None else None,
+        "cwd": cwd,
+        "stdin": subprocess.DEVNULL,
+        "stdout": subprocess.PIPE,
+        "stderr": subprocess.PIPE,
+        "start_new_session": True,
+    }
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(list(args), **options)
+
+    future = _executor().submit(start)
+    popen = await anyio.to_thread.run_sync(future.result)
+    for stream in (popen.stdout, popen.stderr):
+        assert stream is not None
+        os.set_blocking(stream.fileno(), False)
+    return ChildProcess(popen)
+
+
+async def read_lines(fileno: int, *, limit: int = 65536) -> Any:
+    """Lines from a non-blocking pipe until EOF (an over-long line comes in pieces)."""
+    buffer = b""
+    while True:
+        await anyio.wait_readable(fileno)
+        try:
+            chunk = os.read(fileno, 65536)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            if buffer:
+                yield buffer.decode(errors="replace")
+            return
+        buffer += chunk
+        while (end := buffer.find(b"\n")) >= 0 or len(buffer) >= limit:
+            cut = end if end >= 0 else limit
+            line, buffer = buffer[:cut], buffer[cut + (end >= 0) :]
+            yield line.decode(errors="replace")

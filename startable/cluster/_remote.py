@@ -1,0 +1,269 @@
+"""The remote: the child-process side of a container (`python -m startable.cluster._remote`).
+
+In order:
+
+1. ask the kernel to kill this process when the thread that started it dies
+   (the controller starts children from a thread that lives as long as its
+   process), and check that the parent is still there;
+2. say `remoteReady` on the inherited socket, and wait for `RunEntry`, with
+   blocking I/O: no event loop and no thread exist yet;
+3. apply the permissions (Landlock restricts the calling thread and those it
+   starts afterwards, so this comes before any thread);
+4. run the entry as a lifecycle under trio, reporting every move, uncaught
+   errors and resource samples, until a close request or its own stop;
+5. when the port reaches EOF (the controller is gone), kill this process
+   group at once, taking any processes the service started with it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import importlib.machinery
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any, NoReturn
+
+import anyio
+import anyio.abc
+import msgspec
+
+from .. import _util
+from .._owner import open_owner
+from .._startable import StateChange, of
+from ._errors import PortClosed
+from ._messages import (
+    CloseRequest,
+    ErrorInfo,
+    FromRemote,
+    Ping,
+    Pong,
+    Protected,
+    RemoteReady,
+    Resources,
+    RunEntry,
+    StateChanged,
+    ToRemote,
+    Uncaught,
+)
+from ._permissions import apply
+from ._port import from_socket
+from ._wire import FrameCodec, FrameReader
+
+ENV_PORT = "STARTABLE_PORT_FD"
+ENV_PARENT = "STARTABLE_PARENT_PID"
+
+#: Exit codes of the remote process.
+EXIT_OK = 0  # the service stopped cleanly
+EXIT_FAILED = 1  # its start failed, it stopped with a reason, or its stop failed
+EXIT_SETUP = 2  # started without a port, or the controller vanished before the entry came
+EXIT_ENTRY = 3  # the entry could not be loaded
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    expected = os.environ.pop(ENV_PARENT, None)
+    if expected is not None and os.getppid() != int(expected):
+        os._exit(EXIT_SETUP)  # the parent died before the signal was armed
+
+
+class _Blocking:
+    """Frames over the socket with blocking calls, for before the event loop."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = FrameReader(FrameCodec())
+        self.encoder = msgspec.msgpack.Encoder()
+
+    def send(self, message: msgspec.Struct) -> None:
+        self.sock.sendall(self.reader.codec.encode(self.encoder.encode(message)))
+
+    def receive(self) -> ToRemote:
+        decoder: msgspec.msgpack.Decoder[ToRemote] = msgspec.msgpack.Decoder(ToRemote)
+        while (payload := self.reader.next()) is None:
+            data = self.sock.recv(65536)
+            if not data:
+                os._exit(EXIT_SETUP)  # the controller went away before sending the entry
+            self.reader.feed(data)
+        return decoder.decode(payload)
+
+
+def _code_paths(entry: str) -> list[str]:
+    """The directory of the entry's top-level package, found without running it."""
+    module = entry.partition(":")[0].split(".")[0]
+    spec = importlib.machinery.PathFinder.find_spec(module)
+    if spec is None or spec.origin in (None, "built-in", "frozen"):
+        return []
+    if spec.submodule_search_locations is not None:
+        return list(spec.submodule_search_locations)
+    return [os.path.dirname(spec.origin or "")]
+
+
+def _load(request: RunEntry) -> object:
+    """The service object the entry names (calling it if it is a factory)."""
+    if request.code is not None:
+        namespace: dict[str, Any] = {"__name__": "__startable_entry__"}
+        exec(compile(request.code, "<entry code>", "exec"), namespace)
+        try:
+            found = namespace[request.entry]
+        except KeyError:
+            raise NameError(f"the entry code defines no {request.entry!r}") from None
+        return _util.instance_of(found, request.entry)
+    module_name, sep, attribute = request.entry.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"an entry is 'package.module:attribute', not {request.entry!r}")
+    found = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        found = getattr(found, part)
+    return _util.instance_of(found, request.entry)
+
+
+def main() -> NoReturn:
+    _die_with_parent()
+    fd = os.environ.pop(ENV_PORT, None)
+    if fd is None:
+        print("startable.cluster._remote is started by a ServiceController", file=sys.stderr)
+        sys.exit(EXIT_SETUP)
+    sock = socket.socket(fileno=int(fd))
+    sock.setblocking(True)
+    channel = _Blocking(sock)
+    channel.send(RemoteReady(pid=os.getpid(), python=sys.version.split()[0]))
+    request = channel.receive()
+    if not isinstance(request, RunEntry):
+        os._exit(EXIT_SETUP)
+    mechanisms: tuple[str, ...] = ()
+    if request.permissions is not None:
+        paths = [] if request.code is not None else _code_paths(request.entry)
+        mechanisms = apply(request.permissions, paths)
+    sys.exit(anyio.run(_serve, sock, request, mechanisms, backend="trio"))
+
+
+async def _serve(sock: socket.socket, request: RunEntry, mechanisms: tuple[str, ...]) -> int:
+    port = from_socket(sock, receives=ToRemote, name="remote port")
+    outbox, pending = anyio.create_memory_object_stream[FromRemote](10_000)
+    code = EXIT_OK
+    async with open_owner():
+        await of(port).start()
+        await port.send(Protected(mechanisms))
+        async with anyio.create_task_group() as forwarding:
+            forwarding.start_soon(_forward, pending, port)
+            _report_thread_errors(outbox)
+            async with anyio.create_task_group() as tasks:  # listening, sampling
+                try:
+                    code = await _run(request, port, outbox, tasks)
+                finally:
+                    tasks.cancel_scope.cancel()
+            outbox.close()  # the forwarder sends what is left, then returns
+        await of(port).stop()
+    return code
+
+
+async def _forward(pending: Any, port: Any) -> None:
+    async with pending:
+        async for message in pending:
+            await port.send(message)
+
+
+def _report_thread_errors(outbox: Any) -> None:
+    token = anyio.lowlevel.current_token()
+
+    def excepthook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is None:
+            return
+        where = f"thread {args.thread.name if args.thread else '?'}"
+        message = Uncaught(ErrorInfo.of(args.exc_value), where)
+        anyio.from_thread.run_sync(outbox.send_nowait, message, token=token)
+
+    threading.excepthook = excepthook
+
+
+async def _run(request: RunEntry, port: Any, outbox: Any, tasks: anyio.abc.TaskGroup) -> int:
+    try:
+        service = _load(request)
+    except BaseException as exc:
+        await outbox.send(Uncaught(ErrorInfo.of(exc), "loading the entry"))
+        return EXIT_ENTRY
+    lifecycle = of(service)
+
+    def report(change: StateChange) -> None:
+        reason = ErrorInfo.of(change.reason) if change.reason is not None else None
+        outbox.send_nowait(StateChanged(change.current.name, change.cycle, reason))  # type: ignore[arg-type]
+
+    lifecycle.subscribe(report)
+    finished = anyio.Event()
+    stopped_with: list[BaseException | None] = []
+
+    def on_stopping(reason: BaseException | None) -> None:
+        stopped_with.append(reason)
+        finished.set()
+
+    try:
+        await lifecycle.start(on_stopping)
+    except Exception as exc:
+        await outbox.send(Uncaught(ErrorInfo.of(exc), "raw start"))
+        return EXIT_FAILED
+    if request.resources_interval > 0:
+        tasks.start_soon(_sample, outbox, request.resources_interval)
+    tasks.start_soon(_listen, port, lifecycle, finished)
+    await finished.wait()
+    code = EXIT_OK
+    reason = stopped_with[0] if stopped_with else None
+    if reason is not None:
+        await outbox.send(Uncaught(ErrorInfo.of(reason), "stop reason"))
+        code = EXIT_FAILED
+    try:
+        await lifecycle.stop()
+    except Exception as exc:
+        await outbox.send(Uncaught(ErrorInfo.of(exc), "raw stop"))
+        code = EXIT_FAILED
+    return code
+
+
+async def _listen(port: Any, lifecycle: Any, finished: anyio.Event) -> None:
+    while True:
+        try:
+            message = await port.receive()
+        except PortClosed:
+            _controller_gone()
+        if isinstance(message, CloseRequest):
+            finished.set()
+            return
+        if isinstance(message, Ping):
+            await port.send(Pong(message.payload))
+
+
+def _controller_gone() -> NoReturn:
+    """The controller is gone: end this process group now, with all it started."""
+    if os.getpgid(0) == os.getpid():
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os._exit(EXIT_FAILED)
+
+
+async def _sample(outbox: Any, interval: float) -> None:
+    import psutil
+
+    process = psutil.Process()
+    process.cpu_percent(None)  # the first call only sets the reference point
+    while True:
+        await anyio.sleep(interval)
+        with process.oneshot():
+            sample = Resources(
+                time=time.time(),
+                cpu_percent=process.cpu_percent(None),
+                rss=process.memory_info().rss,
+                threads=process.num_threads(),
+                open_files=process.num_fds(),
+            )
+        await outbox.send(sample)
+
+
+if __name__ == "__main__":
+    main()
