@@ -159,7 +159,7 @@ class ServiceController:
         env[ENV_PARENT] = str(os.getpid())
         try:
             self.process = await spawn(
-                [self.python, "-m", "startable.cluster._remote"],
+                [self.python, "-m", "startable.cluster._child"],
                 pass_fds=[theirs.fileno()],
                 env=env,
                 cwd=self.cwd,
@@ -216,9 +216,13 @@ class ServiceController:
     @markers.as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
         process = self.process
+        known = len(self.errors)
         try:
             if process is not None and process.returncode is None:
                 await self._ladder(process, err)
+            for error in self.errors[known:]:
+                if error.where == "raw stop":
+                    raise error  # the service's own raw stop failed, in the child
         finally:
             if process is not None:
                 process.signal(signal.SIGKILL)  # anything it left behind in its group

@@ -4,9 +4,10 @@ Applied in the child before any of the service's code runs, strongest first:
 
 * resource limits (`setrlimit`): address space, CPU time, open files;
 * Landlock (Linux 5.13+, TCP from 6.7): the kernel refuses file access
-  outside the allowed paths, running any program (no path is granted the
-  right to execute; shared libraries still load), and, without `network`,
-  TCP connect and bind. Denials surface as `PermissionError`;
+  outside the allowed paths; without `subprocesses`, running any program (no
+  path is granted the right to execute; shared libraries still load); and,
+  without `network`, TCP connect and bind. Denials surface as
+  `PermissionError`. Programs the service may start inherit the same limits;
 * an audit hook (PEP 578), always, as a guard rail: without `subprocesses`
   it refuses to fork, spawn or exec; without `network` it refuses socket
   connect, bind, send-to and name lookups for every address family (Landlock
@@ -59,7 +60,9 @@ class Permissions:
         read: absolute paths (files or directories) it may read.
         write: absolute paths it may read, write, create and delete under.
         network: whether it may connect, listen, and look names up.
-        subprocesses: whether it may start processes.
+        subprocesses: whether it may start processes; they inherit the same
+            limits. The directories on `$PATH` become readable (the kernel
+            reads a program to run it); grant anything else they need.
         memory: a limit on its address space, in bytes.
         cpu_time: a limit on its CPU time, in seconds (then SIGXCPU).
         open_files: a limit on its open file descriptors.
@@ -118,9 +121,15 @@ def landlock_abi() -> int:
     return max(int(version), 0)
 
 
-def _landlock(abi: int, reads: Iterable[str], writes: Iterable[str], network: bool) -> str:
+def _landlock(
+    abi: int, reads: Iterable[str], writes: Iterable[str], network: bool, subprocesses: bool
+) -> str:
     libc = ctypes.CDLL(None, use_errno=True)
     fs_rights = _FS_RIGHTS[max(v for v in _FS_RIGHTS if v <= abi)]
+    if subprocesses:
+        # Executing is not handled, so allowed; the programs it runs inherit
+        # this domain and so stay confined to the same files.
+        fs_rights &= ~_EXECUTE
     net_rights = 0 if network or abi < 4 else _TCP_BIND | _TCP_CONNECT
     attr = _RulesetAttr(fs_rights, net_rights, 0)
     size = ctypes.sizeof(attr) if abi >= 4 else 8  # ABI < 4 knows only the first field
@@ -151,7 +160,9 @@ def _landlock(abi: int, reads: Iterable[str], writes: Iterable[str], network: bo
             raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
     finally:
         os.close(ruleset)
-    covered = "files, running programs" + (", tcp" if net_rights else "")
+    covered = (
+        "files" + ("" if subprocesses else ", running programs") + (", tcp" if net_rights else "")
+    )
     return f"landlock abi {abi}: {covered} ({granted} paths granted)"
 
 
@@ -202,6 +213,13 @@ def python_paths() -> list[str]:
     return sorted(paths)
 
 
+def program_paths() -> tuple[str, ...]:
+    """Where programs live: the directories on $PATH and the usual ones."""
+    found = {p for p in os.environ.get("PATH", "").split(os.pathsep) if os.path.isabs(p)}
+    found.update(("/bin", "/usr/bin", "/usr/local/bin", "/sbin", "/usr/sbin"))
+    return tuple(sorted(p for p in found if os.path.isdir(p)))
+
+
 def apply(spec: PermissionSpec, code_paths: Iterable[str] = ()) -> tuple[str, ...]:
     """Restrict this process as `spec` says; returns what was applied, in words.
 
@@ -223,9 +241,11 @@ def apply(spec: PermissionSpec, code_paths: Iterable[str] = ()) -> tuple[str, ..
     if limits:
         applied.append("rlimits: " + ", ".join(limits))
     readable = (*python_paths(), *code_paths, *spec.read, f"/proc/{os.getpid()}", "/dev/null")
+    if spec.subprocesses:
+        readable += program_paths()  # the kernel reads a program to run it
     abi = landlock_abi()
     if abi:
-        applied.append(_landlock(abi, readable, spec.write, spec.network))
+        applied.append(_landlock(abi, readable, spec.write, spec.network, spec.subprocesses))
     guarded = []
     if not spec.subprocesses:
         guarded.append("processes")

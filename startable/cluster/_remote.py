@@ -1,4 +1,4 @@
-"""The remote: the child-process side of a container (`python -m startable.cluster._remote`).
+"""The remote: the child-process side of a container (run as `startable.cluster._child`).
 
 In order:
 
@@ -30,6 +30,7 @@ from typing import Any, NoReturn
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import msgspec
 
 from .. import _util
@@ -141,9 +142,24 @@ def main() -> NoReturn:
         os._exit(EXIT_SETUP)
     mechanisms: tuple[str, ...] = ()
     if request.permissions is not None:
+        _warm_up(request)
         paths = [] if request.code is not None else _code_paths(request.entry)
         mechanisms = apply(request.permissions, paths)
     sys.exit(anyio.run(_serve, sock, request, mechanisms, backend="trio"))
+
+
+def _warm_up(request: RunEntry) -> None:
+    """Import and initialise what this process needs before the sandbox closes.
+
+    Trio probes the system when it is first imported (it looks for the
+    pthread library with `ctypes.util.find_library`, which runs the compiler
+    in a temporary directory); a sandboxed process could not.
+    """
+    anyio.run(anyio.lowlevel.checkpoint, backend="trio")
+    if request.resources_interval > 0:
+        import psutil
+
+        psutil.Process().cpu_percent(None)
 
 
 async def _serve(sock: socket.socket, request: RunEntry, mechanisms: tuple[str, ...]) -> int:
@@ -263,7 +279,3 @@ async def _sample(outbox: Any, interval: float) -> None:
                 open_files=process.num_fds(),
             )
         await outbox.send(sample)
-
-
-if __name__ == "__main__":
-    main()
