@@ -161,6 +161,33 @@ async def test_sigkill_from_outside() -> None:
     assert startable.of(sleeper).state is State.STOPPED
 
 
+async def test_a_ping_is_bounded_and_ends_when_the_remote_dies() -> None:
+    sleeper = container("Sleeper")
+    with anyio.fail_after(30):
+        async with startable.open_owner():
+            await startable.of(sleeper).start()
+            controller, pid = sleeper.controller, sleeper.pid
+            assert controller is not None and pid is not None
+            os.kill(pid, signal.SIGSTOP)  # alive, but it cannot answer
+            with pytest.raises(TimeoutError), anyio.fail_after(0.2):
+                await controller.ping()
+            outcome: list[BaseException] = []
+
+            async def ping() -> None:
+                try:
+                    await controller.ping()
+                except RemoteExited as error:
+                    outcome.append(error)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ping)
+                await anyio.wait_all_tasks_blocked()
+                os.kill(pid, signal.SIGKILL)
+            assert len(outcome) == 1 and "before answering a ping" in str(outcome[0])
+            await startable.of(sleeper).wait_state(State.STOPPED)
+    assert startable.of(sleeper).state is State.STOPPED
+
+
 async def test_a_service_that_ignores_everything_is_killed_by_the_ladder() -> None:
     hang = container("Faulty", env={"STARTABLE_TEST_FAIL": "hang"})
     with anyio.fail_after(30):

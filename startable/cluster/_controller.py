@@ -230,6 +230,7 @@ class ServiceController:
                     for done in self._output_done.values():
                         await done.wait()
                 process.close()
+            self._release_pings()
             if self._port is not None:
                 await of(self._port).stop()
 
@@ -271,6 +272,7 @@ class ServiceController:
         assert self.process is not None
         self.returncode = await self.process.wait()
         self._ended.set()
+        self._release_pings()
         lifecycle = of(self)
         if lifecycle.state is STARTED:
             lifecycle.stop_nowait(self._failure("the remote process ended"))
@@ -306,11 +308,28 @@ class ServiceController:
 
     @markers.assert_state()
     async def ping(self) -> float:
-        """One round trip to the remote over the control port; its duration in seconds."""
+        """One round trip to the remote over the control port; its duration in seconds.
+
+        Bound it as any other wait, with `anyio.fail_after`. It does not
+        wait past the end of the remote.
+
+        Raises:
+            RemoteExited: the remote ended before it answered.
+        """
         assert self._port is not None
         payload = next(self._ping_ids).to_bytes(8, "big")
         answered = self._pings[payload] = anyio.Event()
         began = time.perf_counter()
-        await self._port.send(Ping(payload))
-        await answered.wait()
+        try:
+            await self._port.send(Ping(payload))
+            await answered.wait()
+            if payload in self._pings:  # woken by _release_pings, not by a Pong
+                raise self._failure("the remote ended before answering a ping")
+        finally:
+            self._pings.pop(payload, None)
         return time.perf_counter() - began
+
+    def _release_pings(self) -> None:
+        """Wake every ping still waiting: the remote will not answer any more."""
+        for event in self._pings.values():
+            event.set()

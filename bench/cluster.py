@@ -1,0 +1,291 @@
+"""Benchmarks of the process layer, each against a baseline measured in the same run.
+
+    uv run python bench/cluster.py            # full run (a few minutes)
+    uv run python bench/cluster.py --quick    # a smoke run; figures are not meaningful
+    uv run python bench/cluster.py --check    # exit 1 if a bar is missed
+
+1. Spawn to STARTED, for 1 and for 16 containers running a no-op service,
+   against launching as many bare `python -c "import anyio, trio"` processes
+   (until they have run). Bar: <= 1.5x.
+2. A request/response round trip controller <-> remote over the control
+   port (`ServiceController.ping`), against a raw socketpair echo with the
+   same framing (an async parent on the same backend, a blocking child that
+   only echoes frames), and against `multiprocessing.Pipe` (send and receive
+   of the same bytes, parent and child blocking). Bar: <= 2x the raw echo,
+   and faster than multiprocessing.Pipe. For context it also prints the
+   same echo with trio at both ends: the floor for any async remote.
+3. RSS of an idle remote, against the bare interpreter with anyio and trio
+   imported. Bar: <= 1.3x.
+
+Figures are the best of several rounds, interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import psutil
+
+import startable
+from startable.cluster import ServiceContainer
+from startable.cluster._wire import FrameCodec, FrameReader
+
+ROOT = Path(__file__).resolve().parent.parent
+NOOP_CODE = (
+    "import startable\n"
+    "class NoOp:\n"
+    "    @startable.as_raw_start\n"
+    "    async def _start(self):\n"
+    "        pass\n"
+)
+BARE = [sys.executable, "-c", "import anyio, trio"]
+
+
+# -- spawn -----------------------------------------------------------------------
+
+
+async def spawn_containers(count: int) -> float:
+    containers = [
+        ServiceContainer("NoOp", code=NOOP_CODE, resources_interval=0) for _ in range(count)
+    ]
+    async with startable.open_owner():
+        began = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for container in containers:
+                tg.start_soon(startable.of(container).start)
+        elapsed = time.perf_counter() - began
+        for container in containers:
+            await startable.of(container).stop()
+    return elapsed
+
+
+def spawn_bare(count: int) -> float:
+    began = time.perf_counter()
+    processes = [subprocess.Popen(BARE) for _ in range(count)]
+    for process in processes:
+        process.wait()
+    return time.perf_counter() - began
+
+
+# -- round trips -------------------------------------------------------------------
+
+
+async def port_round_trip(n: int) -> float:
+    container = ServiceContainer("NoOp", code=NOOP_CODE, resources_interval=0)
+    async with startable.running(container):
+        controller = container.controller
+        assert controller is not None
+        for _ in range(50):
+            await controller.ping()
+        began = time.perf_counter()
+        for _ in range(n):
+            await controller.ping()
+        return (time.perf_counter() - began) / n
+
+
+ECHO_CHILD = """
+import socket, sys
+sys.path.insert(0, sys.argv[2])
+from startable.cluster._wire import FrameCodec, FrameReader
+sock = socket.socket(fileno=int(sys.argv[1]))
+codec = FrameCodec()
+reader = FrameReader(FrameCodec())
+while True:
+    data = sock.recv(65536)
+    if not data:
+        break
+    reader.feed(data)
+    while (payload := reader.next()) is not None:
+        sock.sendall(codec.encode(payload))
+"""
+
+ASYNC_ECHO_CHILD = """
+import socket, sys
+sys.path.insert(0, sys.argv[2])
+import anyio
+from startable.cluster._wire import FrameCodec, FrameReader
+
+async def main():
+    stream = await anyio.abc.SocketStream.from_socket(socket.socket(fileno=int(sys.argv[1])))
+    codec, reader = FrameCodec(), FrameReader(FrameCodec())
+    async for data in stream:
+        reader.feed(data)
+        while (payload := reader.next()) is not None:
+            await stream.send(codec.encode(payload))
+
+anyio.run(main, backend="trio")
+"""
+
+
+async def raw_echo_round_trip(n: int, child_code: str = ECHO_CHILD) -> float:
+    ours, theirs = socket.socketpair()
+    child = subprocess.Popen(  # noqa: ASYNC220 (spawning does not block for long)
+        [sys.executable, "-c", child_code, str(theirs.fileno()), str(ROOT)],
+        pass_fds=[theirs.fileno()],
+    )
+    theirs.close()
+    stream = await anyio.abc.SocketStream.from_socket(ours)
+    codec, reader = FrameCodec(), FrameReader(FrameCodec())
+    payload = b"\x92\xa4ping\xc4\x08" + bytes(8)  # the size of an encoded Ping
+
+    async def once() -> None:
+        await stream.send(codec.encode(payload))
+        while reader.next() is None:
+            reader.feed(await stream.receive())
+
+    try:
+        for _ in range(50):
+            await once()
+        began = time.perf_counter()
+        for _ in range(n):
+            await once()
+        return (time.perf_counter() - began) / n
+    finally:
+        await stream.aclose()
+        child.wait()
+
+
+def _pipe_echo(connection: multiprocessing.connection.Connection) -> None:
+    while True:
+        try:
+            connection.send_bytes(connection.recv_bytes())
+        except EOFError:
+            return
+
+
+def pipe_round_trip(n: int) -> float:
+    ours, theirs = multiprocessing.Pipe()
+    child = multiprocessing.get_context("spawn").Process(target=_pipe_echo, args=(theirs,))
+    child.start()
+    payload = bytes(16)
+    try:
+        for _ in range(50):
+            ours.send_bytes(payload)
+            if not ours.poll(30):  # the child failed to start: do not wait forever
+                raise RuntimeError("the multiprocessing.Pipe echo child does not answer")
+            ours.recv_bytes()
+        began = time.perf_counter()
+        for _ in range(n):
+            ours.send_bytes(payload)
+            ours.recv_bytes()
+        return (time.perf_counter() - began) / n
+    finally:
+        ours.close()
+        child.join()
+
+
+# -- memory ----------------------------------------------------------------------
+
+
+async def remote_rss() -> int:
+    container = ServiceContainer("NoOp", code=NOOP_CODE, resources_interval=0)
+    async with startable.running(container):
+        await anyio.sleep(0.5)  # idle
+        assert container.pid is not None
+        return int(psutil.Process(container.pid).memory_info().rss)
+
+
+def bare_rss() -> int:
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import anyio, trio, sys; sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+    )
+    try:
+        time.sleep(1.0)  # let it import: this is a benchmark, not a test
+        return int(psutil.Process(process.pid).memory_info().rss)
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        process.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a bar is missed")
+    args = parser.parse_args()
+    rounds, trips = (1, 50) if args.quick else (5, 2000)
+    os.chdir(ROOT)
+
+    figures: dict[str, float] = {}
+
+    def keep(label: str, value: float, better: str = "min") -> None:
+        old = figures.get(label)
+        figures[label] = value if old is None else (min if better == "min" else max)(old, value)
+
+    for _ in range(rounds):
+        for count in (1, 16):
+            keep(f"spawn {count} containers", anyio.run(spawn_containers, count, backend="trio"))
+            keep(f"spawn {count} bare", spawn_bare(count))
+        keep("port round trip", anyio.run(port_round_trip, trips, backend="trio"))
+        keep("raw echo round trip", anyio.run(raw_echo_round_trip, trips, backend="trio"))
+        keep(
+            "async echo round trip",
+            anyio.run(raw_echo_round_trip, trips, ASYNC_ECHO_CHILD, backend="trio"),
+        )
+        keep("multiprocessing.Pipe round trip", pipe_round_trip(trips))
+        keep("remote rss", anyio.run(remote_rss, backend="trio"))
+        keep("bare rss", float(bare_rss()))
+
+    rows = []
+    for count in (1, 16):
+        ours, bare = figures[f"spawn {count} containers"], figures[f"spawn {count} bare"]
+        rows.append(
+            (
+                f"spawn to STARTED, {count} container{'s' * (count > 1)}",
+                f"{ours * 1000:.0f} ms vs bare python {bare * 1000:.0f} ms",
+                f"{ours / bare:.2f}x",
+                ours / bare <= 1.5,
+            )
+        )
+    port, echo, floor, pipe = (
+        figures["port round trip"],
+        figures["raw echo round trip"],
+        figures["async echo round trip"],
+        figures["multiprocessing.Pipe round trip"],
+    )
+    rows.append(
+        (
+            "round trip over the control port",
+            f"{port * 1e6:.0f} µs vs raw echo {echo * 1e6:.0f} µs, mp.Pipe {pipe * 1e6:.0f} µs",
+            f"{port / echo:.2f}x echo, {port / pipe:.2f}x Pipe",
+            port / echo <= 2 and port < pipe,
+        )
+    )
+    rows.append(
+        (
+            "  (for context) async echo: trio both ends",
+            f"{floor * 1e6:.0f} µs, {floor / echo:.2f}x the blocking echo",
+            f"ours {port / floor:.2f}x it",
+            None,
+        )
+    )
+    remote, bare_memory = figures["remote rss"], figures["bare rss"]
+    rows.append(
+        (
+            "RSS of an idle remote",
+            f"{remote / 2**20:.1f} MiB vs bare {bare_memory / 2**20:.1f} MiB",
+            f"{remote / bare_memory:.2f}x",
+            remote / bare_memory <= 1.3,
+        )
+    )
+    print(f"startable.cluster, Python {sys.version.split()[0]}, best of {rounds} rounds")
+    if args.quick:
+        print("(--quick: sizes too small for the figures to mean anything)")
+    width = max(len(r[0]) for r in rows)
+    for name, detail, ratio, ok in rows:
+        verdict = "" if ok is None else "meets bar" if ok else "MISSES BAR"
+        print(f"  {name:<{width}}  {ratio:<22} {verdict:<10} {detail}")
+    return 1 if args.check and any(r[3] is False for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
