@@ -26,6 +26,15 @@ EXPECTED = {
         "increment()",
         "no race found in Counter after 2000 programs",
     ],
+    "sandboxed.py": [
+        "[notes] wrote today.txt",
+        "write outside: refused",
+        "connect: refused",
+        "run a program: refused",
+        "[notes] closing the notebook (reason: None)",
+        "stopped: exit code 0, the note says 'buy milk'",
+        "escape.txt exists: False",
+    ],
     "observe.py": [
         "cycle 1: READY -> STARTING",
         "STARTED -> STOPPING because TimeoutError('the upstream did not answer')",

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+
+import pytest
 
 import startable
 import startable.cli
@@ -17,25 +20,33 @@ CORE_MODULES = sorted(p for p in (ROOT / "startable").glob("*.py") if p.name != 
 UPPER_LAYERS = ("cli", "testing", "cluster")
 
 
-def test_all_is_a_tuple_of_existing_names() -> None:
-    assert isinstance(startable.__all__, tuple)
-    assert len(set(startable.__all__)) == len(startable.__all__)
-    for name in startable.__all__:
-        assert hasattr(startable, name), name
+PUBLIC_MODULES = ("startable", "startable.testing", "startable.cluster")
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_all_is_a_tuple_of_existing_names(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = module.__all__
+    assert isinstance(exported, tuple)
+    assert len(set(exported)) == len(exported)
+    for attribute in exported:
+        assert hasattr(module, attribute), attribute
     public = {
         n
-        for n, v in vars(startable).items()
-        if not n.startswith("_") and not isinstance(v, ModuleType)
+        for n, v in vars(module).items()
+        if not n.startswith("_") and not isinstance(v, ModuleType) and n != "annotations"
     }
-    assert public == set(startable.__all__)
+    assert public == set(exported)
 
 
-def test_public_objects_report_the_public_module() -> None:
-    for name in startable.__all__:
-        obj = getattr(startable, name)
-        module = getattr(obj, "__module__", "startable")
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_public_objects_report_the_public_module(name: str) -> None:
+    module = importlib.import_module(name)
+    for attribute in module.__all__:
+        obj = getattr(module, attribute)
+        where = getattr(obj, "__module__", name)
         if callable(obj) and not isinstance(obj, type(startable.Hook)):
-            assert module == "startable", (name, module)
+            assert where == name, (attribute, where)
 
 
 def test_fixed_names_from_the_issue() -> None:

@@ -81,7 +81,8 @@ class ServiceController:
         permissions: restrictions applied in the child before the entry is
             loaded; None for none.
         env: environment variables for the child (added to this process's
-            own unless `inherit_env` is false).
+            own unless `inherit_env` is false). `PYTHONUNBUFFERED=1` is set
+            unless `env` says otherwise, so output comes line by line.
         cwd: the child's working directory.
         python: the interpreter to run (this one by default).
         ready_timeout: seconds the child may take to say it is ready and to
@@ -154,7 +155,8 @@ class ServiceController:
         self._ready, self._started, self._ended = anyio.Event(), anyio.Event(), anyio.Event()
         self._output_done = {"stdout": anyio.Event(), "stderr": anyio.Event()}
         ours, theirs = socket.socketpair()
-        env = {**(os.environ if self.inherit_env else {}), **self.env}
+        # Unbuffered, so that output arrives line by line as it is written.
+        env = {**(os.environ if self.inherit_env else {}), "PYTHONUNBUFFERED": "1", **self.env}
         env[ENV_PORT] = str(theirs.fileno())
         env[ENV_PARENT] = str(os.getpid())
         try:

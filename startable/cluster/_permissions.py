@@ -56,7 +56,7 @@ class Permissions:
     connection and start no process. See *Running a service in a container*
     for exactly what each mechanism stops.
 
-    Args:
+    Attributes:
         read: absolute paths (files or directories) it may read.
         write: absolute paths it may read, write, create and delete under.
         network: whether it may connect, listen, and look names up.
