@@ -69,3 +69,69 @@ class RemoteExited(ClusterError):
     def __init__(self, message: str, returncode: int) -> None:
         super().__init__(message)
         self.returncode = returncode
+
+
+class ServiceDefinitionError(ClusterError, ValueError):
+    """A description of services was refused before anything started: a bad
+    name, a duplicate, an unknown dependency, a bad entry or permission.
+
+    Attributes:
+        service: the name of the offending service (None if not about one).
+    """
+
+    def __init__(self, message: str, service: str | None = None) -> None:
+        super().__init__(message)
+        self.service = service
+
+
+class DependencyCycleError(ServiceDefinitionError):
+    """The dependencies form a cycle.
+
+    Attributes:
+        cycle: the names along the cycle, the first repeated at the end
+            (`("a", "b", "a")`: a depends on b, which depends on a).
+    """
+
+    def __init__(self, cycle: tuple[str, ...]) -> None:
+        super().__init__(f"dependency cycle: {' -> '.join(cycle)}", cycle[0])
+        self.cycle = cycle
+
+
+class DependencyStopped(ClusterError):
+    """The reason a service was stopped by the cascade: a service it depends
+    on stopped (crashed, exited, or was stopped).
+
+    Attributes:
+        service: the service stopped by the cascade.
+        dependency: its dependency that stopped.
+        origin: where the cascade began (the service that failed first).
+        reason: why `origin` stopped (None: it was stopped cleanly).
+    """
+
+    def __init__(
+        self, service: str, dependency: str, origin: str, reason: BaseException | None
+    ) -> None:
+        why = f"failed: {reason!r}" if reason is not None else "stopped"
+        via = f" (through {dependency})" if dependency != origin else ""
+        super().__init__(f"{service} stopped because {origin} {why}{via}")
+        self.service = service
+        self.dependency = dependency
+        self.origin = origin
+        self.reason = reason
+
+
+class EscalationError(ClusterError):
+    """A service failed more often than its restart policy allows: the whole
+    system stops with this reason.
+
+    Attributes:
+        service: the service that kept failing.
+        failures: how many times it failed within the policy's period.
+        last: its last failure.
+    """
+
+    def __init__(self, service: str, failures: int, period: float, last: BaseException | None):
+        super().__init__(f"{service} failed {failures} times within {period:g}s; last: {last!r}")
+        self.service = service
+        self.failures = failures
+        self.last = last

@@ -1,0 +1,414 @@
+"""`ServicesManager`: many services, one system, started in dependency order."""
+
+from __future__ import annotations
+
+import graphlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Literal, TypeVar
+
+import anyio
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .. import _markers as markers
+from .._lifecycle import State
+from .._startable import StateChange, of
+from ._errors import ClusterError, DependencyStopped, EscalationError, ServiceDefinitionError
+from ._node import ServiceNode
+from ._services import ServiceSpec, check_graph
+
+logger = logging.getLogger("startable.cluster")
+READY, STARTED, STOPPING, STOPPED = State.READY, State.STARTED, State.STOPPING, State.STOPPED
+T = TypeVar("T")
+
+
+@attrs.frozen
+class ServiceEvent:
+    """Something that happened to a service of a manager, as given to subscribers.
+
+    Attributes:
+        service: the service's name.
+        kind: `"created"`, `"destroyed"`, `"moved"` (its state changed),
+            `"restarting"` (a restart is scheduled, after `delay`) or
+            `"escalated"` (it failed too often: the manager is stopping).
+        change: for `"moved"`, the move.
+        delay: for `"restarting"`, the seconds before the restart.
+    """
+
+    service: str
+    kind: Literal["created", "destroyed", "moved", "restarting", "escalated"]
+    change: StateChange | None = None
+    delay: float | None = None
+
+
+class ServicesManager:
+    """Runs a set of services as one system: in dependency order, with restarts.
+
+    Its raw start starts every service once all of its dependencies are
+    STARTED; services with no path between them start concurrently, so a
+    wide graph starts in the time of its longest chain. Its raw stop stops
+    them all, each before the services it depends on.
+
+    While it runs, a service that stops on its own (it crashed, its process
+    died, it stopped itself) first stops everything that depends on it,
+    most dependent first, each with a `DependencyStopped` reason naming the
+    failure; then its `RestartPolicy` decides: restart it after a backoff,
+    and once it is STARTED again, restart what the cascade stopped, in
+    order. A service that fails more often than its policy allows escalates:
+    the manager stops everything, with an `EscalationError` as reason.
+
+    Args:
+        services: the services to create, checked together (names,
+            dependencies, cycles) before any is created.
+        name: used in `repr()`, logs and errors.
+
+    Raises:
+        ServiceDefinitionError: a bad name, a duplicate, an unknown
+            dependency, a bad entry or permission (before anything is created).
+        DependencyCycleError: the dependencies form a cycle (it names it).
+    """
+
+    def __init__(self, services: Iterable[ServiceSpec] = (), *, name: str = "services") -> None:
+        self.name = name
+        #: The services, by name, in creation order (dependencies first).
+        self.nodes: dict[str, ServiceNode] = {}
+        #: True while the manager's raw stop runs: stops are not failures then.
+        self.shutting_down = False
+        self._observers: list[Callable[[ServiceEvent], object]] = []
+        self._victims: dict[str, set[ServiceNode]] = {}
+        self._failures: MemoryObjectSendStream[tuple[ServiceNode, BaseException | None]] | None = (
+            None
+        )
+        self.create_many(services)
+
+    def __repr__(self) -> str:
+        return f"<ServicesManager {self.name} ({len(self.nodes)} services): {of(self).state.name}>"
+
+    def __getitem__(self, name: str) -> ServiceNode:
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise KeyError(f"{self.name} has no service named {name!r}") from None
+
+    # -- observing ----------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[ServiceEvent], object]) -> Callable[[], None]:
+        """Call `callback(event)` synchronously for every `ServiceEvent`.
+
+        Returns:
+            A function that removes the subscription.
+        """
+        self._observers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._observers:
+                self._observers.remove(callback)
+
+        return unsubscribe
+
+    def _emit(self, event: ServiceEvent) -> None:
+        for callback in tuple(self._observers):
+            try:
+                callback(event)
+            except Exception:
+                logger.exception("a ServicesManager subscriber failed on %r", event)
+
+    # -- creating and destroying --------------------------------------------------
+
+    def create(self, spec: ServiceSpec, *, parent: str | None = None) -> ServiceNode:
+        """Create one service (not started: see `start_service`).
+
+        With `parent`, the service is a child of that service, which must
+        have `may_create_services`: the child depends on its parent (it
+        starts after it, stops before it) and is destroyed before it.
+
+        Raises:
+            ServiceDefinitionError: as for the constructor, or if `parent`
+                does not exist or may not create services.
+        """
+        if parent is not None:
+            owner = self.nodes.get(parent)
+            if owner is None:
+                raise ServiceDefinitionError(
+                    f"cannot create {spec.name!r} under {parent!r}: no such service", spec.name
+                )
+            if not owner.spec.may_create_services:
+                raise ServiceDefinitionError(
+                    f"service {parent!r} may not create services "
+                    f"(its spec does not set may_create_services)",
+                    parent,
+                )
+            if parent not in spec.depends_on:
+                spec = attrs.evolve(spec, depends_on=[parent, *spec.depends_on])
+        check_graph([spec], self.nodes)
+        return self._add(spec, parent)
+
+    def create_many(self, specs: Iterable[ServiceSpec]) -> list[ServiceNode]:
+        """Create several services, checked together, in dependency order."""
+        specs = list(specs)
+        order = check_graph(specs, self.nodes)  # refuses duplicates, unknowns, cycles
+        by_name = {spec.name: spec for spec in specs}
+        return [self._add(by_name[name], None) for name in order]
+
+    def _add(self, spec: ServiceSpec, parent: str | None) -> ServiceNode:
+        dependencies = tuple(self.nodes[d] for d in spec.depends_on)
+        owner = self.nodes[parent] if parent is not None else None
+        node = ServiceNode(spec, self, dependencies, owner)
+        for dependency in dependencies:
+            dependency.dependents.append(node)
+        if owner is not None:
+            owner.children.append(node)
+        of(node).subscribe(lambda change: self._emit(ServiceEvent(node.name, "moved", change)))
+        self.nodes[spec.name] = node
+        self._emit(ServiceEvent(node.name, "created"))
+        return node
+
+    async def destroy(self, name: str) -> None:
+        """Stop a service and remove it; its children go first.
+
+        Raises:
+            ClusterError: other services (not its children) depend on it.
+        """
+        node = self[name]
+        outside = [d.name for d in node.dependents if d.parent is not node]
+        if outside:
+            raise ClusterError(
+                f"cannot destroy {name!r}: {', '.join(sorted(outside))} depend on it"
+            )
+        for child in reversed(node.children):
+            await self.destroy(child.name)
+        node.held = True
+        await of(node).stop()
+        for dependency in node.dependencies:
+            dependency.dependents.remove(node)
+        if node.parent is not None:
+            node.parent.children.remove(node)
+        del self.nodes[name]
+        self._emit(ServiceEvent(name, "destroyed"))
+
+    async def destroy_all(self) -> None:
+        """Destroy every service, dependents before their dependencies."""
+        for name in reversed(list(self.nodes)):
+            if name in self.nodes and not any(
+                d.parent is not self.nodes[name] for d in self.nodes[name].dependents
+            ):
+                await self.destroy(name)
+        while self.nodes:  # whatever the order above could not take yet
+            for name in reversed(list(self.nodes)):
+                if not self.nodes[name].dependents:
+                    await self.destroy(name)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    @markers.as_raw_start
+    async def _start(self) -> None:
+        self.shutting_down = False
+        self._victims.clear()
+        send, receive = anyio.create_memory_object_stream[tuple[ServiceNode, BaseException | None]](
+            math.inf
+        )
+        self._failures = send
+        of(self).start_soon(self._supervise, receive)  # it closes `receive`
+        for node in self.nodes.values():
+            node.held = False
+        await self._start_nodes(list(self.nodes.values()))
+
+    @markers.as_raw_stop
+    async def _stop(self, err: BaseException | None) -> None:
+        self.shutting_down = True
+        if self._failures is not None:
+            self._failures.close()
+            self._failures = None
+        try:
+            async with anyio.create_task_group() as group:
+                for node in self.nodes.values():  # each waits for its dependents first
+                    if of(node).state not in (READY, STOPPED):
+                        group.start_soon(of(node).stop)
+        finally:
+            self.shutting_down = False
+
+    # -- starting and stopping services -------------------------------------------
+
+    async def start_service(self, name: str) -> None:
+        """Start one service, after the dependencies it needs (started as needed).
+
+        The services that a cascade from it stopped come back too. Use it to
+        bring back a service stopped with `stop_service` or whose restart
+        policy gave up.
+        """
+        node = self[name]
+        await self._as_manager(self._start_with_victims, node)
+
+    async def stop_service(self, name: str) -> None:
+        """Stop one service, and first everything that depends on it.
+
+        It is not restarted (whatever its policy) until `start_service`.
+        """
+        node = self[name]
+        node.held = True
+        await of(node).stop()
+
+    async def _start_with_victims(self, node: ServiceNode, supervised: bool = False) -> None:
+        node.held = False
+        await self._start_nodes([node], supervised)
+        if of(node).state is not STARTED:
+            return  # supervised, and it failed again: the policy decides what next
+        victims = self._victims.pop(node.name, set())
+        victims = {v for v in victims if v.name in self.nodes and of(v).state is STOPPED}
+        if victims:
+            await self._start_nodes(victims, supervised)
+
+    async def _as_manager(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run `func(*args)` in a task of the manager (which owns the services), and wait."""
+        if of(self).state is not STARTED:
+            raise ClusterError(f"{self!r} is not STARTED")
+        outcome: list[Any] = []
+        done = anyio.Event()
+
+        async def run() -> None:
+            try:
+                outcome.append((True, await func(*args)))
+            except Exception as exc:
+                outcome.append((False, exc))
+            finally:
+                done.set()
+
+        of(self).start_soon(run)
+        await done.wait()
+        if not outcome:
+            raise ClusterError(f"{self.name} stopped before this finished")
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    async def _start_nodes(self, targets: Iterable[ServiceNode], supervised: bool = False) -> None:
+        """Start `targets` and the dependencies they need, each after its own.
+
+        A failure stops further launches; it is raised, or with `supervised`
+        handed to the restart policy of the service that failed.
+        """
+        needed: set[ServiceNode] = set()
+        pending = list(targets)
+        while pending:
+            node = pending.pop()
+            if node in needed or of(node).state is STARTED:
+                continue
+            needed.add(node)
+            pending.extend(node.dependencies)
+        sorter: graphlib.TopologicalSorter[ServiceNode] = graphlib.TopologicalSorter()
+        for node in needed:
+            sorter.add(node, *(d for d in node.dependencies if d in needed))
+        sorter.prepare()
+        send, receive = anyio.create_memory_object_stream[tuple[ServiceNode, Exception | None]](
+            math.inf
+        )
+        failed: list[tuple[ServiceNode, Exception]] = []
+        with send, receive:
+            await self._launch_in_order(sorter, send, receive, failed)
+        if supervised:
+            for node, error in failed:
+                self._report(node, error)
+            return
+        for node, error in failed:
+            error.add_note(f"while starting service {node.name!r}")
+        if len(failed) == 1:
+            raise failed[0][1]
+        if failed:
+            raise ExceptionGroup(f"{len(failed)} services failed to start", [e for _, e in failed])
+
+    async def _launch_in_order(
+        self,
+        sorter: graphlib.TopologicalSorter[ServiceNode],
+        send: MemoryObjectSendStream[tuple[ServiceNode, Exception | None]],
+        receive: MemoryObjectReceiveStream[tuple[ServiceNode, Exception | None]],
+        failed: list[tuple[ServiceNode, Exception]],
+    ) -> None:
+        async with anyio.create_task_group() as group:
+            while sorter.is_active() and not failed:
+                for node in sorter.get_ready():
+                    group.start_soon(self._start_one, node, send)
+                node, error = await receive.receive()
+                if error is None:
+                    sorter.done(node)
+                else:
+                    failed.append((node, error))
+            # After a failure no more are launched; those in flight finish.
+        while True:
+            try:
+                node, error = receive.receive_nowait()
+            except anyio.WouldBlock:
+                break
+            if error is not None:
+                failed.append((node, error))
+
+    async def _start_one(
+        self,
+        node: ServiceNode,
+        report: MemoryObjectSendStream[tuple[ServiceNode, Exception | None]],
+    ) -> None:
+        try:
+            await of(node).start(self._watch(node))
+        except Exception as exc:
+            node.last_error = exc
+            report.send_nowait((node, exc))
+        else:
+            report.send_nowait((node, None))
+
+    # -- supervision ----------------------------------------------------------------
+
+    def _watch(self, node: ServiceNode) -> Callable[[BaseException | None], None]:
+        def stopping(reason: BaseException | None) -> None:
+            self._report(node, reason)
+
+        return stopping
+
+    def _report(self, node: ServiceNode, reason: BaseException | None) -> None:
+        """`node` stopped or failed to start, with `reason`: the supervisor decides."""
+        if not self.shutting_down and not node.held and self._failures is not None:
+            self._failures.send_nowait((node, reason))
+
+    async def _supervise(
+        self, failures: MemoryObjectReceiveStream[tuple[ServiceNode, BaseException | None]]
+    ) -> None:
+        with failures:
+            await self._supervise_each(failures)
+
+    async def _supervise_each(
+        self, failures: MemoryObjectReceiveStream[tuple[ServiceNode, BaseException | None]]
+    ) -> None:
+        async for node, reason in failures:
+            if self.shutting_down or node.held or node.name not in self.nodes:
+                continue
+            if isinstance(reason, DependencyStopped):
+                self._victims.setdefault(reason.origin, set()).add(node)
+                continue
+            node.last_error = reason
+            policy = node.spec.restart
+            if policy.mode == "never" or (policy.mode == "on-failure" and reason is None):
+                continue
+            now = time.monotonic()
+            window = node.failures
+            while window and now - window[0] > policy.period:
+                window.popleft()
+            if len(window) >= policy.intensity:
+                self._emit(ServiceEvent(node.name, "escalated"))
+                of(self).stop_nowait(
+                    EscalationError(node.name, len(window) + 1, policy.period, reason)
+                )
+                return
+            delay = policy.delay(len(window))
+            window.append(now)
+            self._emit(ServiceEvent(node.name, "restarting", delay=delay))
+            of(self).start_soon(self._restart, node, delay)
+
+    async def _restart(self, node: ServiceNode, delay: float) -> None:
+        await of(node).wait_state(STOPPED)
+        await anyio.sleep(delay)
+        if node.held or node.name not in self.nodes:
+            return
+        node.restarts += 1
+        await self._start_with_victims(node, supervised=True)

@@ -1,0 +1,154 @@
+"""`ServiceNode`: one service in a manager's dependency graph."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .. import _markers as markers
+from .._lifecycle import State
+from .._startable import of
+from ._container import ServiceContainer
+from ._errors import DependencyStopped
+from ._services import ServiceSpec
+
+if TYPE_CHECKING:
+    from ._manager import ServicesManager
+
+READY, STARTED, STOPPED = State.READY, State.STARTED, State.STOPPED
+
+
+class ServiceNode:
+    """One service in a `ServicesManager`: it orders its service against the others.
+
+    A node starts its service only when every dependency is STARTED (the
+    manager starts nodes in dependency order), and when it stops, everything
+    that depends on it stops first. When a dependency begins stopping, for
+    whatever reason, the node begins stopping in the same step with a
+    `DependencyStopped` reason that names where the cascade began.
+
+    Nodes are made by their manager, which alone starts them; read them
+    through `ServicesManager.nodes`.
+
+    Attributes:
+        spec: what the service is.
+        name: its name.
+        dependencies: the nodes it depends on.
+        dependents: the nodes that depend on it.
+        parent: the node that created it, if created from inside a service.
+        children: the nodes it created.
+        container: its `ServiceContainer` (None for a service in this process).
+        service: the object running now (or last): the container, or what
+            `spec.factory` returned.
+        restarts: how many times the manager restarted it.
+        last_error: why it last stopped on its own or failed to start (None
+            if it never did).
+    """
+
+    def __init__(
+        self,
+        spec: ServiceSpec,
+        manager: ServicesManager,
+        dependencies: tuple[ServiceNode, ...],
+        parent: ServiceNode | None = None,
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.manager = manager
+        self.dependencies = dependencies
+        self.dependents: list[ServiceNode] = []
+        self.parent = parent
+        self.children: list[ServiceNode] = []
+        self.container: ServiceContainer | None = None
+        if spec.entry is not None:
+            self.container = ServiceContainer(
+                spec.entry,
+                code=spec.code,
+                permissions=spec.permissions,
+                env=spec.env,
+                cwd=spec.cwd,
+                name=spec.name,
+                **spec.container_options,
+            )
+        self.service: Any = self.container
+        self.restarts = 0
+        self.last_error: BaseException | None = None
+        self.started_at: float | None = None
+        self.held = False  # stopped on purpose: not restarted
+        self.failures: deque[float] = deque()  # monotonic times, for the restart policy
+
+    def __repr__(self) -> str:
+        return f"<ServiceNode {self.name}: {of(self).state.name}>"
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of its process (None in this process, or when not running)."""
+        return self.container.pid if self.container is not None else None
+
+    @property
+    def uptime(self) -> float | None:
+        """Seconds since it was last STARTED (None when it is not)."""
+        if self.started_at is None or of(self).state is not STARTED:
+            return None
+        return time.monotonic() - self.started_at
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    @markers.as_raw_start
+    async def _start(self) -> None:
+        lifecycle = of(self)
+        for dependency in self.dependencies:
+            state = of(dependency).state
+            if state is not STARTED:  # the manager started it: it has stopped since
+                reason = of(dependency).statistics().stop_reason
+                raise self._cascade(dependency, reason)
+        for dependency in self.dependencies:  # no checkpoint since the check above
+            of(dependency)._add_hook(self._on_dependency_stopping(dependency))
+        if self.container is None:
+            assert self.spec.factory is not None
+            self.service = self.spec.factory()
+        await of(self.service).start(lifecycle.stop)
+        self.started_at = time.monotonic()
+
+    @markers.as_raw_stop
+    async def _stop(self, err: BaseException | None) -> None:
+        self.started_at = None
+        running = [d for d in self.dependents if of(d).state not in (READY, STOPPED)]
+        if running:  # what depends on this service goes first
+            async with anyio.create_task_group() as group:
+                for dependent in running:  # usually stopping already, by the hook below
+                    group.start_soon(
+                        self._stop_quietly, dependent, self._reason_for(dependent, err)
+                    )
+        service = self.service
+        if service is not None and of(service).state not in (READY, STOPPED):
+            try:
+                await of(service).stop(err)
+            except Exception as exc:  # its own raw stop failed: it is STOPPED all the same
+                self.last_error = exc
+
+    @staticmethod
+    async def _stop_quietly(node: ServiceNode, reason: BaseException | None) -> None:
+        await of(node).stop(reason)  # a node's stop does not raise
+
+    # -- the cascade --------------------------------------------------------------
+
+    def _on_dependency_stopping(self, dependency: ServiceNode) -> Any:
+        def stop(reason: BaseException | None) -> None:
+            of(self).stop_nowait(dependency._reason_for(self, reason))
+
+        return stop
+
+    def _reason_for(
+        self, dependent: ServiceNode, reason: BaseException | None
+    ) -> BaseException | None:
+        """Why `dependent` stops when this node stops with `reason`."""
+        return None if self.manager.shutting_down else dependent._cascade(self, reason)
+
+    def _cascade(self, dependency: ServiceNode, reason: BaseException | None) -> DependencyStopped:
+        if isinstance(reason, DependencyStopped):
+            return DependencyStopped(self.name, dependency.name, reason.origin, reason.reason)
+        return DependencyStopped(self.name, dependency.name, dependency.name, reason)

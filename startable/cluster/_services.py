@@ -1,0 +1,189 @@
+"""Descriptions of services (`ServiceSpec`, `RestartPolicy`) and their checks.
+
+Everything here is checked before anything starts: names, uniqueness,
+dependencies (unknown ones, cycles), entries, permissions.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+import attrs
+
+from ._errors import DependencyCycleError, ServiceDefinitionError
+from ._permissions import Permissions
+
+#: A service name: a lowercase letter, then lowercase letters, digits, `-`
+#: or `_`; 63 characters at most. Safe in file names, Redis keys, terminals.
+NAME_RULE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+_IDENTIFIER_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def check_name(name: object) -> str:
+    """Return `name` if it follows `NAME_RULE`; raise `ServiceDefinitionError` otherwise."""
+    if not isinstance(name, str) or NAME_RULE.fullmatch(name) is None:
+        raise ServiceDefinitionError(
+            f"bad service name {name!r}: a name is a lowercase letter followed by up to 62 "
+            "lowercase letters, digits, '-' or '_'",
+            name if isinstance(name, str) else None,
+        )
+    return name
+
+
+def check_entry(entry: str, has_code: bool) -> None:
+    """Raise `ValueError` unless `entry` is `pkg.module:attr` (or a name, with code)."""
+    if has_code:
+        if _IDENTIFIER_PATH.fullmatch(entry) is None:
+            raise ValueError(f"with code, the entry is a name defined by it, not {entry!r}")
+        return
+    module, colon, attribute = entry.partition(":")
+    if not colon or not all(_IDENTIFIER_PATH.fullmatch(part) for part in (module, attribute)):
+        raise ValueError(f"an entry is 'package.module:attribute', not {entry!r}")
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"RestartPolicy.{attribute.name} must be positive, not {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class RestartPolicy:
+    """When a service that stopped on its own is started again, and how often.
+
+    A service "stops on its own" when it crashes, exits, or stops itself; a
+    stop asked for by the manager or the user is never followed by a restart,
+    and neither is a stop caused by a dependency (the cascade): those come
+    back when the dependency does.
+
+    Attributes:
+        mode: `"never"`; `"on-failure"` (restart after a stop with a reason,
+            the default); `"always"` (after a clean stop too).
+        intensity: at most this many restarts within `period` seconds; one
+            more failure escalates: the manager stops everything with an
+            `EscalationError`.
+        period: the window of `intensity`, in seconds.
+        backoff: the delay before the first restart in a window, in seconds;
+            it doubles with each restart in the window...
+        max_backoff: ...up to this.
+    """
+
+    mode: Literal["never", "on-failure", "always"] = attrs.field(
+        default="on-failure", validator=attrs.validators.in_(("never", "on-failure", "always"))
+    )
+    intensity: int = attrs.field(default=5, validator=attrs.validators.ge(0))
+    period: float = attrs.field(default=60.0, validator=_positive)
+    backoff: float = attrs.field(default=0.1, validator=attrs.validators.ge(0))
+    max_backoff: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+
+    def delay(self, restarts_in_window: int) -> float:
+        """The delay before the next restart, after `restarts_in_window` in the window."""
+        return float(min(self.backoff * 2**restarts_in_window, self.max_backoff))
+
+
+def _as_names(value: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise ServiceDefinitionError(f"depends_on is a list of names, not the string {value!r}")
+    return tuple(value)
+
+
+def _names(instance: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for name in value:
+        check_name(name)
+
+
+@attrs.frozen(kw_only=True)
+class ServiceSpec:
+    """One service, as the manager is told about it.
+
+    Give exactly one of `entry` (run in a `ServiceContainer`: a child process
+    of its own) or `factory` (run in this process; a zero-argument callable
+    returning an object with a lifecycle, called at every start).
+
+    Attributes:
+        name: unique in its manager; see `NAME_RULE`.
+        entry: `"package.module:attribute"`, or with `code` a name it defines.
+        code: source text the child runs to define `entry`.
+        factory: for a service in this process.
+        depends_on: names of the services it needs; it starts after they are
+            STARTED and stops before they stop.
+        permissions: what it may do in its process (containers only).
+        may_create_services: whether it may create services of its own
+            (its children: they depend on it and go before it).
+        env: environment variables of its process.
+        cwd: working directory of its process.
+        restart: its `RestartPolicy`.
+        container_options: more arguments for its `ServiceContainer`
+            (timeouts, `python`, history sizes...).
+    """
+
+    name: str = attrs.field(validator=lambda _, __, value: check_name(value))
+    entry: str | None = None
+    code: str | None = None
+    factory: Callable[[], object] | None = None
+    depends_on: tuple[str, ...] = attrs.field(default=(), converter=_as_names, validator=_names)
+    permissions: Permissions | None = None
+    may_create_services: bool = False
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    cwd: str | None = None
+    restart: RestartPolicy = attrs.field(factory=RestartPolicy)
+    container_options: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+
+    def __attrs_post_init__(self) -> None:
+        problem = self._problem()
+        if problem is not None:
+            raise ServiceDefinitionError(f"service {self.name!r}: {problem}", self.name)
+
+    def _problem(self) -> str | None:
+        if (self.entry is None) == (self.factory is None):
+            return "give exactly one of entry (a child process) or factory (in this process)"
+        if self.entry is not None:
+            try:
+                check_entry(self.entry, self.code is not None)
+            except ValueError as exc:
+                return str(exc)
+        elif self.code is not None or self.permissions is not None or self.env or self.cwd:
+            return "code, permissions, env and cwd are for services in a child process (entry)"
+        factory: object = self.factory
+        if factory is not None and not callable(factory):
+            return f"factory must be callable, not {factory!r}"
+        permissions: object = self.permissions
+        if permissions is not None and not isinstance(permissions, Permissions):
+            return f"permissions must be a Permissions, not {permissions!r}"
+        if self.name in self.depends_on:
+            return "it depends on itself"
+        if len(set(self.depends_on)) != len(self.depends_on):
+            return f"a dependency is listed twice in {list(self.depends_on)}"
+        return None
+
+
+def check_graph(specs: Iterable[ServiceSpec], known: Mapping[str, object] = {}) -> list[str]:
+    """Check a set of services together; return their names in dependency order.
+
+    `known` names services that already exist (a dependency may name them).
+
+    Raises:
+        ServiceDefinitionError: a duplicate name or an unknown dependency.
+        DependencyCycleError: the dependencies form a cycle (it names it).
+    """
+    by_name: dict[str, ServiceSpec] = {}
+    for spec in specs:
+        if spec.name in by_name or spec.name in known:
+            raise ServiceDefinitionError(f"two services are named {spec.name!r}", spec.name)
+        by_name[spec.name] = spec
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for spec in by_name.values():
+        for dependency in spec.depends_on:
+            if dependency not in by_name and dependency not in known:
+                raise ServiceDefinitionError(
+                    f"service {spec.name!r} depends on {dependency!r}, which does not exist",
+                    spec.name,
+                )
+        sorter.add(spec.name, *(d for d in spec.depends_on if d in by_name))
+    try:
+        return list(sorter.static_order())
+    except graphlib.CycleError as exc:
+        # graphlib gives the cycle from dependency to dependent; say it the other way.
+        raise DependencyCycleError(tuple(reversed(exc.args[1]))) from None
