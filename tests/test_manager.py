@@ -7,6 +7,7 @@ tests/test_manager_processes.py checks the same rules on child processes.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import anyio
@@ -80,7 +81,7 @@ def last(log: Log, event: str, name: str) -> int:
 
 
 @pytest.mark.parametrize(
-    "make, message",
+    ("make", "message"),
     [
         (lambda: ServiceSpec(name="Bad Name", factory=object), "bad service name 'Bad Name'"),
         (lambda: ServiceSpec(name="1st", factory=object), "bad service name '1st'"),
@@ -125,7 +126,7 @@ def test_graph_errors_name_the_problem_and_nothing_is_created() -> None:
         )
     cycle = caught.value.cycle
     assert cycle[0] == cycle[-1] and set(cycle) == {"a", "b", "c"} and len(cycle) == 4
-    for one, two in zip(cycle, cycle[1:], strict=False):  # each depends on the next
+    for one, two in itertools.pairwise(cycle):  # each depends on the next
         assert {"a": "b", "b": "c", "c": "a"}[one] == two
     assert "dependency cycle: " in str(caught.value)
 
@@ -140,8 +141,9 @@ def test_creation_is_in_dependency_order() -> None:
     events: list[ServiceEvent] = []
     manager = ServicesManager()
     manager.subscribe(events.append)
-    manager.create_many([spec("api", log, "cache", "store"), spec("cache", log, "store"),
-                         spec("store", log)])  # fmt: skip
+    manager.create_many(
+        [spec("api", log, "cache", "store"), spec("cache", log, "store"), spec("store", log)]
+    )
     assert [e.service for e in events if e.kind == "created"] == ["store", "cache", "api"]
     assert list(manager.nodes) == ["store", "cache", "api"]
 
@@ -209,7 +211,7 @@ async def test_a_dependency_is_started_when_its_dependent_starts() -> None:
         [
             ServiceSpec(name="api", factory=Api, depends_on=["store"]),
             ServiceSpec(name="store", factory=Store),
-        ]  # fmt: skip
+        ]
     )
     with anyio.fail_after(10):
         async with startable.running(manager):
@@ -244,9 +246,15 @@ def chain(log: Log, **policy: object) -> ServicesManager:
     )
 
 
-async def until(condition: Callable[[], bool]) -> None:
+async def until(manager: ServicesManager, condition: Callable[[], bool]) -> None:
+    """Wait until `condition()` holds, checking it after every event of `manager`."""
     while not condition():
-        await anyio.sleep(0.01)
+        moved = anyio.Event()
+        unsubscribe = manager.subscribe(lambda _, moved=moved: moved.set())
+        try:
+            await moved.wait()
+        finally:
+            unsubscribe()
 
 
 async def test_crash_cascade_stops_dependents_first_with_reasons_naming_the_failure() -> None:
@@ -259,7 +267,9 @@ async def test_crash_cascade_stops_dependents_first_with_reasons_naming_the_fail
             services = {name: nodes[name].service for name in "abc"}
             log.clear()
             services["b"].crash(crash)
-            await until(lambda: all(startable.of(nodes[n]).state is State.STOPPED for n in "abc"))
+            await until(
+                manager, lambda: all(startable.of(nodes[n]).state is State.STOPPED for n in "abc")
+            )
             assert last(log, "stopped", "c") < first(log, "stopping", "a")
             reasons = {name: services[name].reason for name in "ac"}
             assert services["b"].reason is crash
@@ -285,10 +295,11 @@ async def test_on_failure_restarts_the_service_then_what_the_cascade_stopped() -
             log.clear()
             old["b"].crash()
             await until(
+                manager,
                 lambda: all(
                     startable.of(nodes[n]).state is State.STARTED and nodes[n].service is not old[n]
                     for n in "abc"
-                )
+                ),
             )
             assert last(log, "started", "b") < first(log, "starting", "a")
             assert last(log, "started", "a") < first(log, "starting", "c")
@@ -308,7 +319,7 @@ async def test_a_clean_stop_of_its_own_is_restarted_only_by_always() -> None:
                 first_service = node.service
                 await startable.of(first_service).stop()  # it stops itself, cleanly
                 if restarted:
-                    await until(lambda: node.service is not first_service)
+                    await until(manager, lambda: node.service is not first_service)  # noqa: B023
                     await startable.of(node).wait_state(State.STARTED)
                 else:
                     await startable.of(node).wait_state(State.STOPPED)
@@ -325,7 +336,7 @@ async def test_too_many_failures_escalate_and_stop_everything() -> None:
             async with startable.running(manager):
                 for _ in range(3):
                     node = manager["b"]
-                    await until(lambda: startable.of(node).state is State.STARTED)  # noqa: B023
+                    await until(manager, lambda: startable.of(node).state is State.STARTED)  # noqa: B023
                     node.service.crash()
                 await anyio.sleep_forever()
     assert caught.value.service == "b" and caught.value.failures == 3
