@@ -21,6 +21,7 @@ from .._startable import of
 from ._errors import ClusterError, PortError, RemoteError, RemoteExited
 from ._messages import (
     CloseRequest,
+    ErrorInfo,
     FromRemote,
     Ping,
     Pong,
@@ -241,7 +242,7 @@ class ServiceController:
         if port is not None and of(port).state is STARTED:
             self.ladder.append(StopStep("close request", time.time()))
             try:
-                await port.send(CloseRequest(repr(err) if err is not None else None))
+                await port.send(CloseRequest(ErrorInfo.of(err) if err is not None else None))
             except PortError:
                 pass
         for action, signum, timeout in (

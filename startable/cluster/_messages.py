@@ -125,9 +125,13 @@ class RunEntry(Message, tag="run", frozen=True):
 
 
 class CloseRequest(Message, tag="close", frozen=True):
-    """Stop the service gracefully, then exit."""
+    """Stop the service gracefully, then exit.
 
-    reason: str | None = None
+    Attributes:
+        reason: why; the service's raw stop receives it as a `RemoteError`.
+    """
+
+    reason: ErrorInfo | None = None
 
 
 class Ping(Message, tag="ping", frozen=True):

@@ -36,7 +36,7 @@ import msgspec
 from .. import _util
 from .._owner import open_owner
 from .._startable import StateChange, of
-from ._errors import PortClosed
+from ._errors import PortClosed, RemoteError
 from ._messages import (
     CloseRequest,
     ErrorInfo,
@@ -228,7 +228,8 @@ async def _run(request: RunEntry, port: Any, outbox: Any, tasks: anyio.abc.TaskG
         return EXIT_FAILED
     if request.resources_interval > 0:
         tasks.start_soon(_sample, outbox, request.resources_interval)
-    tasks.start_soon(_listen, port, lifecycle, finished)
+    asked: list[BaseException | None] = []  # the reason of a close request
+    tasks.start_soon(_listen, port, asked, finished)
     await finished.wait()
     code = EXIT_OK
     reason = stopped_with[0] if stopped_with else None
@@ -236,20 +237,22 @@ async def _run(request: RunEntry, port: Any, outbox: Any, tasks: anyio.abc.TaskG
         await outbox.send(Uncaught(ErrorInfo.of(reason), "stop reason"))
         code = EXIT_FAILED
     try:
-        await lifecycle.stop()
+        await lifecycle.stop(asked[0] if asked else None)
     except Exception as exc:
         await outbox.send(Uncaught(ErrorInfo.of(exc), "raw stop"))
         code = EXIT_FAILED
     return code
 
 
-async def _listen(port: Any, lifecycle: Any, finished: anyio.Event) -> None:
+async def _listen(port: Any, asked: list[BaseException | None], finished: anyio.Event) -> None:
     while True:
         try:
             message = await port.receive()
         except PortClosed:
             _controller_gone()
         if isinstance(message, CloseRequest):
+            reason = message.reason
+            asked.append(RemoteError(reason, "stop reason") if reason is not None else None)
             finished.set()
             return
         if isinstance(message, Ping):
