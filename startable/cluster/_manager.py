@@ -332,10 +332,15 @@ class ServicesManager:
                 for node in sorter.get_ready():
                     group.start_soon(self._start_one, node, send)
                 node, error = await receive.receive()
-                if error is None:
-                    sorter.done(node)
-                else:
-                    failed.append((node, error))
+                while True:  # take every report that is in, before launching more
+                    if error is None:
+                        sorter.done(node)
+                    else:
+                        failed.append((node, error))
+                    try:
+                        node, error = receive.receive_nowait()
+                    except anyio.WouldBlock:
+                        break
             # After a failure no more are launched; those in flight finish.
         while True:
             try:
