@@ -28,6 +28,8 @@ from startable.cluster import (
     ServiceSpec,
 )
 
+from .waiting import until
+
 pytestmark = pytest.mark.anyio
 Log = list[tuple[str, str]]
 
@@ -244,17 +246,6 @@ def chain(log: Log, **policy: object) -> ServicesManager:
             spec("c", log, "a", restart=restart),
         ]
     )
-
-
-async def until(manager: ServicesManager, condition: Callable[[], bool]) -> None:
-    """Wait until `condition()` holds, checking it after every event of `manager`."""
-    while not condition():
-        moved = anyio.Event()
-        unsubscribe = manager.subscribe(lambda _, moved=moved: moved.set())
-        try:
-            await moved.wait()
-        finally:
-            unsubscribe()
 
 
 async def test_crash_cascade_stops_dependents_first_with_reasons_naming_the_failure() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -20,6 +19,8 @@ from startable.cluster import (
     ServicesManager,
     ServiceSpec,
 )
+
+from .waiting import until
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,16 +42,6 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-async def until(manager: ServicesManager, condition: Callable[[], bool]) -> None:
-    while not condition():
-        moved = anyio.Event()
-        unsubscribe = manager.subscribe(lambda _, moved=moved: moved.set())
-        try:
-            await moved.wait()
-        finally:
-            unsubscribe()
 
 
 async def test_a_killed_process_cascades_in_order_and_everything_comes_back() -> None:
