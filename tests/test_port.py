@@ -23,7 +23,7 @@ from startable.cluster import (
     PortClosed,
     port_pair,
 )
-from startable.cluster._messages import CloseRequest, Ping, RunEntry, ToRemote
+from startable.cluster._messages import CloseRequest, ErrorInfo, Ping, RunEntry, ToRemote
 
 pytestmark = pytest.mark.anyio
 
@@ -83,8 +83,9 @@ async def test_tcp_with_the_cluster_key_authenticates_every_frame() -> None:
     with anyio.fail_after(5):
         async with startable.open_owner(), tcp_pair(KEY, KEY) as (client, server):
             assert await start_both(client, server) == []
-            await client.send(CloseRequest("bye"))
-            assert await server.receive() == CloseRequest("bye")
+            bye = CloseRequest(ErrorInfo("ValueError", "bye", "Traceback: ..."))
+            await client.send(bye)
+            assert await server.receive() == bye
             await server.send(Ping(b"x"))
             assert await client.receive() == Ping(b"x")
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import startable
 from startable.cluster import AuthenticationError, FrameError, from_socket
-from startable.cluster._messages import CloseRequest, Ping, RunEntry, ToRemote
+from startable.cluster._messages import CloseRequest, ErrorInfo, Ping, RunEntry, ToRemote
 from startable.cluster._wire import FrameCodec, FrameReader
 
 KEY_OUT, KEY_IN = b"o" * 32, b"i" * 32
@@ -32,7 +32,10 @@ FUZZ_FRAMES = int(os.environ.get("STARTABLE_FUZZ_FRAMES", "100000"))
 
 messages = st.one_of(
     st.builds(Ping, st.binary(max_size=64)),
-    st.builds(CloseRequest, st.one_of(st.none(), st.text(max_size=32))),
+    st.builds(
+        CloseRequest,
+        st.one_of(st.none(), st.builds(ErrorInfo, st.text(max_size=16), st.text(), st.text())),
+    ),
     st.builds(RunEntry, st.text(max_size=40), resources_interval=st.floats(0, 10)),
 )
 
