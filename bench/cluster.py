@@ -33,6 +33,7 @@ from pathlib import Path
 
 import anyio
 import psutil
+from _report import Row, report
 
 import startable
 from startable.cluster import ServiceContainer
@@ -235,7 +236,7 @@ def main() -> int:
         keep("remote rss", anyio.run(remote_rss, backend="trio"))
         keep("bare rss", float(bare_rss()))
 
-    rows = []
+    rows: list[Row] = []
     for count in (1, 16):
         ours, bare = figures[f"spawn {count} containers"], figures[f"spawn {count} bare"]
         rows.append(
@@ -277,14 +278,8 @@ def main() -> int:
             remote / bare_memory <= 1.3,
         )
     )
-    print(f"startable.cluster, Python {sys.version.split()[0]}, best of {rounds} rounds")
-    if args.quick:
-        print("(--quick: sizes too small for the figures to mean anything)")
-    width = max(len(r[0]) for r in rows)
-    for name, detail, ratio, ok in rows:
-        verdict = "" if ok is None else "meets bar" if ok else "MISSES BAR"
-        print(f"  {name:<{width}}  {ratio:<22} {verdict:<10} {detail}")
-    return 1 if args.check and any(r[3] is False for r in rows) else 0
+    missed = report("startable.cluster", rounds, args.quick, rows)
+    return 1 if args.check and missed else 0
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+from _report import NoOp, Row, report
 
 import startable
 
@@ -51,16 +52,6 @@ except ImportError:  # pragma: no cover - the bench group is not installed
 
 
 # -- the services under test -------------------------------------------------
-
-
-class NoOp:
-    @startable.as_raw_start
-    async def _start(self) -> None:
-        pass
-
-    @startable.as_raw_stop
-    async def _stop(self) -> None:
-        pass
 
 
 class Guarded:
@@ -269,7 +260,7 @@ def main() -> int:
         "mode": min(bytes_per_object(ModeNoOp, n_objects) for _ in range(3)),
     }
 
-    rows: list[tuple[str, str, str, bool | None]] = []
+    rows: list[Row] = []
     mode = results["cycle/mode"]
     for backend in ("trio", "asyncio"):
         ours = results[f"cycle/{backend}"]
@@ -320,15 +311,7 @@ def main() -> int:
         )
     )
 
-    width = max(len(r[0]) for r in rows)
-    python = sys.version.split()[0]
-    print(f"startable {startable.__version__}, Python {python}, best of {rounds} rounds")
-    if args.quick:
-        print("(--quick: sizes too small for the figures to mean anything)")
-    for name, figures, ratio, ok in rows:
-        verdict = "" if ok is None else ("meets bar" if ok else "MISSES BAR")
-        print(f"  {name:<{width}}  {ratio:<24} {verdict:<10} {figures}")
-    missed = [r[0] for r in rows if r[3] is False]
+    missed = report(f"startable {startable.__version__}", rounds, args.quick, rows)
     return 1 if args.check and missed else 0
 
 

@@ -1,0 +1,39 @@
+"""What the bench/ scripts share: the no-op service, and the table of figures.
+
+Not a benchmark itself; the scripts import it from their own directory.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import startable
+
+#: (what, the figures behind it, the ratio, met the bar? (None: shown for context))
+Row = tuple[str, str, str, "bool | None"]
+
+
+class NoOp:
+    """A service whose raw start and raw stop do nothing."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        pass
+
+    @startable.as_raw_stop
+    async def _stop(self) -> None:
+        pass
+
+
+def report(title: str, rounds: int, quick: bool, rows: Sequence[Row]) -> bool:
+    """Print the figures as a table; return whether a bar was missed."""
+    print(f"{title}, Python {sys.version.split()[0]}, best of {rounds} rounds")
+    if quick:
+        print("(--quick: sizes too small for the figures to mean anything)")
+    width = max(len(row[0]) for row in rows)
+    ratio_width = max(len(row[2]) for row in rows)
+    for name, detail, ratio, ok in rows:
+        verdict = "" if ok is None else "meets bar" if ok else "MISSES BAR"
+        print(f"  {name:<{width}}  {ratio:<{ratio_width}}  {verdict:<10} {detail}")
+    return any(row[3] is False for row in rows)
