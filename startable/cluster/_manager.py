@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import graphlib
 import logging
 import math
@@ -191,15 +192,11 @@ class ServicesManager:
 
     async def destroy_all(self) -> None:
         """Destroy every service, dependents before their dependencies."""
+        # A service is created after its dependencies and its parent exist, so
+        # the reverse of creation order always finds a service's dependents gone.
         for name in reversed(list(self.nodes)):
-            if name in self.nodes and not any(
-                d.parent is not self.nodes[name] for d in self.nodes[name].dependents
-            ):
+            if name in self.nodes:  # not already destroyed with its parent
                 await self.destroy(name)
-        while self.nodes:  # whatever the order above could not take yet
-            for name in reversed(list(self.nodes)):
-                if not self.nodes[name].dependents:
-                    await self.destroy(name)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -356,7 +353,7 @@ class ServicesManager:
         report: MemoryObjectSendStream[tuple[ServiceNode, Exception | None]],
     ) -> None:
         try:
-            await of(node).start(self._watch(node))
+            await of(node).start(functools.partial(self._report, node))
         except Exception as exc:
             node.last_error = exc
             report.send_nowait((node, exc))
@@ -364,12 +361,6 @@ class ServicesManager:
             report.send_nowait((node, None))
 
     # -- supervision ----------------------------------------------------------------
-
-    def _watch(self, node: ServiceNode) -> Callable[[BaseException | None], None]:
-        def stopping(reason: BaseException | None) -> None:
-            self._report(node, reason)
-
-        return stopping
 
     def _report(self, node: ServiceNode, reason: BaseException | None) -> None:
         """`node` stopped or failed to start, with `reason`: the supervisor decides."""
@@ -380,35 +371,32 @@ class ServicesManager:
         self, failures: MemoryObjectReceiveStream[tuple[ServiceNode, BaseException | None]]
     ) -> None:
         with failures:
-            await self._supervise_each(failures)
+            async for node, reason in failures:
+                self._decide(node, reason)
 
-    async def _supervise_each(
-        self, failures: MemoryObjectReceiveStream[tuple[ServiceNode, BaseException | None]]
-    ) -> None:
-        async for node, reason in failures:
-            if self.shutting_down or node.held or node.name not in self.nodes:
-                continue
-            if isinstance(reason, DependencyStopped):
-                self._victims.setdefault(reason.origin, set()).add(node)
-                continue
-            node.last_error = reason
-            policy = node.spec.restart
-            if policy.mode == "never" or (policy.mode == "on-failure" and reason is None):
-                continue
-            now = time.monotonic()
-            window = node.failures
-            while window and now - window[0] > policy.period:
-                window.popleft()
-            if len(window) >= policy.intensity:
-                self._emit(ServiceEvent(node.name, "escalated"))
-                of(self).stop_nowait(
-                    EscalationError(node.name, len(window) + 1, policy.period, reason)
-                )
-                return
-            delay = policy.delay(len(window))
-            window.append(now)
-            self._emit(ServiceEvent(node.name, "restarting", delay=delay))
-            of(self).start_soon(self._restart, node, delay)
+    def _decide(self, node: ServiceNode, reason: BaseException | None) -> None:
+        """`node` stopped, or failed to start, with `reason`: restart, wait, or escalate."""
+        if of(self).state is not STARTED or node.held or node.name not in self.nodes:
+            return
+        if isinstance(reason, DependencyStopped):  # back when its origin is
+            self._victims.setdefault(reason.origin, set()).add(node)
+            return
+        node.last_error = reason
+        policy = node.spec.restart
+        if policy.mode == "never" or (policy.mode == "on-failure" and reason is None):
+            return
+        now = time.monotonic()
+        window = node.failures
+        while window and now - window[0] > policy.period:
+            window.popleft()
+        if len(window) >= policy.intensity:
+            self._emit(ServiceEvent(node.name, "escalated"))
+            of(self).stop_nowait(EscalationError(node.name, len(window) + 1, policy.period, reason))
+            return
+        delay = policy.delay(len(window))
+        window.append(now)
+        self._emit(ServiceEvent(node.name, "restarting", delay=delay))
+        of(self).start_soon(self._restart, node, delay)
 
     async def _restart(self, node: ServiceNode, delay: float) -> None:
         await of(node).wait_state(STOPPED)

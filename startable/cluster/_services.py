@@ -159,7 +159,9 @@ class ServiceSpec:
         return None
 
 
-def check_graph(specs: Iterable[ServiceSpec], known: Mapping[str, object] = {}) -> list[str]:
+def check_graph(
+    specs: Iterable[ServiceSpec], known: Mapping[str, object] | None = None
+) -> list[str]:
     """Check a set of services together; return their names in dependency order.
 
     `known` names services that already exist (a dependency may name them).
@@ -168,6 +170,7 @@ def check_graph(specs: Iterable[ServiceSpec], known: Mapping[str, object] = {}) 
         ServiceDefinitionError: a duplicate name or an unknown dependency.
         DependencyCycleError: the dependencies form a cycle (it names it).
     """
+    known = known or {}
     by_name: dict[str, ServiceSpec] = {}
     for spec in specs:
         if spec.name in by_name or spec.name in known:
