@@ -8,18 +8,28 @@ from ._container import ServiceContainer as ServiceContainer
 from ._controller import OutputLine as OutputLine
 from ._controller import ServiceController as ServiceController
 from ._controller import StopStep as StopStep
+from ._dataplane import DEFAULT_DEADLINE as DEFAULT_DEADLINE
+from ._dataplane import Event as Event
+from ._dataplane import ServiceClient as ServiceClient
+from ._dataplane import handler as handler
+from ._dataplane import this_service as this_service
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import ClusterError as ClusterError
 from ._errors import DependencyCycleError as DependencyCycleError
 from ._errors import DependencyStopped as DependencyStopped
 from ._errors import EscalationError as EscalationError
 from ._errors import FrameError as FrameError
+from ._errors import HandlerNotFound as HandlerNotFound
 from ._errors import MessageError as MessageError
 from ._errors import PortClosed as PortClosed
 from ._errors import PortError as PortError
 from ._errors import RemoteError as RemoteError
 from ._errors import RemoteExited as RemoteExited
+from ._errors import RequestError as RequestError
+from ._errors import RequestRefused as RequestRefused
+from ._errors import RequestTimeout as RequestTimeout
 from ._errors import ServiceDefinitionError as ServiceDefinitionError
+from ._errors import ServiceUnavailable as ServiceUnavailable
 from ._manager import ServiceEvent as ServiceEvent
 from ._manager import ServicesManager as ServicesManager
 from ._messages import ErrorInfo as ErrorInfo
@@ -36,6 +46,7 @@ from ._services import RestartPolicy as RestartPolicy
 from ._services import ServiceSpec as ServiceSpec
 
 __all__ = (
+    "DEFAULT_DEADLINE",
     "NAME_RULE",
     "AuthenticationError",
     "ClusterError",
@@ -44,7 +55,9 @@ __all__ = (
     "DependencyStopped",
     "ErrorInfo",
     "EscalationError",
+    "Event",
     "FrameError",
+    "HandlerNotFound",
     "MessageError",
     "OutputLine",
     "Permissions",
@@ -53,19 +66,26 @@ __all__ = (
     "PortStatistics",
     "RemoteError",
     "RemoteExited",
+    "RequestError",
+    "RequestRefused",
+    "RequestTimeout",
     "Resources",
     "RestartPolicy",
+    "ServiceClient",
     "ServiceContainer",
     "ServiceController",
     "ServiceDefinitionError",
     "ServiceEvent",
     "ServiceNode",
     "ServiceSpec",
+    "ServiceUnavailable",
     "ServicesManager",
     "StopStep",
     "from_socket",
+    "handler",
     "landlock_abi",
     "port_pair",
+    "this_service",
 )
 
 fixup_module_metadata(__name__, __all__, globals())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -78,12 +79,16 @@ class ServiceContainer:
         self.options = options
         #: The controllers of past incarnations, newest last (the current one too).
         self.incarnations: deque[ServiceController] = deque(maxlen=history)
+        #: A socket to hand to the next incarnation as its data port (see
+        #: `ServiceController`'s `data_socket`); used once, then closed here.
+        self.data_socket: socket.socket | None = None
 
     def __repr__(self) -> str:
         return f"<ServiceContainer {self.name}: {of(self).state.name}>"
 
     @markers.as_raw_start
     async def _start(self) -> None:
+        data_socket, self.data_socket = self.data_socket, None
         controller = ServiceController(
             self.entry,
             code=self.code,
@@ -92,6 +97,7 @@ class ServiceContainer:
             cwd=self.cwd,
             name=self.name,
             on_output=self.on_output,
+            data_socket=data_socket,
             **self.options,
         )
         self.incarnations.append(controller)

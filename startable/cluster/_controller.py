@@ -35,7 +35,7 @@ from ._messages import (
 from ._permissions import Permissions
 from ._port import ConnectionPort, from_socket
 from ._process import ChildProcess, read_lines, spawn
-from ._remote import ENV_PARENT, ENV_PORT
+from ._remote import ENV_DATA_PORT, ENV_PARENT, ENV_PORT
 
 STARTED, STOPPING = State.STARTED, State.STOPPING
 
@@ -95,6 +95,9 @@ class ServiceController:
         resources_history: how many resource samples to keep.
         on_output: called with each line of output as it comes.
         name: used in `repr()`, logs and errors.
+        data_socket: a connected socket the child gets as its data-plane
+            port (the manager holds the other end). The controller passes it
+            on at spawn and closes its own copy; it never reads it.
     """
 
     def __init__(
@@ -115,8 +118,10 @@ class ServiceController:
         resources_history: int = 60,
         on_output: Callable[[OutputLine], object] | None = None,
         name: str | None = None,
+        data_socket: socket.socket | None = None,
     ) -> None:
         self.entry = entry
+        self._data_socket = data_socket
         self.code = code
         self.permissions = permissions
         self.env = dict(env or {})
@@ -160,15 +165,22 @@ class ServiceController:
         env = {**(os.environ if self.inherit_env else {}), "PYTHONUNBUFFERED": "1", **self.env}
         env[ENV_PORT] = str(theirs.fileno())
         env[ENV_PARENT] = str(os.getpid())
+        passed = [theirs.fileno()]
+        data_socket, self._data_socket = self._data_socket, None
+        if data_socket is not None:
+            env[ENV_DATA_PORT] = str(data_socket.fileno())
+            passed.append(data_socket.fileno())
         try:
             self.process = await spawn(
                 [self.python, "-m", "startable.cluster._child"],
-                pass_fds=[theirs.fileno()],
+                pass_fds=passed,
                 env=env,
                 cwd=self.cwd,
             )
         finally:
             theirs.close()
+            if data_socket is not None:
+                data_socket.close()
         self._port = from_socket(ours, receives=FromRemote, name=f"{self.name} control port")
         await of(self._port).start()
         lifecycle = of(self)

@@ -135,3 +135,37 @@ class EscalationError(ClusterError):
         self.service = service
         self.failures = failures
         self.last = last
+
+
+class RequestError(ClusterError):
+    """A request between services could not be answered; raised to the caller.
+
+    `RemoteError` (the callee raised) is the other way a request fails.
+
+    Attributes:
+        service: the service that was called.
+        method: the handler that was asked for.
+    """
+
+    def __init__(self, message: str, service: str = "", method: str = "") -> None:
+        super().__init__(message)
+        self.service = service
+        self.method = method
+
+
+class RequestRefused(RequestError, PermissionError):
+    """The caller may not do this: the callee is not among its declared
+    dependencies, or it may not create services."""
+
+
+class ServiceUnavailable(RequestError):
+    """The callee is not STARTED (it is starting, stopping, stopped, or does not
+    run), or it stopped before it answered. Raised at once: it is not waited for."""
+
+
+class HandlerNotFound(RequestError, LookupError):
+    """The callee has no handler of that name (see `startable.cluster.handler`)."""
+
+
+class RequestTimeout(RequestError, TimeoutError):
+    """The request's deadline passed before an answer came."""

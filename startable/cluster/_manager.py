@@ -17,8 +17,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .. import _markers as markers
 from .._lifecycle import State
 from .._startable import StateChange, of
+from ._dataplane import ServiceClient
 from ._errors import ClusterError, DependencyStopped, EscalationError, ServiceDefinitionError
 from ._node import ServiceNode
+from ._router import LocalLink, Router
 from ._services import ServiceSpec, check_graph
 
 logger = logging.getLogger("startable.cluster")
@@ -83,6 +85,11 @@ class ServicesManager:
         self._failures: MemoryObjectSendStream[tuple[ServiceNode, BaseException | None]] | None = (
             None
         )
+        #: Routes requests and events between the services (the data plane).
+        self.router = Router(self)
+        #: The operator's handle on the data plane: it may call any service,
+        #: emit and subscribe, while the manager is STARTED.
+        self.client = ServiceClient("", LocalLink(self.router, None))
         self.create_many(services)
 
     def __repr__(self) -> str:
@@ -211,6 +218,7 @@ class ServicesManager:
         of(self).start_soon(self._supervise, receive)  # it closes `receive`
         for node in self.nodes.values():
             node.held = False
+        await of(self.client).start()
         await self._start_nodes(list(self.nodes.values()))
 
     @markers.as_raw_stop
@@ -226,6 +234,8 @@ class ServicesManager:
                         group.start_soon(of(node).stop)
         finally:
             self.shutting_down = False
+            if of(self.client).state is STARTED:
+                await of(self.client).stop()
 
     # -- starting and stopping services -------------------------------------------
 

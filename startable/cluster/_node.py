@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,11 @@ from .. import _markers as markers
 from .._lifecycle import State
 from .._startable import of
 from ._container import ServiceContainer
+from ._dataplane import AnyMessage, ServiceClient, serving_as
 from ._errors import DependencyStopped
+from ._port import ConnectionPort, from_socket
+from ._remote import ENV_SERVICE
+from ._router import LocalLink
 from ._services import ServiceSpec
 
 if TYPE_CHECKING:
@@ -68,12 +73,15 @@ class ServiceNode:
                 spec.entry,
                 code=spec.code,
                 permissions=spec.permissions,
-                env=spec.env,
+                env={**spec.env, ENV_SERVICE: spec.name},
                 cwd=spec.cwd,
                 name=spec.name,
                 **spec.container_options,
             )
         self.service: Any = self.container
+        #: The data-plane client of a service in this process (None for a container).
+        self.client: ServiceClient | None = None
+        self._data_port: ConnectionPort[AnyMessage] | None = None
         self.restarts = 0
         self.last_error: BaseException | None = None
         self.started_at: float | None = None
@@ -107,11 +115,32 @@ class ServiceNode:
                 raise self._cascade(dependency, reason)
         for dependency in self.dependencies:  # no checkpoint since the check above
             of(dependency)._add_hook(self._on_dependency_stopping(dependency))
+        router = self.manager.router
         if self.container is None:
             assert self.spec.factory is not None
-            self.service = self.spec.factory()
-        await of(self.service).start(lifecycle.stop)
+            self.client = ServiceClient(self.name, LocalLink(router, self.name))
+            await of(self.client).start()
+            with serving_as(self.client):
+                self.service = self.spec.factory()
+                self.client.serve(self.service)
+                await of(self.service).start(lifecycle.stop)
+        else:
+            # The data plane has a socket of its own: the controller only hands it over.
+            ours, theirs = socket.socketpair()
+            self.container.data_socket = theirs
+            port = from_socket(ours, receives=AnyMessage, name=f"{self.name} data port")
+            self._data_port = port
+            await of(port).start()
+            router.attach(self.name, port)
+            lifecycle.start_soon(self._relay, port)
+            await of(self.container).start(lifecycle.stop)
         self.started_at = time.monotonic()
+
+    async def _relay(self, port: ConnectionPort[AnyMessage]) -> None:
+        """The service's requests and events, to the router, until its process ends."""
+        router = self.manager.router
+        async for message in port:
+            await router.handle(self.name, message)
 
     @markers.as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
@@ -129,6 +158,11 @@ class ServiceNode:
                 await of(service).stop(err)
             except Exception as exc:  # its own raw stop failed: it is STOPPED all the same
                 self.last_error = exc
+        self.manager.router.detach(self.name)
+        for link in (self.client, self._data_port):
+            if link is not None and of(link).state not in (READY, STOPPED):
+                await of(link).stop()
+        self.client = self._data_port = None
 
     @staticmethod
     async def _stop_quietly(node: ServiceNode, reason: BaseException | None) -> None:

@@ -36,6 +36,7 @@ import msgspec
 from .. import _util
 from .._owner import open_owner
 from .._startable import StateChange, of
+from ._dataplane import AnyMessage, PortLink, ServiceClient, set_process_client
 from ._errors import PortClosed, RemoteError
 from ._messages import (
     CloseRequest,
@@ -57,6 +58,8 @@ from ._wire import FrameCodec, FrameReader
 
 ENV_PORT = "STARTABLE_PORT_FD"
 ENV_PARENT = "STARTABLE_PARENT_PID"
+ENV_DATA_PORT = "STARTABLE_DATA_FD"  # the data plane's socket, when the manager gives one
+ENV_SERVICE = "STARTABLE_SERVICE"  # the service's name in its cluster
 
 #: Exit codes of the remote process.
 EXIT_OK = 0  # the service stopped cleanly
@@ -135,6 +138,8 @@ def main() -> NoReturn:
         sys.exit(EXIT_SETUP)
     sock = socket.socket(fileno=int(fd))
     sock.setblocking(True)
+    data_fd = os.environ.pop(ENV_DATA_PORT, None)
+    data = socket.socket(fileno=int(data_fd)) if data_fd is not None else None
     channel = _Blocking(sock)
     channel.send(RemoteReady(pid=os.getpid(), python=sys.version.split()[0]))
     request = channel.receive()
@@ -145,7 +150,7 @@ def main() -> NoReturn:
         _warm_up(request)
         paths = [] if request.code is not None else _code_paths(request.entry)
         mechanisms = apply(request.permissions, paths)
-    sys.exit(anyio.run(_serve, sock, request, mechanisms, backend="trio"))
+    sys.exit(anyio.run(_serve, sock, data, request, mechanisms, backend="trio"))
 
 
 def _warm_up(request: RunEntry) -> None:
@@ -162,8 +167,16 @@ def _warm_up(request: RunEntry) -> None:
         psutil.Process().cpu_percent(None)
 
 
-async def _serve(sock: socket.socket, request: RunEntry, mechanisms: tuple[str, ...]) -> int:
+async def _serve(
+    sock: socket.socket, data: socket.socket | None, request: RunEntry, mechanisms: tuple[str, ...]
+) -> int:
     port = from_socket(sock, receives=ToRemote, name="remote port")
+    client = None
+    if data is not None:  # its link to the other services (the controller never sees it)
+        name = os.environ.get(ENV_SERVICE, "")
+        data_port = from_socket(data, receives=AnyMessage, name=f"{name} data port")
+        client = ServiceClient(name, PortLink(data_port))
+        set_process_client(client)
     outbox, pending = anyio.create_memory_object_stream[FromRemote](10_000)
     code = EXIT_OK
     async with open_owner():
@@ -172,11 +185,15 @@ async def _serve(sock: socket.socket, request: RunEntry, mechanisms: tuple[str, 
         async with anyio.create_task_group() as forwarding:
             forwarding.start_soon(_forward, pending, port)
             _report_thread_errors(outbox)
+            if client is not None:
+                await of(client).start()
             async with anyio.create_task_group() as tasks:  # listening, sampling
                 try:
-                    code = await _run(request, port, outbox, tasks)
+                    code = await _run(request, port, outbox, tasks, client)
                 finally:
                     tasks.cancel_scope.cancel()
+            if client is not None:
+                await of(client).stop()
             outbox.close()  # the forwarder sends what is left, then returns
         await of(port).stop()
     return code
@@ -201,12 +218,20 @@ def _report_thread_errors(outbox: Any) -> None:
     threading.excepthook = excepthook
 
 
-async def _run(request: RunEntry, port: Any, outbox: Any, tasks: anyio.abc.TaskGroup) -> int:
+async def _run(
+    request: RunEntry,
+    port: Any,
+    outbox: Any,
+    tasks: anyio.abc.TaskGroup,
+    client: ServiceClient | None,
+) -> int:
     try:
         service = _load(request)
     except BaseException as exc:
         await outbox.send(Uncaught(ErrorInfo.of(exc), "loading the entry"))
         return EXIT_ENTRY
+    if client is not None:
+        client.serve(service)
     lifecycle = of(service)
 
     def report(change: StateChange) -> None:

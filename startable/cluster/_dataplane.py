@@ -1,0 +1,525 @@
+"""The data plane: requests and events between services, and the client that sends them.
+
+A service reaches the rest of the cluster through its `ServiceClient`
+(`this_service()` inside it). The client speaks the messages below to a
+router over a *link*; the router (today the `ServicesManager`, in the
+manager's process) checks each request and passes it on to the callee's own
+client, which runs the handler and answers. The control plane never sees any
+of it: in a container the data plane has a socket of its own.
+
+The messages and `ServiceClient`'s methods are the contract: another router
+(over Redis, across machines) serves the same client unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import inspect
+import itertools
+import math
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeAlias, TypeVar
+
+import anyio
+import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .. import _markers as markers
+from .._lifecycle import State
+from .._startable import of
+from ._errors import (
+    ClusterError,
+    HandlerNotFound,
+    PortError,
+    RemoteError,
+    RequestError,
+    RequestRefused,
+    RequestTimeout,
+    ServiceUnavailable,
+)
+from ._messages import ErrorInfo
+from ._port import ConnectionPort
+
+STARTED = State.STARTED
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: The deadline of a request when the caller gives none, in seconds. Every
+#: request has one: a caller never waits longer, whatever the callee does.
+DEFAULT_DEADLINE = 10.0
+
+#: How many undelivered events a subscription holds before it drops new ones.
+DEFAULT_EVENT_BUFFER = 1000
+
+_HANDLER = "__startable_handler__"
+
+
+# -- the messages ----------------------------------------------------------------
+
+
+class DataMessage(msgspec.Struct, frozen=True, tag_field="t", array_like=True):
+    """Base of the data-plane messages (the same both ways)."""
+
+
+class Call(DataMessage, tag="call", frozen=True):
+    """Run `method(*args, **kwargs)` of `service`; answered by a `Reply` with the same id.
+
+    `caller` is filled by the router (empty: the operator, not a service).
+    `timeout` is the time the caller still waits, in seconds.
+    """
+
+    id: int
+    service: str
+    method: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = {}
+    timeout: float = DEFAULT_DEADLINE
+    caller: str = ""
+
+
+#: `Reply.kind`: how a request failed (empty: it did not).
+FAILURES: Mapping[str, type[RequestError]] = {
+    "refused": RequestRefused,
+    "unavailable": ServiceUnavailable,
+    "no-handler": HandlerNotFound,
+    "timeout": RequestTimeout,
+}
+
+
+class Reply(DataMessage, tag="reply", frozen=True):
+    """The answer to a `Call` (or to a `Subscribe` or `Create`).
+
+    `kind` is empty on success, `"error"` when the handler raised (`error`
+    holds it), or a key of `FAILURES` (`message` says why).
+    """
+
+    id: int
+    value: Any = None
+    kind: str = ""
+    message: str = ""
+    error: ErrorInfo | None = None
+
+
+class Event(DataMessage, tag="event", frozen=True):
+    """An event: `payload` published on `topic` by the service `source`.
+
+    `source` is filled by the router (empty: the operator).
+    """
+
+    topic: str
+    payload: Any = None
+    source: str = ""
+
+
+class Subscribe(DataMessage, tag="sub", frozen=True):
+    """Deliver `topic`'s events to this service from now on (acknowledged by a `Reply`)."""
+
+    id: int
+    topic: str
+
+
+class Unsubscribe(DataMessage, tag="unsub", frozen=True):
+    topic: str
+
+
+class Create(DataMessage, tag="create", frozen=True):
+    """Create and start a child service of the sender (acknowledged by a `Reply`)."""
+
+    id: int
+    name: str
+    entry: str
+    code: str | None = None
+    depends_on: tuple[str, ...] = ()
+    env: dict[str, str] = {}
+
+
+AnyMessage: TypeAlias = Call | Reply | Event | Subscribe | Unsubscribe | Create
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder: msgspec.msgpack.Decoder[AnyMessage] = msgspec.msgpack.Decoder(AnyMessage)
+
+
+def copy(message: AnyMessage) -> AnyMessage:
+    """The message as the other side of a wire would see it (values copied)."""
+    return _decoder.decode(_encoder.encode(message))
+
+
+# -- links -------------------------------------------------------------------------
+
+
+class Link(Protocol):
+    """How a client reaches its router: sends messages, delivers the router's to the client."""
+
+    async def open(self, client: ServiceClient) -> None: ...
+
+    async def send(self, message: AnyMessage) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class PortLink:
+    """A link over a `ConnectionPort` (a container's data socket)."""
+
+    def __init__(self, port: ConnectionPort[Any]) -> None:
+        self.port = port
+
+    async def open(self, client: ServiceClient) -> None:
+        await of(self.port).start()
+        of(client).start_soon(self._deliver, client)
+
+    async def _deliver(self, client: ServiceClient) -> None:
+        async for message in self.port:
+            client._deliver(message)
+        client._link_lost()
+
+    async def send(self, message: AnyMessage) -> None:
+        try:
+            await self.port.send(message)
+        except PortError as exc:
+            raise ServiceUnavailable(f"the cluster is out of reach: {exc}") from None
+
+    async def close(self) -> None:
+        await of(self.port).stop()
+
+
+# -- handlers --------------------------------------------------------------------
+
+
+def handler(func: F) -> F:
+    """Mark a method as callable by other services through `ServiceClient.request`.
+
+    Only marked methods can be called, by their name; sync and async methods
+    both work. Arguments and results travel as msgpack: `None`, `bool`,
+    `int`, `float`, `str`, `bytes`, lists and dicts of them (a tuple arrives
+    as a list).
+
+    Example:
+        ```python
+        class Store:
+            @handler
+            async def get(self, key: str) -> str | None: ...
+        ```
+    """
+    setattr(func, _HANDLER, True)
+    return func
+
+
+def handlers(target: object) -> list[str]:
+    """The names of `target`'s handlers."""
+    return sorted(
+        name
+        for name, value in inspect.getmembers(type(target))
+        if not name.startswith("_") and getattr(value, _HANDLER, False)
+    )
+
+
+# -- the client --------------------------------------------------------------------
+
+_current: contextvars.ContextVar[ServiceClient] = contextvars.ContextVar("startable_service")
+_process_client: ServiceClient | None = None  # in a container's process: its one service
+
+
+def this_service() -> ServiceClient:
+    """The `ServiceClient` of the service running this code.
+
+    Call it in the service (its raw start, or anything that runs from it);
+    keep the client rather than looking it up on every call.
+
+    Raises:
+        ClusterError: this code is not running as a service of a cluster.
+    """
+    client = _current.get(None) or _process_client
+    if client is None:
+        raise ClusterError("this code does not run as a service of a ServicesManager")
+    return client
+
+
+@contextlib.contextmanager
+def serving_as(client: ServiceClient) -> Any:
+    """Make `client` what `this_service()` returns in this context (and tasks started in it)."""
+    token = _current.set(client)
+    try:
+        yield client
+    finally:
+        _current.reset(token)
+
+
+def set_process_client(client: ServiceClient | None) -> None:
+    global _process_client
+    _process_client = client
+
+
+class _Waiter:
+    __slots__ = ("done", "reply")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.reply: Reply | None = None
+
+
+class ServiceClient:
+    """A service's handle on its cluster: requests, events, child services.
+
+    Get it with `this_service()` inside a service. It is a lifecycle of its
+    own, started before its service and stopped after it: a service may call
+    its dependencies from its raw start and its raw stop.
+
+    Requests it receives run the service's `handler` methods, each in a task
+    of its own, bounded by the caller's deadline; they are refused (the
+    caller gets `ServiceUnavailable`) unless the service is STARTED.
+
+    Attributes:
+        name: the service's name (empty for the manager's own client).
+        events_dropped: events not delivered because a subscription's buffer
+            was full.
+    """
+
+    def __init__(self, name: str, link: Link) -> None:
+        self.name = name
+        self.events_dropped = 0
+        self._link = link
+        self._target: object | None = None
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, _Waiter] = {}
+        self._subscriptions: dict[str, list[MemoryObjectSendStream[Event]]] = {}
+
+    def __repr__(self) -> str:
+        return f"<ServiceClient {self.name or '(manager)'}: {of(self).state.name}>"
+
+    def serve(self, target: object) -> None:
+        """Answer requests with `target`'s handlers (the service object)."""
+        self._target = target
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    @markers.as_raw_start
+    async def _open(self) -> None:
+        await self._link.open(self)
+
+    @markers.as_raw_stop
+    async def _close(self) -> None:
+        self._link_lost()
+        for streams in self._subscriptions.values():
+            for stream in streams:
+                stream.close()
+        self._subscriptions.clear()
+        await self._link.close()
+
+    def _link_lost(self) -> None:
+        """Wake every request still waiting: no answer can come any more."""
+        for waiter in self._waiting.values():
+            waiter.done.set()
+
+    # -- calling -------------------------------------------------------------------
+
+    @markers.assert_state()
+    async def request(
+        self,
+        service: str,
+        method: str,
+        *args: Any,
+        deadline: float = DEFAULT_DEADLINE,
+        **kwargs: Any,
+    ) -> Any:
+        """Call `method(*args, **kwargs)` on `service`; its result.
+
+        Only the services this one declared in `depends_on` can be called
+        (the manager's client may call any). The callee must be STARTED: a
+        request to a service that is not fails at once.
+
+        Args:
+            deadline: seconds to wait for the answer (10 by default; must
+                be finite). The callee's handler is cancelled when it passes.
+
+        Raises:
+            RemoteError: the handler raised; it carries the remote traceback.
+            RequestRefused: `service` is not a declared dependency.
+            ServiceUnavailable: `service` is not STARTED, or stopped before
+                answering.
+            HandlerNotFound: `service` has no handler named `method`.
+            RequestTimeout: the deadline passed.
+            TypeError: an argument cannot be sent (see `handler`).
+        """
+        if not 0 < deadline < math.inf:
+            raise ValueError(
+                f"a request's deadline is a positive number of seconds, not {deadline!r}"
+            )
+        reply = await self._ask(
+            Call(next(self._ids), service, method, args, kwargs, deadline),
+            deadline,
+            service,
+            method,
+        )
+        return reply.value
+
+    async def _ask(
+        self, message: Call | Subscribe | Create, deadline: float, service: str, method: str
+    ) -> Reply:
+        waiter = self._waiting[message.id] = _Waiter()
+        try:
+            with anyio.move_on_after(deadline):
+                try:
+                    await self._link.send(message)
+                except (TypeError, msgspec.EncodeError) as exc:
+                    raise TypeError(f"cannot send a request to {service}.{method}: {exc}") from None
+                await waiter.done.wait()
+        finally:
+            del self._waiting[message.id]
+        reply = waiter.reply
+        if reply is None:
+            if waiter.done.is_set():
+                raise ServiceUnavailable(
+                    f"{self.name or 'the manager'} lost its link to the cluster before "
+                    f"{service} answered",
+                    service,
+                    method,
+                )
+            raise RequestTimeout(
+                f"{service}.{method}: no answer within the deadline of {deadline:g}s",
+                service,
+                method,
+            )
+        if reply.kind == "":
+            return reply
+        if reply.kind == "error" and reply.error is not None:
+            raise RemoteError(reply.error, f"in {service}.{method}")
+        failure = FAILURES.get(reply.kind, RequestError)
+        raise failure(reply.message, service, method)
+
+    # -- events ------------------------------------------------------------------------
+
+    @markers.assert_state()
+    async def emit(self, topic: str, payload: Any = None) -> None:
+        """Publish `payload` on `topic`, to every subscribed service (this one too).
+
+        It does not wait for delivery. Payloads travel as arguments do (see
+        `handler`).
+        """
+        _check_topic(topic)
+        try:
+            await self._link.send(Event(topic, payload))
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise TypeError(f"cannot send an event on {topic!r}: {exc}") from None
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, topic: str, *, buffer: int = DEFAULT_EVENT_BUFFER, deadline: float = DEFAULT_DEADLINE
+    ) -> AsyncIterator[MemoryObjectReceiveStream[Event]]:
+        """Receive the events published on `topic` while the context is open.
+
+        Every event the router handles after this has entered is delivered,
+        unless more than `buffer` are waiting: then new ones are dropped
+        (and counted in `events_dropped`), so that a slow subscriber never
+        slows the publisher.
+
+        Example:
+            ```python
+            async with this_service().subscribe("orders") as events:
+                async for event in events:
+                    print(event.source, event.payload)
+            ```
+        """
+        _check_topic(topic)
+        send, receive = anyio.create_memory_object_stream[Event](buffer)
+        streams = self._subscriptions.setdefault(topic, [])
+        streams.append(send)
+        try:
+            if len(streams) == 1:
+                await self._ask(Subscribe(next(self._ids), topic), deadline, "", "subscribe")
+            with receive:
+                yield receive
+        finally:
+            send.close()
+            streams.remove(send)
+            if not streams and self._subscriptions.get(topic) is streams:
+                del self._subscriptions[topic]
+                if of(self).state is STARTED:
+                    with anyio.CancelScope(shield=True), contextlib.suppress(ClusterError):
+                        await self._link.send(Unsubscribe(topic))
+
+    # -- children ------------------------------------------------------------------------
+
+    @markers.assert_state()
+    async def create(
+        self,
+        name: str,
+        entry: str,
+        *,
+        code: str | None = None,
+        depends_on: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        deadline: float = 60.0,
+    ) -> None:
+        """Create and start a child service, in a process of its own.
+
+        The child depends on this service (it starts after it and stops
+        before it), runs with this service's permissions, and is destroyed
+        with it. This service's spec must allow it (`may_create_services`).
+
+        Raises:
+            RequestRefused: this service may not create services, or the
+                description is refused (a bad name, a name in use...).
+            RemoteError: the child failed to start.
+            RequestTimeout: it was not STARTED within `deadline` seconds.
+        """
+        message = Create(next(self._ids), name, entry, code, tuple(depends_on), dict(env or {}))
+        await self._ask(message, deadline, name, "create")
+
+    # -- from the router -------------------------------------------------------------------
+
+    def _deliver(self, message: AnyMessage) -> None:
+        if isinstance(message, Reply):
+            waiter = self._waiting.get(message.id)
+            if waiter is not None:  # else: the caller gave up already
+                waiter.reply = message
+                waiter.done.set()
+        elif isinstance(message, Call):
+            of(self).start_soon(self._answer, message)
+        elif isinstance(message, Event):
+            for stream in self._subscriptions.get(message.topic, ()):
+                try:
+                    stream.send_nowait(message)
+                except anyio.WouldBlock:
+                    self.events_dropped += 1
+
+    async def _answer(self, call: Call) -> None:
+        reply = await self._run_handler(call)
+        try:
+            await self._link.send(reply)
+        except (TypeError, msgspec.EncodeError) as exc:
+            error = TypeError(f"the result of {self.name}.{call.method} cannot be sent: {exc}")
+            await self._link.send(Reply(call.id, kind="error", error=ErrorInfo.of(error)))
+        except ClusterError:
+            pass  # the router is gone: nobody is waiting
+
+    async def _run_handler(self, call: Call) -> Reply:
+        target = self._target
+        if target is None or of(target).state is not STARTED:
+            state = of(target).state.name if target is not None else "not running"
+            return _failed(call, "unavailable", f"service {self.name!r} is not STARTED ({state})")
+        method = getattr(target, call.method, None) if not call.method.startswith("_") else None
+        if method is None or not getattr(method, _HANDLER, False):
+            known = ", ".join(handlers(target)) or "none"
+            return _failed(
+                call,
+                "no-handler",
+                f"service {self.name!r} has no handler {call.method!r} (its handlers: {known})",
+            )
+        with anyio.move_on_after(call.timeout):
+            try:
+                result = method(*call.args, **call.kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:
+                return Reply(call.id, kind="error", error=ErrorInfo.of(exc))
+            return Reply(call.id, result)
+        return _failed(call, "timeout", f"{self.name}.{call.method} ran past the caller's deadline")
+
+
+def _failed(call: Call, kind: str, message: str) -> Reply:
+    return Reply(call.id, kind=kind, message=message)
+
+
+def _check_topic(topic: object) -> None:
+    if not isinstance(topic, str) or not topic:
+        raise ValueError(f"a topic is a non-empty string, not {topic!r}")

@@ -1,0 +1,79 @@
+"""Services the data-plane tests run in child processes (`tests.plane_services:...`)."""
+
+from __future__ import annotations
+
+import os
+
+import anyio
+
+import startable
+from startable.cluster import Event, handler, this_service
+
+
+class Store:
+    """A key-value store; it also records the events published on "orders"."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, object] = {}
+        self.events: list[Event] = []
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        self.client = this_service()
+        subscribed = anyio.Event()
+        startable.of(self).start_soon(self._listen, subscribed)
+        await subscribed.wait()
+
+    async def _listen(self, subscribed: anyio.Event) -> None:
+        async with self.client.subscribe("orders") as events:
+            subscribed.set()
+            async for event in events:
+                self.events.append(event)
+
+    @handler
+    async def get(self, key: str) -> object:
+        return self.data.get(key)
+
+    @handler
+    async def put(self, key: str, value: object) -> None:
+        self.data[key] = value
+
+    @handler
+    async def fail(self) -> None:
+        raise KeyError(f"no {os.environ.get('STARTABLE_SERVICE')} key")
+
+    @handler
+    async def slow(self) -> None:
+        await anyio.sleep_forever()
+
+    @handler
+    def pid(self) -> int:
+        return os.getpid()
+
+    @handler
+    def seen(self) -> list[tuple[str, object]]:
+        return [(event.source, event.payload) for event in self.events]
+
+
+class Api:
+    """Calls the store; may create services of its own when its spec allows."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        self.client = this_service()
+
+    @handler
+    async def lookup(self, key: str) -> object:
+        return await self.client.request("store", "get", key)
+
+    @handler
+    async def call(self, service: str, method: str, deadline: float = 10.0) -> object:
+        return await self.client.request(service, method, deadline=deadline)
+
+    @handler
+    async def order(self, payload: object) -> None:
+        await self.client.emit("orders", payload)
+
+    @handler
+    async def spawn(self, name: str) -> None:
+        await self.client.create(name, "tests.plane_services:Store")

@@ -1,0 +1,253 @@
+"""Requests and events between services in this process (tests/test_dataplane_processes.py
+runs the same plane between child processes)."""
+
+from __future__ import annotations
+
+import math
+
+import anyio
+import pytest
+
+import startable
+from startable.cluster import (
+    ClusterError,
+    Event,
+    HandlerNotFound,
+    RemoteError,
+    RequestRefused,
+    RequestTimeout,
+    ServicesManager,
+    ServiceSpec,
+    ServiceUnavailable,
+    handler,
+    this_service,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+class Store:
+    """A key-value store with a few handlers that misbehave on purpose."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, object] = {}
+        self.cancelled = anyio.Event()
+        self.entered = anyio.Event()
+        self.events: list[Event] = []
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        self.client = this_service()
+        subscribed = anyio.Event()
+        startable.of(self).start_soon(self._listen, subscribed)
+        await subscribed.wait()
+
+    async def _listen(self, subscribed: anyio.Event) -> None:
+        async with self.client.subscribe("orders") as events:
+            subscribed.set()
+            async for event in events:
+                self.events.append(event)
+
+    @handler
+    async def get(self, key: str) -> object:
+        return self.data.get(key)
+
+    @handler
+    def put(self, key: str, value: object, *, note: str = "") -> str:
+        self.data[key] = value
+        return note
+
+    @handler
+    async def fail(self) -> None:
+        raise KeyError("no such thing")
+
+    @handler
+    async def slow(self) -> None:
+        self.entered.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            self.cancelled.set()
+
+    async def hidden(self) -> None:  # not a handler
+        pass
+
+
+class Api:
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        self.client = this_service()
+
+    @handler
+    async def lookup(self, key: str) -> object:
+        return await self.client.request("store", "get", key)
+
+
+def cluster() -> tuple[ServicesManager, dict[str, object]]:
+    made: dict[str, object] = {}
+
+    def make(kind: type) -> object:
+        made[kind.__name__] = obj = kind()
+        return obj
+
+    manager = ServicesManager(
+        [
+            ServiceSpec(name="store", factory=lambda: make(Store)),
+            ServiceSpec(name="api", factory=lambda: make(Api), depends_on=["store"]),
+            ServiceSpec(name="other", factory=lambda: make(Api)),
+        ]
+    )
+    return manager, made
+
+
+async def test_requests_reach_handlers_with_copied_values() -> None:
+    manager, made = cluster()
+    with anyio.fail_after(10):
+        async with startable.running(manager):
+            client = manager.client
+            note = await client.request("store", "put", "k", (1, "x"), note="ok")
+            assert note == "ok"
+            assert await client.request("store", "get", "k") == [1, "x"]  # as msgpack gives it
+            assert await client.request("api", "lookup", "k") == [1, "x"]  # api -> store
+            assert made["Store"].data == {"k": [1, "x"]}  # type: ignore[attr-defined]
+
+
+async def test_only_declared_dependencies_can_be_called() -> None:
+    manager, _ = cluster()
+    with anyio.fail_after(10):
+        async with startable.running(manager):
+            other = manager["other"].client
+            assert other is not None
+            with pytest.raises(RequestRefused, match=r"'other' may not call 'store'.*depends_on: none"):
+                await other.request("store", "get", "k")
+            api = manager["api"].client
+            assert api is not None
+            with pytest.raises(RequestRefused, match="depends_on: store"):
+                await api.request("other", "lookup", "k")
+
+
+async def test_a_service_that_is_not_started_fails_fast() -> None:
+    manager, _ = cluster()
+    with anyio.fail_after(10):
+        async with startable.running(manager):
+            await manager.stop_service("store")
+            with pytest.raises(ServiceUnavailable, match=r"'store' is not STARTED \(it is STOPPED\)"):
+                await manager.client.request("store", "get", "k", deadline=60)
+            with pytest.raises(ServiceUnavailable, match="no service named 'nope'"):
+                await manager.client.request("nope", "get", "k")
+
+
+async def test_a_callee_that_stops_while_answering_releases_its_caller() -> None:
+    manager, made = cluster()
+    with anyio.fail_after(10):
+        async with startable.running(manager), anyio.create_task_group() as group:
+            failures: list[BaseException] = []
+
+            async def call() -> None:
+                try:
+                    await manager.client.request("store", "slow", deadline=60)
+                except ServiceUnavailable as exc:
+                    failures.append(exc)
+
+            group.start_soon(call)
+            store = made["Store"]
+            await store.entered.wait()  # type: ignore[attr-defined]
+            await manager.stop_service("store")
+    assert len(failures) == 1
+    assert "stopped before it answered" in str(failures[0])
+
+
+async def test_the_callee_error_comes_back_with_its_traceback() -> None:
+    manager, _ = cluster()
+    with anyio.fail_after(10):
+        async with startable.running(manager):
+            with pytest.raises(RemoteError) as caught:
+                await manager.client.request("store", "fail")
+    error = caught.value
+    assert error.info.type == "KeyError"
+    assert "in store.fail" in str(error)
+    assert "Remote traceback" in str(error)
+    assert 'raise KeyError("no such thing")' in error.info.traceback
+
+
+@pytest.mark.parametrize("method", ["nope", "hidden", "_start", "__init__"])
+async def test_only_handlers_can_be_called(method: str) -> None:
+    manager, _ = cluster()
+    with anyio.fail_after(10):
+        async with startable.running(manager):
+            with pytest.raises(HandlerNotFound, match=r"its handlers: fail, get, put, slow"):
+                await manager.client.request("store", method)
+
+
+async def test_the_caller_never_waits_past_its_deadline_and_the_handler_is_cancelled() -> None:
+    manager, made = cluster()
+    with anyio.fail_after(10):
+        async with startable.running(manager):
+            with pytest.raises(RequestTimeout, match="store.slow: no answer within"):
+                await manager.client.request("store", "slow", deadline=0.2)
+            await made["Store"].cancelled.wait()  # type: ignore[attr-defined]
+            # The plane is still fine afterwards.
+            assert await manager.client.request("store", "put", "a", 1) == ""
+
+
+@pytest.mark.parametrize("deadline", [0, -1, math.inf, math.nan])
+async def test_a_deadline_is_finite_and_positive(deadline: float) -> None:
+    manager, _ = cluster()
+    with anyio.fail_after(10):
+        async with startable.running(manager):
+            with pytest.raises(ValueError, match="deadline"):
+                await manager.client.request("store", "get", "k", deadline=deadline)
+
+
+async def test_arguments_that_cannot_travel_are_refused_before_sending() -> None:
+    manager, _ = cluster()
+    with anyio.fail_after(10):
+        async with startable.running(manager):
+            with pytest.raises(TypeError, match=r"cannot send a request to store.put"):
+                await manager.client.request("store", "put", "k", object())
+            assert await manager.client.request("store", "get", "k") is None
+
+
+async def test_events_reach_every_subscriber_with_their_source() -> None:
+    manager, made = cluster()
+    with anyio.fail_after(10):
+        async with startable.running(manager):
+            async with manager.client.subscribe("orders") as mine:
+                api = manager["api"].client
+                assert api is not None
+                await api.emit("orders", {"id": 1})
+                await manager.client.emit("orders", {"id": 2})
+                await api.emit("elsewhere", "not for us")
+                got = [await mine.receive(), await mine.receive()]
+            store = made["Store"]
+            while len(store.events) < 2:  # type: ignore[attr-defined]
+                await anyio.sleep(0)
+    assert [(e.source, e.payload) for e in got] == [("api", {"id": 1}), ("", {"id": 2})]
+    assert [(e.source, e.payload) for e in store.events] == [  # type: ignore[attr-defined]
+        ("api", {"id": 1}),
+        ("", {"id": 2}),
+    ]
+
+
+async def test_a_full_subscription_drops_new_events_and_counts_them() -> None:
+    manager, _ = cluster()
+    with anyio.fail_after(10):
+        async with startable.running(manager):
+            client = manager.client
+            async with client.subscribe("ticks", buffer=2) as ticks:
+                for n in range(5):
+                    await client.emit("ticks", n)
+                await anyio.lowlevel.checkpoint()
+                assert [ticks.receive_nowait().payload for _ in range(2)] == [0, 1]
+            assert client.events_dropped == 3
+
+
+async def test_this_service_outside_a_cluster_says_so() -> None:
+    with pytest.raises(ClusterError, match="does not run as a service"):
+        this_service()
+
+
+async def test_the_manager_client_works_only_while_the_manager_runs() -> None:
+    manager, _ = cluster()
+    with pytest.raises(startable.StateError):
+        await manager.client.request("store", "get", "k")

@@ -1,0 +1,162 @@
+"""The data plane between real child processes, routed by the manager."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import anyio
+import pytest
+
+import startable
+from startable.cluster import (
+    RemoteError,
+    RequestRefused,
+    RequestTimeout,
+    ServicesManager,
+    ServiceSpec,
+    ServiceUnavailable,
+)
+
+from .waiting import until
+
+pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parent.parent
+OPTIONS = {"close_timeout": 5, "term_timeout": 2, "resources_interval": 0}
+
+
+def process(name: str, kind: str, *depends_on: str, **options: object) -> ServiceSpec:
+    return ServiceSpec(
+        name=name,
+        entry=f"tests.plane_services:{kind}",
+        depends_on=depends_on,
+        cwd=str(ROOT),
+        container_options=OPTIONS,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def cluster(**api_options: object) -> ServicesManager:
+    return ServicesManager(
+        [process("store", "Store"), process("api", "Api", "store", **api_options)]
+    )
+
+
+async def test_requests_and_errors_travel_between_processes() -> None:
+    manager = cluster()
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            client = manager.client
+            await client.request("store", "put", "k", {"v": [1, 2]})
+            assert await client.request("api", "lookup", "k") == {"v": [1, 2]}
+            assert await client.request("store", "pid") == manager["store"].pid
+            with pytest.raises(RemoteError) as caught:
+                await client.request("store", "fail")
+            assert caught.value.info.type == "KeyError"
+            assert "no store key" in caught.value.info.traceback
+            assert "plane_services.py" in caught.value.info.traceback
+            # From inside api: only its declared dependencies.
+            with pytest.raises(RemoteError) as refused:
+                await client.request("api", "call", "api", "lookup")
+            assert refused.value.info.type == "startable.cluster.RequestRefused"
+            assert "'api' may not call 'api'" in refused.value.info.message
+
+
+async def test_the_control_port_never_sees_the_data_plane() -> None:
+    manager = cluster()
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            container = manager["store"].container
+            assert container is not None and container.controller is not None
+            port = container.controller._port
+            assert port is not None
+            before = port.statistics()
+            for n in range(20):
+                await manager.client.request("store", "put", str(n), n)
+            await manager.client.emit("orders", "x")
+            assert port.statistics() == before
+
+
+async def test_a_caller_never_waits_past_its_deadline_whatever_the_callee_does() -> None:
+    manager = cluster()
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            client = manager.client
+            # The callee's handler never returns.
+            with pytest.raises(RequestTimeout):
+                await client.request("store", "slow", deadline=0.3)
+            # The callee's process is frozen.
+            pid = manager["store"].pid
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(RequestTimeout):
+                    await client.request("store", "get", "k", deadline=0.3)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert await client.request("store", "get", "k", deadline=30) is None
+
+
+async def test_a_callee_killed_mid_request_releases_the_caller_at_once() -> None:
+    manager = cluster()
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            pid = manager["store"].pid
+            assert pid is not None
+            failures: list[BaseException] = []
+
+            async def call() -> None:
+                try:
+                    await manager.client.request("store", "slow", deadline=50)
+                except ServiceUnavailable as exc:
+                    failures.append(exc)
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(call)
+                await anyio.sleep(0.2)  # let the request reach the callee (if not: still unavailable)
+                os.kill(pid, signal.SIGKILL)
+            assert len(failures) == 1
+            # Meanwhile, the store fails fast to everyone while it is not STARTED...
+            await until(manager, lambda: startable.of(manager["store"]).state is not startable.State.STARTED)
+
+
+async def test_events_cross_processes_with_their_source() -> None:
+    manager = cluster()
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            await manager.client.request("api", "order", {"id": 7})
+            await manager.client.emit("orders", "from the operator")
+            seen: list[object] = []
+            while len(seen) < 2:  # delivery is asynchronous: ask until both are in
+                seen = await manager.client.request("store", "seen")
+                await anyio.sleep(0.01)
+            assert seen == [["api", {"id": 7}], ["", "from the operator"]]
+
+
+async def test_a_service_creates_a_child_only_if_its_spec_allows() -> None:
+    manager = cluster(may_create_services=True)
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            await manager.client.request("api", "spawn", "helper", deadline=30)
+            child = manager["helper"]
+            assert child.parent is manager["api"]
+            assert startable.of(child).state is startable.State.STARTED
+            assert child.spec.depends_on == ("api",)
+            with pytest.raises(RemoteError, match="two services are named 'helper'"):
+                await manager.client.request("api", "spawn", "helper", deadline=30)
+            await manager.stop_service("api")
+            assert startable.of(child).state is startable.State.STOPPED
+
+    manager = cluster()
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            with pytest.raises(RemoteError) as caught:
+                await manager.client.request("api", "spawn", "helper", deadline=30)
+            assert caught.value.info.type == "startable.cluster.RequestRefused"
+            assert "may not create services" in caught.value.info.message
+            assert "helper" not in manager.nodes
+
+
+def test_refusals_are_request_errors() -> None:
+    assert issubclass(RequestRefused, PermissionError)
