@@ -30,6 +30,10 @@ from ._errors import RequestRefused as RequestRefused
 from ._errors import RequestTimeout as RequestTimeout
 from ._errors import ServiceDefinitionError as ServiceDefinitionError
 from ._errors import ServiceUnavailable as ServiceUnavailable
+from ._file import ClusterFile as ClusterFile
+from ._file import ClusterFileError as ClusterFileError
+from ._file import load_cluster as load_cluster
+from ._file import parse_cluster as parse_cluster
 from ._manager import ServiceEvent as ServiceEvent
 from ._manager import ServicesManager as ServicesManager
 from ._messages import ErrorInfo as ErrorInfo
@@ -50,6 +54,8 @@ __all__ = (
     "NAME_RULE",
     "AuthenticationError",
     "ClusterError",
+    "ClusterFile",
+    "ClusterFileError",
     "ConnectionPort",
     "DependencyCycleError",
     "DependencyStopped",
@@ -84,6 +90,8 @@ __all__ = (
     "from_socket",
     "handler",
     "landlock_abi",
+    "load_cluster",
+    "parse_cluster",
     "port_pair",
     "this_service",
 )

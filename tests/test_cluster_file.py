@@ -1,0 +1,601 @@
+"""Cluster files: what a valid file becomes, and every way one is refused."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from startable.cluster import (
+    ClusterFile,
+    ClusterFileError,
+    DependencyCycleError,
+    Permissions,
+    RestartPolicy,
+    ServiceDefinitionError,
+    ServiceSpec,
+    load_cluster,
+    parse_cluster,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+KV = '[services.kv]\nentry = "kv:Store"\n'
+
+
+def write(directory: Path, text: str, name: str = "shop.toml") -> Path:
+    path = directory / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def refused(directory: Path, text: str) -> ClusterFileError:
+    path = write(directory, text)
+    with pytest.raises(ClusterFileError) as info:
+        load_cluster(path)
+    error = info.value
+    assert error.path == str(path)
+    prefix = f"{path}: {error.key}: " if error.key else f"{path}: "
+    assert str(error) == prefix + error.problem
+    return error
+
+
+def test_a_full_file_becomes_specs(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        [cluster]
+        name = "shop"
+        stop_timeout = 12.5
+
+        [services.kv]
+        entry = "kv:KeyValueStore"
+        env = { LEVEL = "debug" }
+        python = ".venv/bin/python"
+
+        [services.kv.restart]
+        mode = "always"
+        intensity = 3
+        period = 30
+        backoff = 0.5
+        max_backoff = 4
+
+        [services.kv.permissions]
+        read = ["static", "/etc/hosts", "../shared/./data"]
+        write = ["var/kv"]
+        network = true
+        subprocesses = false
+        memory = "256MiB"
+        cpu_time = 60
+        open_files = 128
+
+        [services.kv.timeouts]
+        ready = 5
+        close = 2.5
+        term = 1
+
+        [services.web]
+        entry = "App"
+        code = "class App: pass"
+        depends_on = ["kv"]
+        may_create_services = true
+        cwd = "www"
+        env = { PYTHONPATH = "/opt/lib" }
+        python = "python3"
+        """,
+        name="cluster.toml",
+    )
+    directory = str(tmp_path)
+    cluster = load_cluster(path)
+    kv = ServiceSpec(
+        name="kv",
+        entry="kv:KeyValueStore",
+        env={"LEVEL": "debug", "PYTHONPATH": directory},
+        cwd=directory,
+        restart=RestartPolicy(mode="always", intensity=3, period=30, backoff=0.5, max_backoff=4),
+        permissions=Permissions(
+            read=[f"{directory}/static", "/etc/hosts", f"{tmp_path.parent}/shared/data"],
+            write=[f"{directory}/var/kv"],
+            network=True,
+            memory=256 * 1024 * 1024,
+            cpu_time=60,
+            open_files=128,
+        ),
+        container_options={
+            "python": f"{directory}/.venv/bin/python",
+            "ready_timeout": 5.0,
+            "close_timeout": 2.5,
+            "term_timeout": 1.0,
+        },
+    )
+    web = ServiceSpec(
+        name="web",
+        entry="App",
+        code="class App: pass",
+        depends_on=["kv"],
+        may_create_services=True,
+        cwd=f"{directory}/www",
+        env={"PYTHONPATH": f"{directory}{os.pathsep}/opt/lib"},
+        container_options={"python": "python3"},
+    )
+    assert cluster == ClusterFile(
+        name="shop", path=str(path), directory=directory, services=(kv, web), stop_timeout=12.5
+    )
+
+
+def test_defaults_come_from_the_file_name_and_its_directory(tmp_path: Path) -> None:
+    cluster = load_cluster(write(tmp_path, KV, name="my-shop.cluster.toml"))
+    assert cluster.name == "my-shop.cluster"
+    assert cluster.stop_timeout == 30.0
+    assert cluster.services == (
+        ServiceSpec(
+            name="kv", entry="kv:Store", env={"PYTHONPATH": str(tmp_path)}, cwd=str(tmp_path)
+        ),
+    )
+
+
+def test_the_file_order_is_kept(tmp_path: Path) -> None:
+    text = """\
+    [services.web]
+    entry = "web:App"
+    depends_on = ["kv"]
+    [services.kv]
+    entry = "kv:Store"
+    [services.admin]
+    entry = "admin:App"
+    """
+    cluster = load_cluster(write(tmp_path, text))
+    assert [spec.name for spec in cluster.services] == ["web", "kv", "admin"]
+
+
+def test_parse_cluster_resolves_against_the_current_directory_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    cluster = parse_cluster(KV + 'cwd = "sub"\n')
+    assert (cluster.name, cluster.path, cluster.directory) == (
+        "<cluster>",
+        "<cluster>",
+        os.getcwd(),
+    )
+    assert cluster.services[0].cwd == os.path.join(os.getcwd(), "sub")
+    elsewhere = parse_cluster(KV, path="conf/shop.toml", directory="/srv/shop")
+    assert (elsewhere.name, elsewhere.directory) == ("shop", "/srv/shop")
+    assert elsewhere.services[0].env == {"PYTHONPATH": "/srv/shop"}
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "expected"),
+    [
+        ('cwd = "sub/../dir"', "cwd", "{d}/dir"),
+        ('cwd = "/srv"', "cwd", "/srv"),
+        ('python = "bin/python"', "python", "{d}/bin/python"),
+        ('python = "/usr/bin/python3"', "python", "/usr/bin/python3"),
+        ('python = "python3.11"', "python", "python3.11"),
+        ('[services.kv.permissions]\nread = ["."]', "read", "{d}"),
+        ('[services.kv.permissions]\nwrite = ["/tmp/./x/"]', "write", "/tmp/x"),
+    ],
+)
+def test_relative_paths_are_relative_to_the_file_and_absolute_ones_kept(
+    tmp_path: Path, line: str, field: str, expected: str
+) -> None:
+    (spec,) = parse_cluster(KV + line, directory=str(tmp_path)).services
+    if field in ("read", "write"):
+        assert spec.permissions is not None
+        assert getattr(spec.permissions, field) == (expected.format(d=tmp_path),)
+    else:
+        found = spec.cwd if field == "cwd" else spec.container_options["python"]
+        assert found == expected.format(d=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("memory", "size"),
+    [
+        ("4096", 4096),
+        ('"4096"', 4096),
+        ('"100B"', 100),
+        ('"512KiB"', 512 * 1024),
+        ('"256MiB"', 256 * 1024**2),
+        ('"1.5 GiB"', 3 * 1024**3 // 2),
+        ('"100MB"', 100 * 1000**2),
+        ('"2TB"', 2 * 1000**4),
+    ],
+)
+def test_memory_is_bytes_or_a_size_with_a_unit(memory: str, size: int) -> None:
+    (spec,) = parse_cluster(f"{KV}[services.kv.permissions]\nmemory = {memory}\n").services
+    assert spec.permissions == Permissions(memory=size)
+
+
+def test_the_reference_example_is_valid() -> None:
+    page = (ROOT / "docs" / "reference-cluster-file.md").read_text(encoding="utf-8")
+    example = re.search(r"```toml\n(.*?)```", page, re.DOTALL)
+    assert example is not None
+    cluster = parse_cluster(example[1], path="shop.toml", directory="/srv/shop")
+    assert cluster.name == "shop"
+    assert {spec.name for spec in cluster.services} >= {"kv", "web"}
+
+
+# -- refusals --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"),
+    [
+        pytest.param(
+            "[clusters]\n" + KV,
+            None,
+            "unknown key 'clusters' (did you mean 'cluster'?)",
+            id="top-level",
+        ),
+        pytest.param(
+            "[cluster]\nstop_timout = 3\n" + KV,
+            "cluster",
+            "unknown key 'stop_timout' (did you mean 'stop_timeout'?)",
+            id="cluster",
+        ),
+        pytest.param(
+            KV + 'dependson = ["db"]',
+            "services.kv",
+            "unknown key 'dependson' (did you mean 'depends_on'?)",
+            id="service",
+        ),
+        pytest.param(
+            KV + "colour = 1",
+            "services.kv",
+            "unknown key 'colour' (known keys: entry, code, depends_on,",
+            id="service-no-close-key",
+        ),
+        pytest.param(
+            KV + "[services.kv.restart]\nintensty = 3",
+            "services.kv.restart",
+            "unknown key 'intensty' (did you mean 'intensity'?)",
+            id="restart",
+        ),
+        pytest.param(
+            KV + "[services.kv.permissions]\nnetwork = true\nsubprocess = true",
+            "services.kv.permissions",
+            "unknown key 'subprocess' (did you mean 'subprocesses'?)",
+            id="permissions",
+        ),
+        pytest.param(
+            KV + "[services.kv.timeouts]\nstop = 3",
+            "services.kv.timeouts",
+            "unknown key 'stop' (known keys: ready, close, term)",
+            id="timeouts",
+        ),
+    ],
+)
+def test_unknown_keys_are_refused_with_a_suggestion(
+    tmp_path: Path, text: str, key: str | None, fragment: str
+) -> None:
+    error = refused(tmp_path, text)
+    assert (error.key, error.service) == (key, "kv" if key and "kv" in key else None)
+    assert fragment in error.problem
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"),
+    [
+        (
+            "[cluster]\nname = 3\n" + KV,
+            "cluster.name",
+            "expected a non-empty string, found the integer 3",
+        ),
+        (
+            '[cluster]\nname = ""\n' + KV,
+            "cluster.name",
+            "expected a non-empty string, found an empty one",
+        ),
+        (
+            '[cluster]\nstop_timeout = "30"\n' + KV,
+            "cluster.stop_timeout",
+            "expected a number, found the string '30'",
+        ),
+        (
+            "[cluster]\nstop_timeout = true\n" + KV,
+            "cluster.stop_timeout",
+            "expected a number, found the boolean true",
+        ),
+        ("cluster = [1]\n" + KV, "cluster", "expected a table, found an array"),
+        ("services = 3", "services", "expected a table, found the integer 3"),
+        (
+            '[services]\nkv = "kv:Store"',
+            "services.kv",
+            "expected a table, found the string 'kv:Store'",
+        ),
+        (
+            "[services.kv]\nentry = 1979-05-27",
+            "services.kv.entry",
+            "expected a non-empty string, found a date",
+        ),
+        (
+            '[services.kv]\nentry = ""',
+            "services.kv.entry",
+            "expected a non-empty string, found an empty one",
+        ),
+        (
+            KV + 'depends_on = "db"',
+            "services.kv.depends_on",
+            "expected an array of strings, found the string 'db'",
+        ),
+        (
+            KV + "depends_on = [1]",
+            "services.kv.depends_on",
+            "expected an array of non-empty strings, found the integer 1",
+        ),
+        (
+            KV + 'may_create_services = "yes"',
+            "services.kv.may_create_services",
+            "expected a boolean (true or false), found the string 'yes'",
+        ),
+        (KV + "code = 42", "services.kv.code", "expected a string, found the integer 42"),
+        (KV + 'env = ["A=1"]', "services.kv.env", "expected a table, found an array"),
+        (
+            KV + "env = { LEVEL = 1 }",
+            "services.kv.env.LEVEL",
+            "expected a string, found the integer 1",
+        ),
+        (
+            KV + 'env = { "A=B" = "x" }',
+            'services.kv.env."A=B"',
+            "'A=B' is not an environment variable name",
+        ),
+        (
+            KV + "cwd = false",
+            "services.kv.cwd",
+            "expected a non-empty string, found the boolean false",
+        ),
+        (
+            KV + "[services.kv.restart]\nintensity = 1.5",
+            "services.kv.restart.intensity",
+            "expected an integer, found the float 1.5",
+        ),
+        (
+            KV + "[services.kv.permissions]\nnetwork = 1",
+            "services.kv.permissions.network",
+            "expected a boolean (true or false), found the integer 1",
+        ),
+        (
+            KV + '[services.kv.permissions]\nread = "/etc"',
+            "services.kv.permissions.read",
+            "expected an array of strings",
+        ),
+        (
+            KV + '[services.kv.permissions]\nwrite = [""]',
+            "services.kv.permissions.write",
+            "found an empty string",
+        ),
+        (
+            KV + "[services.kv.permissions]\nmemory = 1.5",
+            "services.kv.permissions.memory",
+            "expected an integer (bytes) or a string such as '256MiB', found the float 1.5",
+        ),
+        (
+            KV + '[services.kv.timeouts]\nready = "fast"',
+            "services.kv.timeouts.ready",
+            "expected a number, found the string 'fast'",
+        ),
+    ],
+)
+def test_wrong_types_are_refused(tmp_path: Path, text: str, key: str, fragment: str) -> None:
+    error = refused(tmp_path, text)
+    assert error.key == key
+    assert fragment in error.problem
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"),
+    [
+        ("[cluster]\nstop_timeout = 0\n" + KV, "cluster.stop_timeout", "must be positive, not 0"),
+        (
+            KV + "[services.kv.restart]\nperiod = -1",
+            "services.kv.restart.period",
+            "must be positive, not -1",
+        ),
+        (
+            KV + "[services.kv.restart]\nperiod = nan",
+            "services.kv.restart.period",
+            "must be positive, not nan",
+        ),
+        (
+            KV + "[services.kv.restart]\nintensity = -1",
+            "services.kv.restart.intensity",
+            "must be zero or more, not -1",
+        ),
+        (
+            KV + "[services.kv.restart]\nbackoff = -0.5",
+            "services.kv.restart.backoff",
+            "must be zero or more, not -0.5",
+        ),
+        (
+            KV + "[services.kv.timeouts]\nclose = 0",
+            "services.kv.timeouts.close",
+            "must be positive, not 0",
+        ),
+        (
+            KV + "[services.kv.permissions]\ncpu_time = 0",
+            "services.kv.permissions.cpu_time",
+            "must be positive, not 0",
+        ),
+        (
+            KV + "[services.kv.permissions]\nmemory = -5",
+            "services.kv.permissions.memory",
+            "must be positive, not -5",
+        ),
+    ],
+)
+def test_numbers_out_of_range_are_refused(
+    tmp_path: Path, text: str, key: str, fragment: str
+) -> None:
+    error = refused(tmp_path, text)
+    assert (error.key, error.problem) == (key, fragment)
+
+
+def test_a_toml_syntax_error_gives_its_line(tmp_path: Path) -> None:
+    error = refused(tmp_path, KV + "[services.web\nentry = 1\n")
+    assert error.key is None
+    assert error.problem.startswith("invalid TOML: ")
+    assert "(at line 3, column" in error.problem
+
+
+def test_a_key_given_twice_is_a_toml_error(tmp_path: Path) -> None:
+    error = refused(tmp_path, KV + KV)
+    assert error.key is None
+    assert "(at line 3," in error.problem
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [("services.Kv", "services.Kv"), ('services."my kv"', 'services."my kv"')],
+)
+def test_a_bad_service_name_is_refused(tmp_path: Path, table: str, key: str) -> None:
+    error = refused(tmp_path, f'[{table}]\nentry = "kv:Store"\n')
+    assert error.key == key
+    assert error.problem.startswith("bad service name ")
+    assert error.service == table.partition(".")[2].strip('"')
+
+
+def test_a_service_without_entry_is_refused(tmp_path: Path) -> None:
+    error = refused(tmp_path, '[services.kv]\ncode = "x = 1"\n')
+    assert (error.key, error.service) == ("services.kv", "kv")
+    assert error.problem.startswith("missing required key 'entry'")
+
+
+@pytest.mark.parametrize(
+    ("lines", "fragment"),
+    [
+        ('entry = "kv"', "an entry is 'package.module:attribute', not 'kv'"),
+        ('entry = "kv:"', "an entry is 'package.module:attribute', not 'kv:'"),
+        ('entry = "kv-store:Store"', "not 'kv-store:Store'"),
+        ('entry = "kv:Store"\ncode = "class Store: pass"', "with code, the entry is a name"),
+    ],
+)
+def test_a_bad_entry_is_refused(tmp_path: Path, lines: str, fragment: str) -> None:
+    error = refused(tmp_path, f"[services.kv]\n{lines}\n")
+    assert (error.key, error.service) == ("services.kv.entry", "kv")
+    assert fragment in error.problem
+
+
+def test_a_bad_restart_mode_is_refused(tmp_path: Path) -> None:
+    error = refused(tmp_path, KV + '[services.kv.restart]\nmode = "sometimes"\n')
+    assert error.key == "services.kv.restart.mode"
+    assert error.problem == (
+        "expected one of 'never', 'on-failure', 'always', found the string 'sometimes'"
+    )
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['cwd = "~/shop"', '[services.kv.permissions]\nread = ["/etc", "~alice/data"]'],
+)
+def test_a_home_relative_path_is_refused_not_taken_as_relative(tmp_path: Path, line: str) -> None:
+    error = refused(tmp_path, f"{KV}{line}\n")
+    assert error.key == ("services.kv.cwd" if "cwd" in line else "services.kv.permissions.read")
+    assert "'~' is not expanded" in error.problem
+
+
+@pytest.mark.parametrize("memory", ['"12 parsecs"', '"MiB"', '"256mib"', '"-1GiB"', '"1e9"'])
+def test_a_bad_memory_string_is_refused(tmp_path: Path, memory: str) -> None:
+    error = refused(tmp_path, f"{KV}[services.kv.permissions]\nmemory = {memory}\n")
+    assert error.key == "services.kv.permissions.memory"
+    assert error.problem.startswith("expected a size such as '256MiB' (units: B, KB, MB,")
+
+
+def test_a_memory_size_of_zero_is_refused(tmp_path: Path) -> None:
+    error = refused(tmp_path, f'{KV}[services.kv.permissions]\nmemory = "0KiB"\n')
+    assert (error.key, error.problem) == (
+        "services.kv.permissions.memory",
+        "must be positive, not the string '0KiB'",
+    )
+
+
+@pytest.mark.parametrize(
+    ("depends_on", "fragment"),
+    [
+        ('["DB"]', "bad service name 'DB'"),
+        ('["kv"]', "a service cannot depend on itself"),
+        ('["db", "db"]', "a dependency is listed twice in ['db', 'db']"),
+        ('["db"]', "service 'kv' depends on 'db', which does not exist"),
+    ],
+)
+def test_bad_dependencies_are_refused(tmp_path: Path, depends_on: str, fragment: str) -> None:
+    error = refused(tmp_path, f"{KV}depends_on = {depends_on}\n")
+    assert (error.key, error.service) == ("services.kv.depends_on", "kv")
+    assert fragment in error.problem
+
+
+def test_a_dependency_cycle_is_refused_and_named(tmp_path: Path) -> None:
+    text = """\
+    [services.a]
+    entry = "a:A"
+    depends_on = ["b"]
+    [services.b]
+    entry = "b:B"
+    depends_on = ["c"]
+    [services.c]
+    entry = "c:C"
+    depends_on = ["a"]
+    [services.d]
+    entry = "d:D"
+    """
+    error = refused(tmp_path, text)
+    assert error.key == "services"
+    assert isinstance(error.__cause__, DependencyCycleError)
+    cycle = error.__cause__.cycle
+    assert error.problem == f"dependency cycle: {' -> '.join(cycle)}"
+    assert set(cycle) == {"a", "b", "c"}
+    assert error.service == cycle[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ("", None, "missing required key 'services'"),
+        ('[cluster]\nname = "shop"\n', None, "missing required key 'services'"),
+        ("[services]\n", "services", "no services: add at least one [services.<name>] table"),
+    ],
+)
+def test_a_file_without_services_is_refused(
+    tmp_path: Path, text: str, key: str | None, problem: str
+) -> None:
+    error = refused(tmp_path, text)
+    assert (error.key, error.problem) == (key, problem)
+
+
+def test_a_missing_file_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.toml"
+    with pytest.raises(ClusterFileError) as info:
+        load_cluster(path)
+    assert (info.value.path, info.value.key) == (str(path), None)
+    assert str(info.value) == f"{path}: cannot read the cluster file: No such file or directory"
+
+
+def test_a_directory_or_a_binary_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ClusterFileError, match="cannot read the cluster file: Is a directory"):
+        load_cluster(tmp_path)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe[services]")
+    with pytest.raises(ClusterFileError, match="not UTF-8 text"):
+        load_cluster(binary)
+
+
+def test_the_error_is_a_service_definition_error_and_pickles() -> None:
+    with pytest.raises(ClusterFileError) as info:
+        parse_cluster(KV + "[services.kv.restart]\nmode = 1\n", path="shop.toml")
+    error = info.value
+    assert isinstance(error, ServiceDefinitionError)
+    assert isinstance(error, ValueError)
+    assert str(error) == (
+        "shop.toml: services.kv.restart.mode: expected a non-empty string, found the integer 1"
+    )
+    copy = pickle.loads(pickle.dumps(error))
+    assert (str(copy), copy.path, copy.key, copy.problem, copy.service) == (
+        str(error),
+        "shop.toml",
+        "services.kv.restart.mode",
+        error.problem,
+        "kv",
+    )
