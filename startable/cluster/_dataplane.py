@@ -26,6 +26,7 @@ import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .. import _markers as markers
+from .._exceptions import StateError
 from .._lifecycle import State
 from .._startable import of
 from ._errors import (
@@ -158,7 +159,8 @@ class Link(Protocol):
 
 
 class PortLink:
-    """A link over a `ConnectionPort` (a container's data socket)."""
+    """A link over a `ConnectionPort` (a container's data socket); the router
+    reaches the container's client through one too."""
 
     def __init__(self, port: ConnectionPort[Any]) -> None:
         self.port = port
@@ -173,10 +175,11 @@ class PortLink:
         client._link_lost()
 
     async def send(self, message: AnyMessage) -> None:
+        """Send `message`; `ServiceUnavailable` if the port is closed or closing."""
         try:
             await self.port.send(message)
-        except PortError as exc:
-            raise ServiceUnavailable(f"the cluster is out of reach: {exc}") from None
+        except (PortError, StateError) as exc:
+            raise ServiceUnavailable(f"{self.port.name} is closed: {exc}") from None
 
     async def close(self) -> None:
         await of(self.port).stop()

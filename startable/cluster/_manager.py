@@ -24,7 +24,8 @@ from ._router import LocalLink, Router
 from ._services import ServiceSpec, check_graph
 
 logger = logging.getLogger("startable.cluster")
-READY, STARTED, STOPPING, STOPPED = State.READY, State.STARTED, State.STOPPING, State.STOPPED
+READY, STARTING, STARTED = State.READY, State.STARTING, State.STARTED
+STOPPING, STOPPED = State.STOPPING, State.STOPPED
 T = TypeVar("T")
 
 
@@ -296,8 +297,10 @@ class ServicesManager:
         """Start `targets` and the dependencies they need, each after its own.
 
         A failure stops further launches; it is raised, or with `supervised`
-        handed to the restart policy of the service that failed.
+        handed to the restart policy of the service that failed (and the
+        targets left unstarted wait for that service to come back).
         """
+        targets = list(targets)
         needed: set[ServiceNode] = set()
         pending = list(targets)
         while pending:
@@ -319,6 +322,11 @@ class ServicesManager:
         if supervised:
             for node, error in failed:
                 self._report(node, error)
+            if failed:  # what could not start for want of it comes back when it does
+                waiting = {t for t in targets if of(t).state is not STARTED} - {
+                    n for n, _ in failed
+                }
+                self._victims.setdefault(failed[0][0].name, set()).update(waiting)
             return
         for node, error in failed:
             error.add_note(f"while starting service {node.name!r}")
@@ -362,8 +370,11 @@ class ServicesManager:
         node: ServiceNode,
         report: MemoryObjectSendStream[tuple[ServiceNode, Exception | None]],
     ) -> None:
+        lifecycle = of(node)
+        if lifecycle.state is STOPPING:  # still stopping from a cascade: start it once stopped
+            await lifecycle.wait_state(STOPPED)
         try:
-            await of(node).start(functools.partial(self._report, node))
+            await lifecycle.start(functools.partial(self._report, node))
         except Exception as exc:
             node.last_error = exc
             report.send_nowait((node, exc))
@@ -386,7 +397,7 @@ class ServicesManager:
 
     def _decide(self, node: ServiceNode, reason: BaseException | None) -> None:
         """`node` stopped, or failed to start, with `reason`: restart, wait, or escalate."""
-        if of(self).state is not STARTED or node.held or node.name not in self.nodes:
+        if of(self).state not in (STARTING, STARTED) or node.held or node.name not in self.nodes:
             return
         if isinstance(reason, DependencyStopped):  # back when its origin is
             self._victims.setdefault(reason.origin, set()).add(node)

@@ -13,7 +13,7 @@ from .. import _markers as markers
 from .._lifecycle import State
 from .._startable import of
 from ._container import ServiceContainer
-from ._dataplane import AnyMessage, ServiceClient, serving_as
+from ._dataplane import AnyMessage, PortLink, ServiceClient, serving_as
 from ._errors import DependencyStopped
 from ._port import ConnectionPort, from_socket
 from ._remote import ENV_SERVICE
@@ -131,7 +131,7 @@ class ServiceNode:
             port = from_socket(ours, receives=AnyMessage, name=f"{self.name} data port")
             self._data_port = port
             await of(port).start()
-            router.attach(self.name, port)
+            router.attach(self.name, PortLink(port))
             lifecycle.start_soon(self._relay, port)
             await of(self.container).start(lifecycle.stop)
         self.started_at = time.monotonic()
@@ -140,7 +140,7 @@ class ServiceNode:
         """The service's requests and events, to the router, until its process ends."""
         router = self.manager.router
         async for message in port:
-            await router.handle(self.name, message)
+            await router.handle(self.name, message)  # it never raises for a peer's fault
 
     @markers.as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:

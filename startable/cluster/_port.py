@@ -12,6 +12,7 @@ import attrs
 import msgspec
 
 from .. import _markers as markers
+from .._lifecycle import State
 from .._startable import of
 from ._errors import AuthenticationError, FrameError, MessageError, PortClosed, PortError
 from ._wire import (
@@ -29,6 +30,7 @@ from ._wire import (
 )
 
 T = TypeVar("T")
+STARTED = State.STARTED
 
 
 @attrs.frozen
@@ -202,8 +204,9 @@ class ConnectionPort(Generic[T]):
             ) from None
 
     async def __aiter__(self) -> AsyncIterator[T]:
-        """Messages until the peer closes the connection (frames with no valid message skipped)."""
-        while True:
+        """Messages until the peer closes the connection or the port stops (frames with no
+        valid message skipped)."""
+        while of(self).state is STARTED:
             try:
                 yield await self.receive()
             except PortClosed:
