@@ -1,9 +1,14 @@
-"""The `startable` command.
+"""The `startable` command: run services in the foreground.
 
 `startable run MODULE:ATTR` starts an object (or what a zero-argument
 factory returns), logs its state changes, and stops it on SIGINT or SIGTERM.
 MODULE is a dotted module name, importable from the current directory, or a
 path to a `.py` file.
+
+`startable up FILE` runs the cluster a TOML cluster file describes: its
+services start in dependency order, each in a process of its own, with a live
+table of their state and their output multiplexed below it; SIGINT or SIGTERM
+stops them all, in reverse order.
 """
 
 from __future__ import annotations
@@ -91,12 +96,33 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper
     )
+    up = commands.add_parser(
+        "up",
+        help="run the cluster a cluster file describes until SIGINT or SIGTERM",
+        description="Start the services of FILE in dependency order, show their state and "
+        "output, stop them on SIGINT/SIGTERM (a second SIGINT forces). Exit code 0 only on "
+        "a clean stop.",
+    )
+    up.add_argument("file", metavar="FILE", help="a TOML cluster file")
+    up.add_argument("--backend", choices=("trio", "asyncio"), default="trio")
+    up.add_argument(
+        "--no-live",
+        dest="live",
+        action="store_false",
+        default=None,
+        help="one line per event instead of the live table (the default when stdout "
+        "is not a terminal)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `startable` command; returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.command == "up":
+        from ._up import up  # rich and the cluster layer, only for this command
+
+        return up(args.file, backend=args.backend, live=args.live)
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",

@@ -1,0 +1,504 @@
+"""`startable up FILE`: run the cluster a cluster file describes, in the foreground.
+
+The run loop (`up`, `serve`) is kept apart from what is shown: `render` turns
+a manager's nodes into a rich renderable, and a reporter (`LiveReporter` on a
+terminal, `PlainReporter` otherwise) prints events and service output.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import signal
+import sys
+import zlib
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Literal, Protocol, TextIO
+
+import anyio
+import attrs
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.logging import RichHandler
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from .. import State, of, open_owner
+from .._running import EXIT_FAILED, EXIT_FORCED, EXIT_OK
+from ..cluster import (
+    OutputLine,
+    RemoteError,
+    ServiceDefinitionError,
+    ServiceEvent,
+    ServiceNode,
+    ServicesManager,
+)
+from ..cluster._file import load_cluster
+
+Phase = Literal["starting", "running", "stopping", "stopped"]
+
+#: Colours for service names, given in creation order; red is kept for errors.
+_HUES = ("cyan", "magenta", "green", "yellow", "blue")
+PALETTE = (*_HUES, *(f"bright_{hue}" for hue in _HUES))
+_STATE_STYLES = {
+    State.READY: "dim",
+    State.STARTING: "yellow",
+    State.STARTED: "bold green",
+    State.STOPPING: "yellow",
+    State.STOPPED: "dim",
+}
+_ERROR_WIDTH = 60
+_REFRESH = 0.5  # seconds between two frames of the live display
+_TICKS_PER_FRAME = 5  # output is printed this many times per frame
+
+
+# -- humanising ---------------------------------------------------------------------
+
+
+def format_bytes(size: int) -> str:
+    """`size` bytes in binary units: `"512 B"`, `"23.4 MiB"`."""
+    if size < 1024:
+        return f"{size} B"
+    value = float(size)
+    units = ("KiB", "MiB", "GiB", "TiB")
+    for unit in units[:-1]:
+        value /= 1024
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+    return f"{value / 1024:.1f} {units[-1]}"
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as a person reads it: `"42s"`, `"3m 05s"`, `"2h 10m"`, `"4d 01h"`."""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    minutes, whole = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m {whole:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h {minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours:02d}h"
+
+
+def short_error(error: BaseException, width: int | None = None) -> str:
+    """The first line of `error` (its type first, unless it already says it), cut to `width`."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
+    if not isinstance(error, RemoteError):  # a RemoteError begins with the remote type
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    if width is not None and len(text) > width:
+        text = text[: width - 1] + "…"
+    return text
+
+
+def describe_error(error: BaseException) -> str:
+    """The whole of `error` for the user: every error of a group, notes first."""
+    if isinstance(error, BaseExceptionGroup):
+        return "\n\n".join(describe_error(e) for e in error.exceptions)
+    text = str(error) if isinstance(error, RemoteError) else f"{type(error).__name__}: {error}"
+    notes = getattr(error, "__notes__", ())
+    return "\n".join([*(f"{note}:" for note in notes), text])
+
+
+# -- rendering ----------------------------------------------------------------------
+
+
+def service_colours(names: Iterable[str]) -> dict[str, str]:
+    """A colour for each service, in order: the same file gives the same colours."""
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+
+
+def colour_of(name: str, colours: dict[str, str]) -> str:
+    """The colour of `name`; one stable across runs for a service not in `colours`."""
+    return colours.get(name) or PALETTE[zlib.crc32(name.encode()) % len(PALETTE)]
+
+
+def _state_cell(node: ServiceNode) -> Text:
+    lifecycle = of(node)
+    state = lifecycle.state
+    style = _STATE_STYLES[state]
+    if state is State.STOPPED and lifecycle.statistics().stop_reason is not None:
+        style = "bold red"
+    return Text(state.name, style=style)
+
+
+def render_table(nodes: Iterable[ServiceNode]) -> Table:
+    """A table of `nodes`, one row each: name, state, pid, CPU, memory, restarts,
+    uptime and last error.
+
+    CPU and memory come from the last resource sample of a service in a
+    child process, shown while it is running.
+    """
+    nodes = list(nodes)
+    colours = service_colours(node.name for node in nodes)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    # Only the last column gives way on a narrow terminal (its cells are cut).
+    table.add_column("name", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    for header in ("pid", "CPU", "memory", "restarts", "uptime"):
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("last error", max_width=_ERROR_WIDTH)
+    for node in nodes:
+        running = of(node).state in (State.STARTING, State.STARTED, State.STOPPING)
+        samples = node.container.resources if node.container is not None and running else []
+        sample = samples[-1] if samples else None
+        pid = node.pid if running else None
+        uptime = node.uptime
+        table.add_row(
+            Text(node.name, style=colours[node.name]),
+            _state_cell(node),
+            str(pid) if pid is not None else "-",
+            f"{sample.cpu_percent:.1f}%" if sample is not None else "-",
+            format_bytes(sample.rss) if sample is not None else "-",
+            str(node.restarts),
+            format_duration(uptime) if uptime is not None else "-",
+            Text(
+                short_error(node.last_error, _ERROR_WIDTH),
+                style="red",
+                no_wrap=True,
+                overflow="ellipsis",
+            )
+            if node.last_error is not None
+            else "",
+        )
+    return table
+
+
+_HINTS: dict[Phase, str] = {
+    "starting": "Ctrl-C to stop",
+    "running": "Ctrl-C to stop",
+    "stopping": "Ctrl-C again to force",
+    "stopped": "",
+}
+
+
+def render(nodes: Iterable[ServiceNode], *, title: str, phase: Phase) -> RenderableType:
+    """The live display: a progress line (services STARTED of all) over `render_table`."""
+    nodes = list(nodes)
+    started = sum(1 for node in nodes if of(node).state is State.STARTED)
+    header = Table.grid(padding=(0, 1))
+    header.add_row(
+        Text(title, style="bold"),
+        Text(phase, style="yellow" if phase in ("starting", "stopping") else ""),
+        ProgressBar(total=max(len(nodes), 1), completed=started, width=30),
+        Text(f"{started}/{len(nodes)} started"),
+        Text(_HINTS[phase], style="dim"),
+    )
+    return Group(header, render_table(nodes))
+
+
+# -- reporting ----------------------------------------------------------------------
+
+
+def describe_event(manager: ServicesManager, event: ServiceEvent) -> str:
+    """One plain line for `event`: `"kv: STARTED (pid 1234)"`, `"worker: restarting in 0.1s"`."""
+    name = event.service
+    if event.kind == "moved" and event.change is not None:
+        change = event.change
+        text = f"{name}: {change.current.name}"
+        node = manager.nodes.get(name)
+        if change.current is State.STARTED and node is not None and node.pid is not None:
+            text += f" (pid {node.pid})"
+        elif change.reason is not None:
+            text += f" ({short_error(change.reason)})"
+        return text
+    if event.kind == "restarting":
+        return f"{name}: restarting in {event.delay or 0:g}s"
+    if event.kind == "escalated":
+        return f"{name}: failed too often: stopping everything"
+    return f"{name}: {event.kind}"
+
+
+class Reporter(Protocol):
+    """Where `serve` reports to."""
+
+    phase: Phase
+
+    def event(self, manager: ServicesManager, event: ServiceEvent) -> None: ...
+
+    def output(self, service: str, line: OutputLine) -> None: ...
+
+    def say(self, text: str, *, error: bool = False) -> None: ...
+
+    def showing(self, manager: ServicesManager) -> AbstractAsyncContextManager[None]: ...
+
+
+@attrs.define(eq=False)
+class PlainReporter:
+    """One line per event and per line of output, flushed at once: for pipes and logs."""
+
+    width: int
+    out: TextIO = attrs.field(factory=lambda: sys.stdout)
+    err: TextIO = attrs.field(factory=lambda: sys.stderr)
+    phase: Phase = "starting"
+
+    def event(self, manager: ServicesManager, event: ServiceEvent) -> None:
+        print(describe_event(manager, event), file=self.out, flush=True)
+
+    def output(self, service: str, line: OutputLine) -> None:
+        print(f"{service:<{self.width}} | {line.text}", file=self.out, flush=True)
+
+    def say(self, text: str, *, error: bool = False) -> None:
+        print(text, file=self.err if error else self.out, flush=True)
+
+    @asynccontextmanager
+    async def showing(self, manager: ServicesManager) -> AsyncIterator[None]:
+        yield
+
+
+@attrs.define(eq=False)
+class LiveReporter:
+    """A table refreshed in place, with the services' output printed above it.
+
+    Lines are printed in batches, a few times a second: rich redraws the
+    table after every print, which a chatty service would otherwise turn
+    into one redraw per line.
+    """
+
+    width: int
+    #: By service name; as `render_table` gives them (`service_colours` of the nodes).
+    colours: dict[str, str] = attrs.field(factory=dict)
+    console: Console = attrs.field(factory=Console)
+    #: For errors once the display is gone (above it while it is shown).
+    errors: Console = attrs.field(factory=lambda: Console(stderr=True))
+    phase: Phase = "starting"
+    _pending: list[Text] = attrs.field(factory=list, init=False)
+    _shown: bool = attrs.field(default=False, init=False)
+
+    def event(self, manager: ServicesManager, event: ServiceEvent) -> None:
+        # The table shows every state; only what it cannot show is printed.
+        change = event.change
+        failed = change is not None and change.current is State.STOPPING and change.reason
+        if event.kind in ("restarting", "escalated") or failed:
+            self._print(Text(describe_event(manager, event), style="yellow"))
+
+    def output(self, service: str, line: OutputLine) -> None:
+        text = Text(f"{service:<{self.width}}", style=colour_of(service, self.colours))
+        if line.stream == "stderr":
+            text.append(" ┃ ", style="dim red")
+        else:
+            text.append(" │ ", style="dim")
+        text.append_text(Text.from_ansi(line.text))
+        self._print(text)
+
+    def say(self, text: str, *, error: bool = False) -> None:
+        first, _, rest = text.partition("\n")
+        message = Text(first, style="bold red" if error else "bold")
+        if rest:
+            message.append("\n" + rest)
+        if error and not self._shown:
+            self.errors.print(message)
+        else:
+            self._print(message)
+
+    def _print(self, text: Text) -> None:
+        self._pending.append(text)
+        if not self._shown:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            lines = Text("\n").join(self._pending)
+            self._pending.clear()
+            self.console.print(lines)
+
+    @asynccontextmanager
+    async def showing(self, manager: ServicesManager) -> AsyncIterator[None]:
+        def frame() -> RenderableType:
+            return render(manager.nodes.values(), title=manager.name, phase=self.phase)
+
+        # Refreshed from this task, not rich's thread: the nodes are only read
+        # between two steps of the event loop.
+        with Live(frame(), console=self.console, auto_refresh=False) as live:
+            async with anyio.create_task_group() as refresher:
+
+                async def refresh() -> None:
+                    for tick in itertools.count():
+                        if tick % _TICKS_PER_FRAME == 0:
+                            live.update(frame(), refresh=not self._pending)
+                        self._flush()  # redraws the table too
+                        await anyio.sleep(_REFRESH / _TICKS_PER_FRAME)
+
+                self._shown = True
+                refresher.start_soon(refresh)
+                try:
+                    yield
+                finally:
+                    refresher.cancel_scope.cancel()
+                    self._shown = False
+            self._flush()
+            live.update(frame(), refresh=True)
+
+
+# -- running ------------------------------------------------------------------------
+
+
+def up(path: str, *, backend: Literal["trio", "asyncio"] = "trio", live: bool | None = None) -> int:
+    """Run the cluster described by the file at `path` until SIGINT or SIGTERM.
+
+    Args:
+        path: the cluster file.
+        backend: the anyio backend.
+        live: a live table (True) or one line per event (False); by default
+            live when stdout is a terminal.
+
+    Returns:
+        The exit code: 0 when everything stopped cleanly after a signal,
+        2 when the file cannot be used, 130 when a second SIGINT forced the
+        stop, 1 otherwise (a failed start, a service that escalated, a stop
+        that failed or took longer than the file's `stop_timeout`).
+    """
+    from . import EXIT_USAGE
+
+    try:
+        cluster = load_cluster(path)
+    except ServiceDefinitionError as exc:  # ClusterFileError among them
+        print(f"startable: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if live is None:
+        live = sys.stdout.isatty()
+    width = max((len(spec.name) for spec in cluster.services), default=0)
+    reporter: Reporter
+    if live:
+        reporter = LiveReporter(width)
+        # Through the console: printed above the live display, not across it.
+        handler: logging.Handler = RichHandler(console=reporter.errors, show_path=False)
+    else:
+        reporter = PlainReporter(width)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    specs = [
+        attrs.evolve(
+            spec,
+            container_options={
+                **spec.container_options,
+                "on_output": functools.partial(reporter.output, spec.name),
+            },
+        )
+        if spec.entry is not None
+        else spec
+        for spec in cluster.services
+    ]
+    try:
+        manager = ServicesManager(specs, name=cluster.name)
+    except ServiceDefinitionError as exc:
+        print(f"startable: error: {path}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(reporter, LiveReporter):  # in the table's order: dependencies first
+        reporter.colours.update(service_colours(manager.nodes))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    try:
+        return anyio.run(serve, manager, reporter, cluster.stop_timeout, backend=backend)
+    except KeyboardInterrupt:  # before `serve` listens for signals: nothing has started
+        return EXIT_FORCED
+
+
+async def serve(manager: ServicesManager, reporter: Reporter, stop_timeout: float) -> int:
+    """Start `manager`, wait for a signal or for it to stop on its own, stop it.
+
+    A first SIGINT or SIGTERM stops it (abandoning the start if it is still
+    starting), in at most `stop_timeout` seconds; a second SIGINT forces it.
+
+    Returns:
+        The exit code, as `up` describes it.
+    """
+    force = anyio.CancelScope()
+    starting = anyio.CancelScope()
+    wake = anyio.Event()
+    signalled: list[int] = []
+    forced_by_user = False
+    code = EXIT_FAILED
+    unsubscribe = manager.subscribe(functools.partial(reporter.event, manager))
+    try:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with reporter.showing(manager), anyio.create_task_group() as watchers:
+
+                async def watch_signals() -> None:
+                    nonlocal forced_by_user
+                    async for signum in signals:
+                        signalled.append(signum)
+                        name = signal.Signals(signum).name
+                        if len(signalled) == 1:
+                            reporter.say(
+                                f"{name} received: stopping {manager.name} "
+                                "(press Ctrl-C again to force)"
+                            )
+                            starting.cancel()
+                            wake.set()
+                        elif signum == signal.SIGINT:
+                            reporter.say(f"{name} received again: forcing the stop", error=True)
+                            forced_by_user = True
+                            force.cancel()
+
+                watchers.start_soon(watch_signals)
+                with force:
+                    code = await _main(manager, reporter, starting, wake, force, stop_timeout)
+                reporter.phase = "stopped"
+                watchers.cancel_scope.cancel()
+    finally:
+        unsubscribe()
+    if force.cancelled_caught:  # by a second SIGINT, or by the stop timeout
+        return EXIT_FORCED if forced_by_user else EXIT_FAILED
+    return code
+
+
+async def _main(
+    manager: ServicesManager,
+    reporter: Reporter,
+    starting: anyio.CancelScope,
+    wake: anyio.Event,
+    force: anyio.CancelScope,
+    stop_timeout: float,
+) -> int:
+    lifecycle = of(manager)
+    reasons: list[BaseException | None] = []
+
+    def on_stopping(reason: BaseException | None) -> None:
+        reasons.append(reason)
+        wake.set()
+
+    async def stop() -> bool:
+        reporter.phase = "stopping"
+        with anyio.move_on_after(stop_timeout):
+            try:
+                await lifecycle.stop()
+            except Exception as exc:
+                reporter.say(f"stopping {manager.name} failed: {describe_error(exc)}", error=True)
+                return False
+            reporter.say(f"{manager.name}: stopped")
+            return True
+        reporter.say(
+            f"{manager.name} took more than {stop_timeout:g}s to stop: giving up "
+            "(its processes end with this one)",
+            error=True,
+        )
+        force.cancel()
+        return False
+
+    async with open_owner():
+        with starting:
+            try:
+                await lifecycle.start(on_stopping)
+            except Exception as exc:
+                reporter.say(f"{manager.name} failed to start:\n{describe_error(exc)}", error=True)
+                return EXIT_FAILED
+        if starting.cancelled_caught:  # a signal: the start was abandoned, and is undone
+            return EXIT_OK if await stop() else EXIT_FAILED
+        reporter.phase = "running"
+        reporter.say(f"{manager.name}: {len(manager.nodes)} services STARTED (Ctrl-C to stop)")
+        await wake.wait()
+        on_its_own = list(reasons)  # our own stop below calls on_stopping too
+        stopped = await stop()
+        if on_its_own:
+            reason = on_its_own[0]
+            why = describe_error(reason) if reason is not None else "no reason given"
+            reporter.say(f"{manager.name} stopped on its own: {why}", error=True)
+            return EXIT_FAILED
+        return EXIT_OK if stopped else EXIT_FAILED

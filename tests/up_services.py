@@ -1,0 +1,77 @@
+"""Services that `tests/test_up.py` names in its cluster files (`tests.up_services:...`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import anyio
+
+import startable
+
+
+class Talker:
+    """Says hello on stdout and on stderr when it starts, goodbye when it stops."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        print(f"hello from {os.environ.get('TALKER', 'a talker')}", flush=True)
+        print("a line on stderr", file=sys.stderr, flush=True)
+
+    @startable.as_raw_stop
+    async def _stop(self, err: BaseException | None) -> None:
+        print("goodbye", flush=True)
+
+
+class FailsToStart:
+    """Its raw start raises: the database it needs is not there."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        raise ConnectionRefusedError("the database said no")
+
+    @startable.as_raw_stop
+    async def _stop(self, err: BaseException | None) -> None:
+        pass
+
+
+class Crashes:
+    """Starts, then crashes a moment later: its process exits."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        startable.of(self).start_soon(self._crash)
+
+    async def _crash(self) -> None:
+        await anyio.sleep(0.05)
+        os._exit(3)
+
+    @startable.as_raw_stop
+    async def _stop(self, err: BaseException | None) -> None:
+        pass
+
+
+class HangsOnStop:
+    """Starts at once; its raw stop never ends (until its process is killed)."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        print("ready", flush=True)
+
+    @startable.as_raw_stop
+    async def _stop(self, err: BaseException | None) -> None:
+        print("stopping, slowly", flush=True)
+        await anyio.sleep_forever()
+
+
+class SlowStart:
+    """Its raw start takes a minute."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        print("starting, slowly", flush=True)
+        await anyio.sleep(60)
+
+    @startable.as_raw_stop
+    async def _stop(self, err: BaseException | None) -> None:
+        pass
