@@ -379,3 +379,33 @@ async def test_a_second_sigint_forces_the_stop(tmp_path: Path) -> None:
             code = await cli.finish()
     assert code == 130, (cli.out, cli.err)
     assert "forcing the stop" in cli.err
+
+
+# -- the README's main job --------------------------------------------------------------
+
+SHOP = ROOT / "examples" / "shop" / "shop.toml"
+
+
+def test_the_readme_main_job_is_startable_up_on_the_shop() -> None:
+    readme = (ROOT / "README.md").read_text()
+    quick_start = readme.split("## Quick start", 1)[1].split("```console", 1)[1].split("```")[0]
+    assert quick_start.split() == [
+        *"uv run startable up examples/shop/shop.toml".split(),
+        *"uv run pytest".split(),
+    ]
+
+
+async def test_the_shop_example_runs_serves_and_stops_in_reverse(anyio_backend: str) -> None:
+    with anyio.fail_after(120):  # bounds against hangs, not speed limits
+        async with up(SHOP, "--backend", anyio_backend) as cli:
+            await cli.wait_for("shop: 4 services STARTED")
+            await cli.wait_for("stored, read back (miss, then hit)")  # worker -> api -> cache/kv
+            cli.process.send_signal(signal.SIGINT)
+            code = await cli.finish()
+    assert code == 0, (cli.out, cli.err)
+    lines = cli.out.splitlines()
+    order = ["worker", "api", "cache", "kv"]
+    stopped = [lines.index(f"{name}: STOPPED") for name in order]
+    assert stopped == sorted(stopped), cli.out
+    assert "kv     | kv: ready" in lines
+    assert any(line.startswith("kv     | kv: closing with ") for line in lines), cli.out
