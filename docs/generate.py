@@ -1,14 +1,21 @@
-"""Write the lifecycle diagram and table that the docs include.
+"""Write the diagrams and the table that the docs include.
 
-Both are rendered from the one declaration in ``startable/_lifecycle.py``; a
-test fails when these files are stale. Run: ``uv run python docs/generate.py``.
+The lifecycle diagram and table are rendered from the one declaration in
+``startable/_lifecycle.py``; the shop's dependency graph from
+``examples/shop/shop.toml``. A test fails when these files are stale.
+Run: ``uv run python docs/generate.py``.
 """
 
 from pathlib import Path
 
 from startable._lifecycle import render_mermaid, render_table
+from startable.cluster import load_cluster
+from startable.cluster._services import render_mermaid as render_graph
+
+SHOP = Path(__file__).parent.parent / "examples" / "shop" / "shop.toml"
 
 target = Path(__file__).parent / "_generated"
 target.mkdir(exist_ok=True)
 (target / "lifecycle-diagram.mmd").write_text(render_mermaid())
 (target / "lifecycle-table.md").write_text(render_table())
+(target / "shop-graph.mmd").write_text(render_graph(load_cluster(SHOP).services))

@@ -44,6 +44,7 @@ class Store:
 
     @handler
     async def slow(self) -> None:
+        await self.client.emit("slow.entered", os.getpid())
         await anyio.sleep_forever()
 
     @handler

@@ -34,6 +34,7 @@ class Store:
         self.cancelled = anyio.Event()
         self.entered = anyio.Event()
         self.events: list[Event] = []
+        self.two_events = anyio.Event()
 
     @startable.as_raw_start
     async def _start(self) -> None:
@@ -47,6 +48,8 @@ class Store:
             subscribed.set()
             async for event in events:
                 self.events.append(event)
+                if len(self.events) == 2:
+                    self.two_events.set()
 
     @handler
     async def get(self, key: str) -> object:
@@ -118,7 +121,8 @@ async def test_only_declared_dependencies_can_be_called() -> None:
         async with startable.running(manager):
             other = manager["other"].client
             assert other is not None
-            with pytest.raises(RequestRefused, match=r"'other' may not call 'store'.*depends_on: none"):
+            refused = r"'other' may not call 'store'.*depends_on: none"
+            with pytest.raises(RequestRefused, match=refused):
                 await other.request("store", "get", "k")
             api = manager["api"].client
             assert api is not None
@@ -131,7 +135,8 @@ async def test_a_service_that_is_not_started_fails_fast() -> None:
     with anyio.fail_after(10):
         async with startable.running(manager):
             await manager.stop_service("store")
-            with pytest.raises(ServiceUnavailable, match=r"'store' is not STARTED \(it is STOPPED\)"):
+            stopped = r"'store' is not STARTED \(it is STOPPED\)"
+            with pytest.raises(ServiceUnavailable, match=stopped):
                 await manager.client.request("store", "get", "k", deadline=60)
             with pytest.raises(ServiceUnavailable, match="no service named 'nope'"):
                 await manager.client.request("nope", "get", "k")
@@ -183,7 +188,7 @@ async def test_the_caller_never_waits_past_its_deadline_and_the_handler_is_cance
     manager, made = cluster()
     with anyio.fail_after(10):
         async with startable.running(manager):
-            with pytest.raises(RequestTimeout, match="store.slow: no answer within"):
+            with pytest.raises(RequestTimeout, match=r"store\.slow: no answer within"):
                 await manager.client.request("store", "slow", deadline=0.2)
             await made["Store"].cancelled.wait()  # type: ignore[attr-defined]
             # The plane is still fine afterwards.
@@ -220,8 +225,7 @@ async def test_events_reach_every_subscriber_with_their_source() -> None:
                 await api.emit("elsewhere", "not for us")
                 got = [await mine.receive(), await mine.receive()]
             store = made["Store"]
-            while len(store.events) < 2:  # type: ignore[attr-defined]
-                await anyio.sleep(0)
+            await store.two_events.wait()  # type: ignore[attr-defined]
     assert [(e.source, e.payload) for e in got] == [("api", {"id": 1}), ("", {"id": 2})]
     assert [(e.source, e.payload) for e in store.events] == [  # type: ignore[attr-defined]
         ("api", {"id": 1}),

@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 import startable
+from startable import State
 from startable.cluster import (
     RemoteError,
     RequestRefused,
@@ -112,13 +113,22 @@ async def test_a_callee_killed_mid_request_releases_the_caller_at_once() -> None
                 except ServiceUnavailable as exc:
                     failures.append(exc)
 
-            async with anyio.create_task_group() as group:
+            async with (
+                manager.client.subscribe("slow.entered") as entered,
+                anyio.create_task_group() as group,
+            ):
                 group.start_soon(call)
-                await anyio.sleep(0.2)  # let the request reach the callee (if not: still unavailable)
+                await entered.receive()  # the handler runs: the request is in flight
                 os.kill(pid, signal.SIGKILL)
             assert len(failures) == 1
-            # Meanwhile, the store fails fast to everyone while it is not STARTED...
-            await until(manager, lambda: startable.of(manager["store"]).state is not startable.State.STARTED)
+            assert "stopped before it answered" in str(failures[0])
+            # It comes back (on-failure), and answers again.
+            store = manager["store"]
+            await until(
+                manager,
+                lambda: store.restarts == 1 and startable.of(store).state is State.STARTED,
+            )
+            assert await manager.client.request("store", "get", "k") is None
 
 
 async def test_events_cross_processes_with_their_source() -> None:

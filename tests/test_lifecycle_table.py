@@ -52,9 +52,20 @@ def test_the_machine_is_built_from_the_rows() -> None:
     assert {r.reply for r in ROWS} >= set(Reply)
 
 
+def render_shop_graph() -> str:
+    from startable.cluster import load_cluster
+    from startable.cluster._services import render_mermaid as render_graph
+
+    return render_graph(load_cluster(ROOT / "examples" / "shop" / "shop.toml").services)
+
+
 @pytest.mark.parametrize(
     ("name", "render"),
-    [("lifecycle-diagram.mmd", render_mermaid), ("lifecycle-table.md", render_table)],
+    [
+        ("lifecycle-diagram.mmd", render_mermaid),
+        ("lifecycle-table.md", render_table),
+        ("shop-graph.mmd", render_shop_graph),
+    ],
 )
 def test_generated_docs_are_up_to_date(name: str, render: object) -> None:
     path = GENERATED / name

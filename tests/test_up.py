@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import signal
@@ -389,9 +390,9 @@ SHOP = ROOT / "examples" / "shop" / "shop.toml"
 def test_the_readme_main_job_is_startable_up_on_the_shop() -> None:
     readme = (ROOT / "README.md").read_text()
     quick_start = readme.split("## Quick start", 1)[1].split("```console", 1)[1].split("```")[0]
-    assert quick_start.split() == [
-        *"uv run startable up examples/shop/shop.toml".split(),
-        *"uv run pytest".split(),
+    assert quick_start.strip().splitlines() == [
+        "uv run startable up examples/shop/shop.toml",
+        "uv run pytest",
     ]
 
 
@@ -409,3 +410,19 @@ async def test_the_shop_example_runs_serves_and_stops_in_reverse(anyio_backend: 
     assert stopped == sorted(stopped), cli.out
     assert "kv     | kv: ready" in lines
     assert any(line.startswith("kv     | kv: closing with ") for line in lines), cli.out
+
+
+async def test_the_shop_can_be_driven_from_python(
+    anyio_backend: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = importlib.util.spec_from_file_location("shop_drive", SHOP.with_name("drive.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with anyio.fail_after(120):
+        await module.main()
+    out = capsys.readouterr().out
+    assert "read: {'value': 'hello', 'hit': False}" in out
+    assert "again: {'value': 'hello', 'hit': True}" in out
+    assert "refused before sending: cannot send a request to api.write" in out
+    assert "stopped: STOPPED" in out

@@ -190,3 +190,13 @@ def check_graph(
     except graphlib.CycleError as exc:
         # graphlib gives the cycle from dependency to dependent; say it the other way.
         raise DependencyCycleError(tuple(reversed(exc.args[1]))) from None
+
+
+def render_mermaid(specs: Iterable[ServiceSpec]) -> str:
+    """A mermaid flowchart of the services: an arrow from each service to what it depends on."""
+    specs = list(specs)
+    lines = ["flowchart BT"]
+    lines.extend(f"    {spec.name}" for spec in specs)
+    for spec in specs:
+        lines.extend(f"    {spec.name} --> {dependency}" for dependency in spec.depends_on)
+    return "\n".join(lines) + "\n"
