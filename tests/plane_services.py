@@ -1,4 +1,5 @@
-"""Services the data-plane tests run in child processes (`tests.plane_services:...`)."""
+"""Services of the data-plane tests: in child processes (`tests.plane_services:...`), and
+in the test's process (tests/test_dataplane.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ class Store:
     def __init__(self) -> None:
         self.data: dict[str, object] = {}
         self.events: list[Event] = []
+        self.two_events = anyio.Event()
 
     @startable.as_raw_start
     async def _start(self) -> None:
@@ -29,6 +31,8 @@ class Store:
             subscribed.set()
             async for event in events:
                 self.events.append(event)
+                if len(self.events) == 2:
+                    self.two_events.set()
 
     @handler
     async def get(self, key: str) -> object:

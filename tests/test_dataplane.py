@@ -11,7 +11,6 @@ import pytest
 import startable
 from startable.cluster import (
     ClusterError,
-    Event,
     HandlerNotFound,
     RemoteError,
     RequestRefused,
@@ -23,40 +22,21 @@ from startable.cluster import (
     this_service,
 )
 
+from . import plane_services
+
 pytestmark = pytest.mark.anyio
 
 
-class Store:
-    """A key-value store with a few handlers that misbehave on purpose."""
+class Store(plane_services.Store):
+    """The store of the process tests, with handlers that tell what happened to them."""
 
     def __init__(self) -> None:
-        self.data: dict[str, object] = {}
+        super().__init__()
         self.cancelled = anyio.Event()
         self.entered = anyio.Event()
-        self.events: list[Event] = []
-        self.two_events = anyio.Event()
-
-    @startable.as_raw_start
-    async def _start(self) -> None:
-        self.client = this_service()
-        subscribed = anyio.Event()
-        startable.of(self).start_soon(self._listen, subscribed)
-        await subscribed.wait()
-
-    async def _listen(self, subscribed: anyio.Event) -> None:
-        async with self.client.subscribe("orders") as events:
-            subscribed.set()
-            async for event in events:
-                self.events.append(event)
-                if len(self.events) == 2:
-                    self.two_events.set()
 
     @handler
-    async def get(self, key: str) -> object:
-        return self.data.get(key)
-
-    @handler
-    def put(self, key: str, value: object, *, note: str = "") -> str:
+    def put(self, key: str, value: object, *, note: str = "") -> str:  # type: ignore[override]
         self.data[key] = value
         return note
 
@@ -76,14 +56,7 @@ class Store:
         pass
 
 
-class Api:
-    @startable.as_raw_start
-    async def _start(self) -> None:
-        self.client = this_service()
-
-    @handler
-    async def lookup(self, key: str) -> object:
-        return await self.client.request("store", "get", key)
+Api = plane_services.Api
 
 
 def cluster() -> tuple[ServicesManager, dict[str, object]]:
@@ -180,7 +153,8 @@ async def test_only_handlers_can_be_called(method: str) -> None:
     manager, _ = cluster()
     with anyio.fail_after(10):
         async with startable.running(manager):
-            with pytest.raises(HandlerNotFound, match=r"its handlers: fail, get, put, slow"):
+            known = r"its handlers: fail, get, pid, put, seen, slow"
+            with pytest.raises(HandlerNotFound, match=known):
                 await manager.client.request("store", method)
 
 
