@@ -120,3 +120,26 @@ async def test_cascade_reason_reaches_the_service_in_its_process() -> None:
             reason = startable.of(a).statistics().stop_reason
             assert isinstance(reason, DependencyStopped) and reason.origin == "b"
             assert startable.of(b).state is State.STOPPED
+
+
+async def test_creation_start_stop_and_destruction_orders_on_processes() -> None:
+    """Created and started dependencies first; stopped and destroyed dependents first."""
+    manager = ServicesManager([process("c", "a", "b"), process("a", "b"), process("b")])
+    events: list[tuple[str, str]] = []
+    manager.subscribe(
+        lambda event: events.append(
+            (event.service, event.change.current.name if event.change else event.kind)
+        )
+    )
+    assert list(manager.nodes) == ["b", "a", "c"]  # creation order
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            started = [name for name, what in events if what == "STARTED"]
+            assert started == ["b", "a", "c"]
+            pids = [manager[name].pid for name in ("a", "b", "c")]
+        stopped = [name for name, what in events if what == "STOPPED"]
+        assert stopped == ["c", "a", "b"]
+        await manager.destroy_all()
+    destroyed = [name for name, what in events if what == "destroyed"]
+    assert destroyed == ["c", "a", "b"]
+    assert all(pid is not None and gone(pid) for pid in pids)
