@@ -5,6 +5,7 @@ Not a benchmark itself; the scripts import it from their own directory.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 
@@ -24,6 +25,14 @@ class NoOp:
     @startable.as_raw_stop
     async def _stop(self) -> None:
         pass
+
+
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """The options every script takes (`--quick`, `--check`); add more, then parse."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a bar is missed")
+    return parser
 
 
 def report(title: str, rounds: int, quick: bool, rows: Sequence[Row]) -> bool:

@@ -22,7 +22,6 @@ Figures are the best of several rounds, interleaved.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
 import socket
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import anyio
 import psutil
-from _report import Row, report
+from _report import Row, arguments, report
 
 import startable
 from startable.cluster import ServiceContainer
@@ -209,9 +208,7 @@ def bare_rss() -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-    parser.add_argument("--check", action="store_true", help="exit 1 if a bar is missed")
+    parser = arguments(__doc__)
     args = parser.parse_args()
     rounds, trips = (1, 50) if args.quick else (5, 2000)
     os.chdir(ROOT)

@@ -26,7 +26,6 @@ What is measured:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import os
@@ -41,7 +40,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-from _report import NoOp, Row, report
+from _report import NoOp, Row, arguments, report
 
 import startable
 
@@ -225,9 +224,7 @@ def instructions_per_cycle(kind: str) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-    parser.add_argument("--check", action="store_true", help="exit 1 if a bar is missed")
+    parser = arguments(__doc__)
     parser.add_argument(
         "--instructions", action="store_true", help="also count instructions with valgrind"
     )

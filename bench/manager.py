@@ -25,7 +25,6 @@ Figures are the best of several rounds, on trio.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import math
@@ -36,7 +35,7 @@ import time
 from pathlib import Path
 
 import anyio
-from _report import NoOp, Row, report
+from _report import NoOp, Row, arguments, report
 
 import startable
 from startable.cluster import OutputLine, ServiceContainer, ServicesManager, ServiceSpec
@@ -149,9 +148,7 @@ async def direct(env: dict[str, str]) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-    parser.add_argument("--check", action="store_true", help="exit 1 if a bar is missed")
+    parser = arguments(__doc__)
     args = parser.parse_args()
     rounds, small, large, sleepers = (1, 20, 200, 50) if args.quick else (3, 1000, 10000, 1000)
     graphs = {small: graph(small), large: graph(large)}

@@ -14,27 +14,19 @@ programs. Each figure is the best of several rounds.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Callable
 
 import hypothesis
+from _report import NoOp, Row, arguments, report
 from hypothesis import given
 
 import startable
 import startable.testing as st
 
 
-class Trivial:
-    @startable.as_raw_start
-    async def _start(self) -> None:
-        pass
-
-    @startable.as_raw_stop
-    async def _stop(self) -> None:
-        pass
-
+class Trivial(NoOp):
     @startable.assert_state()
     async def work(self) -> int:
         return 1
@@ -85,9 +77,7 @@ def execution_only(examples: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-    parser.add_argument("--check", action="store_true", help="exit 1 if the bar is missed")
+    parser = arguments(__doc__)
     args = parser.parse_args()
     examples, rounds = (30, 1) if args.quick else (1000, 3)
 
@@ -102,16 +92,19 @@ def main() -> int:
     best("  of which: drawing programs alone", lambda: generation_only(examples))
     best("  of which: running programs alone (trio)", lambda: execution_only(examples))
 
-    print(f"startable.testing, Python {sys.version.split()[0]}, best of {rounds} rounds")
-    if args.quick:
-        print("(--quick: sizes too small for the figures to mean anything)")
-    width = max(map(len, figures))
-    for label, value in figures.items():
-        print(f"  {label:<{width}}  {value:7.0f} examples/s")
-    headline = figures["check_lifecycle, 10-step programs, trio"]
-    verdict = "meets" if headline >= 100 else "MISSES"
-    print(f"  bar: >= 100 examples/s for 10-step programs on trio: {verdict} ({headline:.0f}/s)")
-    return 1 if args.check and headline < 100 else 0
+    main_figure = "check_lifecycle, 10-step programs, trio"
+    headline = figures[main_figure]
+    rows: list[Row] = [
+        (
+            label,
+            "bar: >= 100 examples/s" if label == main_figure else "",
+            f"{value:.0f} examples/s",
+            headline >= 100 if label == main_figure else None,
+        )
+        for label, value in figures.items()
+    ]
+    missed = report("startable.testing", rounds, args.quick, rows)
+    return 1 if args.check and missed else 0
 
 
 if __name__ == "__main__":
