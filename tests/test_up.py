@@ -426,3 +426,21 @@ async def test_the_shop_can_be_driven_from_python(
     assert "again: {'value': 'hello', 'hit': True}" in out
     assert "refused before sending: cannot send a request to api.write" in out
     assert "stopped: STOPPED" in out
+
+
+@trio_only
+async def test_a_service_created_at_run_time_shows_its_output_under_its_own_name(
+    tmp_path: Path,
+) -> None:
+    parent = service("parent", "Parent", extra="may_create_services = true")
+    path = cluster_file(tmp_path, parent)
+    with anyio.fail_after(60):
+        async with up(path) as cli:
+            await cli.wait_for("kid: STARTED")
+            await cli.wait_for("kid    | hello from kid")
+            cli.process.send_signal(signal.SIGINT)
+            code = await cli.finish()
+    assert code == 0, (cli.out, cli.err)
+    assert "parent | hello from kid" not in cli.out
+    lines = cli.out.splitlines()
+    assert lines.index("kid: STOPPED") < lines.index("parent: STOPPED")

@@ -8,6 +8,7 @@ import sys
 import anyio
 
 import startable
+from startable.cluster import this_service
 
 
 class Talker:
@@ -75,3 +76,16 @@ class SlowStart:
     @startable.as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
         pass
+
+
+class Parent:
+    """Once STARTED, creates a child service `kid` (a Talker) of its own."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        startable.of(self).start_soon(self._create_kid)
+
+    async def _create_kid(self) -> None:
+        await startable.of(self).wait_state(startable.State.STARTED)
+        kid = {"TALKER": "kid", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+        await this_service().create("kid", "tests.up_services:Talker", env=kid)

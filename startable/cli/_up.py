@@ -374,23 +374,18 @@ def up(path: str, *, backend: Literal["trio", "asyncio"] = "trio", live: bool | 
         reporter = PlainReporter(width)
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    specs = [
-        attrs.evolve(
-            spec,
-            container_options={
-                **spec.container_options,
-                "on_output": functools.partial(reporter.output, spec.name),
-            },
-        )
-        if spec.entry is not None
-        else spec
-        for spec in cluster.services
-    ]
-    try:
-        manager = ServicesManager(specs, name=cluster.name)
-    except ServiceDefinitionError as exc:
-        print(f"startable: error: {path}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    manager = ServicesManager(cluster.services, name=cluster.name)
+
+    def show_output(node: ServiceNode) -> None:
+        if node.container is not None:  # read at each start, by the controller it makes
+            node.container.on_output = functools.partial(reporter.output, node.name)
+
+    for node in manager.nodes.values():
+        show_output(node)
+    # Services that services create at run time too, each under its own name.
+    manager.subscribe(
+        lambda event: show_output(manager[event.service]) if event.kind == "created" else None
+    )
     if isinstance(reporter, LiveReporter):  # in the table's order: dependencies first
         reporter.colours.update(service_colours(manager.nodes))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])

@@ -458,6 +458,8 @@ class ServiceClient:
         The child depends on this service (it starts after it and stops
         before it), runs with this service's permissions, and is destroyed
         with it. This service's spec must allow it (`may_create_services`).
+        Call it once this service is STARTED (from a background task, not
+        from the raw start, which the child would wait for).
 
         Raises:
             RequestRefused: this service may not create services, or the

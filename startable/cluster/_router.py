@@ -36,6 +36,7 @@ from ._dataplane import (
 )
 from ._errors import ClusterError, ServiceDefinitionError, ServiceUnavailable
 from ._messages import ErrorInfo
+from ._services import ServiceSpec
 
 if TYPE_CHECKING:
     from ._manager import ServicesManager
@@ -187,13 +188,18 @@ class Router:
         return None
 
     async def _create(self, source: str | None, create: Create) -> None:
-        """A service creates a child: checked, created and started by the manager."""
-        from ._services import ServiceSpec
+        """A service creates a child: checked, created and started by the manager.
 
+        A child starts after its parent is STARTED: a parent still starting
+        is waited for (so a raw start that creates children waits for itself,
+        until the caller's deadline).
+        """
         manager = self.manager
         parent = manager.nodes.get(source) if source is not None else None
-        if parent is None:
-            message = "only a service can create a child service"
+        if parent is not None:
+            await of(parent).wait_state(STARTED, State.STOPPING, State.STOPPED)
+        if parent is None or of(parent).state is not STARTED:
+            message = "only a STARTED service can create a child service"
             await self._answer(source, Reply(create.id, kind="refused", message=message))
             return
         try:
@@ -204,7 +210,10 @@ class Router:
                 depends_on=create.depends_on,
                 env=create.env,  # type: ignore[arg-type]  # attrs' converter=dict
                 permissions=parent.spec.permissions,
-                container_options=parent.spec.container_options,
+                # Its parent's timeouts and interpreter; not its parent's output callback.
+                container_options={
+                    k: v for k, v in parent.spec.container_options.items() if k != "on_output"
+                },
             )
             manager.create(spec, parent=parent.name)
         except ServiceDefinitionError as exc:
