@@ -349,3 +349,30 @@ async def test_killing_the_controller_process_takes_the_child_with_it() -> None:
             await anyio.wait_readable(pidfd)
         finally:
             os.close(pidfd)
+
+
+def test_the_audit_hook_sees_writes_through_os_open_and_bytes_paths(tmp_path: Path) -> None:
+    """Where Landlock is missing, the audit hook checks file opens by itself."""
+    program = f"""
+import os, sys
+from startable.cluster._messages import PermissionSpec
+from startable.cluster._permissions import _audit_hook
+sys.addaudithook(_audit_hook(PermissionSpec(), True, (sys.prefix,)))
+for path, flags in [
+    ({str(tmp_path / "a")!r}, os.O_WRONLY | os.O_CREAT),
+    ({str(tmp_path / "b")!r}.encode(), os.O_WRONLY | os.O_CREAT),
+    ({str(tmp_path / "c")!r}.encode(), os.O_RDONLY),
+]:
+    try:
+        os.close(os.open(path, flags))
+        print("opened", path)
+    except PermissionError as exc:
+        print("refused", exc)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True, timeout=60
+    )
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3, result
+    assert all(line.startswith("refused this service may not open") for line in lines), lines
+    assert not list(tmp_path.iterdir())

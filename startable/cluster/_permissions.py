@@ -193,10 +193,13 @@ def _audit_hook(spec: PermissionSpec, check_files: bool, readable: tuple[str, ..
             raise PermissionError(f"this service may not start processes ({event})")
         if not spec.network and event in _NETWORK_EVENTS:
             raise PermissionError(f"this service may not use the network ({event})")
-        if check_files and event == "open" and isinstance(args[0], str):
-            path = os.path.join(os.path.realpath(args[0]), "")
-            mode = args[1] or "r"
-            allowed = writable if any(c in mode for c in "wax+") else everything
+        if check_files and event == "open" and isinstance(args[0], (str, bytes)):
+            path = os.path.join(os.path.realpath(os.fsdecode(args[0])), "")
+            mode, flags = args[1], args[2]  # os.open gives no mode, only flags
+            if mode is None:
+                writes = flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
+                mode = f"flags {flags:#x}" if writes else "r"
+            allowed = writable if mode[0] == "f" or any(c in mode for c in "wax+") else everything
             if not path.startswith(allowed):
                 raise PermissionError(f"this service may not open {args[0]!r} ({mode})")
 

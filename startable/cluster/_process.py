@@ -7,8 +7,9 @@ go (trio does), which would kill children at random; here every child is
 started from one thread that lives as long as this process.
 
 Each child leads its own process group, so the stop ladder's signals reach
-whatever it started too. Its exit is awaited on a pidfd (Linux 5.3+), which
-also makes signalling it immune to pid reuse.
+whatever it started too; when it exits, what is left in its group is killed
+before it is reaped, while its pid cannot belong to anyone else. Its exit is
+awaited on a pidfd (Linux 5.3+).
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ class ChildProcess:
         if self.returncode is None:
             await anyio.wait_readable(self.pidfd)
             if self.returncode is None:
+                # Not reaped yet, its pid (and so its group id) is still ours: end what
+                # it left in its group now, never once the pid could be someone else's.
+                self._kill_group(signal.SIGKILL)
                 self.returncode = self.popen.wait()  # it has exited: this does not block
                 self._exited.set()
         return self.returncode
@@ -62,14 +66,23 @@ class ChildProcess:
         await self._exited.wait()
 
     def signal(self, signum: int) -> None:
-        """Send `signum` to the child's process group, or the child alone if it has none."""
+        """Send `signum` to the child's process group, until the child is reaped.
+
+        The child leads its group, so this reaches what it started too; once
+        it has been reaped, nothing is sent (its pid could be reused).
+        """
         if self.returncode is None:
             try:
-                signal.pidfd_send_signal(self.pidfd, signum)
+                left_its_group = os.getpgid(self.pid) != self.pid
             except ProcessLookupError:
-                pass
+                return
+            if left_its_group:  # it moved itself elsewhere: reach it through its pidfd
+                signal.pidfd_send_signal(self.pidfd, signum)
+            self._kill_group(signum)
+
+    def _kill_group(self, signum: int) -> None:
         try:
-            os.killpg(self.pid, signum)  # the child leads its group: this reaches its descendants
+            os.killpg(self.pid, signum)
         except (ProcessLookupError, PermissionError):
             pass
 
