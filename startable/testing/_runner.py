@@ -182,7 +182,6 @@ class _Track:
     stopping_reason: Any = _UNSET
     stopping_from: State | None = None
     stopping_step: int = -1
-    raw_stop_began: bool = False
     sleepers: list[_Sleeper] = attrs.field(factory=list)
 
 
@@ -329,7 +328,6 @@ class Recorder(startable.Instrument):
             track.raw_starts = track.raw_stops = 0
             track.stopping_reason = _UNSET
             track.stopping_from = None
-            track.raw_stop_began = False
         elif current is STOPPING:
             track.stopping_reason = change.reason
             track.stopping_from = previous
@@ -404,7 +402,6 @@ class Recorder(startable.Instrument):
                 f"but the stop's reason was {track.stopping_reason!r}",
             )
         track.raw_stops += 1
-        track.raw_stop_began = True
         track.in_stop = True
         try:
             await self._faulty(next(self.stop_faults, _NO_FAULT), f"raw stop of {track.name}", call)
@@ -443,7 +440,7 @@ class Recorder(startable.Instrument):
                 Invariant.HOOKS,
                 f"{what} received {reason!r}, but the stop's reason was {track.stopping_reason!r}",
             )
-        elif track.raw_stop_began:
+        elif track.raw_stops:
             self.fail(Invariant.HOOKS, f"{what} fired after the raw stop of {track.name} had begun")
         elif self.trio_steps is not None and self.step_count() != track.stopping_step:
             self.fail(
@@ -643,7 +640,12 @@ class Recorder(startable.Instrument):
                 self.fail(Invariant.HOOKS, f"{what} returned a coroutine that never ran")
 
     async def _no_tasks_left(self, baseline: set[int]) -> None:
-        await anyio.wait_all_tasks_blocked()
+        with anyio.move_on_after(self.deadline) as waiting:  # a task that never blocks
+            await anyio.wait_all_tasks_blocked()
+        if waiting.cancelled_caught:
+            still = f"tasks kept running {self.deadline}s after everything stopped"
+            self.fail(Invariant.TASKS, still)
+            return
         current = anyio.get_current_task().id
         left = [
             task.name or repr(task)
