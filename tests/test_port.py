@@ -21,6 +21,7 @@ from startable.cluster import (
     FrameError,
     MessageError,
     PortClosed,
+    from_socket,
     port_pair,
 )
 from startable.cluster._messages import CloseRequest, ErrorInfo, Ping, RunEntry, ToRemote
@@ -306,3 +307,36 @@ async def test_a_broken_port_stops_its_owner_with_the_error() -> None:
             raw.sendall(struct.pack(">I", 1 << 30))
             await port.receive()
     assert startable.of(consumer).state is State.STOPPED
+
+
+async def test_cancelled_sends_leave_a_keyed_stream_intact() -> None:
+    """A send cancelled while it waits for the port, or while its frame is being
+    written, neither skips a sequence number nor leaves half a frame behind."""
+    one, two = socket.socketpair()
+    big = 4 * 2**20  # more than the socket buffers hold: its send blocks until read
+    sender = from_socket(one, receives=Ping, key=KEY, initiator=True, max_frame=2 * big)
+    receiver = from_socket(two, receives=Ping, key=KEY, initiator=False, max_frame=2 * big)
+    with anyio.fail_after(30):
+        async with startable.open_owner(), anyio.create_task_group() as group:
+            group.start_soon(startable.of(receiver).start)
+            await startable.of(sender).start()
+            writing, waiting = anyio.CancelScope(), anyio.CancelScope()
+
+            async def send_big() -> None:
+                with writing:
+                    await sender.send(Ping(b"x" * big))
+
+            async def send_small() -> None:
+                with waiting:
+                    await sender.send(Ping(b"never sent"))
+
+            group.start_soon(send_big)
+            await anyio.wait_all_tasks_blocked()
+            group.start_soon(send_small)
+            await anyio.wait_all_tasks_blocked()
+            waiting.cancel()  # waiting for the port: not framed, not sent
+            writing.cancel()  # half written: finished all the same
+            assert (await receiver.receive()).payload == b"x" * big
+            await sender.send(Ping(b"after"))
+            assert (await receiver.receive()).payload == b"after"
+            assert startable.of(receiver).state is State.STARTED

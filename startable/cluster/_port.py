@@ -76,6 +76,11 @@ class ConnectionPort(Generic[T]):
         initiator: which side of the handshake this is (the connecting side).
         max_frame: the largest payload accepted or sent, in bytes.
         handshake_timeout: seconds the handshake may take.
+        send_timeout: seconds one frame may take to be written. A frame
+            half written would corrupt the stream, so a send is not
+            interrupted by cancellation once it has the port (the
+            cancellation takes effect when the frame is out); a peer that
+            does not read for this long breaks the port (`PortClosed`).
         name: used in `repr()`, logs and errors.
     """
 
@@ -88,6 +93,7 @@ class ConnectionPort(Generic[T]):
         initiator: bool = True,
         max_frame: int = DEFAULT_MAX_FRAME,
         handshake_timeout: float = 10.0,
+        send_timeout: float = 10.0,
         name: str = "port",
     ) -> None:
         if key is not None and len(key) < 16:
@@ -99,6 +105,7 @@ class ConnectionPort(Generic[T]):
         self._initiator = initiator
         self._max_frame = max_frame
         self._handshake_timeout = handshake_timeout
+        self._send_timeout = send_timeout
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder: msgspec.msgpack.Decoder[T] = msgspec.msgpack.Decoder(receives)
         self._send_lock = anyio.Lock(fast_acquire=True)  # no extra scheduler pass per send
@@ -165,14 +172,21 @@ class ConnectionPort(Generic[T]):
             PortError: if the connection is gone (the port stops).
             StateError: if the port is not STARTED.
         """
-        frame = self._reader.codec.encode(self._encoder.encode(message))
-        try:
-            async with self._send_lock:
-                await self._stream.send(frame)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-            raise self._broken(
-                PortClosed(f"{self.name}: the connection is gone ({exc!r})")
-            ) from exc
+        payload = self._encoder.encode(message)
+        async with self._send_lock:
+            # Framed under the lock: with a key, each frame takes the next sequence number.
+            frame = self._reader.codec.encode(payload)
+            try:
+                with anyio.move_on_after(self._send_timeout, shield=True) as writing:
+                    await self._stream.send(frame)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                raise self._broken(
+                    PortClosed(f"{self.name}: the connection is gone ({exc!r})")
+                ) from exc
+            if writing.cancelled_caught:
+                raise self._broken(
+                    PortClosed(f"{self.name}: the peer read nothing for {self._send_timeout}s")
+                )
         self._counts[0] += 1
         self._counts[2] += len(frame)
 
