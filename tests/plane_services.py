@@ -52,6 +52,13 @@ class Store:
         await anyio.sleep_forever()
 
     @handler
+    def large(self, key: str) -> bytes:
+        """A result of the size stored under `key`."""
+        size = self.data[key]
+        assert isinstance(size, int)
+        return b"x" * size
+
+    @handler
     def pid(self) -> int:
         return os.getpid()
 
@@ -76,9 +83,14 @@ class Api:
         return await self.client.request(service, method, deadline=deadline)
 
     @handler
+    async def call_with(self, service: str, method: str, size: int) -> object:
+        """Call with `size` bytes as the argument (too large ones are refused here)."""
+        return await self.client.request(service, method, "k", b"x" * size)
+
+    @handler
     async def order(self, payload: object) -> None:
         await self.client.emit("orders", payload)
 
     @handler
-    async def spawn(self, name: str) -> None:
-        await self.client.create(name, "tests.plane_services:Store")
+    async def spawn(self, name: str, depends_on: list[str] | None = None) -> None:
+        await self.client.create(name, "tests.plane_services:Store", depends_on=depends_on or ())

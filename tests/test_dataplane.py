@@ -153,7 +153,7 @@ async def test_only_handlers_can_be_called(method: str) -> None:
     manager, _ = cluster()
     with anyio.fail_after(10):
         async with startable.running(manager):
-            known = r"its handlers: fail, get, pid, put, seen, slow"
+            known = r"its handlers: fail, get, large, pid, put, seen, slow"
             with pytest.raises(HandlerNotFound, match=known):
                 await manager.client.request("store", method)
 
@@ -229,3 +229,33 @@ async def test_the_manager_client_works_only_while_the_manager_runs() -> None:
     manager, _ = cluster()
     with pytest.raises(startable.StateError):
         await manager.client.request("store", "get", "k")
+
+
+class Introspective(plane_services.Store):
+    @handler
+    def whoami(self) -> str:
+        return this_service().name
+
+
+async def test_a_handler_runs_as_its_own_service_whoever_calls() -> None:
+    manager = ServicesManager(
+        [
+            ServiceSpec(name="store", factory=Introspective),
+            ServiceSpec(name="api", factory=Api, depends_on=["store"]),
+        ]
+    )
+    with anyio.fail_after(10):
+        async with startable.running(manager):
+            assert await manager.client.request("store", "whoami") == "store"
+            api = manager["api"].client
+            assert api is not None
+            assert await api.request("store", "whoami") == "store"
+
+
+async def test_a_message_larger_than_a_port_carries_is_refused_in_process_too() -> None:
+    manager, _ = cluster()
+    with anyio.fail_after(10):
+        async with startable.running(manager):
+            with pytest.raises(ValueError, match=r"cannot send a request to store\.put.*exceeds"):
+                await manager.client.request("store", "put", "k", b"x" * 2**21)
+            assert await manager.client.request("store", "get", "k") is None

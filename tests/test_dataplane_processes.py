@@ -170,3 +170,36 @@ async def test_a_service_creates_a_child_only_if_its_spec_allows() -> None:
 
 def test_refusals_are_request_errors() -> None:
     assert issubclass(RequestRefused, PermissionError)
+
+
+async def test_too_large_is_said_at_once_both_ways() -> None:
+    manager = cluster()
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            with pytest.raises(ValueError, match="exceeds"):
+                await manager.client.request("store", "put", "k", b"x" * 2**21)
+            # From inside api: its argument to the store is too large for its port.
+            with pytest.raises(RemoteError) as caught:
+                await manager.client.request("api", "call_with", "store", "put", 2**21)
+            assert caught.value.info.type == "ValueError"
+            # A result too large comes back as an error, not as a timeout.
+            await manager.client.request("store", "put", "big", 2**21)
+            with pytest.raises(RemoteError, match="cannot be sent"):
+                await manager.client.request("store", "large", "big", deadline=30)
+
+
+async def test_a_child_reaches_no_further_than_its_parent() -> None:
+    manager = ServicesManager(
+        [
+            process("store", "Store"),
+            process("other", "Store"),
+            process("api", "Api", "store", may_create_services=True),
+        ]
+    )
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            with pytest.raises(RemoteError) as caught:
+                await manager.client.request("api", "spawn", "kid", ["other"], deadline=30)
+            assert caught.value.info.type == "startable.cluster.RequestRefused"
+            assert "dependencies it does not have itself: other" in caught.value.info.message
+            assert "kid" not in manager.nodes

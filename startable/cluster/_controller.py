@@ -177,6 +177,9 @@ class ServiceController:
                 env=env,
                 cwd=self.cwd,
             )
+        except BaseException:
+            ours.close()  # no process, no port: nothing else would close it
+            raise
         finally:
             theirs.close()
             if data_socket is not None:

@@ -31,6 +31,7 @@ from .._lifecycle import State
 from .._startable import of
 from ._errors import (
     ClusterError,
+    FrameError,
     HandlerNotFound,
     PortError,
     RemoteError,
@@ -41,6 +42,7 @@ from ._errors import (
 )
 from ._messages import ErrorInfo
 from ._port import ConnectionPort
+from ._wire import DEFAULT_MAX_FRAME
 
 STARTED = State.STARTED
 F = TypeVar("F", bound=Callable[..., Any])
@@ -132,6 +134,7 @@ class Create(DataMessage, tag="create", frozen=True):
     code: str | None = None
     depends_on: tuple[str, ...] = ()
     env: dict[str, str] = {}
+    timeout: float = 60.0
 
 
 AnyMessage: TypeAlias = Call | Reply | Event | Subscribe | Unsubscribe | Create
@@ -141,8 +144,15 @@ _decoder: msgspec.msgpack.Decoder[AnyMessage] = msgspec.msgpack.Decoder(AnyMessa
 
 
 def copy(message: AnyMessage) -> AnyMessage:
-    """The message as the other side of a wire would see it (values copied)."""
-    return _decoder.decode(_encoder.encode(message))
+    """The message as the other side of a wire would see it (values copied, size limited).
+
+    Raises:
+        ValueError: it is larger than a port would carry.
+    """
+    data = _encoder.encode(message)
+    if len(data) > DEFAULT_MAX_FRAME:
+        raise ValueError(f"a message of {len(data)} bytes exceeds {DEFAULT_MAX_FRAME} bytes")
+    return _decoder.decode(data)
 
 
 # -- links -------------------------------------------------------------------------
@@ -178,6 +188,10 @@ class PortLink:
         """Send `message`; `ServiceUnavailable` if the port is closed or closing."""
         try:
             await self.port.send(message)
+        except FrameError as exc:
+            if of(self.port).state is STARTED:  # too large: not sent, the port is fine
+                raise ValueError(str(exc)) from None
+            raise ServiceUnavailable(f"{self.port.name} is closed: {exc}") from None
         except (PortError, StateError) as exc:
             raise ServiceUnavailable(f"{self.port.name} is closed: {exc}") from None
 
@@ -285,6 +299,7 @@ class ServiceClient:
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Waiter] = {}
         self._subscriptions: dict[str, list[MemoryObjectSendStream[Event]]] = {}
+        self._registered: set[str] = set()  # topics the router delivers here
 
     def __repr__(self) -> str:
         return f"<ServiceClient {self.name or '(manager)'}: {of(self).state.name}>"
@@ -306,6 +321,7 @@ class ServiceClient:
             for stream in streams:
                 stream.close()
         self._subscriptions.clear()
+        self._registered.clear()
         await self._link.close()
 
     def _link_lost(self) -> None:
@@ -342,6 +358,8 @@ class ServiceClient:
             HandlerNotFound: `service` has no handler named `method`.
             RequestTimeout: the deadline passed.
             TypeError: an argument cannot be sent (see `handler`).
+            ValueError: the request is larger than a port carries (1 MiB
+                by default).
         """
         if not 0 < deadline < math.inf:
             raise ValueError(
@@ -363,8 +381,9 @@ class ServiceClient:
             with anyio.move_on_after(deadline):
                 try:
                     await self._link.send(message)
-                except (TypeError, msgspec.EncodeError) as exc:
-                    raise TypeError(f"cannot send a request to {service}.{method}: {exc}") from None
+                except (TypeError, ValueError, msgspec.EncodeError) as exc:  # ValueError: too large
+                    kind = ValueError if isinstance(exc, ValueError) else TypeError
+                    raise kind(f"cannot send a request to {service}.{method}: {exc}") from None
                 await waiter.done.wait()
         finally:
             del self._waiting[message.id]
@@ -401,8 +420,9 @@ class ServiceClient:
         _check_topic(topic)
         try:
             await self._link.send(Event(topic, payload))
-        except (TypeError, msgspec.EncodeError) as exc:
-            raise TypeError(f"cannot send an event on {topic!r}: {exc}") from None
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:  # ValueError: too large
+            kind = ValueError if isinstance(exc, ValueError) else TypeError
+            raise kind(f"cannot send an event on {topic!r}: {exc}") from None
 
     @contextlib.asynccontextmanager
     async def subscribe(
@@ -427,8 +447,9 @@ class ServiceClient:
         streams = self._subscriptions.setdefault(topic, [])
         streams.append(send)
         try:
-            if len(streams) == 1:
+            if topic not in self._registered:  # each early subscriber waits for the router
                 await self._ask(Subscribe(next(self._ids), topic), deadline, "", "subscribe")
+                self._registered.add(topic)
             with receive:
                 yield receive
         finally:
@@ -436,8 +457,12 @@ class ServiceClient:
             streams.remove(send)
             if not streams and self._subscriptions.get(topic) is streams:
                 del self._subscriptions[topic]
-                if of(self).state is STARTED:
-                    with anyio.CancelScope(shield=True), contextlib.suppress(ClusterError):
+                if topic in self._registered and of(self).state is STARTED:
+                    self._registered.discard(topic)
+                    with (
+                        anyio.move_on_after(deadline, shield=True),
+                        contextlib.suppress(ClusterError),
+                    ):
                         await self._link.send(Unsubscribe(topic))
 
     # -- children ------------------------------------------------------------------------
@@ -467,7 +492,9 @@ class ServiceClient:
             RemoteError: the child failed to start.
             RequestTimeout: it was not STARTED within `deadline` seconds.
         """
-        message = Create(next(self._ids), name, entry, code, tuple(depends_on), dict(env or {}))
+        message = Create(
+            next(self._ids), name, entry, code, tuple(depends_on), dict(env or {}), deadline
+        )
         await self._ask(message, deadline, name, "create")
 
     # -- from the router -------------------------------------------------------------------
@@ -488,12 +515,14 @@ class ServiceClient:
                     self.events_dropped += 1
 
     async def _answer(self, call: Call) -> None:
-        reply = await self._run_handler(call)
+        with serving_as(self):  # the handler runs as this service, whoever called it
+            reply = await self._run_handler(call)
         try:
-            await self._link.send(reply)
-        except (TypeError, msgspec.EncodeError) as exc:
-            error = TypeError(f"the result of {self.name}.{call.method} cannot be sent: {exc}")
-            await self._link.send(Reply(call.id, kind="error", error=ErrorInfo.of(error)))
+            try:
+                await self._link.send(reply)
+            except (TypeError, ValueError, msgspec.EncodeError) as exc:
+                error = TypeError(f"the result of {self.name}.{call.method} cannot be sent: {exc}")
+                await self._link.send(Reply(call.id, kind="error", error=ErrorInfo.of(error)))
         except ClusterError:
             pass  # the router is gone: nobody is waiting
 
@@ -502,14 +531,16 @@ class ServiceClient:
         if target is None or of(target).state is not STARTED:
             state = of(target).state.name if target is not None else "not running"
             return _failed(call, "unavailable", f"service {self.name!r} is not STARTED ({state})")
-        method = getattr(target, call.method, None) if not call.method.startswith("_") else None
-        if method is None or not getattr(method, _HANDLER, False):
+        # Looked up on the class: a name from elsewhere never runs a property.
+        found = getattr(type(target), call.method, None) if call.method[:1] != "_" else None
+        if not getattr(found, _HANDLER, False):
             known = ", ".join(handlers(target)) or "none"
             return _failed(
                 call,
                 "no-handler",
                 f"service {self.name!r} has no handler {call.method!r} (its handlers: {known})",
             )
+        method = getattr(target, call.method)
         with anyio.move_on_after(call.timeout):
             try:
                 result = method(*call.args, **call.kwargs)

@@ -265,7 +265,7 @@ class ServicesManager:
         if of(node).state is not STARTED:
             return  # supervised, and it failed again: the policy decides what next
         victims = self._victims.pop(node.name, set())
-        victims = {v for v in victims if v.name in self.nodes and of(v).state is STOPPED}
+        victims = {v for v in victims if self.nodes.get(v.name) is v and of(v).state is STOPPED}
         if victims:
             await self._start_nodes(victims, supervised)
 

@@ -11,9 +11,7 @@ holds up only its caller.
 from __future__ import annotations
 
 import contextlib
-import heapq
 import itertools
-import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -41,11 +39,12 @@ from ._services import ServiceSpec
 if TYPE_CHECKING:
     from ._manager import ServicesManager
 
-logger = logging.getLogger("startable.cluster")
 STARTED = State.STARTED
 #: How long the router keeps a forwarded request after its deadline, in
 #: case the callee answers late (the answer is then dropped).
 GRACE = 1.0
+#: Forwarded requests past their time are forgotten every this many requests.
+SWEEP_EVERY = 1024
 
 
 class Endpoint(Protocol):
@@ -70,7 +69,6 @@ class Router:
         self.endpoints: dict[str | None, Endpoint] = {}
         self.topics: dict[str, set[str | None]] = {}
         self._forwarded: dict[int, _Forwarded] = {}
-        self._expiry: list[tuple[float, int]] = []
         self._ids = itertools.count(1)
 
     def attach(self, name: str | None, endpoint: Endpoint) -> None:
@@ -111,8 +109,9 @@ class Router:
         if isinstance(message, Call):
             await self._call(source, message)
         elif isinstance(message, Reply):
-            forwarded = self._forwarded.pop(message.id, None)
-            if forwarded is not None and forwarded.callee == source:
+            forwarded = self._forwarded.get(message.id)
+            if forwarded is not None and forwarded.callee == source:  # only the callee answers
+                del self._forwarded[message.id]
                 endpoint = self.endpoints.get(forwarded.caller)
                 if endpoint is not None:
                     await self._send(
@@ -150,12 +149,11 @@ class Router:
             await self._answer(source, Reply(call.id, kind=problem[0], message=problem[1]))
             return
         now = time.monotonic()
-        while self._expiry and self._expiry[0][0] < now:  # callers that gave up long ago
-            self._forwarded.pop(heapq.heappop(self._expiry)[1], None)
         rid = next(self._ids)
-        expires = now + call.timeout + GRACE
-        self._forwarded[rid] = _Forwarded(source, call.id, call.service, expires)
-        heapq.heappush(self._expiry, (expires, rid))
+        if rid % SWEEP_EVERY == 0:  # callees that never answered, long after their callers left
+            for late in [r for r, f in self._forwarded.items() if f.expires < now]:
+                del self._forwarded[late]
+        self._forwarded[rid] = _Forwarded(source, call.id, call.service, now + call.timeout + GRACE)
         forwarded = Call(
             rid, call.service, call.method, call.args, call.kwargs, call.timeout, source or ""
         )
@@ -197,9 +195,18 @@ class Router:
         manager = self.manager
         parent = manager.nodes.get(source) if source is not None else None
         if parent is not None:
-            await of(parent).wait_state(STARTED, State.STOPPING, State.STOPPED)
+            with anyio.move_on_after(create.timeout):  # the caller waits no longer
+                await of(parent).wait_state(STARTED, State.STOPPING, State.STOPPED)
         if parent is None or of(parent).state is not STARTED:
             message = "only a STARTED service can create a child service"
+            await self._answer(source, Reply(create.id, kind="refused", message=message))
+            return
+        beyond = sorted(set(create.depends_on) - set(parent.spec.depends_on) - {parent.name})
+        if beyond:  # a child reaches no further than its parent may
+            message = (
+                f"service {parent.name!r} may not give {create.name!r} dependencies it does "
+                f"not have itself: {', '.join(beyond)}"
+            )
             await self._answer(source, Reply(create.id, kind="refused", message=message))
             return
         try:
@@ -256,4 +263,5 @@ class _LocalEndpoint:
         self.client = client
 
     async def send(self, message: AnyMessage) -> None:
-        self.client._deliver(copy(message))
+        # What reaches the router is a copy already; an event may go to several services.
+        self.client._deliver(copy(message) if isinstance(message, Event) else message)
