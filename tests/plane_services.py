@@ -63,7 +63,9 @@ class Store:
         return os.getpid()
 
     @handler
-    def seen(self) -> list[tuple[str, object]]:
+    async def seen(self) -> list[tuple[str, object]]:
+        """The events on "orders", once two have come (bounded by the caller's deadline)."""
+        await self.two_events.wait()
         return [(event.source, event.payload) for event in self.events]
 
 
