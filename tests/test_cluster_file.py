@@ -401,6 +401,11 @@ def test_wrong_types_are_refused(tmp_path: Path, text: str, key: str, fragment: 
             "must be positive, not nan",
         ),
         (
+            "[cluster]\nstop_timeout = inf\n" + KV,
+            "cluster.stop_timeout",
+            "must be finite, not inf",
+        ),
+        (
             KV + "[services.kv.restart]\nintensity = -1",
             "services.kv.restart.intensity",
             "must be zero or more, not -1",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -396,6 +397,8 @@ class _Table:
         if not (value > 0 if positive else value >= 0):  # NaN fails both
             rule = "must be positive" if positive else "must be zero or more"
             raise self.error(f"{rule}, not {value}", name)
+        if value == math.inf:  # every figure here bounds something
+            raise self.error("must be finite, not inf", name)
 
     def strings(self, name: str) -> list[str] | None:
         value = self.get(name, (list,), "an array of strings")
