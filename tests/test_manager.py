@@ -169,28 +169,46 @@ async def test_start_in_dependency_order_and_stop_in_reverse() -> None:
     assert all(startable.of(n).state is State.STOPPED for n in manager.nodes.values())
 
 
-async def test_independent_services_start_concurrently() -> None:
-    """Each waits for the other to begin: this only finishes if they overlap."""
+@pytest.mark.parametrize("phase", ["start", "stop"])
+async def test_independent_services_start_and_stop_concurrently(phase: str) -> None:
+    """Each waits for the other to begin: this only finishes if they overlap.
+
+    `left` and `right` both depend on `base`, which stops only after both.
+    """
     began = {"left": anyio.Event(), "right": anyio.Event()}
+    log: Log = []
 
     class Meets:
         def __init__(self, me: str, other: str) -> None:
             self.me, self.other = me, other
 
+        async def meet(self, now: str) -> None:
+            if now == phase:
+                began[self.me].set()
+                await began[self.other].wait()
+            log.append((now, self.me))
+
         @startable.as_raw_start
         async def _start(self) -> None:
-            began[self.me].set()
-            await began[self.other].wait()
+            await self.meet("start")
+
+        @startable.as_raw_stop
+        async def _stop(self) -> None:
+            await self.meet("stop")
 
     manager = ServicesManager(
         [
-            ServiceSpec(name="left", factory=lambda: Meets("left", "right")),
-            ServiceSpec(name="right", factory=lambda: Meets("right", "left")),
+            spec("base", log),
+            ServiceSpec(name="left", factory=lambda: Meets("left", "right"), depends_on=["base"]),
+            ServiceSpec(name="right", factory=lambda: Meets("right", "left"), depends_on=["base"]),
         ]
     )
     with anyio.fail_after(10):
         async with startable.running(manager):
             pass
+    assert max(log.index(("stop", "left")), log.index(("stop", "right"))) < first(
+        log, "stopping", "base"
+    )
 
 
 async def test_a_dependency_is_started_when_its_dependent_starts() -> None:
@@ -296,6 +314,34 @@ async def test_on_failure_restarts_the_service_then_what_the_cascade_stopped() -
             assert last(log, "started", "a") < first(log, "starting", "c")
             assert (nodes["b"].restarts, nodes["a"].restarts, nodes["c"].restarts) == (1, 0, 0)
             assert [e.service for e in events if e.kind == "restarting"] == ["b"]
+
+
+async def test_a_restart_due_while_the_manager_stops_does_not_happen() -> None:
+    """`b`'s restart (no delay) comes due while `gate` holds the manager's stop open."""
+
+    class Gate:
+        @startable.as_raw_stop
+        async def _stop(self) -> None:
+            await anyio.wait_all_tasks_blocked()  # the restart has had its chance
+
+    log: Log = []
+    restart = RestartPolicy(mode="on-failure", backoff=0)
+    manager = ServicesManager(
+        [
+            spec("b", log, restart=restart),
+            spec("a", log, "b", restart=restart),
+            ServiceSpec(name="gate", factory=Gate),
+        ]
+    )
+    restarting = anyio.Event()
+    manager.subscribe(lambda event: event.kind == "restarting" and restarting.set())
+    with anyio.fail_after(10):
+        async with startable.running(manager):
+            manager["b"].service.crash()  # type: ignore[union-attr]
+            await restarting.wait()
+            log.clear()
+    assert not [entry for entry in log if entry[0] == "starting"]
+    assert all(startable.of(node).state is State.STOPPED for node in manager.nodes.values())
 
 
 async def test_a_clean_stop_of_its_own_is_restarted_only_by_always() -> None:

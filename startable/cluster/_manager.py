@@ -7,7 +7,7 @@ import graphlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -27,6 +27,8 @@ logger = logging.getLogger("startable.cluster")
 READY, STARTING, STARTED = State.READY, State.STARTING, State.STARTED
 STOPPING, STOPPED = State.STOPPING, State.STOPPED
 T = TypeVar("T")
+#: Where an ordered launch's actions report their node, and what it failed with.
+Report = MemoryObjectSendStream[tuple["ServiceNode", Exception | None]]
 
 
 @attrs.frozen
@@ -229,10 +231,13 @@ class ServicesManager:
             self._failures.close()
             self._failures = None
         try:
-            async with anyio.create_task_group() as group:
-                for node in self.nodes.values():  # each waits for its dependents first
-                    if of(node).state not in (READY, STOPPED):
-                        group.start_soon(of(node).stop)
+            # Leaves first: a service's stop is launched once all that depends
+            # on it is STOPPED, so no stop has to wait for another (a wide
+            # graph stops with one task per service, and in its depth's time).
+            sorter: graphlib.TopologicalSorter[ServiceNode] = graphlib.TopologicalSorter()
+            for node in self.nodes.values():
+                sorter.add(node, *node.dependents)
+            await self._launch_in_order(sorter, self._stop_one)
         finally:
             self.shutting_down = False
             if of(self.client).state is STARTED:
@@ -312,13 +317,7 @@ class ServicesManager:
         sorter: graphlib.TopologicalSorter[ServiceNode] = graphlib.TopologicalSorter()
         for node in needed:
             sorter.add(node, *(d for d in node.dependencies if d in needed))
-        sorter.prepare()
-        send, receive = anyio.create_memory_object_stream[tuple[ServiceNode, Exception | None]](
-            math.inf
-        )
-        failed: list[tuple[ServiceNode, Exception]] = []
-        with send, receive:
-            await self._launch_in_order(sorter, send, receive, failed)
+        failed = await self._launch_in_order(sorter, self._start_one)
         if supervised:
             for node, error in failed:
                 self._report(node, error)
@@ -338,41 +337,54 @@ class ServicesManager:
     async def _launch_in_order(
         self,
         sorter: graphlib.TopologicalSorter[ServiceNode],
-        send: MemoryObjectSendStream[tuple[ServiceNode, Exception | None]],
-        receive: MemoryObjectReceiveStream[tuple[ServiceNode, Exception | None]],
-        failed: list[tuple[ServiceNode, Exception]],
-    ) -> None:
-        async with anyio.create_task_group() as group:
-            while sorter.is_active() and not failed:
-                for node in sorter.get_ready():
-                    group.start_soon(self._start_one, node, send)
-                node, error = await receive.receive()
-                while True:  # take every report that is in, before launching more
-                    if error is None:
-                        sorter.done(node)
-                    else:
-                        failed.append((node, error))
-                    try:
-                        node, error = receive.receive_nowait()
-                    except anyio.WouldBlock:
-                        break
-            # After a failure no more are launched; those in flight finish.
-        while True:
-            try:
-                node, error = receive.receive_nowait()
-            except anyio.WouldBlock:
-                break
-            if error is not None:
-                failed.append((node, error))
+        action: Callable[[ServiceNode, Report], Coroutine[Any, Any, None]],
+    ) -> list[tuple[ServiceNode, Exception]]:
+        """Run `action` on each node of `sorter` once its predecessors are done.
+
+        Each action reports its node with the error it failed with, or None.
+        After a failure no more are launched; those in flight finish. Returns
+        the failures.
+        """
+        sorter.prepare()
+        send, receive = anyio.create_memory_object_stream[tuple[ServiceNode, Exception | None]](
+            math.inf
+        )
+        failed: list[tuple[ServiceNode, Exception]] = []
+        with send, receive:
+            async with anyio.create_task_group() as group:
+                while sorter.is_active() and not failed:
+                    for node in sorter.get_ready():
+                        group.start_soon(action, node, send)
+                    node, error = await receive.receive()
+                    while True:  # take every report that is in, before launching more
+                        if error is None:
+                            sorter.done(node)
+                        else:
+                            failed.append((node, error))
+                        try:
+                            node, error = receive.receive_nowait()
+                        except anyio.WouldBlock:
+                            break
+            while True:
+                try:
+                    node, error = receive.receive_nowait()
+                except anyio.WouldBlock:
+                    break
+                if error is not None:
+                    failed.append((node, error))
+        return failed
 
     async def _start_one(
         self,
         node: ServiceNode,
-        report: MemoryObjectSendStream[tuple[ServiceNode, Exception | None]],
+        report: Report,
     ) -> None:
         lifecycle = of(node)
         if lifecycle.state is STOPPING:  # still stopping from a cascade: start it once stopped
             await lifecycle.wait_state(STOPPED)
+        if self.shutting_down:  # a restart that came due while the manager stops
+            report.send_nowait((node, ClusterError(f"{self.name} is stopping")))
+            return
         try:
             await lifecycle.start(functools.partial(self._report, node))
         except Exception as exc:
@@ -380,6 +392,12 @@ class ServicesManager:
             report.send_nowait((node, exc))
         else:
             report.send_nowait((node, None))
+
+    @staticmethod
+    async def _stop_one(node: ServiceNode, report: Report) -> None:
+        if of(node).state not in (READY, STOPPED):
+            await of(node).stop()  # a node's stop does not raise
+        report.send_nowait((node, None))
 
     # -- supervision ----------------------------------------------------------------
 
