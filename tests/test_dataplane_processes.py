@@ -12,6 +12,7 @@ import pytest
 import startable
 from startable import State
 from startable.cluster import (
+    OUTBOX_CAPACITY,
     RemoteError,
     RequestRefused,
     RequestTimeout,
@@ -97,6 +98,34 @@ async def test_a_caller_never_waits_past_its_deadline_whatever_the_callee_does()
             finally:
                 os.kill(pid, signal.SIGCONT)
             assert await client.request("store", "get", "k", deadline=30) is None
+
+
+async def test_a_service_that_stops_reading_holds_up_nobody_else() -> None:
+    """`store` is frozen: what is sent to it waits in its outbox, then is
+    refused or dropped; the sender and the other services carry on."""
+    manager = ServicesManager([process("store", "Store"), process("other", "Store")])
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            client, store = manager.client, manager["store"]
+            pid = store.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                sent = 0
+                while store.events_dropped == 0:  # its socket is full, then its outbox
+                    await client.emit("orders", "x" * 4096)
+                    sent += 1
+                assert sent > OUTBOX_CAPACITY
+                with pytest.raises(ServiceUnavailable, match="'store' is not keeping up"):
+                    await client.request("store", "get", "k")
+                assert await client.request("other", "pid") == manager["other"].pid
+                assert manager["other"].events_dropped == 0
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            while store.backlog:  # noqa: ASYNC110 - it catches up in another process
+                await anyio.sleep(0.01)
+            assert await client.request("store", "get", "k") is None
+            assert startable.of(store).state is State.STARTED
 
 
 async def test_a_callee_killed_mid_request_releases_the_caller_at_once() -> None:

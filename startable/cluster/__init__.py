@@ -45,6 +45,7 @@ from ._port import ConnectionPort as ConnectionPort
 from ._port import PortStatistics as PortStatistics
 from ._port import from_socket as from_socket
 from ._port import port_pair as port_pair
+from ._router import OUTBOX_CAPACITY as OUTBOX_CAPACITY
 from ._services import NAME_RULE as NAME_RULE
 from ._services import RestartPolicy as RestartPolicy
 from ._services import ServiceSpec as ServiceSpec
@@ -52,6 +53,7 @@ from ._services import ServiceSpec as ServiceSpec
 __all__ = (
     "DEFAULT_DEADLINE",
     "NAME_RULE",
+    "OUTBOX_CAPACITY",
     "AuthenticationError",
     "ClusterError",
     "ClusterFile",

@@ -17,7 +17,7 @@ from ._dataplane import AnyMessage, PortLink, ServiceClient, serving_as
 from ._errors import DependencyStopped
 from ._port import ConnectionPort, from_socket
 from ._remote import ENV_SERVICE
-from ._router import LocalLink
+from ._router import LocalLink, Outbox
 from ._services import ServiceSpec
 
 if TYPE_CHECKING:
@@ -82,6 +82,7 @@ class ServiceNode:
         #: The data-plane client of a service in this process (None for a container).
         self.client: ServiceClient | None = None
         self._data_port: ConnectionPort[AnyMessage] | None = None
+        self._outbox: Outbox | None = None
         self.restarts = 0
         self.last_error: BaseException | None = None
         self.started_at: float | None = None
@@ -95,6 +96,23 @@ class ServiceNode:
     def pid(self) -> int | None:
         """The pid of its process (None in this process, or when not running)."""
         return self.container.pid if self.container is not None else None
+
+    @property
+    def events_dropped(self) -> int:
+        """Events for its process that the manager dropped since it last started.
+
+        The manager holds a bounded number of messages for a service whose
+        process does not read them (`startable.cluster.OUTBOX_CAPACITY`);
+        past that, events for it are dropped and counted here (and requests
+        to it fail at once with `ServiceUnavailable`). Always 0 for a
+        service in this process: its subscriptions count their own.
+        """
+        return 0 if self._outbox is None else self._outbox.events_dropped
+
+    @property
+    def backlog(self) -> int:
+        """Messages the manager holds for its process, not yet written to it (0 in this process)."""
+        return 0 if self._outbox is None else len(self._outbox)
 
     @property
     def uptime(self) -> float | None:
@@ -131,7 +149,9 @@ class ServiceNode:
             port = from_socket(ours, receives=AnyMessage, name=f"{self.name} data port")
             self._data_port = port
             await of(port).start()
-            router.attach(self.name, PortLink(port))
+            self._outbox = outbox = Outbox(router, PortLink(port))
+            router.attach(self.name, outbox)
+            lifecycle.start_soon(outbox.pump)
             lifecycle.start_soon(self._relay, port)
             await of(self.container).start(lifecycle.stop)
         self.started_at = time.monotonic()
@@ -140,7 +160,7 @@ class ServiceNode:
         """The service's requests and events, to the router, until its process ends."""
         router = self.manager.router
         async for message in port:
-            await router.handle(self.name, message)  # it never raises for a peer's fault
+            router.handle(self.name, message)  # it never waits, nor raises for a peer's fault
 
     @markers.as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:

@@ -4,21 +4,23 @@ Each running service has an *endpoint* here (its container's data port, or
 its client in this process). The router checks every request against the
 caller's declared dependencies and the callee's state, forwards it under an
 id of its own, and sends the answer back; events go to every service
-subscribed to their topic. It never waits for a handler: a slow callee
-holds up only its caller.
+subscribed to their topic. It never waits: not for a handler (a slow
+callee holds up only its caller), and not for a container's socket (each
+container has an `Outbox`, written by a task of its own, so one that stops
+reading holds up nobody else).
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
+import logging
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from collections import deque
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import anyio.lowlevel
 
-from .._exceptions import StateError
 from .._lifecycle import State
 from .._startable import of
 from ._dataplane import (
@@ -26,29 +28,35 @@ from ._dataplane import (
     Call,
     Create,
     Event,
+    PortLink,
     Reply,
     ServiceClient,
     Subscribe,
     Unsubscribe,
     copy,
 )
-from ._errors import ClusterError, ServiceDefinitionError, ServiceUnavailable
+from ._errors import ServiceDefinitionError, ServiceUnavailable
 from ._messages import ErrorInfo
 from ._services import ServiceSpec
 
 if TYPE_CHECKING:
     from ._manager import ServicesManager
 
+logger = logging.getLogger("startable.cluster")
 STARTED = State.STARTED
 #: How long the router keeps a forwarded request after its deadline, in
 #: case the callee answers late (the answer is then dropped).
 GRACE = 1.0
 #: Forwarded requests past their time are forgotten every this many requests.
 SWEEP_EVERY = 1024
+#: Messages an `Outbox` holds for its container before it refuses more.
+OUTBOX_CAPACITY = 1024
 
 
 class Endpoint(Protocol):
-    async def send(self, message: Any) -> None: ...
+    def put(self, message: AnyMessage) -> bool:
+        """Take `message` for delivery without waiting; False: it cannot, now."""
+        ...
 
 
 class _Forwarded:
@@ -82,71 +90,50 @@ class Router:
             subscribers.discard(name)
         lost = [rid for rid, f in self._forwarded.items() if name in (f.callee, f.caller)]
         for rid in lost:
-            forwarded = self._forwarded.pop(rid)
-            if forwarded.callee == name and forwarded.caller in self.endpoints:
-                reply = Reply(
-                    forwarded.caller_id,
-                    kind="unavailable",
-                    message=f"service {name!r} stopped before it answered",
-                )
-                self._send_soon(forwarded.caller, reply)
+            if self._forwarded[rid].callee == name:
+                self.fail(rid, "unavailable", f"service {name!r} stopped before it answered")
+            else:
+                del self._forwarded[rid]
 
-    def _send_soon(self, name: str | None, message: AnyMessage) -> None:
+    def fail(self, rid: int, kind: str, message: str, error: ErrorInfo | None = None) -> None:
+        """The request the router forwarded as `rid` will get no answer: tell its caller."""
+        forwarded = self._forwarded.pop(rid, None)
+        if forwarded is not None:
+            reply = Reply(forwarded.caller_id, kind=kind, message=message, error=error)
+            self._put(forwarded.caller, reply)
+
+    def _put(self, name: str | None, message: AnyMessage) -> bool:
         endpoint = self.endpoints.get(name)
-        if endpoint is not None:
-            with contextlib.suppress(StateError):  # the manager is not running: nobody waits
-                of(self.manager).start_soon(self._send, endpoint, message)
+        return endpoint is not None and endpoint.put(message)
 
-    @staticmethod
-    async def _send(endpoint: Endpoint, message: AnyMessage) -> None:
-        try:
-            await endpoint.send(message)
-        except ClusterError:
-            pass  # it is going away; its node cleans up
-
-    async def handle(self, source: str | None, message: AnyMessage) -> None:
-        """A message from `source`'s client (None: the manager's own)."""
+    def handle(self, source: str | None, message: AnyMessage) -> None:
+        """A message from `source`'s client (None: the manager's own); it never waits."""
         if isinstance(message, Call):
-            await self._call(source, message)
+            self._call(source, message)
         elif isinstance(message, Reply):
             forwarded = self._forwarded.get(message.id)
             if forwarded is not None and forwarded.callee == source:  # only the callee answers
                 del self._forwarded[message.id]
-                endpoint = self.endpoints.get(forwarded.caller)
-                if endpoint is not None:
-                    await self._send(
-                        endpoint,
-                        Reply(
-                            forwarded.caller_id,
-                            message.value,
-                            message.kind,
-                            message.message,
-                            message.error,
-                        ),
-                    )
+                reply = Reply(
+                    forwarded.caller_id, message.value, message.kind, message.message, message.error
+                )
+                self._put(forwarded.caller, reply)
         elif isinstance(message, Event):
             event = Event(message.topic, message.payload, source or "")
             for name in tuple(self.topics.get(message.topic, ())):
-                endpoint = self.endpoints.get(name)
-                if endpoint is not None:
-                    await self._send(endpoint, event)
+                self._put(name, event)  # a full outbox drops it, and counts it
         elif isinstance(message, Subscribe):
             self.topics.setdefault(message.topic, set()).add(source)
-            await self._answer(source, Reply(message.id))
+            self._put(source, Reply(message.id))
         elif isinstance(message, Unsubscribe):
             self.topics.get(message.topic, set()).discard(source)
         elif isinstance(message, Create):
             of(self.manager).start_soon(self._create, source, message)
 
-    async def _answer(self, name: str | None, reply: Reply) -> None:
-        endpoint = self.endpoints.get(name)
-        if endpoint is not None:
-            await self._send(endpoint, reply)
-
-    async def _call(self, source: str | None, call: Call) -> None:
+    def _call(self, source: str | None, call: Call) -> None:
         problem = self._refusal(source, call.service)
         if problem is not None:
-            await self._answer(source, Reply(call.id, kind=problem[0], message=problem[1]))
+            self._put(source, Reply(call.id, kind=problem[0], message=problem[1]))
             return
         now = time.monotonic()
         rid = next(self._ids)
@@ -157,12 +144,12 @@ class Router:
         forwarded = Call(
             rid, call.service, call.method, call.args, call.kwargs, call.timeout, source or ""
         )
-        try:
-            await self.endpoints[call.service].send(forwarded)
-        except ClusterError:
-            if self._forwarded.pop(rid, None) is not None:
-                message = f"service {call.service!r} stopped before it answered"
-                await self._answer(source, Reply(call.id, kind="unavailable", message=message))
+        if not self._put(call.service, forwarded):
+            message = (
+                f"service {call.service!r} is not keeping up: {OUTBOX_CAPACITY} messages "
+                "wait for it already"
+            )
+            self.fail(rid, "unavailable", message)
 
     def _refusal(self, source: str | None, callee: str) -> tuple[str, str] | None:
         nodes = self.manager.nodes
@@ -199,7 +186,7 @@ class Router:
                 await of(parent).wait_state(STARTED, State.STOPPING, State.STOPPED)
         if parent is None or of(parent).state is not STARTED:
             message = "only a STARTED service can create a child service"
-            await self._answer(source, Reply(create.id, kind="refused", message=message))
+            self._put(source, Reply(create.id, kind="refused", message=message))
             return
         beyond = sorted(set(create.depends_on) - set(parent.spec.depends_on) - {parent.name})
         if beyond:  # a child reaches no further than its parent may
@@ -207,7 +194,7 @@ class Router:
                 f"service {parent.name!r} may not give {create.name!r} dependencies it does "
                 f"not have itself: {', '.join(beyond)}"
             )
-            await self._answer(source, Reply(create.id, kind="refused", message=message))
+            self._put(source, Reply(create.id, kind="refused", message=message))
             return
         try:
             spec = ServiceSpec(
@@ -224,14 +211,65 @@ class Router:
             )
             manager.create(spec, parent=parent.name)
         except ServiceDefinitionError as exc:
-            await self._answer(source, Reply(create.id, kind="refused", message=str(exc)))
+            self._put(source, Reply(create.id, kind="refused", message=str(exc)))
             return
         try:
             await manager._start_with_victims(manager.nodes[create.name])
         except Exception as exc:
-            await self._answer(source, Reply(create.id, kind="error", error=ErrorInfo.of(exc)))
+            self._put(source, Reply(create.id, kind="error", error=ErrorInfo.of(exc)))
         else:
-            await self._answer(source, Reply(create.id))
+            self._put(source, Reply(create.id))
+
+
+class Outbox:
+    """What the router sends to one container, written to its data port by a
+    task of its own (`pump`, run by the container's node).
+
+    Up to `capacity` messages wait here while the container's socket is
+    full. Past that a request for the container is refused (its caller
+    gets `ServiceUnavailable` at once) and an event for it is dropped and
+    counted in `events_dropped`. Replies always get in: there are only as
+    many as the container's own requests in flight.
+    """
+
+    def __init__(self, router: Router, link: PortLink, capacity: int = OUTBOX_CAPACITY) -> None:
+        self.router = router
+        self.link = link
+        self.capacity = capacity
+        #: Events for the container dropped because this outbox was full.
+        self.events_dropped = 0
+        self._queue: deque[AnyMessage] = deque()
+        self._filled = anyio.Event()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def put(self, message: AnyMessage) -> bool:
+        if len(self._queue) >= self.capacity and not isinstance(message, Reply):
+            if isinstance(message, Event):
+                self.events_dropped += 1
+            return False
+        self._queue.append(message)
+        self._filled.set()
+        return True
+
+    async def pump(self) -> None:
+        """Write the messages in order, until the port closes."""
+        queue = self._queue
+        while True:
+            if not queue:
+                self._filled = anyio.Event()
+                await self._filled.wait()
+            message = queue.popleft()
+            try:
+                await self.link.send(message)
+            except ValueError as exc:  # too large for the port (which is fine): not sent
+                if isinstance(message, Call):
+                    self.router.fail(message.id, "error", "", ErrorInfo.of(exc))
+                else:
+                    logger.warning("%s: a message was dropped: %s", self.link.port.name, exc)
+            except ServiceUnavailable:
+                return  # the port is closed: the node is stopping, and detaches
 
 
 class LocalLink:
@@ -252,7 +290,7 @@ class LocalLink:
         await anyio.lowlevel.checkpoint()  # as a port would: a loop of sends lets others run
         if self.name not in self.router.endpoints:
             raise ServiceUnavailable("the cluster is out of reach: the link is closed")
-        await self.router.handle(self.name, copy(message))
+        self.router.handle(self.name, copy(message))
 
     async def close(self) -> None:
         self.router.detach(self.name)
@@ -262,6 +300,7 @@ class _LocalEndpoint:
     def __init__(self, client: ServiceClient) -> None:
         self.client = client
 
-    async def send(self, message: AnyMessage) -> None:
+    def put(self, message: AnyMessage) -> bool:
         # What reaches the router is a copy already; an event may go to several services.
         self.client._deliver(copy(message) if isinstance(message, Event) else message)
+        return True
