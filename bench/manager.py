@@ -1,6 +1,6 @@
 """Benchmarks of ServicesManager, each against a baseline measured in the same run.
 
-    uv run python bench/manager.py            # full run (under a minute)
+    uv run python bench/manager.py            # full run (two to three minutes)
     uv run python bench/manager.py --quick    # a smoke run; figures are not meaningful
     uv run python bench/manager.py --check    # exit 1 if a bar is missed
 

@@ -135,12 +135,13 @@ async def test_tasks_cannot_be_started_outside_a_cycle() -> None:
     worker = Worker()
     with pytest.raises(StateError, match="background tasks"):
         startable.of(worker).start_soon(anyio.sleep_forever)
-    async with startable.running(worker):
-        pass
-    with pytest.raises(StateError, match="STOPPED"):
-        startable.of(worker).start_soon(anyio.sleep_forever)
-    with pytest.raises(StateError):
-        await startable.of(worker).start_task(anyio.sleep_forever)
+    with anyio.fail_after(10):
+        async with startable.running(worker):
+            pass
+        with pytest.raises(StateError, match="STOPPED"):
+            startable.of(worker).start_soon(anyio.sleep_forever)
+        with pytest.raises(StateError):
+            await startable.of(worker).start_task(anyio.sleep_forever)
 
 
 async def test_background_task_may_await_its_own_stop() -> None:

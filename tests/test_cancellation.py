@@ -158,8 +158,9 @@ async def test_cancelling_the_owner_forces_everything_to_stopped() -> None:
 
 async def test_start_without_an_owner() -> None:
     probe = Probe()
-    with pytest.raises(NoOwnerError, match="has no owner"):
-        await startable.of(probe).start()
+    with anyio.fail_after(10):
+        with pytest.raises(NoOwnerError, match="has no owner"):
+            await startable.of(probe).start()
     assert startable.of(probe).state is READY
 
 

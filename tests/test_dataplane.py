@@ -227,8 +227,9 @@ async def test_this_service_outside_a_cluster_says_so() -> None:
 
 async def test_the_manager_client_works_only_while_the_manager_runs() -> None:
     manager, _ = cluster()
-    with pytest.raises(startable.StateError):
-        await manager.client.request("store", "get", "k")
+    with anyio.fail_after(10):
+        with pytest.raises(startable.StateError):
+            await manager.client.request("store", "get", "k")
 
 
 class Introspective(plane_services.Store):

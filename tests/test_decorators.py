@@ -272,8 +272,9 @@ class TestOf:
 class TestBehaviour:
     async def test_sync_raw_hooks_and_reason_free_raw_stop(self) -> None:
         obj = Plain()
-        async with startable.running(obj):
-            assert obj.sync_guarded() == "ok"
+        with anyio.fail_after(10):
+            async with startable.running(obj):
+                assert obj.sync_guarded() == "ok"
         assert obj.calls == ["start", "stop"]
 
     async def test_guards_refuse_without_running_the_body(self) -> None:
@@ -285,11 +286,12 @@ class TestBehaviour:
         assert "Plain.sync_guarded() needs the object to be STARTED, but it is READY" in str(
             caught.value
         )
-        assert await obj.only_idle() == "idle"
-        async with startable.running(obj):
-            with pytest.raises(StateError, match="READY, STOPPED"):
-                await obj.only_idle()
-        assert await obj.only_idle() == "idle"
+        with anyio.fail_after(10):
+            assert await obj.only_idle() == "idle"
+            async with startable.running(obj):
+                with pytest.raises(StateError, match="READY, STOPPED"):
+                    await obj.only_idle()
+            assert await obj.only_idle() == "idle"
 
     async def test_guarded_coroutine_body_does_not_run(self) -> None:
         ran: list[str] = []
@@ -299,8 +301,9 @@ class TestBehaviour:
             async def work(self) -> None:
                 ran.append("body")
 
-        with pytest.raises(StateError):
-            await Svc().work()
+        with anyio.fail_after(10):
+            with pytest.raises(StateError):
+                await Svc().work()
         assert ran == []
 
     async def test_guard_keeps_the_signature_and_is_a_coroutine_function(self) -> None:
@@ -312,8 +315,9 @@ class TestBehaviour:
 
     async def test_attrs_slotted_and_subclass_lifecycle(self) -> None:
         svc = Derived("d")
-        async with startable.running(svc):
-            assert await svc.get() == "d"
+        with anyio.fail_after(10):
+            async with startable.running(svc):
+                assert await svc.get() == "d"
         assert svc.reasons == [None]
         assert startable.of(svc).state is STOPPED
 
@@ -328,17 +332,19 @@ class TestBehaviour:
 
         lifecycle = startable.Startable(open_pool, close_pool, name="pool")
         reason = RuntimeError("why")
-        async with startable.open_owner():
-            await lifecycle.start()
-            assert lifecycle.state is STARTED
-            await lifecycle.stop(reason)
+        with anyio.fail_after(10):
+            async with startable.open_owner():
+                await lifecycle.start()
+                assert lifecycle.state is STARTED
+                await lifecycle.stop(reason)
         assert calls == ["open", ("close", reason)]
         assert startable.of(lifecycle) is lifecycle
 
     async def test_startable_without_hooks_is_a_plain_switch(self) -> None:
         lifecycle = startable.Startable()
-        async with startable.running(lifecycle):
-            assert lifecycle.state is STARTED
+        with anyio.fail_after(10):
+            async with startable.running(lifecycle):
+                assert lifecycle.state is STARTED
         assert lifecycle.state is STOPPED
 
     async def test_startable_rejects_non_callables(self) -> None:
@@ -348,9 +354,10 @@ class TestBehaviour:
     async def test_lifecycle_of_a_collected_object_cannot_start(self) -> None:
         lifecycle = startable.of(Plain())
         gc.collect()
-        async with startable.open_owner():
-            with pytest.raises(startable.StartableError, match="keep a reference"):
-                await lifecycle.start()
+        with anyio.fail_after(10):
+            async with startable.open_owner():
+                with pytest.raises(startable.StartableError, match="keep a reference"):
+                    await lifecycle.start()
 
 
 class Signatures:
@@ -388,30 +395,31 @@ async def test_guards_forward_every_kind_of_parameter() -> None:
     import inspect
 
     obj = Signatures()
-    async with startable.running(obj):
-        assert await obj.positional_only(1) == (1, 2)
-        assert await obj.positional_only(1, 3) == (1, 3)
-        with pytest.raises(TypeError):
-            await obj.positional_only(a=1)  # type: ignore[call-arg]
-        assert await obj.mixed(1, 2, 3, flag=True, z=4) == (1, (2, 3), "k", True, {"z": 4})
-        assert await obj.mixed(1, key="q", flag=False) == (1, (), "q", False, {})
-        with pytest.raises(TypeError):
-            await obj.mixed(1)  # type: ignore[call-arg]
-        assert obj.keyword_only() is None
-        assert obj.keyword_only(x=[1]) == [1]
-        with pytest.raises(TypeError):
-            obj.keyword_only([1])  # type: ignore[misc]
-        assert obj.clashing_name(2, 3) == 5
-        first = obj.defaults_are_the_same_objects()
-        second = obj.defaults_are_the_same_objects()
-        assert first is second  # the default object itself, as without the guard
-    for name in ("positional_only", "mixed", "keyword_only", "clashing_name"):
-        method = getattr(Signatures, name)
-        assert inspect.signature(method) == inspect.signature(method.__wrapped__)
-    with pytest.raises(StateError):
-        await obj.mixed(1, flag=True)
-    with pytest.raises(StateError, match="STARTED, STOPPING"):
-        obj.clashing_name(1)
+    with anyio.fail_after(10):
+        async with startable.running(obj):
+            assert await obj.positional_only(1) == (1, 2)
+            assert await obj.positional_only(1, 3) == (1, 3)
+            with pytest.raises(TypeError):
+                await obj.positional_only(a=1)  # type: ignore[call-arg]
+            assert await obj.mixed(1, 2, 3, flag=True, z=4) == (1, (2, 3), "k", True, {"z": 4})
+            assert await obj.mixed(1, key="q", flag=False) == (1, (), "q", False, {})
+            with pytest.raises(TypeError):
+                await obj.mixed(1)  # type: ignore[call-arg]
+            assert obj.keyword_only() is None
+            assert obj.keyword_only(x=[1]) == [1]
+            with pytest.raises(TypeError):
+                obj.keyword_only([1])  # type: ignore[misc]
+            assert obj.clashing_name(2, 3) == 5
+            first = obj.defaults_are_the_same_objects()
+            second = obj.defaults_are_the_same_objects()
+            assert first is second  # the default object itself, as without the guard
+        for name in ("positional_only", "mixed", "keyword_only", "clashing_name"):
+            method = getattr(Signatures, name)
+            assert inspect.signature(method) == inspect.signature(method.__wrapped__)
+        with pytest.raises(StateError):
+            await obj.mixed(1, flag=True)
+        with pytest.raises(StateError, match="STARTED, STOPPING"):
+            obj.clashing_name(1)
 
 
 def test_name_is_a_short_label() -> None:

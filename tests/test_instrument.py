@@ -47,7 +47,11 @@ async def test_instruments_see_moves_and_wrap_raw_hooks_outermost_first() -> Non
     log: list[object] = []
     probe = Probe("p", log)  # type: ignore[arg-type]
     reason = RuntimeError("r")
-    with startable.instrumented(Log("outer", log)), startable.instrumented(Log("inner", log)):
+    with (
+        anyio.fail_after(10),
+        startable.instrumented(Log("outer", log)),
+        startable.instrumented(Log("inner", log)),
+    ):
         async with startable.open_owner():
             await startable.of(probe).start()
             await startable.of(probe).stop(reason)
@@ -82,7 +86,7 @@ async def test_an_instrument_can_fail_and_delay_a_raw_start() -> None:
             raise ConnectionRefusedError("injected")
 
     probe = Probe()
-    with startable.instrumented(Failing()):
+    with anyio.fail_after(10), startable.instrumented(Failing()):
         async with startable.open_owner():
             with pytest.raises(ConnectionRefusedError):
                 await startable.of(probe).start()
@@ -94,8 +98,9 @@ async def test_instruments_are_scoped_to_their_context() -> None:
     log: list[object] = []
     with startable.instrumented(Log("only", log)):
         pass
-    async with startable.running(Probe()):
-        pass
+    with anyio.fail_after(10):
+        async with startable.running(Probe()):
+            pass
     assert log == []
 
 
@@ -104,7 +109,11 @@ async def test_failing_on_move_is_logged(caplog: pytest.LogCaptureFixture) -> No
         def on_move(self, change: StateChange) -> None:
             raise KeyError("instrument bug")
 
-    with caplog.at_level(logging.ERROR, logger="startable"), startable.instrumented(Broken()):
+    with (
+        anyio.fail_after(10),
+        caplog.at_level(logging.ERROR, logger="startable"),
+        startable.instrumented(Broken()),
+    ):
         async with startable.running(Probe()) as probe:
             pass
     assert startable.of(probe).state is State.STOPPED
