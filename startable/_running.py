@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
-import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar
 
 import anyio
 
+from ._drive import EXIT_FAILED as EXIT_FAILED
+from ._drive import EXIT_FORCED as EXIT_FORCED
+from ._drive import EXIT_OK as EXIT_OK
+from ._drive import Phase, drive
 from ._exceptions import StoppedError
 from ._owner import combine, open_owner
 from ._startable import Startable, StateChange, of
@@ -17,11 +20,6 @@ from ._startable import Startable, StateChange, of
 T = TypeVar("T")
 
 logger = logging.getLogger("startable")
-
-#: Exit codes of `run`.
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_FORCED = 130
 
 
 @asynccontextmanager
@@ -96,9 +94,11 @@ def run(
 ) -> int:
     """Run `obj` as a program: start it, wait, stop it on SIGINT or SIGTERM.
 
-    State changes and errors are logged on the `startable` logger. A second
-    SIGINT while stopping forces the stop (the raw stop is cancelled). A
-    service that stops on its own ends the program too.
+    State changes and errors are logged on the `startable` logger. A first
+    signal while it is still starting abandons the start (which is undone)
+    and stops it. A second SIGINT while stopping forces the stop (the raw
+    stop is cancelled). A service that stops on its own ends the program
+    too.
 
     Args:
         obj: anything `of` accepts.
@@ -138,85 +138,26 @@ def _log_change(change: StateChange) -> None:
         logger.info("%s: %s", name, move)
 
 
+class _LogNarrator:
+    """`run()` tells what happens on the `startable` logger."""
+
+    def enter(self, phase: Phase) -> None:
+        pass  # the moves are logged as they happen (`_log_change`)
+
+    def say(self, text: str, *, failed: bool = False, error: BaseException | None = None) -> None:
+        if error is not None:
+            logger.error("%s", text, exc_info=error)
+        else:
+            logger.log(logging.ERROR if failed else logging.INFO, "%s", text)
+
+
 async def _serve(
     lifecycle: Startable, start_timeout: float | None, stop_timeout: float | None
 ) -> int:
     unsubscribe = lifecycle.subscribe(_log_change)
-    force = anyio.CancelScope()
-    wake = anyio.Event()
-    signalled: list[int] = []
-    code = EXIT_FAILED
     try:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with anyio.create_task_group() as watchers:
-
-                async def watch_signals() -> None:
-                    async for signum in signals:
-                        signalled.append(signum)
-                        name = signal.Signals(signum).name
-                        if len(signalled) == 1:
-                            logger.info("%s received: stopping (press Ctrl-C again to force)", name)
-                            wake.set()
-                        elif signum == signal.SIGINT:
-                            logger.warning("%s received again: forcing the stop", name)
-                            force.cancel()
-
-                watchers.start_soon(watch_signals)
-                with force:
-                    code = await _main(
-                        lifecycle, wake, signalled, force, start_timeout, stop_timeout
-                    )
-                watchers.cancel_scope.cancel()
+        return await drive(
+            lifecycle, _LogNarrator(), start_timeout=start_timeout, stop_timeout=stop_timeout
+        )
     finally:
         unsubscribe()
-    if force.cancelled_caught:
-        return EXIT_FORCED if len(signalled) > 1 else EXIT_FAILED
-    return code
-
-
-async def _main(
-    lifecycle: Startable,
-    wake: anyio.Event,
-    signalled: list[int],
-    force: anyio.CancelScope,
-    start_timeout: float | None,
-    stop_timeout: float | None,
-) -> int:
-    reasons: list[BaseException | None] = []
-
-    def on_stopping(reason: BaseException | None) -> None:
-        reasons.append(reason)
-        wake.set()
-
-    async def stop(label: str) -> bool:
-        with anyio.move_on_after(stop_timeout):
-            try:
-                await lifecycle.stop()
-            except Exception:
-                logger.exception("%s of %r failed", label, lifecycle)
-                return False
-            return True
-        logger.error("%s of %r took more than %ss: forcing it", label, lifecycle, stop_timeout)
-        force.cancel()
-        return False
-
-    async with open_owner():
-        with anyio.move_on_after(start_timeout) as started:
-            try:
-                await lifecycle.start(on_stopping)
-            except Exception:
-                logger.exception("start of %r failed", lifecycle)
-                return EXIT_FAILED
-        if started.cancelled_caught:
-            logger.error("start of %r took more than %ss: abandoned", lifecycle, start_timeout)
-            await stop("clean-up after the abandoned start")
-            return EXIT_FAILED
-        await wake.wait()
-        if reasons and not signalled:
-            reason = reasons[0]
-            stopped_cleanly = await stop("stop")
-            if reason is not None:
-                logger.error("%r stopped on its own: %r", lifecycle, reason)
-                return EXIT_FAILED
-            return EXIT_OK if stopped_cleanly else EXIT_FAILED
-        return EXIT_OK if await stop("stop") else EXIT_FAILED

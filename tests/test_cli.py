@@ -104,6 +104,19 @@ async def test_start_timeout_abandons_the_start() -> None:
     assert code == 1
 
 
+async def test_a_signal_during_the_start_abandons_it_and_stops_cleanly() -> None:
+    with anyio.fail_after(30):
+        cli = await run_cli(f"{TARGETS}:HangingStart")
+        try:
+            await cli.wait_for("STARTING")
+            cli.process.send_signal(signal.SIGINT)
+        finally:
+            code = await cli_exit(cli)
+    assert code == 0, cli.output
+    assert "SIGINT received: stopping HangingStart" in cli.output
+    assert "STOPPED" in cli.output
+
+
 async def test_failing_start_exits_1_with_the_error() -> None:
     with anyio.fail_after(30):
         cli = await run_cli(f"{TARGETS}:FailingStart")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import signal
 import sys
 import zlib
 from collections.abc import AsyncIterator, Iterable
@@ -27,8 +26,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .. import State, of, open_owner
-from .._running import EXIT_FAILED, EXIT_FORCED, EXIT_OK
+from .. import State, of
+from .._drive import EXIT_FORCED, Phase, drive
 from ..cluster import (
     OutputLine,
     RemoteError,
@@ -38,8 +37,6 @@ from ..cluster import (
     ServicesManager,
 )
 from ..cluster._file import load_cluster
-
-Phase = Literal["starting", "running", "stopping", "stopped"]
 
 #: Colours for service names, given in creation order; red is kept for errors.
 _HUES = ("cyan", "magenta", "green", "yellow", "blue")
@@ -404,96 +401,30 @@ async def serve(manager: ServicesManager, reporter: Reporter, stop_timeout: floa
     Returns:
         The exit code, as `up` describes it.
     """
-    force = anyio.CancelScope()
-    starting = anyio.CancelScope()
-    wake = anyio.Event()
-    signalled: list[int] = []
-    forced_by_user = False
-    code = EXIT_FAILED
     unsubscribe = manager.subscribe(functools.partial(reporter.event, manager))
     try:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with reporter.showing(manager), anyio.create_task_group() as watchers:
-
-                async def watch_signals() -> None:
-                    nonlocal forced_by_user
-                    async for signum in signals:
-                        signalled.append(signum)
-                        name = signal.Signals(signum).name
-                        if len(signalled) == 1:
-                            reporter.say(
-                                f"{name} received: stopping {manager.name} "
-                                "(press Ctrl-C again to force)"
-                            )
-                            starting.cancel()
-                            wake.set()
-                        elif signum == signal.SIGINT:
-                            reporter.say(f"{name} received again: forcing the stop", error=True)
-                            forced_by_user = True
-                            force.cancel()
-
-                watchers.start_soon(watch_signals)
-                with force:
-                    code = await _main(manager, reporter, starting, wake, force, stop_timeout)
-                reporter.phase = "stopped"
-                watchers.cancel_scope.cancel()
+        async with reporter.showing(manager):
+            narrator = _Narrator(manager, reporter)
+            return await drive(of(manager), narrator, label=manager.name, stop_timeout=stop_timeout)
     finally:
         unsubscribe()
-    if force.cancelled_caught:  # by a second SIGINT, or by the stop timeout
-        return EXIT_FORCED if forced_by_user else EXIT_FAILED
-    return code
 
 
-async def _main(
-    manager: ServicesManager,
-    reporter: Reporter,
-    starting: anyio.CancelScope,
-    wake: anyio.Event,
-    force: anyio.CancelScope,
-    stop_timeout: float,
-) -> int:
-    lifecycle = of(manager)
-    reasons: list[BaseException | None] = []
+@attrs.define
+class _Narrator:
+    """What `drive` says, said by the reporter; the phase is shown by the table."""
 
-    def on_stopping(reason: BaseException | None) -> None:
-        reasons.append(reason)
-        wake.set()
+    manager: ServicesManager
+    reporter: Reporter
 
-    async def stop() -> bool:
-        reporter.phase = "stopping"
-        with anyio.move_on_after(stop_timeout):
-            try:
-                await lifecycle.stop()
-            except Exception as exc:
-                reporter.say(f"stopping {manager.name} failed: {describe_error(exc)}", error=True)
-                return False
-            reporter.say(f"{manager.name}: stopped")
-            return True
-        reporter.say(
-            f"{manager.name} took more than {stop_timeout:g}s to stop: giving up "
-            "(its processes end with this one)",
-            error=True,
-        )
-        force.cancel()
-        return False
+    def enter(self, phase: Phase) -> None:
+        self.reporter.phase = phase
+        if phase == "running":
+            count = len(self.manager.nodes)
+            self.reporter.say(f"{self.manager.name}: {count} services STARTED (Ctrl-C to stop)")
 
-    async with open_owner():
-        with starting:
-            try:
-                await lifecycle.start(on_stopping)
-            except Exception as exc:
-                reporter.say(f"{manager.name} failed to start:\n{describe_error(exc)}", error=True)
-                return EXIT_FAILED
-        if starting.cancelled_caught:  # a signal: the start was abandoned, and is undone
-            return EXIT_OK if await stop() else EXIT_FAILED
-        reporter.phase = "running"
-        reporter.say(f"{manager.name}: {len(manager.nodes)} services STARTED (Ctrl-C to stop)")
-        await wake.wait()
-        on_its_own = list(reasons)  # our own stop below calls on_stopping too
-        stopped = await stop()
-        if on_its_own:
-            reason = on_its_own[0]
-            why = describe_error(reason) if reason is not None else "no reason given"
-            reporter.say(f"{manager.name} stopped on its own: {why}", error=True)
-            return EXIT_FAILED
-        return EXIT_OK if stopped else EXIT_FAILED
+    def say(self, text: str, *, failed: bool = False, error: BaseException | None = None) -> None:
+        if error is not None:
+            described = describe_error(error)
+            text += (":\n" if "\n" in described else ": ") + described
+        self.reporter.say(text, error=failed or error is not None)

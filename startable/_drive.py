@@ -1,0 +1,157 @@
+"""Driving a lifecycle as a program: start it, wait for a signal, stop it, in bounded time.
+
+`startable run` (through `run()`) and `startable up` share this driver; each
+gives a `Narrator`, which says what happens in its own way (log records, or
+lines above a live table).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator
+from typing import Literal, Protocol
+
+import anyio
+
+from ._owner import open_owner
+from ._startable import Startable
+
+#: Exit codes of a driven program.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_FORCED = 130
+
+Phase = Literal["starting", "running", "stopping", "stopped"]
+
+
+class Narrator(Protocol):
+    """What `drive` tells the user as it goes, and how."""
+
+    def enter(self, phase: Phase) -> None:
+        """The program moved to `phase`."""
+
+    def say(self, text: str, *, failed: bool = False, error: BaseException | None = None) -> None:
+        """Say `text`: a failure if `failed` or there is an `error` (which it is about)."""
+
+
+async def drive(
+    lifecycle: Startable,
+    narrator: Narrator,
+    *,
+    label: str | None = None,
+    start_timeout: float | None = None,
+    stop_timeout: float | None = None,
+) -> int:
+    """Start `lifecycle`, wait for SIGINT or SIGTERM or for it to stop on its own, stop it.
+
+    `label` names it in what the narrator says (by default `lifecycle.name`).
+
+    A first signal stops it; if it is still starting, the start is abandoned
+    (and undone) first. A second SIGINT forces the stop: the raw stop is
+    cancelled. A start longer than `start_timeout` is abandoned, a stop
+    longer than `stop_timeout` is forced.
+
+    Returns:
+        The exit code: `EXIT_OK` when it stopped cleanly, on a signal or on
+        its own without a reason; `EXIT_FORCED` when a second SIGINT forced
+        the stop; `EXIT_FAILED` otherwise (a failed or timed-out start, a
+        stop reason, a failed or timed-out stop).
+    """
+    run = _Run(lifecycle, narrator, label or lifecycle.name, start_timeout, stop_timeout)
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as watchers:
+            watchers.start_soon(run.watch, signals)
+            with run.force:
+                code = await run.main()
+            narrator.enter("stopped")
+            watchers.cancel_scope.cancel()
+    if run.force.cancelled_caught:  # by a second SIGINT, or by the stop timeout
+        return EXIT_FORCED if run.forced_by_user else EXIT_FAILED
+    return code
+
+
+class _Run:
+    def __init__(
+        self,
+        lifecycle: Startable,
+        narrator: Narrator,
+        label: str,
+        start_timeout: float | None,
+        stop_timeout: float | None,
+    ) -> None:
+        self.lifecycle = lifecycle
+        self.narrator = narrator
+        self.label = label
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.force = anyio.CancelScope()
+        self.starting = anyio.move_on_after(start_timeout)
+        self.wake = anyio.Event()
+        self.signalled: list[int] = []
+        self.forced_by_user = False
+        self.reasons: list[BaseException | None] = []  # of stops it began on its own
+
+    async def watch(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            self.signalled.append(signum)
+            name = signal.Signals(signum).name
+            if len(self.signalled) == 1:
+                self.narrator.say(
+                    f"{name} received: stopping {self.label} (press Ctrl-C again to force)"
+                )
+                self.starting.cancel()
+                self.wake.set()
+            elif signum == signal.SIGINT:
+                self.narrator.say(f"{name} received again: forcing the stop", failed=True)
+                self.forced_by_user = True
+                self.force.cancel()
+
+    def on_stopping(self, reason: BaseException | None) -> None:
+        self.reasons.append(reason)
+        self.wake.set()
+
+    async def main(self) -> int:
+        name = self.label
+        async with open_owner():
+            self.narrator.enter("starting")
+            with self.starting:
+                try:
+                    await self.lifecycle.start(self.on_stopping)
+                except Exception as exc:
+                    self.narrator.say(f"{name} failed to start", error=exc)
+                    return EXIT_FAILED
+            if self.starting.cancelled_caught:  # abandoned, and undone by the stop below
+                if self.signalled:
+                    return EXIT_OK if await self.stop() else EXIT_FAILED
+                self.narrator.say(
+                    f"{name} took more than {self.start_timeout:g}s to start: abandoned",
+                    failed=True,
+                )
+                await self.stop()
+                return EXIT_FAILED
+            self.narrator.enter("running")
+            await self.wake.wait()
+            on_its_own = list(self.reasons)  # our own stop below calls on_stopping too
+            stopped = await self.stop()
+            if on_its_own and on_its_own[0] is not None and not self.signalled:
+                self.narrator.say(f"{name} stopped on its own", error=on_its_own[0])
+                return EXIT_FAILED
+            return EXIT_OK if stopped else EXIT_FAILED
+
+    async def stop(self) -> bool:
+        """Stop it, within the stop timeout (then force it); whether it stopped cleanly."""
+        name = self.label
+        self.narrator.enter("stopping")
+        with anyio.move_on_after(self.stop_timeout):
+            try:
+                await self.lifecycle.stop()
+            except Exception as exc:
+                self.narrator.say(f"stopping {name} failed", error=exc)
+                return False
+            self.narrator.say(f"{name}: stopped")
+            return True
+        self.narrator.say(
+            f"{name} took more than {self.stop_timeout:g}s to stop: forcing it", failed=True
+        )
+        self.force.cancel()
+        return False
