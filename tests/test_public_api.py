@@ -123,3 +123,15 @@ def test_benchmarks_run() -> None:
         )
         assert result.returncode == 0, (script.name, result.stderr)
         assert "best of" in result.stdout
+
+
+def test_the_pytest_plugin_imports_no_part_of_startable() -> None:
+    """pytest loads it in every project where startable is installed."""
+    code = (
+        "import sys, startable_pytest_plugin; "
+        "print(sorted(m for m in sys.modules if 'startable' in m))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert out.strip() == "['startable_pytest_plugin']"

@@ -3,8 +3,9 @@
 It adds `--startable-examples N`, which sets how many programs
 `startable.testing.check_lifecycle` tries (as `$STARTABLE_EXAMPLES` does),
 so a nightly job can search much longer than CI without changing tests.
-It imports nothing, so it costs nothing to projects that do not use
-`startable.testing`.
+It is a module of its own, outside the `startable` package, and imports
+only the standard library, so it costs nothing to projects that do not use
+`startable.testing` (importing `startable` takes about 0.1 s).
 """
 
 from __future__ import annotations
