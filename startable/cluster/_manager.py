@@ -127,6 +127,10 @@ class ServicesManager:
             except Exception:
                 logger.exception("a ServicesManager subscriber failed on %r", event)
 
+    def _moved(self, name: str, change: StateChange) -> None:
+        if self._observers:  # most moves of most managers have nobody to tell
+            self._emit(ServiceEvent(name, "moved", change))
+
     # -- creating and destroying --------------------------------------------------
 
     def create(self, spec: ServiceSpec, *, parent: str | None = None) -> ServiceNode:
@@ -172,7 +176,7 @@ class ServicesManager:
             dependency.dependents.append(node)
         if owner is not None:
             owner.children.append(node)
-        of(node).subscribe(lambda change: self._emit(ServiceEvent(node.name, "moved", change)))
+        of(node).subscribe(functools.partial(self._moved, node.name))
         self.nodes[spec.name] = node
         self._emit(ServiceEvent(node.name, "created"))
         return node
