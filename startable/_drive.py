@@ -131,9 +131,11 @@ class _Run:
                 return EXIT_FAILED
             self.narrator.enter("running")
             await self.wake.wait()
-            on_its_own = list(self.reasons)  # our own stop below calls on_stopping too
+            # Read before our own stop, which calls on_stopping too, and
+            # during which a signal may come: it does not undo a crash.
+            on_its_own = list(self.reasons) if not self.signalled else []
             stopped = await self.stop()
-            if on_its_own and on_its_own[0] is not None and not self.signalled:
+            if on_its_own and on_its_own[0] is not None:
                 self.narrator.say(f"{name} stopped on its own", error=on_its_own[0])
                 return EXIT_FAILED
             return EXIT_OK if stopped else EXIT_FAILED

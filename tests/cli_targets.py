@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import anyio
 
 import startable
@@ -53,6 +55,15 @@ class Crashes:
     async def _crash(self) -> None:
         await anyio.sleep(0.05)
         raise RuntimeError("lost the upstream connection")
+
+
+class CrashesAndStopsSlowly(Crashes):
+    """Crashes, then takes a while to clean up (a signal can come meanwhile)."""
+
+    @startable.as_raw_stop
+    async def _stop(self) -> None:
+        logging.getLogger("cli_targets").warning("cleaning up")
+        await anyio.sleep(3)
 
 
 class FinishesOnItsOwn:

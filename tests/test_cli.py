@@ -133,6 +133,19 @@ async def test_crash_after_start_exits_1_with_the_reason() -> None:
     assert "lost the upstream connection" in cli.output
 
 
+async def test_a_signal_during_the_stop_after_a_crash_does_not_undo_it() -> None:
+    with anyio.fail_after(30):
+        cli = await run_cli(f"{TARGETS}:CrashesAndStopsSlowly")
+        try:
+            await cli.wait_for("cleaning up")
+            cli.process.send_signal(signal.SIGTERM)
+        finally:
+            code = await cli_exit(cli)
+    assert code == 1, cli.output
+    assert "stopped on its own" in cli.output
+    assert "lost the upstream connection" in cli.output
+
+
 async def test_job_that_finishes_on_its_own_exits_0() -> None:
     with anyio.fail_after(30):
         cli = await run_cli(f"{TARGETS}:FinishesOnItsOwn")

@@ -128,6 +128,21 @@ async def test_a_service_that_stops_reading_holds_up_nobody_else() -> None:
             assert startable.of(store).state is State.STARTED
 
 
+async def test_a_service_whose_data_socket_closes_fails_requests_at_once() -> None:
+    manager = cluster()
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            store = manager["store"]
+            port = store._data_port  # the manager's end of the data socket
+            assert port is not None
+            await startable.of(port).stop()
+            with pytest.raises(ServiceUnavailable, match="'store' stopped before it answered"):
+                await manager.client.request("store", "get", "k", deadline=50)
+            with pytest.raises(ServiceUnavailable, match="its data socket is closed"):
+                await manager.client.request("store", "get", "k", deadline=50)
+            assert store.backlog == 0
+
+
 async def test_a_callee_killed_mid_request_releases_the_caller_at_once() -> None:
     manager = cluster()
     with anyio.fail_after(60):

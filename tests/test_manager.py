@@ -187,6 +187,8 @@ async def test_independent_services_start_and_stop_concurrently(phase: str) -> N
                 began[self.me].set()
                 await began[self.other].wait()
             log.append((now, self.me))
+            if now == "stop":  # nothing is asked of what it depends on until it is STOPPED
+                assert startable.of(manager["base"]).state is State.STARTED
 
         @startable.as_raw_start
         async def _start(self) -> None:

@@ -347,7 +347,8 @@ def up(path: str, *, backend: Literal["trio", "asyncio"] = "trio", live: bool | 
             live when stdout is a terminal.
 
     Returns:
-        The exit code: 0 when everything stopped cleanly after a signal,
+        The exit code: 0 when everything stopped cleanly after a signal (or
+        on its own without a reason, which a manager does not do by itself),
         2 when the file cannot be used, 130 when a second SIGINT forced the
         stop, 1 otherwise (a failed start, a service that escalated, a stop
         that failed or took longer than the file's `stop_timeout`).

@@ -242,8 +242,7 @@ class ServicesManager:
             for node in self.nodes.values():
                 sorter.add(node, *node.dependents)
             await self._launch_in_order(sorter, self._stop_one)
-        finally:
-            self.shutting_down = False
+        finally:  # `shutting_down` stays True until the next start: no restart sneaks in
             if of(self.client).state is STARTED:
                 await of(self.client).stop()
 
@@ -386,9 +385,6 @@ class ServicesManager:
         lifecycle = of(node)
         if lifecycle.state is STOPPING:  # still stopping from a cascade: start it once stopped
             await lifecycle.wait_state(STOPPED)
-        if self.shutting_down:  # a restart that came due while the manager stops
-            report.send_nowait((node, ClusterError(f"{self.name} is stopping")))
-            return
         try:
             await lifecycle.start(functools.partial(self._report, node))
         except Exception as exc:
@@ -400,7 +396,11 @@ class ServicesManager:
     @staticmethod
     async def _stop_one(node: ServiceNode, report: Report) -> None:
         if of(node).state not in (READY, STOPPED):
-            await of(node).stop()  # a node's stop does not raise
+            try:
+                await of(node).stop()
+            except Exception as exc:  # it is STOPPED all the same; the others go on
+                node.last_error = exc
+                logger.exception("stopping service %r failed", node.name)
         report.send_nowait((node, None))
 
     # -- supervision ----------------------------------------------------------------

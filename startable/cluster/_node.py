@@ -14,7 +14,7 @@ from .._lifecycle import State
 from .._startable import of
 from ._container import ServiceContainer
 from ._dataplane import AnyMessage, PortLink, ServiceClient, serving_as
-from ._errors import DependencyStopped
+from ._errors import ClusterError, DependencyStopped
 from ._port import ConnectionPort, from_socket
 from ._remote import ENV_SERVICE
 from ._router import LocalLink, Outbox
@@ -126,6 +126,8 @@ class ServiceNode:
     @markers.as_raw_start
     async def _start(self) -> None:
         lifecycle = of(self)
+        if self.manager.shutting_down:  # a restart that came due while the manager stops
+            raise ClusterError(f"{self.manager.name} is stopping")
         for dependency in self.dependencies:
             state = of(dependency).state
             if state is not STARTED:  # the manager started it: it has stopped since
@@ -151,7 +153,7 @@ class ServiceNode:
             await of(port).start()
             self._outbox = outbox = Outbox(router, PortLink(port))
             router.attach(self.name, outbox)
-            lifecycle.start_soon(outbox.pump)
+            lifecycle.start_soon(outbox.pump, self.name)
             lifecycle.start_soon(self._relay, port)
             await of(self.container).start(lifecycle.stop)
         self.started_at = time.monotonic()
@@ -160,7 +162,7 @@ class ServiceNode:
         """The service's requests and events, to the router, until its process ends."""
         router = self.manager.router
         async for message in port:
-            router.handle(self.name, message)  # it never waits, nor raises for a peer's fault
+            router.handle(self.name, message)  # it never waits
 
     @markers.as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
@@ -179,6 +181,8 @@ class ServiceNode:
             except Exception as exc:  # its own raw stop failed: it is STOPPED all the same
                 self.last_error = exc
         self.manager.router.detach(self.name)
+        if self._outbox is not None:
+            self._outbox.clear()
         for link in (self.client, self._data_port):
             if link is not None and of(link).state not in (READY, STOPPED):
                 await of(link).stop()

@@ -168,8 +168,10 @@ class Router:
         if node is None:
             return "unavailable", f"there is no service named {callee!r}"
         state = of(node).state
-        if state is not STARTED or callee not in self.endpoints:
+        if state is not STARTED:
             return "unavailable", f"service {callee!r} is not STARTED (it is {state.name})"
+        if callee not in self.endpoints:
+            return "unavailable", f"service {callee!r} cannot be reached: its data socket is closed"
         return None
 
     async def _create(self, source: str | None, create: Create) -> None:
@@ -228,8 +230,9 @@ class Outbox:
     Up to `capacity` messages wait here while the container's socket is
     full. Past that a request for the container is refused (its caller
     gets `ServiceUnavailable` at once) and an event for it is dropped and
-    counted in `events_dropped`. Replies always get in: there are only as
-    many as the container's own requests in flight.
+    counted in `events_dropped`. Replies, the answers to the container's own
+    requests, get in up to twice `capacity`; past that the container is not
+    reading its answers either, and its requests end at their deadlines.
     """
 
     def __init__(self, router: Router, link: PortLink, capacity: int = OUTBOX_CAPACITY) -> None:
@@ -245,7 +248,10 @@ class Outbox:
         return len(self._queue)
 
     def put(self, message: AnyMessage) -> bool:
-        if len(self._queue) >= self.capacity and not isinstance(message, Reply):
+        waiting = len(self._queue)
+        if waiting >= self.capacity and (
+            not isinstance(message, Reply) or waiting >= 2 * self.capacity
+        ):
             if isinstance(message, Event):
                 self.events_dropped += 1
             return False
@@ -253,23 +259,35 @@ class Outbox:
         self._filled.set()
         return True
 
-    async def pump(self) -> None:
-        """Write the messages in order, until the port closes."""
+    def clear(self) -> None:
+        """Forget what waits: it will never be written."""
+        self._queue.clear()
+
+    async def pump(self, name: str) -> None:
+        """Write the messages in order, until the port closes.
+
+        If the port closes under it (the process died, or read nothing for
+        the port's `send_timeout`), `name` is detached from the router:
+        requests waiting for it, and new ones, fail at once.
+        """
         queue = self._queue
-        while True:
-            if not queue:
-                self._filled = anyio.Event()
-                await self._filled.wait()
-            message = queue.popleft()
-            try:
-                await self.link.send(message)
-            except ValueError as exc:  # too large for the port (which is fine): not sent
-                if isinstance(message, Call):
-                    self.router.fail(message.id, "error", "", ErrorInfo.of(exc))
-                else:
-                    logger.warning("%s: a message was dropped: %s", self.link.port.name, exc)
-            except ServiceUnavailable:
-                return  # the port is closed: the node is stopping, and detaches
+        try:
+            while True:
+                if not queue:
+                    self._filled = anyio.Event()
+                    await self._filled.wait()
+                message = queue.popleft()
+                try:
+                    await self.link.send(message)
+                except ValueError as exc:  # too large for the port (which is fine): not sent
+                    if isinstance(message, Call):
+                        self.router.fail(message.id, "error", "", ErrorInfo.of(exc))
+                    else:
+                        logger.warning("%s: a message was dropped: %s", self.link.port.name, exc)
+        except ServiceUnavailable:
+            if self.router.endpoints.get(name) is self:
+                self.router.detach(name)
+            self.clear()
 
 
 class LocalLink:
@@ -302,5 +320,11 @@ class _LocalEndpoint:
 
     def put(self, message: AnyMessage) -> bool:
         # What reaches the router is a copy already; an event may go to several services.
-        self.client._deliver(copy(message) if isinstance(message, Event) else message)
+        if isinstance(message, Event):
+            try:
+                message = copy(message)
+            except ValueError as exc:  # its source's name made it too large
+                logger.warning("%s: an event was dropped: %s", self.client.name, exc)
+                return False
+        self.client._deliver(message)
         return True
