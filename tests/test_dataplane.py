@@ -11,6 +11,7 @@ import pytest
 import startable
 from startable.cluster import (
     ClusterError,
+    Event,
     HandlerNotFound,
     RemoteError,
     RequestRefused,
@@ -19,8 +20,11 @@ from startable.cluster import (
     ServiceSpec,
     ServiceUnavailable,
     handler,
+    port_pair,
     this_service,
 )
+from startable.cluster._dataplane import AnyMessage, PortLink
+from startable.cluster._router import Outbox
 
 from . import plane_services
 
@@ -260,3 +264,24 @@ async def test_a_message_larger_than_a_port_carries_is_refused_in_process_too() 
             with pytest.raises(ValueError, match=r"cannot send a request to store\.put.*exceeds"):
                 await manager.client.request("store", "put", "k", b"x" * 2**21)
             assert await manager.client.request("store", "get", "k") is None
+
+
+async def test_an_outbox_emptied_before_its_pump_woke_goes_on_pumping() -> None:
+    """The node clears its outbox when it stops; its pump must not trip on that."""
+    manager = ServicesManager()
+    ours, theirs = port_pair(AnyMessage)
+    outbox = Outbox(manager.router, PortLink(ours))
+    with anyio.fail_after(10):
+        async with (
+            startable.running(ours),
+            startable.running(theirs),
+            anyio.create_task_group() as group,
+        ):
+            group.start_soon(outbox.pump, "store")
+            await anyio.wait_all_tasks_blocked()  # the pump waits for a message
+            outbox.put(Event("lost", None, "x"))
+            outbox.clear()  # before the pump woke up
+            await anyio.wait_all_tasks_blocked()  # it woke to nothing, and waits again
+            outbox.put(Event("kept", None, "x"))
+            assert (await theirs.receive()).topic == "kept"
+            group.cancel_scope.cancel()

@@ -273,7 +273,7 @@ class Outbox:
         queue = self._queue
         try:
             while True:
-                if not queue:
+                while not queue:  # (`clear` may have emptied it since it was filled)
                     self._filled = anyio.Event()
                     await self._filled.wait()
                 message = queue.popleft()
