@@ -56,15 +56,22 @@ async def cli_exit(cli: Cli) -> int:
             await cli.process.wait()
 
 
+async def exit_after(cli: Cli, *steps: tuple[str, int]) -> int:
+    """Send each signal once its marker is printed; then the exit code."""
+    try:
+        for marker, signum in steps:
+            await cli.wait_for(marker)
+            cli.process.send_signal(signum)
+    finally:
+        code = await cli_exit(cli)
+    return code
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 async def test_quick_start_service_stops_cleanly_on_signal(signum: int) -> None:
     with anyio.fail_after(30):
         cli = await run_cli("examples/hello.py:Heartbeat")
-        try:
-            await cli.wait_for("STARTED")
-            cli.process.send_signal(signum)
-        finally:
-            code = await cli_exit(cli)
+        code = await exit_after(cli, ("STARTED", signum))
     assert code == 0, cli.output
     for state in ("STARTING", "STARTED", "STOPPING", "STOPPED"):
         assert state in cli.output
@@ -74,13 +81,9 @@ async def test_quick_start_service_stops_cleanly_on_signal(signum: int) -> None:
 async def test_second_sigint_forces_a_hanging_stop() -> None:
     with anyio.fail_after(30):
         cli = await run_cli(f"{TARGETS}:HangingStop")
-        try:
-            await cli.wait_for("STARTED")
-            cli.process.send_signal(signal.SIGINT)
-            await cli.wait_for("press Ctrl-C again")
-            cli.process.send_signal(signal.SIGINT)
-        finally:
-            code = await cli_exit(cli)
+        code = await exit_after(
+            cli, ("STARTED", signal.SIGINT), ("press Ctrl-C again", signal.SIGINT)
+        )
     assert code == 130, cli.output
     assert "forcing" in cli.output
     assert "STOPPED" in cli.output
@@ -89,11 +92,7 @@ async def test_second_sigint_forces_a_hanging_stop() -> None:
 async def test_stop_timeout_forces_and_fails() -> None:
     with anyio.fail_after(30):
         cli = await run_cli(f"{TARGETS}:HangingStop", "--stop-timeout", "0.2")
-        try:
-            await cli.wait_for("STARTED")
-            cli.process.send_signal(signal.SIGTERM)
-        finally:
-            code = await cli_exit(cli)
+        code = await exit_after(cli, ("STARTED", signal.SIGTERM))
     assert code == 1, cli.output
     assert "took more than 0.2s" in cli.output
 
@@ -107,11 +106,7 @@ async def test_start_timeout_abandons_the_start() -> None:
 async def test_a_signal_during_the_start_abandons_it_and_stops_cleanly() -> None:
     with anyio.fail_after(30):
         cli = await run_cli(f"{TARGETS}:HangingStart")
-        try:
-            await cli.wait_for("STARTING")
-            cli.process.send_signal(signal.SIGINT)
-        finally:
-            code = await cli_exit(cli)
+        code = await exit_after(cli, ("STARTING", signal.SIGINT))
     assert code == 0, cli.output
     assert "SIGINT received: stopping HangingStart" in cli.output
     assert "STOPPED" in cli.output
@@ -136,11 +131,7 @@ async def test_crash_after_start_exits_1_with_the_reason() -> None:
 async def test_a_signal_during_the_stop_after_a_crash_does_not_undo_it() -> None:
     with anyio.fail_after(30):
         cli = await run_cli(f"{TARGETS}:CrashesAndStopsSlowly")
-        try:
-            await cli.wait_for("cleaning up")
-            cli.process.send_signal(signal.SIGTERM)
-        finally:
-            code = await cli_exit(cli)
+        code = await exit_after(cli, ("cleaning up", signal.SIGTERM))
     assert code == 1, cli.output
     assert "stopped on its own" in cli.output
     assert "lost the upstream connection" in cli.output
@@ -156,11 +147,7 @@ async def test_job_that_finishes_on_its_own_exits_0() -> None:
 async def test_factory_and_module_syntax() -> None:
     with anyio.fail_after(30):
         cli = await run_cli("tests.cli_targets:make_quick")
-        try:
-            await cli.wait_for("STARTED")
-            cli.process.send_signal(signal.SIGINT)
-        finally:
-            code = await cli_exit(cli)
+        code = await exit_after(cli, ("STARTED", signal.SIGINT))
     assert code == 0, cli.output
 
 
