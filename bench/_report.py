@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import startable
 
@@ -25,6 +25,13 @@ class NoOp:
     @startable.as_raw_stop
     async def _stop(self) -> None:
         pass
+
+
+class Best(dict[str, float]):
+    """The best figure of each label over the rounds: the least, unless told (`better=max`)."""
+
+    def keep(self, label: str, value: float, better: Callable[[float, float], float] = min) -> None:
+        self[label] = better(self[label], value) if label in self else value
 
 
 def arguments(doc: str) -> argparse.ArgumentParser:

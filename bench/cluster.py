@@ -32,7 +32,7 @@ from pathlib import Path
 
 import anyio
 import psutil
-from _report import Row, arguments, report
+from _report import Best, Row, arguments, report
 
 import startable
 from startable.cluster import ServiceContainer
@@ -150,7 +150,11 @@ async def raw_echo_round_trip(n: int, child_code: str = ECHO_CHILD) -> float:
         return (time.perf_counter() - began) / n
     finally:
         await stream.aclose()
-        child.wait()
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def _pipe_echo(connection: multiprocessing.connection.Connection) -> None:
@@ -179,7 +183,10 @@ def pipe_round_trip(n: int) -> float:
         return (time.perf_counter() - began) / n
     finally:
         ours.close()
-        child.join()
+        child.join(30)  # it returns once the pipe is closed
+        if child.is_alive():
+            child.kill()
+            child.join()
 
 
 # -- memory ----------------------------------------------------------------------
@@ -213,11 +220,8 @@ def main() -> int:
     rounds, trips = (1, 50) if args.quick else (5, 2000)
     os.chdir(ROOT)
 
-    figures: dict[str, float] = {}
-
-    def keep(label: str, value: float, better: str = "min") -> None:
-        old = figures.get(label)
-        figures[label] = value if old is None else (min if better == "min" else max)(old, value)
+    figures = Best()
+    keep = figures.keep
 
     for _ in range(rounds):
         for count in (1, 16):

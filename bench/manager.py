@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import random
 import socket
 import subprocess
@@ -41,7 +40,7 @@ import time
 from pathlib import Path
 
 import anyio
-from _report import NoOp, Row, arguments, report
+from _report import Best, NoOp, Row, arguments, report
 
 import startable
 from startable.cluster import OutputLine, ServiceContainer, ServicesManager, ServiceSpec
@@ -189,22 +188,20 @@ def main() -> int:
         return 0
     rounds, small, large, sleepers = (1, 20, 200, 50) if args.quick else (3, 1000, 10000, 1000)
     env = plane_env(*((100, 640) if args.quick else (3000, 12800)))
-    best: dict[str, float] = {}
+    best = Best()
     for _ in range(rounds):
         for size in (small, large):
             for collect in (False, True):
                 key = f"graph {size}{' gc' * collect}"
                 elapsed = in_fresh_process(size, collect, large // size)
-                best[key] = min(best.get(key, elapsed), elapsed)
-        elapsed = anyio.run(start_sleepy, sleepers, backend="trio")
-        best["sleepy"] = min(best.get("sleepy", elapsed), elapsed)
-        elapsed = anyio.run(sleep_together, sleepers, backend="trio")
-        best["floor"] = min(best.get("floor", elapsed), elapsed)
+                best.keep(key, elapsed)
+        best.keep("sleepy", anyio.run(start_sleepy, sleepers, backend="trio"))
+        best.keep("floor", anyio.run(sleep_together, sleepers, backend="trio"))
         for way in (direct, routed):
             figures = anyio.run(way, env, backend="trio")
             name = way.__name__
-            best[f"{name} rtt"] = min(best.get(f"{name} rtt", math.inf), figures["round_trip"])
-            best[f"{name} rps"] = max(best.get(f"{name} rps", 0), figures["throughput"])
+            best.keep(f"{name} rtt", figures["round_trip"])
+            best.keep(f"{name} rps", figures["throughput"], better=max)
 
     ratio = best[f"graph {large}"] / best[f"graph {small}"]
     ratio_gc = best[f"graph {large} gc"] / best[f"graph {small} gc"]

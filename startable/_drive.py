@@ -61,6 +61,7 @@ async def drive(
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with anyio.create_task_group() as watchers:
             watchers.start_soon(run.watch, signals)
+            code = EXIT_FAILED
             with run.force:
                 code = await run.main()
             narrator.enter("stopped")
@@ -85,17 +86,18 @@ class _Run:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.force = anyio.CancelScope()
-        self.starting = anyio.move_on_after(start_timeout)
+        self.starting = anyio.CancelScope()  # given its deadline when the start begins
         self.wake = anyio.Event()
-        self.signalled: list[int] = []
+        self.signals = 0
         self.forced_by_user = False
-        self.reasons: list[BaseException | None] = []  # of stops it began on its own
+        #: Why it began stopping (the hook runs once a cycle: on its own, or by our stop).
+        self.reason: BaseException | None = None
 
     async def watch(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
-            self.signalled.append(signum)
+            self.signals += 1
             name = signal.Signals(signum).name
-            if len(self.signalled) == 1:
+            if self.signals == 1:
                 self.narrator.say(
                     f"{name} received: stopping {self.label} (press Ctrl-C again to force)"
                 )
@@ -107,13 +109,15 @@ class _Run:
                 self.force.cancel()
 
     def on_stopping(self, reason: BaseException | None) -> None:
-        self.reasons.append(reason)
+        self.reason = reason
         self.wake.set()
 
     async def main(self) -> int:
         name = self.label
         async with open_owner():
             self.narrator.enter("starting")
+            if self.start_timeout is not None:
+                self.starting.deadline = anyio.current_time() + self.start_timeout
             with self.starting:
                 try:
                     await self.lifecycle.start(self.on_stopping)
@@ -121,22 +125,21 @@ class _Run:
                     self.narrator.say(f"{name} failed to start", error=exc)
                     return EXIT_FAILED
             if self.starting.cancelled_caught:  # abandoned, and undone by the stop below
-                if self.signalled:
-                    return EXIT_OK if await self.stop() else EXIT_FAILED
-                self.narrator.say(
-                    f"{name} took more than {self.start_timeout:g}s to start: abandoned",
-                    failed=True,
-                )
-                await self.stop()
-                return EXIT_FAILED
+                if not self.signals:
+                    self.narrator.say(
+                        f"{name} took more than {self.start_timeout:g}s to start: abandoned",
+                        failed=True,
+                    )
+                stopped = await self.stop()
+                return EXIT_OK if stopped and self.signals else EXIT_FAILED
             self.narrator.enter("running")
             await self.wake.wait()
-            # Read before our own stop, which calls on_stopping too, and
-            # during which a signal may come: it does not undo a crash.
-            on_its_own = list(self.reasons) if not self.signalled else []
+            # Read before our own stop, during which a signal may come: it
+            # does not undo a crash.
+            crash = self.reason if not self.signals else None
             stopped = await self.stop()
-            if on_its_own and on_its_own[0] is not None:
-                self.narrator.say(f"{name} stopped on its own", error=on_its_own[0])
+            if crash is not None:
+                self.narrator.say(f"{name} stopped on its own", error=crash)
                 return EXIT_FAILED
             return EXIT_OK if stopped else EXIT_FAILED
 
