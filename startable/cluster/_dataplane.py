@@ -188,10 +188,8 @@ class PortLink:
         """Send `message`; `ServiceUnavailable` if the port is closed or closing."""
         try:
             await self.port.send(message)
-        except FrameError as exc:
-            if of(self.port).state is STARTED:  # too large: not sent, the port is fine
-                raise ValueError(str(exc)) from None
-            raise ServiceUnavailable(f"{self.port.name} is closed: {exc}") from None
+        except FrameError as exc:  # too large: not sent, the port is fine
+            raise ValueError(str(exc)) from None
         except (PortError, StateError) as exc:
             raise ServiceUnavailable(f"{self.port.name} is closed: {exc}") from None
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 import graphlib
+import itertools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -358,23 +359,14 @@ class ServicesManager:
                 while sorter.is_active() and not failed:
                     for node in sorter.get_ready():
                         group.start_soon(action, node, send)
-                    node, error = await receive.receive()
-                    while True:  # take every report that is in, before launching more
+                    first = await receive.receive()
+                    # Every report that is in, before launching more.
+                    for node, error in itertools.chain([first], _already_in(receive)):
                         if error is None:
                             sorter.done(node)
                         else:
                             failed.append((node, error))
-                        try:
-                            node, error = receive.receive_nowait()
-                        except anyio.WouldBlock:
-                            break
-            while True:
-                try:
-                    node, error = receive.receive_nowait()
-                except anyio.WouldBlock:
-                    break
-                if error is not None:
-                    failed.append((node, error))
+            failed.extend((n, e) for n, e in _already_in(receive) if e is not None)
         return failed
 
     async def _start_one(
@@ -448,3 +440,12 @@ class ServicesManager:
             return
         node.restarts += 1
         await self._start_with_victims(node, supervised=True)
+
+
+def _already_in(receive: MemoryObjectReceiveStream[T]) -> Iterator[T]:
+    """What `receive` holds already, without waiting for more."""
+    while True:
+        try:
+            yield receive.receive_nowait()
+        except anyio.WouldBlock:
+            return

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import anyio.lowlevel
+from msgspec.structs import replace
 
 from .._lifecycle import State
 from .._startable import of
@@ -86,14 +87,21 @@ class Router:
     def detach(self, name: str | None) -> None:
         """`name` is gone: its pending requests fail, its subscriptions end."""
         self.endpoints.pop(name, None)
-        for subscribers in self.topics.values():
-            subscribers.discard(name)
+        for topic in [t for t, subscribers in self.topics.items() if name in subscribers]:
+            self._unsubscribe(topic, name)
         lost = [rid for rid, f in self._forwarded.items() if name in (f.callee, f.caller)]
         for rid in lost:
             if self._forwarded[rid].callee == name:
                 self.fail(rid, "unavailable", f"service {name!r} stopped before it answered")
             else:
                 del self._forwarded[rid]
+
+    def _unsubscribe(self, topic: str, name: str | None) -> None:
+        subscribers = self.topics.get(topic)
+        if subscribers is not None:
+            subscribers.discard(name)
+            if not subscribers:  # topics nobody listens to are forgotten
+                del self.topics[topic]
 
     def fail(self, rid: int, kind: str, message: str, error: ErrorInfo | None = None) -> None:
         """The request the router forwarded as `rid` will get no answer: tell its caller."""
@@ -114,19 +122,16 @@ class Router:
             forwarded = self._forwarded.get(message.id)
             if forwarded is not None and forwarded.callee == source:  # only the callee answers
                 del self._forwarded[message.id]
-                reply = Reply(
-                    forwarded.caller_id, message.value, message.kind, message.message, message.error
-                )
-                self._put(forwarded.caller, reply)
+                self._put(forwarded.caller, replace(message, id=forwarded.caller_id))
         elif isinstance(message, Event):
-            event = Event(message.topic, message.payload, source or "")
-            for name in tuple(self.topics.get(message.topic, ())):
+            event = replace(message, source=source or "")
+            for name in self.topics.get(message.topic, ()):  # `put` never subscribes anyone
                 self._put(name, event)  # a full outbox drops it, and counts it
         elif isinstance(message, Subscribe):
             self.topics.setdefault(message.topic, set()).add(source)
             self._put(source, Reply(message.id))
         elif isinstance(message, Unsubscribe):
-            self.topics.get(message.topic, set()).discard(source)
+            self._unsubscribe(message.topic, source)
         elif isinstance(message, Create):
             of(self.manager).start_soon(self._create, source, message)
 
@@ -141,10 +146,7 @@ class Router:
             for late in [r for r, f in self._forwarded.items() if f.expires < now]:
                 del self._forwarded[late]
         self._forwarded[rid] = _Forwarded(source, call.id, call.service, now + call.timeout + GRACE)
-        forwarded = Call(
-            rid, call.service, call.method, call.args, call.kwargs, call.timeout, source or ""
-        )
-        if not self._put(call.service, forwarded):
+        if not self._put(call.service, replace(call, id=rid, caller=source or "")):
             message = (
                 f"service {call.service!r} is not keeping up: {OUTBOX_CAPACITY} messages "
                 "wait for it already"
@@ -311,7 +313,8 @@ class LocalLink:
         self.router.handle(self.name, copy(message))
 
     async def close(self) -> None:
-        self.router.detach(self.name)
+        if self.name in self.router.endpoints:  # (its node may have detached it already)
+            self.router.detach(self.name)
 
 
 class _LocalEndpoint:
