@@ -173,7 +173,11 @@ async def direct(env: dict[str, str]) -> dict[str, float]:
     )
     echo.data_socket, caller.data_socket = one, two
     with anyio.fail_after(300):
-        async with startable.running(echo), startable.running(caller):
+        # Started by hand: each is the other's whole data plane, so whichever stops
+        # first cuts the other's link, which then stops on its own (with a reason).
+        async with startable.open_owner():
+            await startable.of(echo).start()
+            await startable.of(caller).start()
             await result.done.wait()
     return result.figures
 

@@ -23,7 +23,8 @@ from startable.cluster import (
     port_pair,
     this_service,
 )
-from startable.cluster._dataplane import AnyMessage, PortLink
+from startable.cluster._contract import AnyMessage
+from startable.cluster._dataplane import PortLink
 from startable.cluster._router import Outbox
 
 from . import plane_services
@@ -147,7 +148,10 @@ async def test_the_callee_error_comes_back_with_its_traceback() -> None:
                 await manager.client.request("store", "fail")
     error = caught.value
     assert error.info.type == "KeyError"
-    assert "in store.fail" in str(error)
+    # Where it was raised is an attribute and a note, not words glued to its message.
+    assert error.where == "in store.fail"
+    assert error.args == ("KeyError: 'no such thing'",)
+    assert error.__notes__ == ["where: in store.fail"]
     assert "Remote traceback" in str(error)
     assert 'raise KeyError("no such thing")' in error.info.traceback
 

@@ -5,11 +5,12 @@ Every component is itself a lifecycle built with the public decorators.
 
 from .._util import fixup_module_metadata
 from ._container import ServiceContainer as ServiceContainer
+from ._contract import DEFAULT_DEADLINE as DEFAULT_DEADLINE
+from ._contract import MAX_DEADLINE as MAX_DEADLINE
+from ._contract import Event as Event
 from ._controller import OutputLine as OutputLine
 from ._controller import ServiceController as ServiceController
 from ._controller import StopStep as StopStep
-from ._dataplane import DEFAULT_DEADLINE as DEFAULT_DEADLINE
-from ._dataplane import Event as Event
 from ._dataplane import ServiceClient as ServiceClient
 from ._dataplane import handler as handler
 from ._dataplane import this_service as this_service
@@ -20,6 +21,7 @@ from ._errors import DependencyStopped as DependencyStopped
 from ._errors import EscalationError as EscalationError
 from ._errors import FrameError as FrameError
 from ._errors import HandlerNotFound as HandlerNotFound
+from ._errors import MalformedRequest as MalformedRequest
 from ._errors import MessageError as MessageError
 from ._errors import PortClosed as PortClosed
 from ._errors import PortError as PortError
@@ -45,6 +47,8 @@ from ._port import ConnectionPort as ConnectionPort
 from ._port import PortStatistics as PortStatistics
 from ._port import from_socket as from_socket
 from ._port import port_pair as port_pair
+from ._router import MAX_IN_FLIGHT as MAX_IN_FLIGHT
+from ._router import MAX_TOPICS as MAX_TOPICS
 from ._router import OUTBOX_CAPACITY as OUTBOX_CAPACITY
 from ._services import NAME_RULE as NAME_RULE
 from ._services import RestartPolicy as RestartPolicy
@@ -52,6 +56,9 @@ from ._services import ServiceSpec as ServiceSpec
 
 __all__ = (
     "DEFAULT_DEADLINE",
+    "MAX_DEADLINE",
+    "MAX_IN_FLIGHT",
+    "MAX_TOPICS",
     "NAME_RULE",
     "OUTBOX_CAPACITY",
     "AuthenticationError",
@@ -66,6 +73,7 @@ __all__ = (
     "Event",
     "FrameError",
     "HandlerNotFound",
+    "MalformedRequest",
     "MessageError",
     "OutputLine",
     "Permissions",

@@ -17,9 +17,9 @@ import contextlib
 import contextvars
 import inspect
 import itertools
-import math
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeAlias, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import msgspec
@@ -29,130 +29,41 @@ from .. import _markers as markers
 from .._exceptions import StateError
 from .._lifecycle import State
 from .._startable import of
+from ._contract import (
+    DEFAULT_DEADLINE,
+    FAILURES,
+    MAX_NAME_LENGTH,
+    AnyMessage,
+    Call,
+    Create,
+    Event,
+    Reply,
+    Subscribe,
+    Unsubscribe,
+    deadline_problem,
+    invalid,
+    problem,
+)
 from ._errors import (
     ClusterError,
     FrameError,
-    HandlerNotFound,
     PortError,
     RemoteError,
     RequestError,
-    RequestRefused,
     RequestTimeout,
     ServiceUnavailable,
 )
 from ._messages import ErrorInfo
 from ._port import ConnectionPort
-from ._wire import DEFAULT_MAX_FRAME
 
+logger = logging.getLogger("startable.cluster")
 STARTED = State.STARTED
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: The deadline of a request when the caller gives none, in seconds. Every
-#: request has one: a caller never waits longer, whatever the callee does.
-DEFAULT_DEADLINE = 10.0
 
 #: How many undelivered events a subscription holds before it drops new ones.
 DEFAULT_EVENT_BUFFER = 1000
 
 _HANDLER = "__startable_handler__"
-
-
-# -- the messages ----------------------------------------------------------------
-
-
-class DataMessage(msgspec.Struct, frozen=True, tag_field="t", array_like=True):
-    """Base of the data-plane messages (the same both ways)."""
-
-
-class Call(DataMessage, tag="call", frozen=True):
-    """Run `method(*args, **kwargs)` of `service`; answered by a `Reply` with the same id.
-
-    `caller` is filled by the router (empty: the operator, not a service).
-    `timeout` is the time the caller still waits, in seconds.
-    """
-
-    id: int
-    service: str
-    method: str
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = {}
-    timeout: float = DEFAULT_DEADLINE
-    caller: str = ""
-
-
-#: `Reply.kind`: how a request failed (empty: it did not).
-FAILURES: Mapping[str, type[RequestError]] = {
-    "refused": RequestRefused,
-    "unavailable": ServiceUnavailable,
-    "no-handler": HandlerNotFound,
-    "timeout": RequestTimeout,
-}
-
-
-class Reply(DataMessage, tag="reply", frozen=True):
-    """The answer to a `Call` (or to a `Subscribe` or `Create`).
-
-    `kind` is empty on success, `"error"` when the handler raised (`error`
-    holds it), or a key of `FAILURES` (`message` says why).
-    """
-
-    id: int
-    value: Any = None
-    kind: str = ""
-    message: str = ""
-    error: ErrorInfo | None = None
-
-
-class Event(DataMessage, tag="event", frozen=True):
-    """An event: `payload` published on `topic` by the service `source`.
-
-    `source` is filled by the router (empty: the operator).
-    """
-
-    topic: str
-    payload: Any = None
-    source: str = ""
-
-
-class Subscribe(DataMessage, tag="sub", frozen=True):
-    """Deliver `topic`'s events to this service from now on (acknowledged by a `Reply`)."""
-
-    id: int
-    topic: str
-
-
-class Unsubscribe(DataMessage, tag="unsub", frozen=True):
-    topic: str
-
-
-class Create(DataMessage, tag="create", frozen=True):
-    """Create and start a child service of the sender (acknowledged by a `Reply`)."""
-
-    id: int
-    name: str
-    entry: str
-    code: str | None = None
-    depends_on: tuple[str, ...] = ()
-    env: dict[str, str] = {}
-    timeout: float = 60.0
-
-
-AnyMessage: TypeAlias = Call | Reply | Event | Subscribe | Unsubscribe | Create
-
-_encoder = msgspec.msgpack.Encoder()
-_decoder: msgspec.msgpack.Decoder[AnyMessage] = msgspec.msgpack.Decoder(AnyMessage)
-
-
-def copy(message: AnyMessage) -> AnyMessage:
-    """The message as the other side of a wire would see it (values copied, size limited).
-
-    Raises:
-        ValueError: it is larger than a port would carry.
-    """
-    data = _encoder.encode(message)
-    if len(data) > DEFAULT_MAX_FRAME:
-        raise ValueError(f"a message of {len(data)} bytes exceeds {DEFAULT_MAX_FRAME} bytes")
-    return _decoder.decode(data)
 
 
 # -- links -------------------------------------------------------------------------
@@ -180,9 +91,9 @@ class PortLink:
         of(client).start_soon(self._deliver, client)
 
     async def _deliver(self, client: ServiceClient) -> None:
-        async for message in self.port:
+        async for message in self.port:  # (a broken frame raises: the client stops with it)
             client._deliver(message)
-        client._link_lost()
+        client._link_closed(of(self.port).statistics().stop_reason)
 
     async def send(self, message: AnyMessage) -> None:
         """Send `message`; `ServiceUnavailable` if the port is closed or closing."""
@@ -327,6 +238,18 @@ class ServiceClient:
         for waiter in self._waiting.values():
             waiter.done.set()
 
+    def _link_closed(self, reason: BaseException | None) -> None:
+        """The link ended under a running client: it stops, so its service is seen to fail.
+
+        A client that lived on without a link would answer nothing and reach
+        nobody while its service looked healthy.
+        """
+        self._link_lost()
+        if of(self).state is STARTED:
+            error = ClusterError(f"{self.name or 'the manager'} lost its link to the cluster")
+            error.__cause__ = reason
+            of(self).stop_nowait(error)
+
     # -- calling -------------------------------------------------------------------
 
     @markers.assert_state()
@@ -345,8 +268,9 @@ class ServiceClient:
         request to a service that is not fails at once.
 
         Args:
-            deadline: seconds to wait for the answer (10 by default; must
-                be finite). The callee's handler is cancelled when it passes.
+            deadline: seconds to wait for the answer: 10 by default, more
+                than 0 and at most `MAX_DEADLINE` (a day). The callee's
+                handler is cancelled when it passes.
 
         Raises:
             RemoteError: the handler raised; it carries the remote traceback.
@@ -357,12 +281,11 @@ class ServiceClient:
             RequestTimeout: the deadline passed.
             TypeError: an argument cannot be sent (see `handler`).
             ValueError: the request is larger than a port carries (1 MiB
-                by default).
+                by default), or the deadline is out of bounds.
+            MalformedRequest: the router refused the request as breaking
+                the data plane's contract (another version's client, or a
+                peer that bypasses this one).
         """
-        if not 0 < deadline < math.inf:
-            raise ValueError(
-                f"a request's deadline is a positive number of seconds, not {deadline!r}"
-            )
         reply = await self._ask(
             Call(next(self._ids), service, method, args, kwargs, deadline),
             deadline,
@@ -374,6 +297,8 @@ class ServiceClient:
     async def _ask(
         self, message: Call | Subscribe | Create, deadline: float, service: str, method: str
     ) -> Reply:
+        if (why := deadline_problem(deadline)) is not None:
+            raise ValueError(f"{service}.{method}: {why}" if service else why)
         waiter = self._waiting[message.id] = _Waiter()
         try:
             with anyio.move_on_after(deadline):
@@ -498,6 +423,13 @@ class ServiceClient:
     # -- from the router -------------------------------------------------------------------
 
     def _deliver(self, message: AnyMessage) -> None:
+        why = problem(message)
+        if why is not None:  # from a router that breaks the contract: never acted on
+            answer = invalid(message, f"{self.name or 'the manager'} refused a message: {why}")
+            if answer is not None:
+                of(self).start_soon(self._send, answer)
+            logger.warning("%s dropped a malformed message: %s", self.name or "the manager", why)
+            return
         if isinstance(message, Reply):
             waiter = self._waiting.get(message.id)
             if waiter is not None:  # else: the caller gave up already
@@ -516,11 +448,14 @@ class ServiceClient:
         with serving_as(self):  # the handler runs as this service, whoever called it
             reply = await self._run_handler(call)
         try:
-            try:
-                await self._link.send(reply)
-            except (TypeError, ValueError, msgspec.EncodeError) as exc:
-                error = TypeError(f"the result of {self.name}.{call.method} cannot be sent: {exc}")
-                await self._link.send(Reply(call.id, kind="error", error=ErrorInfo.of(error)))
+            await self._send(reply)
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:
+            error = TypeError(f"the result of {self.name}.{call.method} cannot be sent: {exc}")
+            await self._send(Reply(call.id, kind="error", error=ErrorInfo.of(error)))
+
+    async def _send(self, reply: Reply) -> None:
+        try:
+            await self._link.send(reply)
         except ClusterError:
             pass  # the router is gone: nobody is waiting
 
@@ -555,5 +490,5 @@ def _failed(call: Call, kind: str, message: str) -> Reply:
 
 
 def _check_topic(topic: object) -> None:
-    if not isinstance(topic, str) or not topic:
-        raise ValueError(f"a topic is a non-empty string, not {topic!r}")
+    if not isinstance(topic, str) or not 0 < len(topic) <= MAX_NAME_LENGTH:
+        raise ValueError(f"a topic is a string of 1 to {MAX_NAME_LENGTH} characters, not {topic!r}")

@@ -44,16 +44,27 @@ class MessageError(ClusterError, ValueError):
 class RemoteError(ClusterError):
     """An exception raised in another process, with its traceback as text.
 
+    Its message is the remote exception's, after its type: `"OSError: the
+    disk filled up"`. Where it was raised is an attribute (and a note, shown
+    with the traceback), never part of the message, so a service that
+    receives it as a stop reason sees the words of the error itself.
+
     Attributes:
         info: the remote exception's type name, message and traceback.
+        where: where it was raised or seen: `"raw start"`, `"raw stop"`,
+            `"loading the entry"`, `"stop reason"`, `"thread NAME"`, or
+            `"in SERVICE.METHOD"` for a request; empty if not known.
     """
 
     info: ErrorInfo
+    where: str
 
     def __init__(self, info: ErrorInfo, where: str = "") -> None:
         self.info = info
         self.where = where
-        super().__init__(f"{info.type}: {info.message}" + (f" ({where})" if where else ""))
+        super().__init__(f"{info.type}: {info.message}")
+        if where:
+            self.add_note(f"where: {where}")
 
     def __str__(self) -> str:
         head = super().__str__()
@@ -165,6 +176,15 @@ class ServiceUnavailable(RequestError):
 
 class HandlerNotFound(RequestError, LookupError):
     """The callee has no handler of that name (see `startable.cluster.handler`)."""
+
+
+class MalformedRequest(RequestError, ValueError):
+    """The router (or the callee) refused a message that breaks the data
+    plane's contract: a deadline that is NaN, infinite, negative or longer
+    than `startable.cluster.MAX_DEADLINE`, a bad id, name or topic.
+
+    `ServiceClient` checks what it sends, so only a peer that bypasses it
+    (or speaks another version of the contract) meets this."""
 
 
 class RequestTimeout(RequestError, TimeoutError):

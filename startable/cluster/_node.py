@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections import deque
@@ -13,7 +14,8 @@ from .. import _markers as markers
 from .._lifecycle import State
 from .._startable import of
 from ._container import ServiceContainer
-from ._dataplane import AnyMessage, PortLink, ServiceClient, serving_as
+from ._contract import AnyMessage
+from ._dataplane import PortLink, ServiceClient, serving_as
 from ._errors import ClusterError, DependencyStopped
 from ._port import ConnectionPort, from_socket
 from ._remote import ENV_SERVICE
@@ -23,6 +25,7 @@ from ._services import ServiceSpec
 if TYPE_CHECKING:
     from ._manager import ServicesManager
 
+logger = logging.getLogger("startable.cluster")
 READY, STARTED, STOPPED = State.READY, State.STARTED, State.STOPPED
 
 
@@ -162,7 +165,10 @@ class ServiceNode:
         """The service's requests and events, to the router, until its process ends."""
         router = self.manager.router
         async for message in port:
-            router.handle(self.name, message)  # it never waits
+            try:
+                router.handle(self.name, message)  # it never waits
+            except Exception:  # a fault of the router's: this service's next message is handled
+                logger.exception("routing a message from %r failed", self.name)
 
     @markers.as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:

@@ -36,7 +36,8 @@ import msgspec
 from .. import _util
 from .._owner import open_owner
 from .._startable import StateChange, of
-from ._dataplane import AnyMessage, PortLink, ServiceClient, set_process_client
+from ._contract import AnyMessage
+from ._dataplane import PortLink, ServiceClient, set_process_client
 from ._errors import PortClosed, RemoteError
 from ._messages import (
     CloseRequest,
@@ -251,6 +252,10 @@ async def _run(
     except Exception as exc:
         await outbox.send(Uncaught(ErrorInfo.of(exc), "raw start"))
         return EXIT_FAILED
+    if client is not None:
+        # A service that can no longer reach the cluster stops, with the reason
+        # (its client stops on its own when the link to the manager breaks).
+        await of(client).start(lifecycle.stop_nowait)
     if request.resources_interval > 0:
         tasks.start_soon(_sample, outbox, request.resources_interval)
     asked: list[BaseException | None] = []  # the reason of a close request

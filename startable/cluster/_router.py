@@ -24,24 +24,26 @@ from msgspec.structs import replace
 
 from .._lifecycle import State
 from .._startable import of
-from ._dataplane import (
+from ._contract import (
     AnyMessage,
     Call,
     Create,
     Event,
-    PortLink,
     Reply,
-    ServiceClient,
     Subscribe,
     Unsubscribe,
     copy,
+    invalid,
+    problem,
 )
+from ._dataplane import PortLink, ServiceClient
 from ._errors import ServiceDefinitionError, ServiceUnavailable
 from ._messages import ErrorInfo
 from ._services import ServiceSpec
 
 if TYPE_CHECKING:
     from ._manager import ServicesManager
+    from ._node import ServiceNode
 
 logger = logging.getLogger("startable.cluster")
 STARTED = State.STARTED
@@ -52,6 +54,12 @@ GRACE = 1.0
 SWEEP_EVERY = 1024
 #: Messages an `Outbox` holds for its container before it refuses more.
 OUTBOX_CAPACITY = 1024
+#: Requests one service may have waiting for answers at once; past that its
+#: new requests are refused at once (`ServiceUnavailable`).
+MAX_IN_FLIGHT = 4096
+#: Topics one service may be subscribed to at once; past that a new
+#: subscription is refused (`RequestRefused`).
+MAX_TOPICS = 1024
 
 
 class Endpoint(Protocol):
@@ -71,12 +79,23 @@ class _Forwarded:
 
 
 class Router:
-    """Routes the data plane of one `ServicesManager`, in its process."""
+    """Routes the data plane of one `ServicesManager`, in its process.
+
+    Every message is checked against the contract (`_contract.problem`)
+    before anything is done with it; one that breaks it is answered with an
+    `"invalid"` reply when it has an id, and dropped (and logged) otherwise.
+    What one service can make the router hold is bounded: `MAX_IN_FLIGHT`
+    requests, `MAX_TOPICS` subscriptions.
+    """
 
     def __init__(self, manager: ServicesManager) -> None:
         self.manager = manager
         self.endpoints: dict[str | None, Endpoint] = {}
         self.topics: dict[str, set[str | None]] = {}
+        #: Messages refused as malformed, by the service that sent them.
+        self.malformed: dict[str | None, int] = {}
+        self._subscribed: dict[str | None, set[str]] = {}
+        self._in_flight: dict[str | None, int] = {}
         self._forwarded: dict[int, _Forwarded] = {}
         self._ids = itertools.count(1)
 
@@ -87,14 +106,14 @@ class Router:
     def detach(self, name: str | None) -> None:
         """`name` is gone: its pending requests fail, its subscriptions end."""
         self.endpoints.pop(name, None)
-        for topic in [t for t, subscribers in self.topics.items() if name in subscribers]:
+        for topic in self._subscribed.pop(name, ()):
             self._unsubscribe(topic, name)
         lost = [rid for rid, f in self._forwarded.items() if name in (f.callee, f.caller)]
         for rid in lost:
             if self._forwarded[rid].callee == name:
                 self.fail(rid, "unavailable", f"service {name!r} stopped before it answered")
             else:
-                del self._forwarded[rid]
+                self._forget(rid)
 
     def _unsubscribe(self, topic: str, name: str | None) -> None:
         subscribers = self.topics.get(topic)
@@ -102,10 +121,19 @@ class Router:
             subscribers.discard(name)
             if not subscribers:  # topics nobody listens to are forgotten
                 del self.topics[topic]
+        mine = self._subscribed.get(name)
+        if mine is not None:
+            mine.discard(topic)
+
+    def _forget(self, rid: int) -> _Forwarded | None:
+        forwarded = self._forwarded.pop(rid, None)
+        if forwarded is not None:
+            self._in_flight[forwarded.caller] -= 1
+        return forwarded
 
     def fail(self, rid: int, kind: str, message: str, error: ErrorInfo | None = None) -> None:
         """The request the router forwarded as `rid` will get no answer: tell its caller."""
-        forwarded = self._forwarded.pop(rid, None)
+        forwarded = self._forget(rid)
         if forwarded is not None:
             reply = Reply(forwarded.caller_id, kind=kind, message=message, error=error)
             self._put(forwarded.caller, reply)
@@ -116,36 +144,66 @@ class Router:
 
     def handle(self, source: str | None, message: AnyMessage) -> None:
         """A message from `source`'s client (None: the manager's own); it never waits."""
-        if isinstance(message, Call):
+        if isinstance(message, Create) and (refusal := self._create_refusal(source)):
+            self._put(source, Reply(message.id, kind="refused", message=refusal))
+            return  # (the permission first: one without it learns nothing else)
+        why = problem(message)
+        if why is not None:
+            self._malformed(source, message, why)
+        elif isinstance(message, Call):
             self._call(source, message)
         elif isinstance(message, Reply):
             forwarded = self._forwarded.get(message.id)
             if forwarded is not None and forwarded.callee == source:  # only the callee answers
-                del self._forwarded[message.id]
+                self._forget(message.id)
                 self._put(forwarded.caller, replace(message, id=forwarded.caller_id))
         elif isinstance(message, Event):
             event = replace(message, source=source or "")
             for name in self.topics.get(message.topic, ()):  # `put` never subscribes anyone
                 self._put(name, event)  # a full outbox drops it, and counts it
         elif isinstance(message, Subscribe):
-            self.topics.setdefault(message.topic, set()).add(source)
-            self._put(source, Reply(message.id))
+            self._subscribe(source, message)
         elif isinstance(message, Unsubscribe):
             self._unsubscribe(message.topic, source)
-        elif isinstance(message, Create):
-            of(self.manager).start_soon(self._create, source, message)
+        else:
+            self._create_soon(source, message)
+
+    def _malformed(self, source: str | None, message: AnyMessage, why: str) -> None:
+        count = self.malformed[source] = self.malformed.get(source, 0) + 1
+        answer = invalid(message, f"refused by {self.manager.name}: {why}")
+        if answer is not None:
+            self._put(source, answer)
+        if count & (count - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood cannot fill the log
+            who = f"service {source!r}" if source is not None else "the manager's client"
+            logger.warning("%s sent a malformed message (%d so far): %s", who, count, why)
+
+    def _subscribe(self, source: str | None, message: Subscribe) -> None:
+        mine = self._subscribed.setdefault(source, set())
+        if message.topic not in mine and len(mine) >= MAX_TOPICS:
+            refusal = f"a service may subscribe to {MAX_TOPICS} topics at most"
+            self._put(source, Reply(message.id, kind="refused", message=refusal))
+            return
+        mine.add(message.topic)
+        self.topics.setdefault(message.topic, set()).add(source)
+        self._put(source, Reply(message.id))
 
     def _call(self, source: str | None, call: Call) -> None:
-        problem = self._refusal(source, call.service)
-        if problem is not None:
-            self._put(source, Reply(call.id, kind=problem[0], message=problem[1]))
+        refusal = self._refusal(source, call.service)
+        if refusal is not None:
+            self._put(source, Reply(call.id, kind=refusal[0], message=refusal[1]))
+            return
+        in_flight = self._in_flight.get(source, 0)
+        if in_flight >= MAX_IN_FLIGHT:
+            message = f"{MAX_IN_FLIGHT} requests of this service wait for answers already"
+            self._put(source, Reply(call.id, kind="unavailable", message=message))
             return
         now = time.monotonic()
         rid = next(self._ids)
         if rid % SWEEP_EVERY == 0:  # callees that never answered, long after their callers left
             for late in [r for r, f in self._forwarded.items() if f.expires < now]:
-                del self._forwarded[late]
+                self._forget(late)
         self._forwarded[rid] = _Forwarded(source, call.id, call.service, now + call.timeout + GRACE)
+        self._in_flight[source] = in_flight + 1
         if not self._put(call.service, replace(call, id=rid, caller=source or "")):
             message = (
                 f"service {call.service!r} is not keeping up: {OUTBOX_CAPACITY} messages "
@@ -176,30 +234,54 @@ class Router:
             return "unavailable", f"service {callee!r} cannot be reached: its data socket is closed"
         return None
 
-    async def _create(self, source: str | None, create: Create) -> None:
-        """A service creates a child: checked, created and started by the manager.
+    def _create_refusal(self, source: str | None) -> str | None:
+        """Why `source` may not create a service now (None: it may)."""
+        manager = self.manager
+        parent = manager.nodes.get(source) if source is not None else None
+        if parent is None:
+            return "only a service can create a child service"
+        if not parent.spec.may_create_services:
+            return (
+                f"service {parent.name!r} may not create services "
+                "(its spec does not set may_create_services)"
+            )
+        if of(manager).state is not STARTED:
+            return f"{manager.name} is not STARTED"
+        return None
+
+    def _create_soon(self, source: str | None, create: Create) -> None:
+        """A task of the manager creates and starts the child (permitted already)."""
+        assert source is not None
+        of(self.manager).start_soon(self._create, self.manager.nodes[source], create)
+
+    async def _create(self, parent: ServiceNode, create: Create) -> None:
+        """Create and start a child of `parent`, and answer it; never raises.
 
         A child starts after its parent is STARTED: a parent still starting
         is waited for (so a raw start that creates children waits for itself,
         until the caller's deadline).
         """
+        try:
+            reply = await self._created(parent, create)
+        except Exception as exc:  # a fault of ours must not stop the manager
+            logger.exception("creating %r for %r failed", create.name, parent.name)
+            reply = Reply(create.id, kind="error", error=ErrorInfo.of(exc))
+        self._put(parent.name, reply)
+
+    async def _created(self, parent: ServiceNode, create: Create) -> Reply:
         manager = self.manager
-        parent = manager.nodes.get(source) if source is not None else None
-        if parent is not None:
-            with anyio.move_on_after(create.timeout):  # the caller waits no longer
-                await of(parent).wait_state(STARTED, State.STOPPING, State.STOPPED)
-        if parent is None or of(parent).state is not STARTED:
+        with anyio.move_on_after(create.timeout):  # the caller waits no longer
+            await of(parent).wait_state(STARTED, State.STOPPING, State.STOPPED)
+        if of(parent).state is not STARTED:
             message = "only a STARTED service can create a child service"
-            self._put(source, Reply(create.id, kind="refused", message=message))
-            return
+            return Reply(create.id, kind="refused", message=message)
         beyond = sorted(set(create.depends_on) - set(parent.spec.depends_on) - {parent.name})
         if beyond:  # a child reaches no further than its parent may
             message = (
                 f"service {parent.name!r} may not give {create.name!r} dependencies it does "
                 f"not have itself: {', '.join(beyond)}"
             )
-            self._put(source, Reply(create.id, kind="refused", message=message))
-            return
+            return Reply(create.id, kind="refused", message=message)
         try:
             spec = ServiceSpec(
                 name=create.name,
@@ -215,14 +297,12 @@ class Router:
             )
             manager.create(spec, parent=parent.name)
         except ServiceDefinitionError as exc:
-            self._put(source, Reply(create.id, kind="refused", message=str(exc)))
-            return
+            return Reply(create.id, kind="refused", message=str(exc))
         try:
             await manager._start_with_victims(manager.nodes[create.name])
         except Exception as exc:
-            self._put(source, Reply(create.id, kind="error", error=ErrorInfo.of(exc)))
-        else:
-            self._put(source, Reply(create.id))
+            return Reply(create.id, kind="error", error=ErrorInfo.of(exc))
+        return Reply(create.id)
 
 
 class Outbox:

@@ -1,0 +1,217 @@
+"""The data plane's contract: its messages, their limits, and the check of every field.
+
+Clients and routers speak these messages, whatever carries them (a
+container's data socket, a call in the manager's process, later Redis).
+Nothing that comes from another service is trusted: a router checks each
+message with `problem` before it acts on it, and a client checks what it is
+asked to run. A message that breaks the contract is answered, when it has an
+id to answer, with a `Reply` of kind `"invalid"` (the caller gets
+`MalformedRequest`), and is dropped otherwise; it never raises in the
+router or the client.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Final, TypeAlias
+
+import msgspec
+
+from ._errors import (
+    HandlerNotFound,
+    MalformedRequest,
+    RequestError,
+    RequestRefused,
+    RequestTimeout,
+    ServiceUnavailable,
+)
+from ._messages import ErrorInfo
+from ._services import NAME_RULE
+from ._wire import DEFAULT_MAX_FRAME
+
+#: The deadline of a request when the caller gives none, in seconds. Every
+#: request has one: a caller never waits longer, whatever the callee does.
+DEFAULT_DEADLINE: Final = 10.0
+#: The longest deadline a request (or a creation) may have, in seconds: a day.
+MAX_DEADLINE: Final = 86_400.0
+#: The longest handler name and topic, in characters.
+MAX_NAME_LENGTH: Final = 255
+#: Ids are positive and fit in 63 bits.
+MAX_ID: Final = (1 << 63) - 1
+
+
+class DataMessage(msgspec.Struct, frozen=True, tag_field="t", array_like=True):
+    """Base of the data-plane messages (the same both ways)."""
+
+
+class Call(DataMessage, tag="call", frozen=True):
+    """Run `method(*args, **kwargs)` of `service`; answered by a `Reply` with the same id.
+
+    `caller` is filled by the router (empty: the operator, not a service).
+    `timeout` is the time the caller still waits, in seconds.
+    """
+
+    id: int
+    service: str
+    method: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = {}
+    timeout: float = DEFAULT_DEADLINE
+    caller: str = ""
+
+
+#: `Reply.kind`: how a request failed (empty: it did not; `"error"`: the handler raised).
+FAILURES: Mapping[str, type[RequestError]] = {
+    "refused": RequestRefused,
+    "unavailable": ServiceUnavailable,
+    "no-handler": HandlerNotFound,
+    "timeout": RequestTimeout,
+    "invalid": MalformedRequest,
+}
+
+
+class Reply(DataMessage, tag="reply", frozen=True):
+    """The answer to a `Call` (or to a `Subscribe` or `Create`).
+
+    `kind` is empty on success, `"error"` when the handler raised (`error`
+    holds it), or a key of `FAILURES` (`message` says why).
+    """
+
+    id: int
+    value: Any = None
+    kind: str = ""
+    message: str = ""
+    error: ErrorInfo | None = None
+
+
+class Event(DataMessage, tag="event", frozen=True):
+    """An event: `payload` published on `topic` by the service `source`.
+
+    `source` is filled by the router (empty: the operator).
+    """
+
+    topic: str
+    payload: Any = None
+    source: str = ""
+
+
+class Subscribe(DataMessage, tag="sub", frozen=True):
+    """Deliver `topic`'s events to this service from now on (acknowledged by a `Reply`)."""
+
+    id: int
+    topic: str
+
+
+class Unsubscribe(DataMessage, tag="unsub", frozen=True):
+    topic: str
+
+
+class Create(DataMessage, tag="create", frozen=True):
+    """Create and start a child service of the sender (acknowledged by a `Reply`)."""
+
+    id: int
+    name: str
+    entry: str
+    code: str | None = None
+    depends_on: tuple[str, ...] = ()
+    env: dict[str, str] = {}
+    timeout: float = 60.0
+
+
+AnyMessage: TypeAlias = Call | Reply | Event | Subscribe | Unsubscribe | Create
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder: msgspec.msgpack.Decoder[AnyMessage] = msgspec.msgpack.Decoder(AnyMessage)
+_REPLY_KINDS: Final = frozenset({"", "error", *FAILURES})
+_ENV_NAME: Final = re.compile(r"[^=\0]+")
+
+
+def copy(message: AnyMessage) -> AnyMessage:
+    """The message as the other side of a wire would see it (values copied, size limited).
+
+    Raises:
+        ValueError: it is larger than a port would carry.
+    """
+    data = _encoder.encode(message)
+    if len(data) > DEFAULT_MAX_FRAME:
+        raise ValueError(f"a message of {len(data)} bytes exceeds {DEFAULT_MAX_FRAME} bytes")
+    return _decoder.decode(data)
+
+
+def deadline_problem(value: object, what: str = "a deadline") -> str | None:
+    """Why `value` cannot bound a wait (None if it can): a number of seconds, finite,
+    positive and at most `MAX_DEADLINE`."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{what} is a number of seconds, not {value!r}"
+    if not 0 < value <= MAX_DEADLINE:  # NaN fails this too
+        return f"{what} must be more than 0 and at most {MAX_DEADLINE:g} seconds, not {value!r}"
+    return None
+
+
+def _id_problem(value: int) -> str | None:
+    if not 0 < value <= MAX_ID:
+        return f"a message id is a positive 63-bit integer, not {value!r}"
+    return None
+
+
+def _name_problem(value: str, what: str) -> str | None:
+    if not value or len(value) > MAX_NAME_LENGTH:
+        return f"{what} must have 1 to {MAX_NAME_LENGTH} characters, not {len(value)}"
+    return None
+
+
+def _service_problem(value: str, what: str) -> str | None:
+    if NAME_RULE.fullmatch(value) is None:
+        shown = value if len(value) <= 70 else value[:67] + "..."
+        return f"{what} {shown!r} is not a service name"
+    return None
+
+
+def _env_problem(env: Mapping[str, str]) -> str | None:
+    for name, value in env.items():
+        if _ENV_NAME.fullmatch(name) is None:
+            return f"{name!r} is not an environment variable name"
+        if "\0" in value:
+            return f"the environment variable {name!r} holds a NUL character"
+    return None
+
+
+def problem(message: AnyMessage) -> str | None:
+    """What is wrong with `message` (None if nothing): every field a peer sets, checked.
+
+    The msgpack decoder has checked the types already; this checks the
+    values: ids, deadlines (NaN, infinities, negative or absurd numbers),
+    names, topics, environment variables. Sizes are bounded by the frame.
+    Fields the router fills (`Call.caller`, `Event.source`) are not checked:
+    the router overwrites them.
+    """
+    if isinstance(message, Call):
+        return (
+            _id_problem(message.id)
+            or _name_problem(message.service, "the callee's name")
+            or _name_problem(message.method, "a handler's name")
+            or deadline_problem(message.timeout, "a request's deadline")
+        )
+    if isinstance(message, Reply):
+        if message.kind not in _REPLY_KINDS:
+            return f"a reply's kind is one of {sorted(_REPLY_KINDS)}, not {message.kind!r}"
+        return _id_problem(message.id)
+    if isinstance(message, Event | Unsubscribe):
+        return _name_problem(message.topic, "a topic")
+    if isinstance(message, Subscribe):
+        return _id_problem(message.id) or _name_problem(message.topic, "a topic")
+    return (
+        _id_problem(message.id)
+        or _service_problem(message.name, "a new service's name")
+        or deadline_problem(message.timeout, "a creation's deadline")
+        or next((p for d in message.depends_on if (p := _service_problem(d, "a dependency"))), None)
+        or _env_problem(message.env)
+    )
+
+
+def invalid(message: AnyMessage, why: str) -> Reply | None:
+    """The answer to a `message` that broke the contract, if it has an id to answer."""
+    if isinstance(message, Call | Subscribe | Create) and _id_problem(message.id) is None:
+        return Reply(message.id, kind="invalid", message=why)
+    return None
