@@ -28,6 +28,7 @@ from ._startable import StartableStatistics as StartableStatistics
 from ._startable import StateChange as StateChange
 from ._startable import of as of
 from ._util import fixup_module_metadata
+from ._version import __version__ as __version__
 
 __all__ = (
     "AbortedError",
@@ -52,8 +53,6 @@ __all__ = (
     "run",
     "running",
 )
-
-__version__ = "0.1.0.dev0"
 
 fixup_module_metadata(__name__, __all__, globals())
 del fixup_module_metadata

@@ -121,3 +121,39 @@ class Tight:
         while True:
             sum(range(20_000))
             await anyio.lowlevel.checkpoint()
+
+
+class SlowStart:
+    """A raw start that never ends by itself (it waits, cancellably)."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        print("slow: starting", flush=True)
+        await anyio.sleep_forever()
+
+    @startable.as_raw_stop
+    async def _stop(self, err: BaseException | None) -> None:
+        print(f"slow: stopping ({type(err).__name__}: {err})", flush=True)
+
+
+class ThreadRaiser:
+    """Threads that raise, joined from the event loop's own thread (which then blocks).
+
+    STARTABLE_TEST_THREADS says how many; STARTABLE_TEST_MESSAGE_SIZE how long
+    each error's message is.
+    """
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        import threading
+
+        size = int(os.environ.get("STARTABLE_TEST_MESSAGE_SIZE", "10"))
+
+        def fail(n: int) -> None:
+            raise RuntimeError(f"thread {n} failed: " + "x" * size)
+
+        for n in range(int(os.environ.get("STARTABLE_TEST_THREADS", "1"))):
+            thread = threading.Thread(target=fail, args=(n,), name=f"worker-{n}")
+            thread.start()
+            thread.join()  # on the loop's thread: the excepthook must not wait for the loop
+        print("raiser: joined", flush=True)

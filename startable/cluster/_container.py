@@ -77,7 +77,9 @@ class ServiceContainer:
         self.name = name or entry
         self.on_output = on_output
         self.options = options
-        #: The controllers of past incarnations, newest last (the current one too).
+        #: The controllers of past incarnations, newest last (the current one
+        #: too): `history` at most, each past one retired (see
+        #: `ServiceController.retire`).
         self.incarnations: deque[ServiceController] = deque(maxlen=history)
         #: A socket to hand to the next incarnation as its data port (see
         #: `ServiceController`'s `data_socket`); used once, then closed here.
@@ -100,6 +102,8 @@ class ServiceContainer:
             data_socket=data_socket,
             **self.options,
         )
+        for past in self.incarnations:
+            past.retire()
         self.incarnations.append(controller)
         await of(controller).start(of(self).stop)
 

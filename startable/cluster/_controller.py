@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import signal
 import socket
@@ -18,8 +19,10 @@ import attrs
 from .. import _markers as markers
 from .._lifecycle import State
 from .._startable import of
-from ._errors import ClusterError, PortError, RemoteError, RemoteExited
+from .._version import __version__
+from ._errors import ClusterError, MessageError, PortClosed, PortError, RemoteError, RemoteExited
 from ._messages import (
+    PROTOCOL,
     CloseRequest,
     ErrorInfo,
     FromRemote,
@@ -31,13 +34,22 @@ from ._messages import (
     RunEntry,
     StateChanged,
     Uncaught,
+    problem,
 )
 from ._permissions import Permissions
 from ._port import ConnectionPort, from_socket
 from ._process import ChildProcess, read_lines, spawn
 from ._remote import ENV_DATA_PORT, ENV_PARENT, ENV_PORT
 
+logger = logging.getLogger("startable.cluster")
 STARTED, STOPPING = State.STARTED, State.STOPPING
+#: How many of a remote's uncaught errors a controller keeps (the newest);
+#: the others are counted in `ServiceController.errors_dropped`.
+ERRORS_KEPT = 100
+#: What a controller keeps once a newer incarnation of its service runs
+#: (`ServiceController.retire`): its last lines of output and errors.
+RETIRED_LINES = 100
+RETIRED_ERRORS = 10
 
 
 @attrs.frozen
@@ -136,13 +148,20 @@ class ServiceController:
         self.name = name or entry
         self.output: deque[OutputLine] = deque(maxlen=output_lines)
         self.resources: deque[Resources] = deque(maxlen=resources_history)
-        self.errors: list[RemoteError] = []
+        #: The remote's uncaught errors, newest last: `ERRORS_KEPT` at most.
+        self.errors: deque[RemoteError] = deque(maxlen=ERRORS_KEPT)
+        #: Uncaught errors reported beyond those kept.
+        self.errors_dropped = 0
+        #: Messages from the remote that were dropped: unreadable, or holding bad values.
+        self.messages_dropped = 0
         self.ladder: list[StopStep] = []
         self.mechanisms: tuple[str, ...] = ()
         self.remote_state: State | None = None
         self.process: ChildProcess | None = None
         self.returncode: int | None = None
         self._port: ConnectionPort[FromRemote] | None = None
+        self._broken: ClusterError | None = None  # the control port can no longer be trusted
+        self._stop_error: RemoteError | None = None  # the service's raw stop failed, there
         self._pings: dict[bytes, anyio.Event] = {}
         self._ping_ids = itertools.count()
 
@@ -159,6 +178,7 @@ class ServiceController:
     @markers.as_raw_start
     async def _start(self) -> None:
         self._ready, self._started, self._ended = anyio.Event(), anyio.Event(), anyio.Event()
+        self._broke = anyio.Event()
         self._output_done = {"stdout": anyio.Event(), "stderr": anyio.Event()}
         ours, theirs = socket.socketpair()
         # Unbuffered, so that output arrives line by line as it is written.
@@ -194,9 +214,7 @@ class ServiceController:
         lifecycle.start_soon(self._watch_exit)
         lifecycle.start_soon(self._receive)
         with anyio.move_on_after(self.ready_timeout) as waiting:
-            await self._first(self._ready)
-            if not self._ready.is_set():
-                raise self._failure("the remote process ended before it was ready")
+            await self._until(self._ready, "the remote process ended before it was ready")
             await self._port.send(
                 RunEntry(
                     self.entry,
@@ -205,24 +223,46 @@ class ServiceController:
                     resources_interval=self.resources_interval,
                 )
             )
-            await self._first(self._started)
-            if not self._started.is_set():
-                raise self._failure("the service did not start")
+            await self._until(self._started, "the service did not start")
         if waiting.cancelled_caught:
             raise ClusterError(
-                f"{self.name}: the remote did not start within {self.ready_timeout}s"
+                f"{self.name}: the remote did not start within {self.ready_timeout:g}s: "
+                + self._what_came()
             )
 
-    async def _first(self, event: anyio.Event) -> None:
-        """Wait for `event`, or for the end of the remote, whichever comes first."""
-        async with anyio.create_task_group() as race:
+    async def _until(self, event: anyio.Event, otherwise: str) -> None:
+        """Wait for `event`; raise at once if the remote ends, or breaks the protocol, first."""
+        if not (event.is_set() or self._ended.is_set() or self._broke.is_set()):
+            async with anyio.create_task_group() as race:
 
-            async def wait(which: anyio.Event) -> None:
-                await which.wait()
-                race.cancel_scope.cancel()
+                async def wait(which: anyio.Event) -> None:
+                    await which.wait()
+                    race.cancel_scope.cancel()
 
-            race.start_soon(wait, event)
-            race.start_soon(wait, self._ended)
+                for which in (event, self._ended, self._broke):
+                    race.start_soon(wait, which)
+        if self._broken is not None:
+            raise self._broken
+        if not event.is_set():
+            raise self._failure(otherwise)
+
+    def _what_came(self) -> str:
+        """What the remote had said when its start ran out of time."""
+        port = self._port
+        if port is not None and port.mid_frame:
+            return "it sent part of a frame, and not the rest"
+        if not self._ready.is_set():
+            return "it never said it was ready"
+        state = self.remote_state
+        return f"its service was {state.name if state else 'not yet started'}"
+
+    def _break(self, error: ClusterError) -> None:
+        """The control port can no longer be trusted: fail the start at once, or stop."""
+        if self._broken is None:
+            self._broken = error
+            self._broke.set()
+            if of(self).state is STARTED:
+                of(self).stop_nowait(error)
 
     def _failure(self, what: str) -> Exception:
         """The error that best explains why the remote could not start."""
@@ -234,13 +274,12 @@ class ServiceController:
     @markers.as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
         process = self.process
-        known = len(self.errors)
+        self._stop_error = None
         try:
             if process is not None and process.returncode is None:
                 await self._ladder(process, err)
-            for error in self.errors[known:]:
-                if error.where == "raw stop":
-                    raise error  # the service's own raw stop failed, in the child
+            if self._stop_error is not None:
+                raise self._stop_error  # the service's own raw stop failed, in the child
         finally:
             if process is not None:
                 process.signal(signal.SIGKILL)  # anything it left behind in its group
@@ -296,9 +335,63 @@ class ServiceController:
             lifecycle.stop_nowait(self._failure("the remote process ended"))
 
     async def _receive(self) -> None:
-        assert self._port is not None
-        async for message in self._port:
-            self._handle(message)
+        port = self._port
+        assert port is not None
+        while True:
+            try:
+                message = await port.receive()
+            except MessageError as exc:
+                if self._started.is_set():  # the port's contract: drop it, keep the port
+                    self._dropped(str(exc))
+                    continue
+                self._break(
+                    ClusterError(
+                        f"{self.name}: the remote sent a control message this manager cannot "
+                        f"read ({exc}); does {self.python} run the same startable as this "
+                        f"manager ({__version__})?"
+                    )
+                )
+                return
+            except PortClosed:
+                return  # the remote closed it: its end is watched by _watch_exit
+            except PortError as exc:  # a bad frame: nothing after it can be trusted
+                self._break(ClusterError(f"{self.name}: the control port broke: {exc}"))
+                return
+            why = self._out_of_order(message)
+            if why is not None:
+                self._break(ClusterError(f"{self.name}: the remote broke the protocol: {why}"))
+                return
+            why = problem(message)
+            if why is None:
+                self._handle(message)
+            elif self._started.is_set():
+                self._dropped(why)
+            else:
+                self._break(ClusterError(f"{self.name}: the remote sent a bad message: {why}"))
+                return
+
+    def _out_of_order(self, message: FromRemote) -> str | None:
+        if isinstance(message, RemoteReady):
+            if self._ready.is_set():
+                return "it said remoteReady twice"
+            if message.protocol != PROTOCOL:
+                runs = f"startable {message.version}" if message.version else "an older startable"
+                return (
+                    f"{self.python} runs {runs} (control protocol {message.protocol}), this "
+                    f"manager startable {__version__} (protocol {PROTOCOL}); install the "
+                    "same startable for both"
+                )
+        elif not self._ready.is_set():
+            return f"it sent {type(message).__name__} before remoteReady"
+        return None
+
+    def _dropped(self, why: str) -> None:
+        self.messages_dropped += 1
+        count = self.messages_dropped
+        if count & (count - 1) == 0:  # the 1st, 2nd, 4th...: a flood cannot fill the log
+            logger.warning(
+                "%s: dropped a message from the remote (%d so far): %s", self.name, count, why
+            )
 
     def _handle(self, message: FromRemote) -> None:
         if isinstance(message, RemoteReady):
@@ -314,13 +407,30 @@ class ServiceController:
                 reason = message.reason
                 of(self).stop_nowait(RemoteError(reason, "stop reason") if reason else None)
         elif isinstance(message, Uncaught):
-            self.errors.append(RemoteError(message.error, message.where))
+            error = RemoteError(message.error.bounded(), message.where[:200])
+            if len(self.errors) == ERRORS_KEPT:
+                self.errors_dropped += 1
+            self.errors.append(error)
+            if message.where == "raw stop":
+                self._stop_error = error
         elif isinstance(message, Resources):
             self.resources.append(message)
         elif isinstance(message, Pong):
             waiting = self._pings.pop(message.payload, None)
             if waiting is not None:
                 waiting.set()
+
+    def retire(self) -> None:
+        """Keep only what is worth keeping of an incarnation that has ended.
+
+        Its last `RETIRED_LINES` lines of output and `RETIRED_ERRORS`
+        errors stay; its resource samples go. A container calls it when the
+        next incarnation starts, so that what it keeps of past ones is small.
+        """
+        for kept, limit in ((self.output, RETIRED_LINES), (self.errors, RETIRED_ERRORS)):
+            while len(kept) > limit:
+                kept.popleft()
+        self.resources.clear()
 
     # -- calls ----------------------------------------------------------------
 

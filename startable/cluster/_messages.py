@@ -8,10 +8,19 @@ formatted traceback), never as pickled objects.
 
 from __future__ import annotations
 
+import math
 import traceback
-from typing import Literal, TypeAlias
+from typing import Final, Literal, TypeAlias
 
 import msgspec
+
+#: The version of the control plane's messages. A remote speaking another
+#: (another release of startable, under `python =`) is refused at once.
+PROTOCOL: Final = 1
+#: The longest message and traceback kept of an `ErrorInfo` from a remote,
+#: in characters; the rest is cut (and the cut said).
+MAX_ERROR_MESSAGE: Final = 4096
+MAX_TRACEBACK: Final = 65536
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -38,6 +47,23 @@ class ErrorInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         text = "".join(traceback.format_exception(exc))
         return cls(type=name, message=str(exc), traceback=text)
 
+    def bounded(self) -> ErrorInfo:
+        """This error with its message and traceback cut to what is kept of them.
+
+        The message keeps its beginning, the traceback its end (where the
+        error was raised); each says how much was cut.
+        """
+        message, trace = self.message, self.traceback
+        if len(message) <= MAX_ERROR_MESSAGE and len(trace) <= MAX_TRACEBACK:
+            return self
+        if len(message) > MAX_ERROR_MESSAGE:
+            cut = len(message) - MAX_ERROR_MESSAGE
+            message = f"{message[:MAX_ERROR_MESSAGE]}... ({cut} characters cut)"
+        if len(trace) > MAX_TRACEBACK:
+            cut = len(trace) - MAX_TRACEBACK
+            trace = f"({cut} characters cut) ...{trace[-MAX_TRACEBACK:]}"
+        return ErrorInfo(type=self.type[:MAX_ERROR_MESSAGE], message=message, traceback=trace)
+
 
 class Message(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=True):
     """Base of every control message."""
@@ -47,10 +73,19 @@ class Message(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fiel
 
 
 class RemoteReady(Message, tag="remoteReady", frozen=True):
-    """The remote process is up and its port is connected."""
+    """The remote process is up and its port is connected.
+
+    Attributes:
+        pid: its process id.
+        python: its interpreter's version.
+        protocol: the `PROTOCOL` it speaks (0: a release before it was sent).
+        version: its startable's version.
+    """
 
     pid: int
     python: str
+    protocol: int = 0
+    version: str = ""
 
 
 class Protected(Message, tag="protected", frozen=True):
@@ -140,3 +175,21 @@ class Ping(Message, tag="ping", frozen=True):
 
 FromRemote: TypeAlias = RemoteReady | Protected | StateChanged | Uncaught | Resources | Pong
 ToRemote: TypeAlias = RunEntry | CloseRequest | Ping
+
+
+def problem(message: FromRemote) -> str | None:
+    """What is wrong with the values of a message from a remote (None if nothing).
+
+    The decoder checked the types; this checks what they hold: resource
+    figures are finite and not negative, cycles and pids are positive.
+    """
+    if isinstance(message, Resources):
+        figures = (message.time, message.cpu_percent, message.rss, message.threads)
+        if not all(math.isfinite(f) and f >= 0 for f in (*figures, message.open_files)):
+            return f"resource figures must be finite and not negative: {message!r}"
+    elif isinstance(message, StateChanged):
+        if message.cycle < 1:
+            return f"a cycle is numbered from 1, not {message.cycle}"
+    elif isinstance(message, RemoteReady) and message.pid < 1:
+        return f"a pid is positive, not {message.pid}"
+    return None

@@ -117,6 +117,11 @@ class ConnectionPort(Generic[T]):
     def statistics(self) -> PortStatistics:
         return PortStatistics(*self._counts)
 
+    @property
+    def mid_frame(self) -> bool:
+        """Whether part of a frame has arrived and the rest of it not yet."""
+        return self._reader.mid_frame
+
     # -- lifecycle ----------------------------------------------------------
 
     @markers.as_raw_start

@@ -17,6 +17,7 @@ In order:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
 import importlib.machinery
@@ -32,14 +33,19 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import msgspec
+import trio
 
 from .. import _util
+from .._exceptions import StateError
+from .._lifecycle import State
 from .._owner import open_owner
 from .._startable import StateChange, of
+from .._version import __version__
 from ._contract import AnyMessage
 from ._dataplane import PortLink, ServiceClient, set_process_client
-from ._errors import PortClosed, RemoteError
+from ._errors import ClusterError, FrameError, MessageError, PortClosed, PortError, RemoteError
 from ._messages import (
+    PROTOCOL,
     CloseRequest,
     ErrorInfo,
     FromRemote,
@@ -93,12 +99,27 @@ class _Blocking:
 
     def receive(self) -> ToRemote:
         decoder: msgspec.msgpack.Decoder[ToRemote] = msgspec.msgpack.Decoder(ToRemote)
-        while (payload := self.reader.next()) is None:
-            data = self.sock.recv(65536)
-            if not data:
-                os._exit(EXIT_SETUP)  # the controller went away before sending the entry
-            self.reader.feed(data)
-        return decoder.decode(payload)
+        try:
+            while (payload := self.reader.next()) is None:
+                data = self.sock.recv(65536)
+                if not data:
+                    os._exit(EXIT_SETUP)  # the controller went away before sending the entry
+                self.reader.feed(data)
+            return decoder.decode(payload)
+        except Exception as exc:  # a bad frame, or a message of another schema
+            self.fail(
+                f"cannot read the controller's message ({exc}): does the manager run the same "
+                f"startable as {sys.executable} (startable {__version__}, control protocol "
+                f"{PROTOCOL})?"
+            )
+
+    def fail(self, problem: str) -> NoReturn:
+        """End the setup with `problem`, said to the controller if it can hear, and on stderr."""
+        print(f"startable: {problem}", file=sys.stderr, flush=True)
+        info = ErrorInfo(type="startable.cluster.ClusterError", message=problem, traceback="")
+        with contextlib.suppress(Exception):
+            self.send(Uncaught(info, "setup"))
+        os._exit(EXIT_SETUP)
 
 
 def _code_paths(entry: str) -> list[str]:
@@ -142,10 +163,13 @@ def main() -> NoReturn:
     data_fd = os.environ.pop(ENV_DATA_PORT, None)
     data = socket.socket(fileno=int(data_fd)) if data_fd is not None else None
     channel = _Blocking(sock)
-    channel.send(RemoteReady(pid=os.getpid(), python=sys.version.split()[0]))
+    python = sys.version.split()[0]
+    channel.send(RemoteReady(os.getpid(), python, protocol=PROTOCOL, version=__version__))
     request = channel.receive()
+    if isinstance(request, CloseRequest):
+        os._exit(EXIT_OK)  # asked to stop before anything started
     if not isinstance(request, RunEntry):
-        os._exit(EXIT_SETUP)
+        channel.fail(f"the controller's first message was {type(request).__name__}, not run")
     mechanisms: tuple[str, ...] = ()
     if request.permissions is not None:
         _warm_up(request)
@@ -203,20 +227,56 @@ async def _serve(
 async def _forward(pending: Any, port: Any) -> None:
     async with pending:
         async for message in pending:
-            await port.send(message)
+            try:
+                await port.send(message)
+            except FrameError:
+                pass  # too large to send (the port is fine): it is lost, not the others
+            except (PortError, StateError):
+                pass  # the controller cannot hear any more: what is left is dropped
 
 
 def _report_thread_errors(outbox: Any) -> None:
-    token = anyio.lowlevel.current_token()
+    """Report errors that end threads, without ever making the raising thread wait.
+
+    The event loop may be blocked on that very thread (a `join()` in a
+    service), so the report is handed to the loop to send when it can.
+    """
+    token = trio.lowlevel.current_trio_token()
+
+    def deliver(message: Uncaught) -> None:
+        with contextlib.suppress(anyio.WouldBlock, anyio.ClosedResourceError):
+            outbox.send_nowait(message)
 
     def excepthook(args: threading.ExceptHookArgs) -> None:
         if args.exc_value is None:
             return
         where = f"thread {args.thread.name if args.thread else '?'}"
-        message = Uncaught(ErrorInfo.of(args.exc_value), where)
-        anyio.from_thread.run_sync(outbox.send_nowait, message, token=token)
+        message = Uncaught(ErrorInfo.of(args.exc_value).bounded(), where)
+        try:
+            token.run_sync_soon(deliver, message)
+        except trio.RunFinishedError:  # the loop is gone: say it where it can be read
+            threading.__excepthook__(args)
 
     threading.excepthook = excepthook
+
+
+class _Ending:
+    """When and why the service is to stop: asked to by the controller, or on its own."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.asked = False
+        self.reason: BaseException | None = None  # the close request's
+        self.failed = False  # the control port broke: not a clean stop
+        self.starting = anyio.CancelScope()  # cancelled to abandon a start in flight
+
+    def ask(self, reason: BaseException | None, *, failed: bool = False) -> None:
+        if not self.asked:
+            self.asked, self.reason, self.failed = True, reason, failed
+            self.done.set()
+            self.starting.cancel(
+                "the control port broke" if failed else "the controller asked it to stop"
+            )
 
 
 async def _run(
@@ -229,61 +289,93 @@ async def _run(
     try:
         service = _load(request)
     except BaseException as exc:
-        await outbox.send(Uncaught(ErrorInfo.of(exc), "loading the entry"))
+        await outbox.send(Uncaught(ErrorInfo.of(exc).bounded(), "loading the entry"))
         return EXIT_ENTRY
     if client is not None:
         client.serve(service)
     lifecycle = of(service)
 
     def report(change: StateChange) -> None:
-        reason = ErrorInfo.of(change.reason) if change.reason is not None else None
+        reason = ErrorInfo.of(change.reason).bounded() if change.reason is not None else None
         outbox.send_nowait(StateChanged(change.current.name, change.cycle, reason))  # type: ignore[arg-type]
 
     lifecycle.subscribe(report)
-    finished = anyio.Event()
+    ending = _Ending()
+    tasks.start_soon(_listen, port, ending)  # a close request is heard during the start too
+    try:
+        # An owner of its own: the stop of an abandoned start runs in a task of
+        # it, and if that stop fails, the error comes out here to be reported.
+        async with open_owner():
+            return await _lifetime(lifecycle, client, request, outbox, tasks, ending)
+    except Exception as exc:
+        await outbox.send(Uncaught(ErrorInfo.of(exc).bounded(), "raw stop"))
+        return EXIT_FAILED
+
+
+async def _lifetime(
+    lifecycle: Any,
+    client: ServiceClient | None,
+    request: RunEntry,
+    outbox: Any,
+    tasks: anyio.abc.TaskGroup,
+    ending: _Ending,
+) -> int:
     stopped_with: list[BaseException | None] = []
 
     def on_stopping(reason: BaseException | None) -> None:
         stopped_with.append(reason)
-        finished.set()
+        ending.done.set()
 
-    try:
-        await lifecycle.start(on_stopping)
-    except Exception as exc:
-        await outbox.send(Uncaught(ErrorInfo.of(exc), "raw start"))
-        return EXIT_FAILED
+    with ending.starting:
+        try:
+            await lifecycle.start(on_stopping)
+        except Exception as exc:
+            await outbox.send(Uncaught(ErrorInfo.of(exc).bounded(), "raw start"))
+            return EXIT_FAILED
+    if ending.starting.cancelled_caught:
+        # Abandoned: its raw stop runs in a task of the owner, with the reason why.
+        await lifecycle.wait_state(State.STOPPED)
+        return EXIT_FAILED if ending.failed else EXIT_OK
     if client is not None:
         # A service that can no longer reach the cluster stops, with the reason
         # (its client stops on its own when the link to the manager breaks).
         await of(client).start(lifecycle.stop_nowait)
     if request.resources_interval > 0:
         tasks.start_soon(_sample, outbox, request.resources_interval)
-    asked: list[BaseException | None] = []  # the reason of a close request
-    tasks.start_soon(_listen, port, asked, finished)
-    await finished.wait()
-    code = EXIT_OK
+    await ending.done.wait()
+    code = EXIT_FAILED if ending.failed else EXIT_OK
     reason = stopped_with[0] if stopped_with else None
     if reason is not None:
-        await outbox.send(Uncaught(ErrorInfo.of(reason), "stop reason"))
+        await outbox.send(Uncaught(ErrorInfo.of(reason).bounded(), "stop reason"))
         code = EXIT_FAILED
     try:
-        await lifecycle.stop(asked[0] if asked else None)
+        await lifecycle.stop(ending.reason)
     except Exception as exc:
-        await outbox.send(Uncaught(ErrorInfo.of(exc), "raw stop"))
+        await outbox.send(Uncaught(ErrorInfo.of(exc).bounded(), "raw stop"))
         code = EXIT_FAILED
     return code
 
 
-async def _listen(port: Any, asked: list[BaseException | None], finished: anyio.Event) -> None:
+async def _listen(port: Any, ending: _Ending) -> None:
+    dropped = 0
     while True:
         try:
             message = await port.receive()
+        except MessageError as exc:  # the port's contract: dropped, the port stays
+            dropped += 1
+            if dropped & (dropped - 1) == 0:
+                print(f"startable: {exc} ({dropped} so far)", file=sys.stderr, flush=True)
+            continue
         except PortClosed:
             _controller_gone()
+        except PortError as exc:  # a bad frame: the controller can no longer be heard
+            error = ClusterError(f"the control port broke: {exc}")
+            print(f"startable: {error}; stopping the service", file=sys.stderr, flush=True)
+            ending.ask(error, failed=True)
+            return
         if isinstance(message, CloseRequest):
             reason = message.reason
-            asked.append(RemoteError(reason, "stop reason") if reason is not None else None)
-            finished.set()
+            ending.ask(RemoteError(reason, "stop reason") if reason is not None else None)
             return
         if isinstance(message, Ping):
             await port.send(Pong(message.payload))
