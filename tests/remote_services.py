@@ -157,3 +157,14 @@ class ThreadRaiser:
             thread.start()
             thread.join()  # on the loop's thread: the excepthook must not wait for the loop
         print("raiser: joined", flush=True)
+
+
+class Blocking:
+    """A raw start that blocks its event loop (no close request can be heard)."""
+
+    @startable.as_raw_start
+    def _start(self) -> None:
+        import time
+
+        print("blocking: starting", flush=True)
+        time.sleep(60)

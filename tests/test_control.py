@@ -21,7 +21,14 @@ import pytest
 
 import startable
 from startable import State
-from startable.cluster import ClusterError, RemoteError, ServiceContainer
+from startable.cluster import (
+    ClusterError,
+    RemoteError,
+    ServiceContainer,
+    ServiceEvent,
+    ServicesManager,
+    ServiceSpec,
+)
 from startable.cluster._controller import ERRORS_KEPT, RETIRED_ERRORS
 from startable.cluster._messages import (
     MAX_TRACEBACK,
@@ -278,3 +285,35 @@ async def test_what_a_remote_reports_is_bounded() -> None:
             await startable.of(container).start()  # a new incarnation: the last one retires
             assert len(controller.errors) == RETIRED_ERRORS
             await startable.of(container).stop()
+
+
+async def test_a_failed_start_shows_stopping_while_its_clean_up_runs() -> None:
+    spec = ServiceSpec(
+        name="slow",
+        entry="tests.remote_services:Blocking",
+        cwd=str(ROOT),
+        container_options={
+            "ready_timeout": 1,
+            "close_timeout": 2,
+            "term_timeout": 2,
+            "resources_interval": 0,
+        },
+    )
+    manager = ServicesManager([spec])
+    seen: list[tuple[str, int | None, list[str]]] = []
+
+    def watch(event: ServiceEvent) -> None:
+        if event.change is not None and event.change.current is State.STOPPING:
+            controller = manager["slow"].container.controller  # type: ignore[union-attr]
+            alive = controller.process.returncode if controller.process else -1
+            seen.append(("STOPPING", alive, [step.action for step in controller.ladder]))
+
+    manager.subscribe(watch)
+    with anyio.fail_after(30):
+        async with startable.open_owner():
+            with pytest.raises(ClusterError, match="did not start within 1s"):
+                await startable.of(manager).start()
+    # The service was STOPPING (and said so) while its process still ran its ladder.
+    assert seen == [("STOPPING", None, ["close request"])]
+    controller = manager["slow"].container.controller  # type: ignore[union-attr]
+    assert [step.action for step in controller.ladder] == ["close request", "SIGTERM"]

@@ -12,6 +12,7 @@ from .._lifecycle import State
 from .._startable import of
 from ._controller import OutputLine, ServiceController
 from ._errors import RemoteError
+from ._failfast import FailFast
 from ._messages import Resources
 from ._permissions import Permissions
 
@@ -84,6 +85,7 @@ class ServiceContainer:
         #: A socket to hand to the next incarnation as its data port (see
         #: `ServiceController`'s `data_socket`); used once, then closed here.
         self.data_socket: socket.socket | None = None
+        self._starting = FailFast()
 
     def __repr__(self) -> str:
         return f"<ServiceContainer {self.name}: {of(self).state.name}>"
@@ -105,13 +107,15 @@ class ServiceContainer:
         for past in self.incarnations:
             past.retire()
         self.incarnations.append(controller)
-        await of(controller).start(of(self).stop)
+        # Fails as soon as the controller's start does: this container is STOPPING
+        # while the stop ladder of the failed incarnation runs, not after it.
+        await self._starting.start(of(self), of(controller), of(self).stop)
 
     @markers.as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
         controller = self.controller
         if controller is not None and of(controller).state is not State.STOPPED:
-            await of(controller).stop(err)
+            await self._starting.stop(of(controller), err)
 
     # -- the current (or last) incarnation ------------------------------------
 

@@ -17,6 +17,7 @@ from ._container import ServiceContainer
 from ._contract import AnyMessage
 from ._dataplane import PortLink, ServiceClient, serving_as
 from ._errors import ClusterError, DependencyStopped
+from ._failfast import FailFast
 from ._port import ConnectionPort, from_socket
 from ._remote import ENV_SERVICE
 from ._router import LocalLink, Outbox
@@ -86,6 +87,7 @@ class ServiceNode:
         self.client: ServiceClient | None = None
         self._data_port: ConnectionPort[AnyMessage] | None = None
         self._outbox: Outbox | None = None
+        self._starting = FailFast()  # its container's start, failing as soon as it fails
         self.restarts = 0
         self.last_error: BaseException | None = None
         self.started_at: float | None = None
@@ -158,7 +160,7 @@ class ServiceNode:
             router.attach(self.name, outbox)
             lifecycle.start_soon(outbox.pump, self.name)
             lifecycle.start_soon(self._relay, port)
-            await of(self.container).start(lifecycle.stop)
+            await self._starting.start(lifecycle, of(self.container), lifecycle.stop)
         self.started_at = time.monotonic()
 
     async def _relay(self, port: ConnectionPort[AnyMessage]) -> None:
@@ -183,7 +185,7 @@ class ServiceNode:
         service = self.service
         if service is not None and of(service).state not in (READY, STOPPED):
             try:
-                await of(service).stop(err)
+                await self._starting.stop(of(service), err)
             except Exception as exc:  # its own raw stop failed: it is STOPPED all the same
                 self.last_error = exc
         self.manager.router.detach(self.name)
