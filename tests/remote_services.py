@@ -168,3 +168,15 @@ class Blocking:
 
         print("blocking: starting", flush=True)
         time.sleep(60)
+
+
+class Quits:
+    """Stops itself cleanly, without a reason, a moment after it started."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        startable.of(self).start_soon(self._quit)
+
+    async def _quit(self) -> None:
+        await anyio.sleep(0.05)
+        startable.of(self).stop_nowait()

@@ -15,6 +15,7 @@ import pytest
 import startable
 from startable import State
 from startable.cluster import (
+    ForcedStop,
     Permissions,
     RemoteError,
     RemoteExited,
@@ -193,11 +194,16 @@ async def test_a_service_that_ignores_everything_is_killed_by_the_ladder() -> No
     with anyio.fail_after(30):
         async with startable.open_owner():
             await startable.of(hang).start()
-            await startable.of(hang).stop()
+            with pytest.raises(ForcedStop) as forced:  # not a clean stop: it says so
+                await startable.of(hang).stop()
     assert hang.controller is not None
     assert [s.action for s in hang.controller.ladder] == ["close request", "SIGTERM", "SIGKILL"]
+    assert hang.controller.ended_by == "SIGKILL"
+    assert forced.value.signal == "SIGKILL"
+    assert str(forced.value).endswith(":Faulty did not end within 2s of SIGTERM: SIGKILL")
     assert hang.returncode == -signal.SIGKILL
     assert startable.of(hang).state is State.STOPPED
+    assert startable.of(hang).statistics().last_error is forced.value
 
 
 async def test_resources_are_sampled() -> None:

@@ -329,7 +329,8 @@ async def test_a_failed_start_exits_1_with_the_remote_error(tmp_path: Path) -> N
     assert "while starting service 'api'" in cli.err
     assert "ConnectionRefusedError: the database said no" in cli.err
     assert "Remote traceback" in cli.err
-    assert "db: STOPPED" in cli.out.splitlines()  # what had started is stopped
+    # What had started is stopped, and its raw stop is told why.
+    assert "db: STOPPED (ConnectionRefusedError: the database said no)" in cli.out.splitlines()
 
 
 @trio_only
@@ -346,7 +347,11 @@ async def test_a_service_that_fails_too_often_stops_everything_and_exits_1(
     assert code == 1, (cli.out, cli.err)
     assert "worker: restarting in 0s" in cli.out
     assert "worker: failed too often" in cli.out
-    assert "db: STOPPED" in cli.out.splitlines()
+    # Every service's raw stop gets the manager's reason.
+    assert any(
+        line.startswith("db: STOPPED (EscalationError: worker failed 2")
+        for line in cli.out.splitlines()
+    )
     assert "demo stopped on its own: EscalationError: worker failed 2 times" in cli.err
 
 

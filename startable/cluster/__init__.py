@@ -19,6 +19,7 @@ from ._errors import ClusterError as ClusterError
 from ._errors import DependencyCycleError as DependencyCycleError
 from ._errors import DependencyStopped as DependencyStopped
 from ._errors import EscalationError as EscalationError
+from ._errors import ForcedStop as ForcedStop
 from ._errors import FrameError as FrameError
 from ._errors import HandlerNotFound as HandlerNotFound
 from ._errors import MalformedRequest as MalformedRequest
@@ -31,6 +32,7 @@ from ._errors import RequestError as RequestError
 from ._errors import RequestRefused as RequestRefused
 from ._errors import RequestTimeout as RequestTimeout
 from ._errors import ServiceDefinitionError as ServiceDefinitionError
+from ._errors import ServiceExited as ServiceExited
 from ._errors import ServiceUnavailable as ServiceUnavailable
 from ._file import ClusterFile as ClusterFile
 from ._file import ClusterFileError as ClusterFileError
@@ -71,6 +73,7 @@ __all__ = (
     "ErrorInfo",
     "EscalationError",
     "Event",
+    "ForcedStop",
     "FrameError",
     "HandlerNotFound",
     "MalformedRequest",
@@ -92,6 +95,7 @@ __all__ = (
     "ServiceController",
     "ServiceDefinitionError",
     "ServiceEvent",
+    "ServiceExited",
     "ServiceNode",
     "ServiceSpec",
     "ServiceUnavailable",

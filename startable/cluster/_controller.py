@@ -20,7 +20,15 @@ from .. import _markers as markers
 from .._lifecycle import State
 from .._startable import of
 from .._version import __version__
-from ._errors import ClusterError, MessageError, PortClosed, PortError, RemoteError, RemoteExited
+from ._errors import (
+    ClusterError,
+    ForcedStop,
+    MessageError,
+    PortClosed,
+    PortError,
+    RemoteError,
+    RemoteExited,
+)
 from ._messages import (
     PROTOCOL,
     CloseRequest,
@@ -173,6 +181,20 @@ class ServiceController:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
+    @property
+    def ended_by(self) -> Literal["close request", "SIGTERM", "SIGKILL"] | None:
+        """The rung of the stop ladder that ended the process, once it has ended.
+
+        `"close request"`: it stopped when asked (cleanly). `"SIGTERM"` or
+        `"SIGKILL"`: it had to be signalled (its stop raised `ForcedStop`).
+        None: the ladder did not run (it ended on its own), or it has not
+        ended yet.
+        """
+        process = self.process
+        if process is None or process.returncode is None or not self.ladder:
+            return None
+        return self.ladder[-1].action
+
     # -- lifecycle ----------------------------------------------------------
 
     @markers.as_raw_start
@@ -280,6 +302,10 @@ class ServiceController:
                 await self._ladder(process, err)
             if self._stop_error is not None:
                 raise self._stop_error  # the service's own raw stop failed, in the child
+            forced = self.ended_by
+            if forced in ("SIGTERM", "SIGKILL"):
+                waited = self.close_timeout if forced == "SIGTERM" else self.term_timeout
+                raise ForcedStop(self.name, forced, waited)
         finally:
             if process is not None:
                 process.signal(signal.SIGKILL)  # anything it left behind in its group

@@ -82,6 +82,46 @@ class RemoteExited(ClusterError):
         self.returncode = returncode
 
 
+class ForcedStop(ClusterError):
+    """A service's process did not end when asked: the stop ladder had to signal it.
+
+    Raised by the stop of a `ServiceController` (and so of its container,
+    and reported by the stop of a `ServicesManager`) once the process has
+    ended all the same: the stop is not a clean one.
+
+    Attributes:
+        service: the service's name.
+        signal: the last rung used, `"SIGTERM"` or `"SIGKILL"`.
+        waited: the seconds given to the rung before it (the close request's
+            `close_timeout`, or SIGTERM's `term_timeout`).
+    """
+
+    def __init__(self, service: str, signal: str, waited: float) -> None:
+        before = "the close request" if signal == "SIGTERM" else "SIGTERM"
+        super().__init__(f"{service} did not end within {waited:g}s of {before}: {signal}")
+        self.service = service
+        self.signal = signal
+        self.waited = waited
+
+
+class ServiceExited(ClusterError):
+    """A service stopped on its own and its restart policy does not bring it back.
+
+    The reason a `ServicesManager` with `on_service_exit="stop"` stops
+    everything with, and what `ServicesManager.failures` records.
+
+    Attributes:
+        service: the service that ended.
+        reason: why it stopped (None: it stopped cleanly, on its own).
+    """
+
+    def __init__(self, service: str, reason: BaseException | None) -> None:
+        how = f"failed ({reason!r})" if reason is not None else "stopped on its own"
+        super().__init__(f"{service} {how} and is not restarted")
+        self.service = service
+        self.reason = reason
+
+
 class ServiceDefinitionError(ClusterError, ValueError):
     """A description of services was refused before anything started: a bad
     name, a duplicate, an unknown dependency, a bad entry or permission.

@@ -19,7 +19,13 @@ from .. import _markers as markers
 from .._lifecycle import State
 from .._startable import StateChange, of
 from ._dataplane import ServiceClient
-from ._errors import ClusterError, DependencyStopped, EscalationError, ServiceDefinitionError
+from ._errors import (
+    ClusterError,
+    DependencyStopped,
+    EscalationError,
+    ServiceDefinitionError,
+    ServiceExited,
+)
 from ._node import ServiceNode
 from ._router import LocalLink, Router
 from ._services import ServiceSpec, check_graph
@@ -65,23 +71,51 @@ class ServicesManager:
     failure; then its `RestartPolicy` decides: restart it after a backoff,
     and once it is STARTED again, restart what the cascade stopped, in
     order. A service that fails more often than its policy allows escalates:
-    the manager stops everything, with an `EscalationError` as reason.
+    the manager stops everything, with an `EscalationError` as reason. A
+    service that stops on its own and that its policy does not restart
+    (`mode = "never"`, or `"on-failure"` after a clean stop) is left stopped,
+    or stops everything, as `on_service_exit` says.
+
+    Its stop gives its reason to every service's raw stop, and raises once
+    everything is STOPPED if a service did not stop cleanly (its raw stop
+    failed, or its process had to be signalled: `ForcedStop`).
 
     Args:
         services: the services to create, checked together (names,
             dependencies, cycles) before any is created.
         name: used in `repr()`, logs and errors.
+        on_service_exit: what a service that stopped on its own for good
+            means: `"continue"` (the default: the others run on; a failure is
+            kept in `failed`) or `"stop"` (everything stops, as compose's
+            `--abort-on-container-exit` does: with a `ServiceExited` reason if
+            it failed, without a reason if it stopped cleanly).
 
     Raises:
         ServiceDefinitionError: a bad name, a duplicate, an unknown
             dependency, a bad entry or permission (before anything is created).
         DependencyCycleError: the dependencies form a cycle (it names it).
+        ValueError: `on_service_exit` is neither `"continue"` nor `"stop"`.
     """
 
-    def __init__(self, services: Iterable[ServiceSpec] = (), *, name: str = "services") -> None:
+    def __init__(
+        self,
+        services: Iterable[ServiceSpec] = (),
+        *,
+        name: str = "services",
+        on_service_exit: Literal["continue", "stop"] = "continue",
+    ) -> None:
+        if on_service_exit not in ("continue", "stop"):
+            raise ValueError(f"on_service_exit is 'continue' or 'stop', not {on_service_exit!r}")
         self.name = name
-        #: The services, by name, in creation order (dependencies first).
+        self.on_service_exit = on_service_exit
+        #: The services, by name, in creation order (dependencies first):
+        #: `ServiceNode` objects, read-only (create and destroy them through
+        #: the manager).
         self.nodes: dict[str, ServiceNode] = {}
+        #: The services that failed and that nothing restarts, with why; one
+        #: leaves it when it is STARTED again (`start_service`). `startable up`
+        #: exits 1 when one is left.
+        self.failed: dict[str, ServiceExited] = {}
         #: True while the manager's raw stop runs: stops are not failures then.
         self.shutting_down = False
         self._observers: list[Callable[[ServiceEvent], object]] = []
@@ -235,6 +269,7 @@ class ServicesManager:
         if self._failures is not None:
             self._failures.close()
             self._failures = None
+        unclean: list[Exception] = []
         try:
             # Leaves first: a service's stop is launched once all that depends
             # on it is STOPPED, so no stop has to wait for another (a wide
@@ -242,10 +277,15 @@ class ServicesManager:
             sorter: graphlib.TopologicalSorter[ServiceNode] = graphlib.TopologicalSorter()
             for node in self.nodes.values():
                 sorter.add(node, *node.dependents)
-            await self._launch_in_order(sorter, self._stop_one)
+            stop_one = functools.partial(self._stop_one, reason=err, unclean=unclean)
+            await self._launch_in_order(sorter, stop_one)
         finally:  # `shutting_down` stays True until the next start: no restart sneaks in
             if of(self.client).state is STARTED:
                 await of(self.client).stop()
+        if len(unclean) == 1:
+            raise unclean[0]
+        if unclean:
+            raise ExceptionGroup(f"{len(unclean)} services did not stop cleanly", unclean)
 
     # -- starting and stopping services -------------------------------------------
 
@@ -263,10 +303,16 @@ class ServicesManager:
         """Stop one service, and first everything that depends on it.
 
         It is not restarted (whatever its policy) until `start_service`.
+
+        Raises:
+            ForcedStop: its process had to be signalled (it is STOPPED).
+            Exception: what its raw stop raised (it is STOPPED all the same).
         """
         node = self[name]
         node.held = True
         await of(node).stop()
+        if node.stop_error is not None:
+            raise node.stop_error
 
     async def _start_with_victims(self, node: ServiceNode, supervised: bool = False) -> None:
         node.held = False
@@ -383,16 +429,26 @@ class ServicesManager:
             node.last_error = exc
             report.send_nowait((node, exc))
         else:
+            self.failed.pop(node.name, None)
             report.send_nowait((node, None))
 
     @staticmethod
-    async def _stop_one(node: ServiceNode, report: Report) -> None:
+    async def _stop_one(
+        node: ServiceNode,
+        report: Report,
+        *,
+        reason: BaseException | None,
+        unclean: list[Exception],
+    ) -> None:
+        """Stop `node` with the manager's `reason`; what did not stop cleanly goes to `unclean`."""
         if of(node).state not in (READY, STOPPED):
             try:
-                await of(node).stop()
+                await of(node).stop(reason)
             except Exception as exc:  # it is STOPPED all the same; the others go on
-                node.last_error = exc
-                logger.exception("stopping service %r failed", node.name)
+                node.last_error = node.stop_error = exc
+            if node.stop_error is not None:
+                node.stop_error.add_note(f"while stopping service {node.name!r}")
+                unclean.append(node.stop_error)
         report.send_nowait((node, None))
 
     # -- supervision ----------------------------------------------------------------
@@ -419,6 +475,7 @@ class ServicesManager:
         node.last_error = reason
         policy = node.spec.restart
         if policy.mode == "never" or (policy.mode == "on-failure" and reason is None):
+            self._exited(node, reason)
             return
         now = time.monotonic()
         window = node.failures
@@ -432,6 +489,14 @@ class ServicesManager:
         window.append(now)
         self._emit(ServiceEvent(node.name, "restarting", delay=delay))
         of(self).start_soon(self._restart, node, delay)
+
+    def _exited(self, node: ServiceNode, reason: BaseException | None) -> None:
+        """`node` stopped on its own for good: keep it, or stop everything."""
+        exited = ServiceExited(node.name, reason)
+        if reason is not None:
+            self.failed[node.name] = exited
+        if self.on_service_exit == "stop":
+            of(self).stop_nowait(exited if reason is not None else None)
 
     async def _restart(self, node: ServiceNode, delay: float) -> None:
         await of(node).wait_state(STOPPED)

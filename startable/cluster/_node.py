@@ -54,7 +54,10 @@ class ServiceNode:
             `spec.factory` returned.
         restarts: how many times the manager restarted it.
         last_error: why it last stopped on its own or failed to start (None
-            if it never did).
+            if it never did), or what its last stop raised.
+        stop_error: what its last stop raised, if it did not stop cleanly
+            (a `ForcedStop` when the stop ladder had to signal its process);
+            None after a clean stop, and while it runs.
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class ServiceNode:
         self._starting = FailFast()  # its container's start, failing as soon as it fails
         self.restarts = 0
         self.last_error: BaseException | None = None
+        self.stop_error: Exception | None = None
         self.started_at: float | None = None
         self.held = False  # stopped on purpose: not restarted
         self.failures: deque[float] = deque()  # monotonic times, for the restart policy
@@ -120,6 +124,14 @@ class ServiceNode:
         return 0 if self._outbox is None else len(self._outbox)
 
     @property
+    def ended_by(self) -> str | None:
+        """How its process last ended, if the stop ladder ended it: `"close request"`
+        (cleanly), `"SIGTERM"` or `"SIGKILL"`; None otherwise (see
+        `ServiceController.ended_by`)."""
+        controller = self.container.controller if self.container is not None else None
+        return controller.ended_by if controller is not None else None
+
+    @property
     def uptime(self) -> float | None:
         """Seconds since it was last STARTED (None when it is not)."""
         if self.started_at is None or of(self).state is not STARTED:
@@ -131,6 +143,7 @@ class ServiceNode:
     @markers.as_raw_start
     async def _start(self) -> None:
         lifecycle = of(self)
+        self.stop_error = None
         if self.manager.shutting_down:  # a restart that came due while the manager stops
             raise ClusterError(f"{self.manager.name} is stopping")
         for dependency in self.dependencies:
@@ -186,8 +199,8 @@ class ServiceNode:
         if service is not None and of(service).state not in (READY, STOPPED):
             try:
                 await self._starting.stop(of(service), err)
-            except Exception as exc:  # its own raw stop failed: it is STOPPED all the same
-                self.last_error = exc
+            except Exception as exc:  # its own raw stop failed (or was forced): STOPPED anyway
+                self.last_error = self.stop_error = exc
         self.manager.router.detach(self.name)
         if self._outbox is not None:
             self._outbox.clear()
@@ -211,8 +224,9 @@ class ServiceNode:
     def _reason_for(
         self, dependent: ServiceNode, reason: BaseException | None
     ) -> BaseException | None:
-        """Why `dependent` stops when this node stops with `reason`."""
-        return None if self.manager.shutting_down else dependent._cascade(self, reason)
+        """Why `dependent` stops when this node stops with `reason` (while the
+        manager stops: the manager's own reason, which `reason` is then)."""
+        return reason if self.manager.shutting_down else dependent._cascade(self, reason)
 
     def _cascade(self, dependency: ServiceNode, reason: BaseException | None) -> DependencyStopped:
         if isinstance(reason, DependencyStopped):
