@@ -1,24 +1,34 @@
 """What a service in a container may do, and how the child process enforces it.
 
-Applied in the child before any of the service's code runs, strongest first:
+Applied in the child before any of the service's code runs, in this order:
 
 * resource limits (`setrlimit`): address space, CPU time, open files;
-* Landlock (Linux 5.13+, TCP from 6.7): the kernel refuses file access
-  outside the allowed paths; without `subprocesses`, running any program (no
-  path is granted the right to execute; shared libraries still load); and,
-  without `network`, TCP connect and bind. Denials surface as
-  `PermissionError`. Programs the service may start inherit the same limits;
-* an audit hook (PEP 578), always, as a guard rail: without `subprocesses`
-  it refuses to fork, spawn or exec; without `network` it refuses socket
-  connect, bind, send-to and name lookups for every address family (Landlock
-  covers TCP only); where Landlock is missing it also checks file opens.
+* capabilities (`_caps`): all dropped, for good (CAP_NET_BIND_SERVICE kept
+  with `network`), so that root in a container cannot chown files away,
+  ignore file modes, mount, trace or load modules; then `no_new_privs`, so
+  that no program it runs gains any back (set-user-ID, file capabilities);
+* Landlock (`_landlock`; Linux 5.13+, TCP from 6.7, scopes from 6.12): the
+  kernel refuses file access outside the granted paths; without
+  `subprocesses`, running any program; without `network`, TCP connect and
+  bind; signals to processes outside the service (and what it started);
+* seccomp (`_seccomp`; x86-64 and arm64): without `network`, creating any
+  socket but a Unix stream one, and connect, bind, listen on any; without
+  `write` grants, any change of a file's mode, owner, times, extended
+  attributes or flags; io_uring always;
+* an audit hook (`_audit`, PEP 578), always, as a guard rail for Python
+  code: file changes outside the `write` grants (which Landlock does not
+  cover for metadata), starting processes, sockets and every name lookup;
+  where Landlock is missing, file opens too. It is what turns a refusal into
+  a clear `PermissionError` before the kernel says `EXDEV`.
 
-The audit hook is not a sandbox: code that uses ctypes, or C extensions that
-make system calls directly, is not seen by it. Landlock is enforced by the
-kernel and sees everything, but covers only what is listed above: it does
-not limit UDP or Unix sockets, signals to other processes, or reading
-another process's memory through /proc/<pid> of the same user. The
-`Protected` message the remote sends lists what was applied.
+Every mechanism but the audit hook is kept by the programs the service
+starts. What is left uncovered, per mechanism, is in the docs' table
+(*Running a service in a container*); the main gaps: with `write` grants, C
+code and programs it starts may still change the metadata of files its user
+owns anywhere (seccomp cannot tell paths apart, and Landlock has no right
+for it); Unix stream sockets it holds, or socket pairs, keep working; the
+audit hook does not see ctypes or C extensions. The `Protected` message the
+remote sends lists what was applied.
 """
 
 from __future__ import annotations
@@ -57,17 +67,27 @@ class Permissions:
     """What a service in a `ServiceContainer` may do.
 
     Everything not granted is refused: by default a service may read only
-    Python's own files and its code, write nowhere, open no network
-    connection and start no process. See *Running a service in a container*
-    for exactly what each mechanism stops.
+    Python's own files and its code, write nowhere (not even a file's mode,
+    owner or times), open no network connection, look no name up, start no
+    process, and it holds no capability, even as root. A refusal raises
+    `PermissionError` in the service; see *Running a service in a container*
+    for exactly what each mechanism stops, what it does not, and the few
+    other errors a refusal can take.
 
     Attributes:
         read: absolute paths (files or directories) it may read.
-        write: absolute paths it may read, write, create and delete under.
-        network: whether it may connect, listen, and look names up.
-        subprocesses: whether it may start processes; they inherit the same
-            limits. The directories on `$PATH` become readable (the kernel
-            reads a program to run it); grant anything else they need.
+        write: absolute paths it may read, write, create and delete under,
+            and whose mode, times and extended attributes it may change.
+        network: whether it may connect, listen, and look names up (the
+            resolver's files in /etc become readable); it keeps
+            CAP_NET_BIND_SERVICE, so root may listen below port 1024.
+        subprocesses: whether it may start processes. They inherit the
+            limits, the capabilities dropped, Landlock and seccomp, but not
+            the audit hook: what only the hook refuses (metadata changes
+            under directories it may not write, where it has `write` grants;
+            see the docs' table) is not refused to them. The directories on
+            `$PATH` become readable (the kernel reads a program to run it);
+            grant anything else they need.
         memory: a limit on its address space, in bytes.
         cpu_time: a limit on its CPU time, in seconds (then SIGXCPU).
         open_files: a limit on its open file descriptors.
