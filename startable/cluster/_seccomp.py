@@ -25,7 +25,8 @@ The filter first checks the architecture the call was made with: a call
 through another system call table (32-bit `int 0x80` on x86-64, the x32 ABI,
 AArch32 on arm64) kills the process, as its numbers would mean other calls.
 Only x86-64 and arm64 (little-endian, 64-bit interpreters) have tables here;
-elsewhere no filter is installed, and `apply` reports none.
+elsewhere, and on a kernel without seccomp filters, no filter is installed,
+and `apply` reports none.
 """
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ _TABLES: Final = {
             "futimesat": 261,
             "fchmodat": 268,
             "utimensat": 280,
+            "seccomp": 317,
         },
     ),
     "aarch64": _Table(  # the generic table: no chmod, chown, utime(s) by path
@@ -169,6 +171,7 @@ _TABLES: Final = {
             "bind": 200,
             "listen": 201,
             "connect": 203,
+            "seccomp": 277,
         },
     ),
 }
@@ -183,9 +186,18 @@ def _table() -> _Table | None:
     return _TABLES.get(platform.machine())
 
 
-def available() -> bool:
-    """Whether this process could be given a filter (its kernel is not asked)."""
-    return _table() is not None
+_SECCOMP_GET_ACTION_AVAIL: Final = 2
+
+
+def _kernel_has_filters(table: _Table) -> bool:
+    """Whether the kernel knows the two verdicts the filter returns (Linux 4.14+)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for action in (_RET_ERRNO, _RET_KILL_PROCESS):
+        verdict = ctypes.c_uint32(action)
+        number = table.numbers["seccomp"]
+        if libc.syscall(number, _SECCOMP_GET_ACTION_AVAIL, 0, ctypes.byref(verdict)):
+            return False  # ENOSYS: no seccomp; EINVAL: no filters; EOPNOTSUPP: not that one
+    return True
 
 
 class _Instruction(ctypes.Structure):
@@ -285,18 +297,25 @@ def _build(table: _Table, *, network: bool, write: bool) -> _Assembler:
     return bpf
 
 
+def available() -> bool:
+    """Whether a filter can be installed here: a known table and a kernel with filters."""
+    table = _table()
+    return table is not None and _kernel_has_filters(table)
+
+
 def install(*, network: bool, write: bool) -> str | None:
     """Install the filter that `network` and `write` call for; say what it refuses.
 
-    Returns None when there is nothing to refuse (both granted) or no table
-    for this machine. `no_new_privs` must be set already.
+    Returns None when there is nothing to refuse (both granted), no table for
+    this machine, or a kernel without seccomp filters (or older than 4.14).
+    `no_new_privs` must be set already.
 
     Raises:
         OSError: if the kernel refuses the filter (no seccomp, or no
             `no_new_privs`).
     """
     table = _table()
-    if table is None or (network and write):
+    if table is None or (network and write) or not _kernel_has_filters(table):
         return None
     instructions = _build(table, network=network, write=write).assemble()
     program = _Program(len(instructions), instructions)
