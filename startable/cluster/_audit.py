@@ -5,8 +5,10 @@ It sees only what the interpreter reports (calls made from Python through
 C extensions or ctypes make themselves, and it is not inherited by programs
 the service starts. Where a kernel mechanism also covers a call, the hook
 refuses it first, with a message that names what was refused, and always as
-`PermissionError` (errno `EACCES`): without it, a rename that Landlock
-refuses fails with `EXDEV`, and `socket.create_server` rewraps the error.
+`PermissionError` with errno `EACCES`: otherwise a rename or link that
+Landlock refuses fails with `EXDEV`, and `socket.create_server`, which
+rewraps a bind error by its errno, turned an errno-less one into
+`OSError: [Errno None] None`.
 """
 
 from __future__ import annotations

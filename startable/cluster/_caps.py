@@ -20,7 +20,6 @@ seccomp stop it), but it acts with the file permissions of that user only.
 from __future__ import annotations
 
 import ctypes
-import sys
 from collections.abc import Set
 from typing import Final
 
@@ -60,11 +59,6 @@ def _get() -> tuple[int, int]:
         data[0].effective | data[1].effective << 32,
         data[0].permitted | data[1].permitted << 32,
     )
-
-
-def held() -> tuple[int, int]:
-    """The effective and permitted capabilities of this process, as bit masks."""
-    return _get() if sys.platform.startswith("linux") else (0, 0)
 
 
 def drop(keep: Set[int] = frozenset()) -> str:

@@ -169,11 +169,13 @@ def apply(spec: PermissionSpec, code_paths: Iterable[str] = ()) -> tuple[str, ..
             limits.append(label.format(value))
     if limits:
         applied.append("rlimits: " + ", ".join(limits))
-    applied.append(_caps.drop(_kept_capabilities(spec)))
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0):
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-    applied.append("no_new_privs")
+    linux = sys.platform.startswith("linux")  # elsewhere: the limits and the hook only
+    if linux:
+        applied.append(_caps.drop(_kept_capabilities(spec)))
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0):
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+        applied.append("no_new_privs")
     readable = (*python_paths(), *code_paths, *spec.read, f"/proc/{os.getpid()}", "/dev/null")
     if spec.subprocesses:
         readable += program_paths()  # the kernel reads a program to run it
@@ -184,7 +186,7 @@ def apply(spec: PermissionSpec, code_paths: Iterable[str] = ()) -> tuple[str, ..
         applied.append(
             _landlock.restrict(abi, readable, spec.write, spec.network, spec.subprocesses)
         )
-    filtered = _seccomp.install(network=spec.network, write=bool(spec.write))
+    filtered = _seccomp.install(network=spec.network, write=bool(spec.write)) if linux else None
     if filtered is not None:
         applied.append(filtered)
     guarded = ["file changes outside the write grants"]
