@@ -3,8 +3,9 @@
 Run it with `python examples/sandboxed.py`. The `Notes` service below is
 loaded in the child by its import path (`sandboxed:Notes`); it may write in
 one directory and nowhere else, may not use the network and may not start
-programs. It tries all three and reports what the kernel (or, without
-Landlock, the audit hook) said.
+programs. It tries to write, change a file's mode, connect, look a name up
+and run a program, and reports what it was told: each is refused with a
+`PermissionError`, by the kernel (Landlock, seccomp) or the audit hook.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ class Notes:
         print("wrote today.txt")
         for attempt, action in (
             ("write outside", lambda: (self.directory.parent / "escape.txt").write_text("x")),
+            ("change a mode outside", lambda: self.directory.parent.chmod(0o777)),
             ("connect", lambda: socket.create_connection(("127.0.0.1", 9), timeout=1)),
+            ("look a name up", lambda: socket.getaddrinfo("example.com", 443)),
             ("run a program", lambda: subprocess.run(["true"], check=False)),
         ):
             try:

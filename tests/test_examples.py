@@ -29,7 +29,9 @@ EXPECTED = {
     "sandboxed.py": [
         "[notes] wrote today.txt",
         "write outside: refused",
+        "change a mode outside: refused",
         "connect: refused",
+        "look a name up: refused",
         "run a program: refused",
         "[notes] closing the notebook (reason: None)",
         "stopped: exit code 0, the note says 'buy milk'",
