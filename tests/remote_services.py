@@ -284,3 +284,27 @@ class Quits:
     async def _quit(self) -> None:
         await anyio.sleep(0.05)
         startable.of(self).stop_nowait()
+
+
+class Daemonizer:
+    """Starts programs that leave its process group: a new session, and a double fork.
+
+    Prints `GRANDCHILD <pid>` for each, once it runs.
+    """
+
+    @startable.as_raw_start
+    def _start(self) -> None:
+        session = subprocess.Popen(["sleep", "1000"], start_new_session=True)
+        print(f"GRANDCHILD {session.pid}", flush=True)
+        # The classic daemon: fork, new session, fork again, the middle one exits.
+        script = (
+            "import os, time\n"
+            "if os.fork() == 0:\n"
+            "    os.setsid()\n"
+            "    if os.fork() == 0:\n"
+            "        print('GRANDCHILD', os.getpid(), flush=True)\n"
+            "        time.sleep(1000)\n"
+            "    os._exit(0)\n"
+            "os.wait()\n"
+        )
+        subprocess.run([sys.executable, "-c", script], check=True)

@@ -48,6 +48,7 @@ from ._permissions import Permissions
 from ._port import ConnectionPort, from_socket
 from ._process import ChildProcess, read_lines, spawn
 from ._remote import ENV_DATA_PORT, ENV_PARENT, ENV_PORT
+from ._services import NAME_RULE
 
 logger = logging.getLogger("startable.cluster")
 STARTED, STOPPING = State.STARTED, State.STOPPING
@@ -218,6 +219,7 @@ class ServiceController:
                 pass_fds=passed,
                 env=env,
                 cwd=self.cwd,
+                label=self.name if NAME_RULE.fullmatch(self.name) else "service",
             )
         except BaseException:
             ours.close()  # no process, no port: nothing else would close it
@@ -312,7 +314,7 @@ class ServiceController:
                 with anyio.move_on_after(2, shield=True):  # its last words, if still in the pipes
                     for done in self._output_done.values():
                         await done.wait()
-                process.close()
+                await process.aclose()
             self._release_pings()
             if self._port is not None:
                 await of(self._port).stop()

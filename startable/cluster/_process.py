@@ -8,13 +8,16 @@ started from one thread that lives as long as this process.
 
 Each child leads its own process group, so the stop ladder's signals reach
 whatever it started too; when it exits, what is left in its group is killed
-before it is reaped, while its pid cannot belong to anyone else. Its exit is
-awaited on a pidfd (Linux 5.3+).
+before it is reaped, while its pid cannot belong to anyone else. Where a
+cgroup can be made for it (`_descendants`), it holds the child and all it
+starts, wherever they go: the signals reach them, and they are killed when
+the child exits. Its exit is awaited on a pidfd (Linux 5.3+).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import signal
 import subprocess
@@ -24,6 +27,8 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+
+from ._descendants import Cgroup, tree
 
 _spawner: concurrent.futures.ThreadPoolExecutor | None = None
 _spawner_lock = threading.Lock()
@@ -43,10 +48,12 @@ def _executor() -> concurrent.futures.ThreadPoolExecutor:
 class ChildProcess:
     """A running child: its pid, its pidfd, its output pipes, and its exit."""
 
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes], cgroup: Cgroup | None = None) -> None:
         self.popen = popen
         self.pid = popen.pid
         self.pidfd = os.pidfd_open(popen.pid)
+        #: The cgroup holding it and all it starts (None where none could be made).
+        self.cgroup = cgroup
         self.returncode: int | None = None
         self._exited = anyio.Event()
 
@@ -58,6 +65,8 @@ class ChildProcess:
                 # Not reaped yet, its pid (and so its group id) is still ours: end what
                 # it left in its group now, never once the pid could be someone else's.
                 self._kill_group(signal.SIGKILL)
+                if self.cgroup is not None:  # and what it left anywhere else
+                    self.cgroup.kill()
                 self.returncode = self.popen.wait()  # it has exited: this does not block
                 self._exited.set()
         return self.returncode
@@ -79,6 +88,13 @@ class ChildProcess:
             if left_its_group:  # it moved itself elsewhere: reach it through its pidfd
                 signal.pidfd_send_signal(self.pidfd, signum)
             self._kill_group(signum)
+            # What it started in sessions of their own, too: its cgroup holds them
+            # all; without one, its tree does (the remote adopts orphans).
+            descendants = self.cgroup.members() if self.cgroup is not None else tree(self.pid)
+            for pid in descendants:
+                if pid != self.pid:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signum)
 
     def _kill_group(self, signum: int) -> None:
         try:
@@ -86,13 +102,34 @@ class ChildProcess:
         except (ProcessLookupError, PermissionError):
             pass
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        """Release its pipes, its pidfd, and its cgroup once empty (waiting up to 2 s)."""
         for stream in (self.popen.stdout, self.popen.stderr):
             if stream is not None:
                 stream.close()
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
+        cgroup, self.cgroup = self.cgroup, None
+        if cgroup is not None:
+            with anyio.move_on_after(2, shield=True):
+                cgroup.kill()
+                while not cgroup.remove():  # not empty yet: wait for what was killed to end
+                    await _all_ended(cgroup.members())
+
+
+async def _all_ended(pids: Sequence[int]) -> None:
+    for pid in pids:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            continue  # gone already
+        try:
+            await anyio.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+    if not pids:  # the kernel has yet to empty it: rare, and brief
+        await anyio.sleep(0.005)
 
 
 async def spawn(
@@ -101,8 +138,12 @@ async def spawn(
     pass_fds: Sequence[int] = (),
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
+    label: str = "child",
 ) -> ChildProcess:
-    """Start a child in a new session, with piped stdout and stderr, from the spawner thread."""
+    """Start a child in a new session, with piped stdout and stderr, from the spawner thread.
+
+    It is put in a cgroup of its own (named after `label`) where one can be made.
+    """
     options: dict[str, Any] = {
         "pass_fds": tuple(pass_fds),
         "env": dict(env) if env is not None else None,
@@ -113,15 +154,25 @@ async def spawn(
         "start_new_session": True,
     }
 
-    def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(list(args), **options)
+    cgroup = Cgroup.make(label)
+
+    def start() -> tuple[subprocess.Popen[bytes], Cgroup | None]:
+        popen = subprocess.Popen(list(args), **options)
+        # At once: the child runs no code of the service's before it is told to.
+        # (If the kernel refuses the move, the cgroup is gone: the subreaper remains.)
+        return popen, cgroup if cgroup is not None and cgroup.add(popen.pid) else None
 
     future = _executor().submit(start)
-    popen = await anyio.to_thread.run_sync(future.result)
+    try:
+        popen, tracked = await anyio.to_thread.run_sync(future.result)
+    except BaseException:
+        if cgroup is not None:
+            cgroup.remove()
+        raise
     for stream in (popen.stdout, popen.stderr):
         assert stream is not None
         os.set_blocking(stream.fileno(), False)
-    return ChildProcess(popen)
+    return ChildProcess(popen, tracked)
 
 
 async def read_lines(fileno: int, *, limit: int = 65536) -> Any:

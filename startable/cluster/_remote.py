@@ -43,6 +43,7 @@ from .._startable import StateChange, of
 from .._version import __version__
 from ._contract import AnyMessage
 from ._dataplane import PortLink, ServiceClient, set_process_client
+from ._descendants import become_subreaper, end_own_descendants
 from ._errors import ClusterError, FrameError, MessageError, PortClosed, PortError, RemoteError
 from ._messages import (
     PROTOCOL,
@@ -81,6 +82,7 @@ def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        become_subreaper()  # what the service starts stays in this process's tree
     expected = os.environ.pop(ENV_PARENT, None)
     if expected is not None and os.getppid() != int(expected):
         os._exit(EXIT_SETUP)  # the parent died before the signal was armed
@@ -175,7 +177,9 @@ def main() -> NoReturn:
         _warm_up(request)
         paths = [] if request.code is not None else _code_paths(request.entry)
         mechanisms = apply(request.permissions, paths)
-    sys.exit(anyio.run(_serve, sock, data, request, mechanisms, backend="trio"))
+    code = anyio.run(_serve, sock, data, request, mechanisms, backend="trio")
+    end_own_descendants()  # nothing the service started outlives it
+    sys.exit(code)
 
 
 def _warm_up(request: RunEntry) -> None:
@@ -383,6 +387,7 @@ async def _listen(port: Any, ending: _Ending) -> None:
 
 def _controller_gone() -> NoReturn:
     """The controller is gone: end this process group now, with all it started."""
+    end_own_descendants(deadline=0.5)  # those in sessions of their own first
     if os.getpgid(0) == os.getpid():
         os.killpg(os.getpid(), signal.SIGKILL)
     os._exit(EXIT_FAILED)
