@@ -113,3 +113,30 @@ async def test_no_process_outlives_a_manager(tracking: str) -> None:
         async with startable.running(ServicesManager([spec])):
             await seen.both.wait()
     assert not any(alive(pid) for pid in seen.pids)
+
+
+def test_the_cgroups_of_a_manager_that_died_are_cleaned_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import subprocess
+
+    if not cgroups_here():
+        pytest.skip("no cgroup (v2) can be made here")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a manager that is no more
+    parent = _descendants._own_cgroup()
+    assert parent is not None
+    stale = _descendants.Cgroup(os.path.join(parent, f"startable-{gone.pid}-1-old"))
+    os.mkdir(stale.path)
+    survivor = subprocess.Popen(["sleep", "1000"], start_new_session=True)
+    try:
+        assert stale.add(survivor.pid)
+        monkeypatch.setattr(_descendants, "_swept", False)
+        made = _descendants.Cgroup.make("new")  # the first one a manager makes sweeps
+        assert made is not None
+        made.remove()
+        assert survivor.wait(timeout=10) == -signal.SIGKILL
+        assert not os.path.exists(stale.path)
+    finally:
+        survivor.kill()
+        survivor.wait(timeout=10)

@@ -30,6 +30,7 @@ from typing import Final
 
 _PR_SET_CHILD_SUBREAPER: Final = 36
 _names = itertools.count(1)
+_swept = False  # the cgroups of managers that died were cleaned up
 #: Set to False to use the subreaper alone (tests of the fallback).
 USE_CGROUPS = True
 
@@ -98,9 +99,13 @@ class Cgroup:
         """A new cgroup beside this process's own, or None if it cannot be made here."""
         if not USE_CGROUPS:
             return None
+        global _swept
         parent = _own_cgroup()
         if parent is None:
             return None
+        if not _swept:
+            _swept = True
+            _sweep_stale(parent)
         path = os.path.join(parent, f"startable-{os.getpid()}-{next(_names)}-{label}")
         try:
             os.mkdir(path)
@@ -159,6 +164,39 @@ class Cgroup:
         except OSError:
             return False
         return True
+
+
+def _sweep_stale(parent: str) -> None:
+    """End and remove the cgroups left by managers that died (killed before their clean-up).
+
+    Their service processes died with them (a parent-death signal), but what
+    those started in sessions of their own lives on in their cgroups.
+    """
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("-", 3)
+        if len(parts) < 3 or parts[0] != "startable" or not parts[1].isdigit():
+            continue
+        if _alive(int(parts[1])):
+            continue
+        stale = Cgroup(os.path.join(parent, name))
+        stale.kill()
+        until = time.monotonic() + 1.0
+        while not stale.remove() and time.monotonic() < until:
+            time.sleep(0.005)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's: leave it alone
+    return True
 
 
 def _own_cgroup() -> str | None:
