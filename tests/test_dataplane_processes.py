@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 import anyio
 import pytest
@@ -21,22 +20,14 @@ from startable.cluster import (
     ServiceUnavailable,
 )
 
+from . import specs
 from .waiting import until
 
 pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parent.parent
-OPTIONS = {"close_timeout": 5, "term_timeout": 2, "resources_interval": 0}
 
 
-def process(name: str, kind: str, *depends_on: str, **options: object) -> ServiceSpec:
-    return ServiceSpec(
-        name=name,
-        entry=f"tests.plane_services:{kind}",
-        depends_on=depends_on,
-        cwd=str(ROOT),
-        container_options=OPTIONS,
-        **options,  # type: ignore[arg-type]
-    )
+def process(name: str, kind: str, *depends_on: str, **fields: object) -> ServiceSpec:
+    return specs.process(name, f"tests.plane_services:{kind}", *depends_on, **fields)
 
 
 def cluster(**api_options: object) -> ServicesManager:

@@ -8,7 +8,6 @@ an id to answer.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import anyio
 import pytest
@@ -20,28 +19,15 @@ from startable.cluster import (
     ClusterError,
     ServiceClient,
     ServicesManager,
-    ServiceSpec,
     port_pair,
 )
 from startable.cluster._contract import AnyMessage
 from startable.cluster._dataplane import PortLink
 
+from .specs import process
 from .waiting import until
 
 pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parent.parent
-OPTIONS = {"close_timeout": 5, "term_timeout": 2, "resources_interval": 0}
-
-
-def process(name: str, entry: str, *depends_on: str, **options: object) -> ServiceSpec:
-    return ServiceSpec(
-        name=name,
-        entry=entry,
-        depends_on=depends_on,
-        cwd=str(ROOT),
-        container_options=OPTIONS,
-        **options,  # type: ignore[arg-type]
-    )
 
 
 def cluster() -> ServicesManager:

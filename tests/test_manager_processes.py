@@ -20,6 +20,7 @@ from startable.cluster import (
     ServiceSpec,
 )
 
+from . import specs
 from .waiting import until
 
 pytestmark = pytest.mark.anyio
@@ -27,14 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def process(name: str, *depends_on: str) -> ServiceSpec:
-    return ServiceSpec(
-        name=name,
-        entry="tests.remote_services:Sleeper",
-        depends_on=depends_on,
-        cwd=str(ROOT),
-        restart=RestartPolicy(backoff=0),
-        container_options={"close_timeout": 5, "term_timeout": 2, "resources_interval": 0},
-    )
+    return specs.process(name, "Sleeper", *depends_on, restart=RestartPolicy(backoff=0))
 
 
 def gone(pid: int) -> bool:

@@ -3,8 +3,6 @@ services that exit for good."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import anyio
 import pytest
 
@@ -19,10 +17,10 @@ from startable.cluster import (
     ServiceSpec,
 )
 
+from . import specs
 from .waiting import until
 
 pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def process(
@@ -32,14 +30,13 @@ def process(
     env: dict[str, str] | None = None,
     restart: RestartPolicy | None = None,
 ) -> ServiceSpec:
-    return ServiceSpec(
-        name=name,
-        entry=f"tests.remote_services:{entry}",
-        depends_on=depends_on,
-        cwd=str(ROOT),
+    return specs.process(
+        name,
+        entry,
+        *depends_on,
+        options={"close_timeout": 1, "term_timeout": 1, "resources_interval": 0},
         env=env or {},
         restart=restart or RestartPolicy(backoff=0),
-        container_options={"close_timeout": 1, "term_timeout": 1, "resources_interval": 0},
     )
 
 
