@@ -12,6 +12,8 @@ import anyio.abc
 import pytest
 from anyio.streams.text import TextReceiveStream
 
+import startable
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = "tests/cli_targets.py"
 
@@ -168,3 +170,35 @@ async def test_bad_targets_exit_2_with_a_clear_message(target: str, message: str
         code = await cli_exit(cli)
     assert code == 2
     assert message in cli.output
+
+
+async def startable_command(*args: str) -> subprocess.CompletedProcess[bytes]:
+    with anyio.fail_after(30):
+        return await anyio.run_process(
+            [sys.executable, "-m", "startable", *args], cwd=ROOT, check=False
+        )
+
+
+# The command runs its own event loop; the test's backend only waits for it.
+trio_only = pytest.mark.parametrize("anyio_backend", ["trio"])
+
+
+@trio_only
+@pytest.mark.parametrize("option", ["--start-timeout", "--stop-timeout"])
+@pytest.mark.parametrize("value", ["-5", "0", "nan", "inf", "-inf", "1e400", "soon"])
+async def test_a_timeout_that_is_not_a_positive_finite_number_is_a_usage_error(
+    option: str, value: str
+) -> None:
+    done = await startable_command("run", f"{TARGETS}:Quick", f"{option}={value}")
+    assert done.returncode == 2, done
+    message = done.stderr.decode().splitlines()[-1]
+    assert message.startswith(f"startable run: error: argument {option}: "), message
+    assert repr(value) in message
+    assert "Traceback" not in done.stderr.decode()
+
+
+@trio_only
+async def test_version() -> None:
+    done = await startable_command("--version")
+    assert done.returncode == 0
+    assert done.stdout.decode().startswith(f"startable {startable.__version__} (Python 3.")

@@ -17,11 +17,13 @@ import argparse
 import importlib
 import importlib.util
 import logging
+import math
 import os
+import platform
 import sys
 from collections.abc import Sequence
 
-from .. import _running
+from .. import __version__, _running
 from .._util import instance_of
 
 __all__ = ("load_target", "main")
@@ -80,8 +82,29 @@ def load_target(target: str) -> object:
         raise TargetError(str(exc)) from None
 
 
+def seconds(text: str) -> float:
+    """An argparse `type=`: a positive, finite number of seconds.
+
+    Raises:
+        argparse.ArgumentTypeError: for anything else (`-5`, `0`, `nan`, `inf`,
+            `soon`), which argparse turns into a usage error (exit code 2).
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number, not {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="startable", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {__version__} (Python {platform.python_version()})",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
         "run",
@@ -91,8 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("target", metavar="MODULE:ATTR", help="an object, or a zero-argument factory")
     run.add_argument("--backend", choices=("trio", "asyncio"), default="trio")
-    run.add_argument("--start-timeout", type=float, metavar="SECONDS", default=None)
-    run.add_argument("--stop-timeout", type=float, metavar="SECONDS", default=None)
+    run.add_argument("--start-timeout", type=seconds, metavar="SECONDS", default=None)
+    run.add_argument("--stop-timeout", type=seconds, metavar="SECONDS", default=None)
     run.add_argument(
         "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper
     )
