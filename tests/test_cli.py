@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -13,6 +16,8 @@ import pytest
 from anyio.streams.text import TextReceiveStream
 
 import startable
+
+from . import cli_targets
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = "tests/cli_targets.py"
@@ -202,3 +207,97 @@ async def test_version() -> None:
     done = await startable_command("--version")
     assert done.returncode == 0
     assert done.stdout.decode().startswith(f"startable {startable.__version__} (Python 3.")
+
+
+# -- what the log says -------------------------------------------------------------------
+
+
+async def test_every_move_is_logged_the_children_at_debug() -> None:
+    with anyio.fail_after(30):
+        cli = await run_cli(f"{TARGETS}:Parent", "--log-level", "debug")
+        code = await exit_after(cli, ("Parent: STARTING → STARTED", signal.SIGINT))
+    assert code == 0, cli.output
+    moves = [
+        line.split(" startable: ")[0].split()[-1] + " " + line.split(" startable: ")[1]
+        for line in cli.output.splitlines()
+        if " startable: " in line and "→" in line
+    ]
+    assert moves == [
+        "INFO Parent: READY → STARTING",
+        "DEBUG Named 'first': READY → STARTING",
+        "DEBUG Named 'first': STARTING → STARTED",
+        "DEBUG Named 'second': READY → STARTING",
+        "DEBUG Named 'second': STARTING → STARTED",
+        "INFO Parent: STARTING → STARTED",
+        "INFO Parent: STARTED → STOPPING",
+        "DEBUG Named 'second': STARTED → STOPPING",
+        "DEBUG Named 'second': STOPPING → STOPPED",
+        "DEBUG Named 'first': STARTED → STOPPING",
+        "DEBUG Named 'first': STOPPING → STOPPED",
+        "INFO Parent: STOPPING → STOPPED",
+    ]
+
+
+async def test_at_info_only_the_root_moves_are_logged() -> None:
+    with anyio.fail_after(30):
+        cli = await run_cli(f"{TARGETS}:Parent")
+        code = await exit_after(cli, ("Parent: STARTING → STARTED", signal.SIGINT))
+    assert code == 0, cli.output
+    assert "Parent: STOPPING → STOPPED" in cli.output
+    assert "Named" not in cli.output
+
+
+async def test_an_abandoned_start_says_it_was_a_signal() -> None:
+    with anyio.fail_after(30):
+        cli = await run_cli(f"{TARGETS}:HangingStart")
+        code = await exit_after(cli, ("STARTING", signal.SIGTERM))
+    assert code == 0, cli.output
+    assert "HangingStart: STARTING → STOPPING (start abandoned: SIGTERM received)" in cli.output
+    assert "HangingStart: STOPPING → STOPPED (start abandoned: SIGTERM received)" in cli.output
+
+
+async def test_an_abandoned_start_says_it_was_the_timeout() -> None:
+    with anyio.fail_after(30):
+        cli = await run_cli(f"{TARGETS}:HangingStart", "--start-timeout", "0.2")
+        code = await cli_exit(cli)
+    assert code == 1, cli.output
+    expected = (
+        "HangingStart: STARTING → STOPPING (start abandoned: the start timeout of 0.2s passed)"
+    )
+    assert expected in cli.output
+    assert "Cancelled" not in cli.output
+
+
+@trio_only
+async def test_run_from_python_sets_up_the_same_logging() -> None:
+    with anyio.fail_after(30):
+        process = await anyio.open_process(
+            [sys.executable, "-c", "from tests.cli_targets import run_from_python as r; r()"],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        cli = Cli(process)
+        code = await exit_after(cli, ("Parent: STARTING → STARTED", signal.SIGINT))
+    assert code == 0, cli.output
+    assert re.search(r"^\S+ \S+ INFO    startable: Parent: READY → STARTING$", cli.output, re.M)
+    assert re.search(
+        r"^\S+ \S+ DEBUG   startable: Named 'first': READY → STARTING$", cli.output, re.M
+    )
+    assert "SIGINT received: stopping Parent" in cli.output
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"start_timeout": -5}, "start_timeout must be a positive, finite number, not -5"),
+        ({"stop_timeout": math.nan}, "stop_timeout must be a positive, finite number, not nan"),
+        ({"stop_timeout": math.inf}, "stop_timeout must be a positive, finite number, not inf"),
+        ({"log_level": "LOUD"}, "unknown log level 'LOUD'"),
+    ],
+)
+def test_run_refuses_bad_options_before_starting(options: dict[str, Any], error: str) -> None:
+    service = cli_targets.FinishesOnItsOwn()  # if it ran, it would end by itself
+    with pytest.raises(ValueError, match=re.escape(error)):
+        startable.run(service, **options)
+    assert startable.of(service).state is startable.State.READY

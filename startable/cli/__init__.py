@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import logging
 import math
 import os
 import platform
@@ -146,11 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._up import up  # rich and the cluster layer, only for this command
 
         return up(args.file, backend=args.backend, live=args.live)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    _running.configure_logging(args.log_level)  # before the import: it may log
     try:
         obj = load_target(args.target)
     except TargetError as exc:
