@@ -301,3 +301,30 @@ def test_run_refuses_bad_options_before_starting(options: dict[str, Any], error:
     with pytest.raises(ValueError, match=re.escape(error)):
         startable.run(service, **options)
     assert startable.of(service).state is startable.State.READY
+
+
+# -- a target that is a file ---------------------------------------------------------
+
+SHADOWING = """
+import json
+import logging
+
+import startable
+
+
+class Service:
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        logging.getLogger("target").info("dumped %s", json.dumps({"ok": True}))
+"""
+
+
+async def test_a_file_named_like_another_module_does_not_shadow_it(tmp_path: Path) -> None:
+    (tmp_path / "odd:dir").mkdir()
+    target = tmp_path / "odd:dir" / "json.py"  # a colon in the path, and the name of a module
+    target.write_text(SHADOWING)
+    with anyio.fail_after(30):
+        cli = await run_cli(f"{target}:Service")
+        code = await exit_after(cli, ("Service: STARTING → STARTED", signal.SIGINT))
+    assert code == 0, cli.output
+    assert 'dumped {"ok": true}' in cli.output

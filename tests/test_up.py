@@ -27,7 +27,13 @@ from rich.console import Console
 import startable
 from startable import State
 from startable.cli._up import LiveReporter, format_bytes, format_duration, in_order, render
-from startable.cluster import OutputLine, RestartPolicy, ServicesManager, ServiceSpec
+from startable.cluster import (
+    OutputLine,
+    Permissions,
+    RestartPolicy,
+    ServicesManager,
+    ServiceSpec,
+)
 
 from .up_services import FORGERIES
 from .waiting import until
@@ -329,8 +335,40 @@ async def test_up_runs_in_order_multiplexes_output_and_stops_in_reverse_on_sigin
     [
         (service("web", "Talker", "db"), "demo.toml: services.web.depends_on: "),
         ('[services.web]\nentry = "no colon"\n', "demo.toml: services.web.entry: "),
+        (
+            '[services.web]\nentry = "nowhere:App"\n',
+            "demo.toml: services.web.entry: cannot find the module 'nowhere'",
+        ),
+        (service("web", "Talker", extra='cwd = "www"'), "demo.toml: services.web.cwd: "),
+        (
+            service("web", "Talker", extra='python = "bin/python"'),
+            "demo.toml: services.web.python: ",
+        ),
+        (
+            service("web", "Talker", extra="[services.web.permissions]\nwrite = ['data']"),
+            "demo.toml: services.web.permissions.write: ",
+        ),
+        (
+            service(
+                "web", "Talker", extra="[services.web.permissions]\nmemory = 18446744073709551616"
+            ),
+            "demo.toml: services.web.permissions.memory: must be less than 2**63",
+        ),
+        (
+            service("web", "Talker", extra="env = { A = " + "[" * 5000 + "]" * 5000 + " }"),
+            "demo.toml: invalid TOML: arrays or tables nested too deeply",
+        ),
     ],
-    ids=["unknown dependency", "bad entry"],
+    ids=[
+        "unknown dependency",
+        "bad entry",
+        "missing module",
+        "missing cwd",
+        "missing python",
+        "missing write directory",
+        "memory beyond setrlimit",
+        "deep nesting",
+    ],
 )
 async def test_a_bad_file_exits_2_naming_the_key(tmp_path: Path, body: str, message: str) -> None:
     path = cluster_file(tmp_path, body)
@@ -661,3 +699,65 @@ async def test_on_a_terminal_the_table_keeps_the_file_order_and_escapes_service_
         re.MULTILINE,
     )
     assert rows and rows == ["forger", "web", "db"] * (len(rows) // 3), rows
+
+
+# -- entries that name a file ---------------------------------------------------------
+
+TALKER_FILE = """
+import startable
+
+
+class Talker:
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        print(f"hello from {__name__}", flush=True)
+"""
+
+
+@trio_only
+async def test_an_entry_can_name_a_file(tmp_path: Path) -> None:
+    (tmp_path / "svc").mkdir()
+    (tmp_path / "svc" / "json.py").write_text(TALKER_FILE)  # named like another module
+    (tmp_path / "svc" / "talk.py").write_text(TALKER_FILE)
+    limited = "[services.other.permissions]"  # Landlock: the file must stay readable
+    path = cluster_file(
+        tmp_path,
+        '[services.talk]\nentry = "svc/talk.py:Talker"\n',
+        f'[services.other]\nentry = "svc/json.py:Talker"\n{limited}\n',
+    )
+    with anyio.fail_after(60):
+        async with up(path) as cli:
+            await cli.wait_for("other: STARTED")
+            cli.process.send_signal(signal.SIGINT)
+            code = await cli.finish()
+    assert code == 0, (cli.out, cli.err)
+    lines = cli.out.splitlines()
+    assert "talk  | hello from talk" in lines
+    assert "other | hello from __startable_entry__" in lines
+
+
+async def test_a_service_spec_entry_can_name_a_file_outside_sys_path(tmp_path: Path) -> None:
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "talk.py").write_text(TALKER_FILE)
+    (tmp_path / "run").mkdir()
+    spec = ServiceSpec(
+        name="talk",
+        entry="../lib/talk.py:Talker",  # relative to its cwd
+        cwd=str(tmp_path / "run"),
+        permissions=Permissions(),  # under Landlock, the file's directory stays readable
+    )
+    manager = ServicesManager([spec], name="demo")
+    said: list[str] = []
+    heard = anyio.Event()
+
+    def hear(line: OutputLine) -> None:
+        said.append(line.text)
+        heard.set()
+
+    node = manager["talk"]
+    assert node.container is not None
+    node.container.on_output = hear
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            await heard.wait()
+    assert said == ["hello from talk"]

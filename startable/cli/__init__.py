@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.machinery
 import importlib.util
 import math
 import os
@@ -39,7 +40,12 @@ def _import(module_name: str) -> object:
         path = os.path.abspath(module_name)
         if not os.path.isfile(path):
             raise TargetError(f"no such file: {module_name}")
-        name = os.path.splitext(os.path.basename(path))[0]
+        stem = os.path.splitext(os.path.basename(path))[0]
+        other = importlib.machinery.PathFinder.find_spec(stem) if stem.isidentifier() else None
+        # Named after the file, unless that would shadow another module
+        # (`tools/json.py` must not become everybody's `json`).
+        free = stem.isidentifier() and stem not in sys.modules
+        name = stem if free and (other is None or other.origin == path) else "__startable_target__"
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:  # pragma: no cover - not a .py file
             raise TargetError(f"cannot load {module_name}")
@@ -61,7 +67,7 @@ def load_target(target: str) -> object:
     Raises:
         TargetError: with a message that says what is wrong.
     """
-    module_name, sep, attr = target.partition(":")
+    module_name, sep, attr = target.rpartition(":")  # a path may hold a colon
     if not sep or not module_name or not attr:
         raise TargetError(f"expected MODULE:ATTR, got {target!r}")
     try:
