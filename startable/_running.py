@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
+import re
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar
@@ -13,7 +16,9 @@ from ._drive import EXIT_FAILED as EXIT_FAILED
 from ._drive import EXIT_FORCED as EXIT_FORCED
 from ._drive import EXIT_OK as EXIT_OK
 from ._drive import Phase, drive
-from ._exceptions import StoppedError
+from ._exceptions import AbortedError, StoppedError
+from ._instrument import Instrument, instrumented
+from ._lifecycle import State
 from ._owner import combine, open_owner
 from ._startable import Startable, StateChange, of
 
@@ -91,12 +96,16 @@ def run(
     backend_options: dict[str, Any] | None = None,
     start_timeout: float | None = None,
     stop_timeout: float | None = None,
+    log_level: int | str | None = None,
 ) -> int:
     """Run `obj` as a program: start it, wait, stop it on SIGINT or SIGTERM.
 
-    State changes and errors are logged on the `startable` logger. A first
-    signal while it is still starting abandons the start (which is undone)
-    and stops it. A second SIGINT while stopping forces the stop (the raw
+    Every state change is logged on the `startable` logger: those of `obj`
+    at INFO, those of every lifecycle started under it (its children, and
+    theirs) at DEBUG; errors at ERROR. A first signal while it is still
+    starting abandons the start (which is undone) and stops it; the log
+    says why the start was abandoned (the signal, the start timeout, or a
+    cancellation). A second SIGINT while stopping forces the stop (the raw
     stop is cancelled). A service that stops on its own ends the program
     too.
 
@@ -106,19 +115,33 @@ def run(
         backend_options: passed to `anyio.run`.
         start_timeout: seconds the start may take; then it is abandoned.
         stop_timeout: seconds the stop may take; then it is forced.
+        log_level: if given (`"INFO"`, `logging.DEBUG`...), set up logging
+            as `startable run` does: the root logger gets this level and,
+            if it has no handler yet, one that writes to stderr in the
+            command's format. By default logging is left as it is.
 
     Returns:
         The exit code: 0 when the service stopped cleanly (on a signal, or on
         its own without a reason), 130 when a second SIGINT forced the stop,
         1 otherwise (failed or timed-out start, stop reason, failed stop).
 
+    Raises:
+        ValueError: a timeout that is not a positive, finite number, or an
+            unknown `log_level`; before anything starts.
+        TypeError: a `log_level` that is neither a string nor an integer.
+
     Example:
         ```python
         if __name__ == "__main__":
-            sys.exit(startable.run(Server()))
+            sys.exit(startable.run(Server(), log_level="INFO"))
         ```
     """
     lifecycle = of(obj)
+    for name, timeout in (("start_timeout", start_timeout), ("stop_timeout", stop_timeout)):
+        if timeout is not None and not (0 < timeout < math.inf):  # NaN fails too
+            raise ValueError(f"{name} must be a positive, finite number, not {timeout!r}")
+    if log_level is not None:
+        configure_logging(log_level)
     return anyio.run(
         _serve,
         lifecycle,
@@ -129,35 +152,121 @@ def run(
     )
 
 
-def _log_change(change: StateChange) -> None:
-    name = change.startable.name
-    move = f"{change.previous.name} → {change.current.name}"
-    if change.reason is not None:
-        logger.info("%s: %s (reason: %r)", name, move, change.reason)
+#: The format of `startable run`'s log records.
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def configure_logging(level: int | str) -> None:
+    """Log to stderr as `startable run` does (see `run`'s `log_level`).
+
+    Raises:
+        ValueError: `level` is not a level name (`"DEBUG"`, `"info"`...).
+        TypeError: `level` is neither a string nor an integer.
+    """
+    if isinstance(level, str):
+        number = logging.getLevelNamesMapping().get(level.upper())
+        if number is None:
+            names = ", ".join(logging.getLevelNamesMapping())
+            raise ValueError(f"unknown log level {level!r} (known: {names})")
+    elif isinstance(level, int) and not isinstance(level, bool):
+        number = level
     else:
-        logger.info("%s: %s", name, move)
+        raise TypeError(f"a log level is a name or a number, not {level!r}")
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(number)
+
+
+def _label(lifecycle: Startable) -> str:
+    """`lifecycle.name`, with the object's own `name` if it has one (`ServiceNode 'kv'`)."""
+    try:
+        own = getattr(lifecycle.target, "name", None)
+    except Exception:  # a property that fails: the label does without it
+        own = None
+    return f"{lifecycle.name} {own!r}" if isinstance(own, str) else lifecycle.name
+
+
+def _log_change(change: StateChange, *, level: int = logging.INFO, why: str | None = None) -> None:
+    """Log one move; `why` replaces the reason of an abandoned start."""
+    if not logger.isEnabledFor(level):
+        return
+    lifecycle = change.startable
+    name = lifecycle.name if level >= logging.INFO else _label(lifecycle)
+    move = f"{change.previous.name} → {change.current.name}"
+    if why is not None:
+        logger.log(level, "%s: %s (start abandoned: %s)", name, move, why)
+    elif change.reason is not None:
+        logger.log(level, "%s: %s (reason: %r)", name, move, change.reason)
+    else:
+        logger.log(level, "%s: %s", name, move)
+
+
+_SIGNAL = re.compile(r"(SIG[A-Z0-9]+) received: stopping ")
 
 
 class _LogNarrator:
     """`run()` tells what happens on the `startable` logger."""
 
+    def __init__(self, start_timeout: float | None) -> None:
+        self.start_timeout = start_timeout
+        self.start_began: float | None = None
+        self.signal: str | None = None
+
     def enter(self, phase: Phase) -> None:
-        pass  # the moves are logged as they happen (`_log_change`)
+        # The moves are logged as they happen (`_MoveLog`).
+        if phase == "starting":
+            self.start_began = anyio.current_time()
 
     def say(self, text: str, *, failed: bool = False, error: BaseException | None = None) -> None:
+        match = _SIGNAL.match(text)
+        if match is not None and self.signal is None:
+            self.signal = match[1]
         if error is not None:
             logger.error("%s", text, exc_info=error)
         else:
             logger.log(logging.ERROR if failed else logging.INFO, "%s", text)
 
+    def why_abandoned(self) -> str:
+        """Why the start was abandoned: `drive` cancels it on a signal or at its deadline."""
+        if self.signal is not None:
+            return f"{self.signal} received"
+        timeout, began = self.start_timeout, self.start_began
+        if timeout is not None and began is not None and anyio.current_time() >= began + timeout:
+            return f"the start timeout of {timeout:g}s passed"
+        return "cancelled"
+
+
+class _MoveLog(Instrument):
+    """Logs every move of every lifecycle whose cycle begins under `run()`."""
+
+    def __init__(self, root: Startable, narrator: _LogNarrator) -> None:
+        self.root = root
+        self.narrator = narrator
+        self.abandoned: BaseException | None = None  # the reason of an abandoned start
+        self.why: str | None = None
+
+    def on_move(self, change: StateChange) -> None:
+        if change.startable is not self.root:
+            _log_change(change, level=logging.DEBUG)
+            return
+        why = None
+        if change.previous is State.STARTING and isinstance(change.reason, AbortedError):
+            self.abandoned = change.reason
+            why = self.narrator.why_abandoned()
+            self.why = why
+        elif change.reason is not None and change.reason is self.abandoned:
+            why = self.why  # STOPPING -> STOPPED, the same abandoned start
+        _log_change(change, why=why)
+
 
 async def _serve(
     lifecycle: Startable, start_timeout: float | None, stop_timeout: float | None
 ) -> int:
-    unsubscribe = lifecycle.subscribe(_log_change)
-    try:
+    narrator = _LogNarrator(start_timeout)
+    with instrumented(_MoveLog(lifecycle, narrator)):
         return await drive(
-            lifecycle, _LogNarrator(), start_timeout=start_timeout, stop_timeout=stop_timeout
+            lifecycle, narrator, start_timeout=start_timeout, stop_timeout=stop_timeout
         )
-    finally:
-        unsubscribe()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 import anyio
 
@@ -83,3 +85,34 @@ def make_quick() -> Quick:
 
 
 not_startable = 42
+
+
+class Named(Quick):
+    """A child with a name of its own, as cluster objects have."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class Parent:
+    """Starts two children in its raw start, then waits (or hangs, with HANG set)."""
+
+    def __init__(self) -> None:
+        self.children = [Named("first"), Named("second")]
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        for child in self.children:
+            await startable.of(child).start(startable.of(self).stop)
+        if os.environ.get("HANG"):
+            await anyio.sleep_forever()
+
+    @startable.as_raw_stop
+    async def _stop(self) -> None:
+        for child in reversed(self.children):
+            await startable.of(child).stop()
+
+
+def run_from_python() -> None:
+    """`startable.run()` with the logging it sets up: `python -c` runs this."""
+    sys.exit(startable.run(Parent(), log_level=os.environ.get("LEVEL", "DEBUG")))

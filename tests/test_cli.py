@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import math
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
 import pytest
 from anyio.streams.text import TextReceiveStream
+
+import startable
+
+from . import cli_targets
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = "tests/cli_targets.py"
@@ -168,3 +175,156 @@ async def test_bad_targets_exit_2_with_a_clear_message(target: str, message: str
         code = await cli_exit(cli)
     assert code == 2
     assert message in cli.output
+
+
+async def startable_command(*args: str) -> subprocess.CompletedProcess[bytes]:
+    with anyio.fail_after(30):
+        return await anyio.run_process(
+            [sys.executable, "-m", "startable", *args], cwd=ROOT, check=False
+        )
+
+
+# The command runs its own event loop; the test's backend only waits for it.
+trio_only = pytest.mark.parametrize("anyio_backend", ["trio"])
+
+
+@trio_only
+@pytest.mark.parametrize("option", ["--start-timeout", "--stop-timeout"])
+@pytest.mark.parametrize("value", ["-5", "0", "nan", "inf", "-inf", "1e400", "soon"])
+async def test_a_timeout_that_is_not_a_positive_finite_number_is_a_usage_error(
+    option: str, value: str
+) -> None:
+    done = await startable_command("run", f"{TARGETS}:Quick", f"{option}={value}")
+    assert done.returncode == 2, done
+    message = done.stderr.decode().splitlines()[-1]
+    assert message.startswith(f"startable run: error: argument {option}: "), message
+    assert repr(value) in message
+    assert "Traceback" not in done.stderr.decode()
+
+
+@trio_only
+async def test_version() -> None:
+    done = await startable_command("--version")
+    assert done.returncode == 0
+    assert done.stdout.decode().startswith(f"startable {startable.__version__} (Python 3.")
+
+
+# -- what the log says -------------------------------------------------------------------
+
+
+async def test_every_move_is_logged_the_children_at_debug() -> None:
+    with anyio.fail_after(30):
+        cli = await run_cli(f"{TARGETS}:Parent", "--log-level", "debug")
+        code = await exit_after(cli, ("Parent: STARTING → STARTED", signal.SIGINT))
+    assert code == 0, cli.output
+    moves = [
+        line.split(" startable: ")[0].split()[-1] + " " + line.split(" startable: ")[1]
+        for line in cli.output.splitlines()
+        if " startable: " in line and "→" in line
+    ]
+    assert moves == [
+        "INFO Parent: READY → STARTING",
+        "DEBUG Named 'first': READY → STARTING",
+        "DEBUG Named 'first': STARTING → STARTED",
+        "DEBUG Named 'second': READY → STARTING",
+        "DEBUG Named 'second': STARTING → STARTED",
+        "INFO Parent: STARTING → STARTED",
+        "INFO Parent: STARTED → STOPPING",
+        "DEBUG Named 'second': STARTED → STOPPING",
+        "DEBUG Named 'second': STOPPING → STOPPED",
+        "DEBUG Named 'first': STARTED → STOPPING",
+        "DEBUG Named 'first': STOPPING → STOPPED",
+        "INFO Parent: STOPPING → STOPPED",
+    ]
+
+
+async def test_at_info_only_the_root_moves_are_logged() -> None:
+    with anyio.fail_after(30):
+        cli = await run_cli(f"{TARGETS}:Parent")
+        code = await exit_after(cli, ("Parent: STARTING → STARTED", signal.SIGINT))
+    assert code == 0, cli.output
+    assert "Parent: STOPPING → STOPPED" in cli.output
+    assert "Named" not in cli.output
+
+
+async def test_an_abandoned_start_says_it_was_a_signal() -> None:
+    with anyio.fail_after(30):
+        cli = await run_cli(f"{TARGETS}:HangingStart")
+        code = await exit_after(cli, ("STARTING", signal.SIGTERM))
+    assert code == 0, cli.output
+    assert "HangingStart: STARTING → STOPPING (start abandoned: SIGTERM received)" in cli.output
+    assert "HangingStart: STOPPING → STOPPED (start abandoned: SIGTERM received)" in cli.output
+
+
+async def test_an_abandoned_start_says_it_was_the_timeout() -> None:
+    with anyio.fail_after(30):
+        cli = await run_cli(f"{TARGETS}:HangingStart", "--start-timeout", "0.2")
+        code = await cli_exit(cli)
+    assert code == 1, cli.output
+    expected = (
+        "HangingStart: STARTING → STOPPING (start abandoned: the start timeout of 0.2s passed)"
+    )
+    assert expected in cli.output
+    assert "Cancelled" not in cli.output
+
+
+@trio_only
+async def test_run_from_python_sets_up_the_same_logging() -> None:
+    with anyio.fail_after(30):
+        process = await anyio.open_process(
+            [sys.executable, "-c", "from tests.cli_targets import run_from_python as r; r()"],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        cli = Cli(process)
+        code = await exit_after(cli, ("Parent: STARTING → STARTED", signal.SIGINT))
+    assert code == 0, cli.output
+    assert re.search(r"^\S+ \S+ INFO    startable: Parent: READY → STARTING$", cli.output, re.M)
+    assert re.search(
+        r"^\S+ \S+ DEBUG   startable: Named 'first': READY → STARTING$", cli.output, re.M
+    )
+    assert "SIGINT received: stopping Parent" in cli.output
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"start_timeout": -5}, "start_timeout must be a positive, finite number, not -5"),
+        ({"stop_timeout": math.nan}, "stop_timeout must be a positive, finite number, not nan"),
+        ({"stop_timeout": math.inf}, "stop_timeout must be a positive, finite number, not inf"),
+        ({"log_level": "LOUD"}, "unknown log level 'LOUD'"),
+    ],
+)
+def test_run_refuses_bad_options_before_starting(options: dict[str, Any], error: str) -> None:
+    service = cli_targets.FinishesOnItsOwn()  # if it ran, it would end by itself
+    with pytest.raises(ValueError, match=re.escape(error)):
+        startable.run(service, **options)
+    assert startable.of(service).state is startable.State.READY
+
+
+# -- a target that is a file ---------------------------------------------------------
+
+SHADOWING = """
+import json
+import logging
+
+import startable
+
+
+class Service:
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        logging.getLogger("target").info("dumped %s", json.dumps({"ok": True}))
+"""
+
+
+async def test_a_file_named_like_another_module_does_not_shadow_it(tmp_path: Path) -> None:
+    (tmp_path / "odd:dir").mkdir()
+    target = tmp_path / "odd:dir" / "json.py"  # a colon in the path, and the name of a module
+    target.write_text(SHADOWING)
+    with anyio.fail_after(30):
+        cli = await run_cli(f"{target}:Service")
+        code = await exit_after(cli, ("Service: STARTING → STARTED", signal.SIGINT))
+    assert code == 0, cli.output
+    assert 'dumped {"ok": true}' in cli.output

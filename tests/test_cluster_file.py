@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import sys
 import textwrap
 from pathlib import Path
 
@@ -26,14 +27,17 @@ ROOT = Path(__file__).resolve().parent.parent
 KV = '[services.kv]\nentry = "kv:Store"\n'
 
 
-def write(directory: Path, text: str, name: str = "shop.toml") -> Path:
+def write(directory: Path, text: str, name: str = "shop.toml", *, modules: bool = True) -> Path:
+    """The cluster file `name`; with `modules`, a module next to it for each entry it names."""
     path = directory / name
     path.write_text(textwrap.dedent(text), encoding="utf-8")
+    for module in re.findall(r'entry = "(\w+):', text) if modules else ():
+        (directory / f"{module}.py").touch()
     return path
 
 
-def refused(directory: Path, text: str) -> ClusterFileError:
-    path = write(directory, text)
+def refused(directory: Path, text: str, *, modules: bool = True) -> ClusterFileError:
+    path = write(directory, text, modules=modules)
     with pytest.raises(ClusterFileError) as info:
         load_cluster(path)
     error = info.value
@@ -44,6 +48,9 @@ def refused(directory: Path, text: str) -> ClusterFileError:
 
 
 def test_a_full_file_becomes_specs(tmp_path: Path) -> None:
+    for directory in ("static", "var/kv", "www", "../shared/data", ".venv/bin"):
+        (tmp_path / directory).mkdir(parents=True, exist_ok=True)
+    (tmp_path / ".venv/bin/python").symlink_to(sys.executable)
     path = write(
         tmp_path,
         """\
@@ -155,6 +162,8 @@ def test_parse_cluster_resolves_against_the_current_directory_by_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "kv.py").touch()
+    (tmp_path / "sub").mkdir()
     cluster = parse_cluster(KV + 'cwd = "sub"\n')
     assert (cluster.name, cluster.path, cluster.directory) == (
         "<cluster>",
@@ -162,7 +171,9 @@ def test_parse_cluster_resolves_against_the_current_directory_by_default(
         os.getcwd(),
     )
     assert cluster.services[0].cwd == os.path.join(os.getcwd(), "sub")
-    elsewhere = parse_cluster(KV, path="conf/shop.toml", directory="/srv/shop")
+    elsewhere = parse_cluster(
+        KV, path="conf/shop.toml", directory="/srv/shop", check_environment=False
+    )
     assert (elsewhere.name, elsewhere.directory) == ("shop", "/srv/shop")
     assert elsewhere.services[0].env == {"PYTHONPATH": "/srv/shop"}
 
@@ -182,7 +193,8 @@ def test_parse_cluster_resolves_against_the_current_directory_by_default(
 def test_relative_paths_are_relative_to_the_file_and_absolute_ones_kept(
     tmp_path: Path, line: str, field: str, expected: str
 ) -> None:
-    (spec,) = parse_cluster(KV + line, directory=str(tmp_path)).services
+    text = KV + line
+    (spec,) = parse_cluster(text, directory=str(tmp_path), check_environment=False).services
     if field in ("read", "write"):
         assert spec.permissions is not None
         assert getattr(spec.permissions, field) == (expected.format(d=tmp_path),)
@@ -205,7 +217,8 @@ def test_relative_paths_are_relative_to_the_file_and_absolute_ones_kept(
     ],
 )
 def test_memory_is_bytes_or_a_size_with_a_unit(memory: str, size: int) -> None:
-    (spec,) = parse_cluster(f"{KV}[services.kv.permissions]\nmemory = {memory}\n").services
+    text = f"{KV}[services.kv.permissions]\nmemory = {memory}\n"
+    (spec,) = parse_cluster(text, check_environment=False).services
     assert spec.permissions == Permissions(memory=size)
 
 
@@ -213,7 +226,9 @@ def test_the_reference_example_is_valid() -> None:
     page = (ROOT / "docs" / "reference-cluster-file.md").read_text(encoding="utf-8")
     example = re.search(r"```toml\n(.*?)```", page, re.DOTALL)
     assert example is not None
-    cluster = parse_cluster(example[1], path="shop.toml", directory="/srv/shop")
+    cluster = parse_cluster(
+        example[1], path="shop.toml", directory="/srv/shop", check_environment=False
+    )
     assert cluster.name == "shop"
     assert {spec.name for spec in cluster.services} >= {"kv", "web"}
 
@@ -472,8 +487,11 @@ def test_a_service_without_entry_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("lines", "fragment"),
     [
-        ('entry = "kv"', "an entry is 'package.module:attribute', not 'kv'"),
-        ('entry = "kv:"', "an entry is 'package.module:attribute', not 'kv:'"),
+        (
+            'entry = "kv"',
+            "an entry is 'package.module:attribute' or 'path/to/file.py:attribute', not 'kv'",
+        ),
+        ('entry = "kv:"', "or 'path/to/file.py:attribute', not 'kv:'"),
         ('entry = "kv-store:Store"', "not 'kv-store:Store'"),
         ('entry = "kv:Store"\ncode = "class Store: pass"', "with code, the entry is a name"),
     ],
@@ -604,3 +622,227 @@ def test_the_error_is_a_service_definition_error_and_pickles() -> None:
         error.problem,
         "kv",
     )
+
+
+# -- hostile or mistaken values ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", ["[" * 5000 + "]" * 5000, "{ a = " * 5000 + "1" + " }" * 5000], ids=["array", "table"]
+)
+def test_deep_nesting_is_refused_not_a_recursion_error(tmp_path: Path, value: str) -> None:
+    error = refused(tmp_path, f"{KV}env = {value}\n")
+    assert (error.key, error.problem) == (None, "invalid TOML: arrays or tables nested too deeply")
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        (r'cwd = "a\u0000b"', "services.kv.cwd"),
+        (r'python = "bin/py\u0000thon"', "services.kv.python"),
+        (r'python = "py\u0000thon"', "services.kv.python"),
+        ('[services.kv.permissions]\nread = ["/etc\\u0000"]', "services.kv.permissions.read"),
+        ('[services.kv.permissions]\nwrite = ["x\\u0000"]', "services.kv.permissions.write"),
+    ],
+)
+def test_a_nul_in_a_path_is_refused(tmp_path: Path, line: str, key: str) -> None:
+    error = refused(tmp_path, f"{KV}{line}\n")
+    assert (error.key, error.problem) == (key, "a path cannot hold a NUL character")
+
+
+@pytest.mark.parametrize(
+    ("lines", "key", "problem"),
+    [
+        (
+            'entry = "App"\ncode = "class App: pass\\u0000"',
+            "services.kv.code",
+            "the code cannot hold a NUL character",
+        ),
+        (
+            'entry = "a\\u0000.py:App"',
+            "services.kv.entry",
+            "the path of an entry cannot hold a NUL character",
+        ),
+    ],
+)
+def test_a_nul_in_code_or_an_entry_path_is_refused(
+    tmp_path: Path, lines: str, key: str, problem: str
+) -> None:
+    error = refused(tmp_path, f"[services.kv]\n{lines}\n")
+    assert (error.key, error.problem) == (key, problem)
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "problem"),
+    [
+        ("memory = 9223372036854775808", "memory", "must be less than 2**63, not 2**63"),
+        ("memory = 18446744073709551616", "memory", "must be less than 2**63, not 2**64"),
+        ("cpu_time = 18446744073709551616", "cpu_time", "must be less than 2**63, not 2**64"),
+        ("open_files = 9223372036854775808", "open_files", "must be less than 2**63, not 2**63"),
+        (
+            'memory = "99999999999999999999TiB"',
+            "memory",
+            "must be less than 2**63 bytes, not the string '99999999999999999999TiB'",
+        ),
+        (
+            f'memory = "{"9" * 400}B"',
+            "memory",
+            "must be less than 2**63 bytes, not the string '999",
+        ),
+    ],
+)
+def test_a_limit_setrlimit_cannot_take_is_refused_by_key(
+    tmp_path: Path, line: str, key: str, problem: str
+) -> None:
+    error = refused(tmp_path, f"{KV}[services.kv.permissions]\n{line}\n")
+    expected = problem.replace("2**63, not 2**63", f"2**63, not {2**63}")
+    expected = expected.replace("not 2**64", f"not {2**64}")
+    assert error.key == f"services.kv.permissions.{key}"
+    assert error.problem.startswith(expected), error.problem
+
+
+def test_open_files_above_the_hard_limit_is_refused(tmp_path: Path) -> None:
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        pytest.skip("no hard limit on open files here")
+    error = refused(tmp_path, f"{KV}[services.kv.permissions]\nopen_files = {hard + 1}\n")
+    assert (error.key, error.problem) == (
+        "services.kv.permissions.open_files",
+        f"{hard + 1} is above this system's hard limit (RLIMIT_NOFILE {hard})",
+    )
+    within = load_cluster(write(tmp_path, f"{KV}[services.kv.permissions]\nopen_files = {hard}\n"))
+    assert within.services[0].permissions == Permissions(open_files=hard)
+
+
+# -- what the file names must be there ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "problem"),
+    [
+        ('cwd = "www"', "cwd", "'{d}/www' is not a directory"),
+        ('cwd = "kv.py"', "cwd", "'{d}/kv.py' is not a directory"),
+        ('python = "bin/python"', "python", "'{d}/bin/python' is not an executable file"),
+        ('python = "./kv.py"', "python", "'{d}/kv.py' is not an executable file"),
+        ('python = "no-such-python3"', "python", "'no-such-python3' is not on $PATH"),
+        (
+            'env = { PATH = "/nowhere" }\npython = "python3"',
+            "python",
+            "'python3' is not on $PATH",
+        ),
+        (
+            '[services.kv.permissions]\nread = ["static"]',
+            "permissions.read",
+            "'{d}/static': no such file or directory",
+        ),
+        (
+            '[services.kv.permissions]\nwrite = ["/etc", "var/kv"]',
+            "permissions.write",
+            "'{d}/var/kv': no such file or directory",
+        ),
+    ],
+)
+def test_a_missing_directory_or_interpreter_is_refused(
+    tmp_path: Path, line: str, key: str, problem: str
+) -> None:
+    error = refused(tmp_path, f"{KV}{line}\n")
+    assert (error.key, error.problem) == (f"services.kv.{key}", problem.format(d=tmp_path))
+    # The file alone is right: for another machine, it is accepted.
+    assert load_cluster(write(tmp_path, f"{KV}{line}\n"), check_environment=False).services
+
+
+@pytest.mark.parametrize(
+    ("entry", "module"),
+    [
+        ("nowhere:App", "nowhere"),
+        ("pkg.nowhere:App", "pkg.nowhere"),
+        ("kv.store:App", "kv.store"),  # kv is a module, not a package
+    ],
+)
+def test_an_entry_module_that_cannot_be_found_is_refused(
+    tmp_path: Path, entry: str, module: str
+) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").touch()
+    (tmp_path / "kv.py").touch()
+    error = refused(tmp_path, f'[services.kv]\nentry = "{entry}"\n', modules=False)
+    assert error.key == "services.kv.entry"
+    assert error.problem == (
+        f"cannot find the module {module!r} (looked in the service's cwd, its PYTHONPATH "
+        "and this Python's sys.path)"
+    )
+
+
+def test_an_entry_module_is_found_without_importing_it(tmp_path: Path) -> None:
+    shared = tmp_path / "lib"
+    package = shared / "booby" / "trapped"
+    package.mkdir(parents=True)
+    for init in (shared / "booby" / "__init__.py", package / "__init__.py"):
+        init.write_text("raise SystemExit('imported!')\n")
+    (package / "app.py").write_text("raise SystemExit('imported!')\n")
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "site.py").touch()
+    text = f"""\
+    [services.a]
+    entry = "booby.trapped.app:App"
+    env = {{ PYTHONPATH = "{shared}" }}
+    [services.b]
+    entry = "site:App"
+    cwd = "www"
+    [services.c]
+    entry = "json.decoder:JSONDecoder"
+    [services.d]
+    entry = "sys:App"
+    """
+    cluster = load_cluster(write(tmp_path, text))
+    assert [spec.name for spec in cluster.services] == ["a", "b", "c", "d"]
+    assert "booby" not in sys.modules
+
+
+def test_the_module_of_a_service_with_its_own_python_is_not_looked_for(tmp_path: Path) -> None:
+    text = f'[services.kv]\nentry = "elsewhere:App"\npython = "{sys.executable}"\n'
+    (spec,) = load_cluster(write(tmp_path, text)).services
+    assert spec.entry == "elsewhere:App"
+
+
+# -- entries that name a file -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entry", "path"),
+    [
+        ("svc/app.py:App", "{d}/svc/app.py"),
+        ("./svc/../svc/app.py:make.App", "{d}/svc/app.py"),
+        ("{d}/svc/app.py:App", "{d}/svc/app.py"),
+    ],
+)
+def test_an_entry_can_name_a_file_relative_to_the_cluster_file(
+    tmp_path: Path, entry: str, path: str
+) -> None:
+    (tmp_path / "svc").mkdir()
+    (tmp_path / "svc" / "app.py").touch()
+    text = f'[services.kv]\nentry = "{entry.format(d=tmp_path)}"\n'
+    (spec,) = load_cluster(write(tmp_path, text)).services
+    assert spec.entry == f"{path.format(d=tmp_path)}:{entry.rpartition(':')[2]}"
+
+
+def test_an_entry_file_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    error = refused(tmp_path, '[services.kv]\nentry = "svc/app.py:App"\n')
+    assert (error.key, error.problem) == (
+        "services.kv.entry",
+        f"'{tmp_path}/svc/app.py': no such file",
+    )
+
+
+@pytest.mark.parametrize("entry", ["app.py:App", "dir/app.py:make.App", "/srv/x y/app.py:App"])
+def test_a_service_spec_takes_a_file_entry(entry: str) -> None:
+    assert ServiceSpec(name="app", entry=entry).entry == entry
+
+
+@pytest.mark.parametrize("entry", ["app.py:", "app.py", ".py:App", "dir/app:App", "app.py:a-b"])
+def test_a_bad_file_entry_is_refused(entry: str) -> None:
+    with pytest.raises(ServiceDefinitionError, match=r"an entry is 'package\.module:attribute'"):
+        ServiceSpec(name="app", entry=entry)

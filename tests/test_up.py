@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
+import io
 import json
+import os
 import re
 import signal
+import struct
 import subprocess
 import sys
+import termios
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,9 +26,16 @@ from rich.console import Console
 
 import startable
 from startable import State
-from startable.cli._up import LiveReporter, format_bytes, format_duration, render
-from startable.cluster import OutputLine, RestartPolicy, ServicesManager, ServiceSpec
+from startable.cli._up import LiveReporter, format_bytes, format_duration, in_order, render
+from startable.cluster import (
+    OutputLine,
+    Permissions,
+    RestartPolicy,
+    ServicesManager,
+    ServiceSpec,
+)
 
+from .up_services import FORGERIES
 from .waiting import until
 
 pytestmark = pytest.mark.anyio
@@ -128,6 +140,10 @@ async def test_the_table_shows_state_restarts_and_last_error() -> None:
             await anyio.wait_all_tasks_blocked()  # the supervisor has taken the failure in
             console = Console(record=True, width=120)
             console.print(render(manager.nodes.values(), title="demo", phase="running"))
+            narrow = Console(record=True, width=80)
+            in_file_order = in_order(manager.nodes.values(), ["gone", "flaky", "db"])
+            narrow.print(render(in_file_order, title="demo", phase="running"))
+    check_narrow_table(narrow.export_text())
     text = console.export_text()
     header, *_ = (line for line in text.splitlines() if "name" in line)
     assert header.split() == [
@@ -153,6 +169,19 @@ async def test_the_table_shows_state_restarts_and_last_error() -> None:
     assert table["gone"].split()[:7] == ["gone", "STOPPED", "-", "-", "-", "0", "-"]
     assert "RuntimeError: the disk is full xxx" in table["gone"]
     assert table["gone"].rstrip().endswith("…")
+
+
+def check_narrow_table(text: str) -> None:
+    """At 80 columns: rows in the order given, the last errors below, each 80 wide."""
+    lines = text.splitlines()
+    header = next(line for line in lines if "name" in line)
+    assert header.split() == ["name", "state", "pid", "CPU", "memory", "restarts", "uptime"]
+    names = [line.split()[0] for line in lines[lines.index(header) + 2 :] if line.strip()]
+    assert names[:4] == ["gone", "flaky", "db", "last"], text
+    errors = lines[lines.index(" last errors") + 1 :]
+    assert errors[0].startswith(" gone   RuntimeError: the disk is full xxxx")
+    assert len(errors[0]) == 80 and errors[0].endswith("…")
+    assert errors[1] == " flaky  ConnectionError: lost the upstream"
 
 
 async def test_the_table_shows_pid_cpu_and_memory_of_a_process() -> None:
@@ -189,9 +218,11 @@ def test_live_output_lines_are_prefixed_and_keep_their_colours() -> None:
 # -- the command -------------------------------------------------------------------
 
 
-def service(name: str, cls: str, *depends_on: str, extra: str = "") -> str:
+def service(
+    name: str, cls: str, *depends_on: str, extra: str = "", env: dict[str, str] | None = None
+) -> str:
     """A `[services.NAME]` table running `tests.up_services:CLS`."""
-    env = {"PYTHONPATH": str(ROOT), "TALKER": name}
+    env = {"PYTHONPATH": str(ROOT), "TALKER": name, **(env or {})}
     env_table = ", ".join(f"{key} = {json.dumps(value)}" for key, value in env.items())
     return (
         f"[services.{name}]\n"
@@ -304,8 +335,40 @@ async def test_up_runs_in_order_multiplexes_output_and_stops_in_reverse_on_sigin
     [
         (service("web", "Talker", "db"), "demo.toml: services.web.depends_on: "),
         ('[services.web]\nentry = "no colon"\n', "demo.toml: services.web.entry: "),
+        (
+            '[services.web]\nentry = "nowhere:App"\n',
+            "demo.toml: services.web.entry: cannot find the module 'nowhere'",
+        ),
+        (service("web", "Talker", extra='cwd = "www"'), "demo.toml: services.web.cwd: "),
+        (
+            service("web", "Talker", extra='python = "bin/python"'),
+            "demo.toml: services.web.python: ",
+        ),
+        (
+            service("web", "Talker", extra="[services.web.permissions]\nwrite = ['data']"),
+            "demo.toml: services.web.permissions.write: ",
+        ),
+        (
+            service(
+                "web", "Talker", extra="[services.web.permissions]\nmemory = 18446744073709551616"
+            ),
+            "demo.toml: services.web.permissions.memory: must be less than 2**63",
+        ),
+        (
+            service("web", "Talker", extra="env = { A = " + "[" * 5000 + "]" * 5000 + " }"),
+            "demo.toml: invalid TOML: arrays or tables nested too deeply",
+        ),
     ],
-    ids=["unknown dependency", "bad entry"],
+    ids=[
+        "unknown dependency",
+        "bad entry",
+        "missing module",
+        "missing cwd",
+        "missing python",
+        "missing write directory",
+        "memory beyond setrlimit",
+        "deep nesting",
+    ],
 )
 async def test_a_bad_file_exits_2_naming_the_key(tmp_path: Path, body: str, message: str) -> None:
     path = cluster_file(tmp_path, body)
@@ -411,6 +474,7 @@ async def test_the_shop_example_runs_serves_and_stops_in_reverse(anyio_backend: 
     assert code == 0, (cli.out, cli.err)
     lines = cli.out.splitlines()
     order = ["worker", "api", "cache", "kv"]
+    assert all(f"{n}: STOPPED" in lines for n in order), cli.out[-3000:]
     stopped = [lines.index(f"{name}: STOPPED") for name in order]
     assert stopped == sorted(stopped), cli.out
     assert "kv     | kv: ready" in lines
@@ -449,3 +513,256 @@ async def test_a_service_created_at_run_time_shows_its_output_under_its_own_name
     assert "parent | hello from kid" not in cli.out
     lines = cli.out.splitlines()
     assert lines.index("kid: STOPPED") < lines.index("parent: STOPPED")
+
+
+# -- what a service writes cannot take over the terminal ------------------------------
+
+
+@trio_only
+async def test_plain_output_shows_escape_sequences_instead_of_passing_them_on(
+    tmp_path: Path,
+) -> None:
+    path = cluster_file(tmp_path, service("forger", "Forger"), service("liar", "Liar", "forger"))
+    with anyio.fail_after(60):
+        async with up(path) as cli:
+            code = await cli.finish()
+    assert code == 1, (cli.out, cli.err)
+    for stream in (cli.out, cli.err):
+        assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]", stream), repr(stream)
+    lines = cli.out.splitlines()
+    for line in (
+        r"forger | \x1b]0;pwned\x07retitled",
+        r"forger | \x1b[2J\x1b[Hcleared",
+        r"forger | ok\rdemo: stopped",
+        r"forger | \x9b2Jc1",
+        r"forger | \x1bP1$qm\x1b\dcs",
+        r"forger | abc\u202edetacilpmoc",
+        r"forger | \x1b[31mred\x1b[0m",
+        "forger | kv: STOPPED",
+        "forger | forged",
+    ):
+        assert line in lines, cli.out
+    # The error's text is shown escaped wherever it goes: the event line, the report.
+    assert r"liar: STOPPING (ConnectionError: \x1b]0;pwned\x07no\x1b[2J)" in lines
+    report = cli.err.splitlines()
+    assert report[0] == "demo failed to start:"
+    assert r"  ConnectionError: \x1b]0;pwned\x07no\x1b[2J" in report
+    assert "  kv: STOPPED (raw start)" in report  # the message's second line, indented
+    assert all(line.startswith("  ") for line in report[1:] if line), cli.err
+    assert not any(line.startswith("kv:") for line in lines + report)
+
+
+def test_live_output_escapes_all_but_colours() -> None:
+    raw = io.StringIO()
+    console = Console(file=raw, width=80, force_terminal=True, color_system="standard")
+    reporter = LiveReporter(6, {"forger": "cyan"}, console)
+    for text in FORGERIES:
+        reporter.output("forger", OutputLine("stdout", text, 0.0))
+    reporter.say("demo failed to start: \x1b]0;pwned\x07", error=False)
+    written = raw.getvalue()
+    assert "\x1b]" not in written
+    assert "\x1b[2J" not in written
+    assert "\r" not in written
+    assert "\x9b" not in written
+    assert "\u202e" not in written
+    assert "\x1b[31mred" in written  # the service's colour, as rich writes it
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", written).splitlines()
+    assert plain == [
+        r"forger │ \x1b]0;pwned\x07retitled",
+        r"forger │ \x1b[2J\x1b[Hcleared",
+        r"forger │ ok\rdemo: stopped",
+        r"forger │ \x9b2Jc1",
+        r"forger │ \x1bP1$qm\x1b\dcs",
+        r"forger │ abc\u202edetacilpmoc",
+        "forger │ red",
+        "forger │ kv: STOPPED",
+        r"demo failed to start: \x1b]0;pwned\x07",
+    ]
+
+
+def test_a_long_live_line_wraps_under_its_text_not_under_the_prefix() -> None:
+    console = Console(record=True, width=40, force_terminal=True)
+    reporter = LiveReporter(6, {}, console)
+    words = " ".join(f"word{i}" for i in range(12)) + " kv: STOPPED"
+    reporter.output("web", OutputLine("stderr", words, 0.0))
+    lines = console.export_text().splitlines()
+    assert len(lines) > 1
+    assert lines[0].startswith("web    ┃ word0")
+    for line in lines[1:]:
+        assert line.startswith(" " * 9) and line[9] != " ", lines
+    assert " ".join(line[9:].strip() for line in lines) == words
+
+
+# -- a reader that stops reading --------------------------------------------------------
+
+CHATTY_LINES = 30_000  # about 3 MB: more than the pipe and the outlet hold
+
+
+def chatty_file(directory: Path) -> tuple[Path, Path]:
+    done = directory / "done"
+    env = {"CHATTY_LINES": str(CHATTY_LINES), "CHATTY_DONE": str(done)}
+    return cluster_file(directory, service("chatty", "Chatty", env=env)), done
+
+
+@trio_only
+async def test_a_stalled_stdout_leaves_supervision_and_signals_working(tmp_path: Path) -> None:
+    path, done = chatty_file(tmp_path)
+    with anyio.fail_after(60):
+        async with up(path) as cli:
+            await cli.wait_for("chatty: STARTED")
+            # From here on nobody reads stdout: the pipe fills and stays full.
+            while not done.exists():  # noqa: ASYNC110 - written by another process
+                await anyio.sleep(0.05)
+            cli.process.send_signal(signal.SIGINT)
+            code = await cli.process.wait()
+    assert code == 0
+
+
+@trio_only
+async def test_lines_dropped_while_stdout_stalled_are_counted(tmp_path: Path) -> None:
+    path, done = chatty_file(tmp_path)
+    with anyio.fail_after(60):
+        async with up(path) as cli:
+            await cli.wait_for("chatty: STARTED")
+            while not done.exists():  # noqa: ASYNC110 - written by another process
+                await anyio.sleep(0.05)
+            await cli.wait_for("lines of output dropped")  # reading again
+            cli.process.send_signal(signal.SIGINT)
+            code = await cli.finish()
+    assert code == 0, cli.err
+    notices = re.findall(
+        r"^startable: (\d+) lines of output dropped \(stdout was not read fast enough\)$",
+        cli.out,
+        re.MULTILINE,
+    )
+    shown = re.findall(r"^chatty \| \d{8} x{91}$", cli.out, re.MULTILINE)
+    assert len(shown) + sum(map(int, notices)) == CHATTY_LINES
+    assert "demo: stopped" in cli.out.splitlines()
+
+
+# -- on a terminal ----------------------------------------------------------------------
+
+
+@trio_only
+async def test_on_a_terminal_the_table_keeps_the_file_order_and_escapes_service_text(
+    tmp_path: Path,
+) -> None:
+    path = cluster_file(
+        tmp_path,
+        service("forger", "Forger"),
+        service("web", "Talker", "db"),  # before what it depends on
+        service("db", "Talker"),
+    )
+    controller, terminal = os.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 80, 0, 0))
+    os.set_blocking(controller, False)
+    process = await anyio.open_process(
+        [sys.executable, "-m", "startable", "up", str(path)],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    shown = b""
+
+    async def read_until(marker: bytes) -> None:
+        nonlocal shown
+        while marker not in shown:
+            await anyio.wait_readable(controller)
+            try:
+                chunk = os.read(controller, 65536)
+            except BlockingIOError:
+                continue
+            except OSError:  # EIO: the terminal's last writer has gone
+                raise EOFError(shown.decode(errors="replace")) from None
+            if not chunk:
+                raise EOFError(shown.decode(errors="replace"))
+            shown += chunk
+
+    try:
+        with anyio.fail_after(60):
+            await read_until(b"3/3 started")
+            await read_until(b"hello from db")
+            process.send_signal(signal.SIGINT)
+            with pytest.raises(EOFError):
+                await read_until(b"never printed")
+            code = await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+        os.close(controller)
+    text = shown.decode()
+    assert code == 0, text
+    assert "\x1b]" not in text  # no OSC: the window keeps its title
+    assert "\x1b[2J" not in text and "\x9b" not in text and "\u202e" not in text
+    assert r"\x1b]0;pwned\x07retitled" in text
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    rows = re.findall(
+        r"^ ?(forger|web|db) +(?:READY|STARTING|STARTED|STOPPING|STOPPED)\b",
+        plain.replace("\r", "\n"),
+        re.MULTILINE,
+    )
+    assert rows and rows == ["forger", "web", "db"] * (len(rows) // 3), rows
+
+
+# -- entries that name a file ---------------------------------------------------------
+
+TALKER_FILE = """
+import startable
+
+
+class Talker:
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        print(f"hello from {__name__}", flush=True)
+"""
+
+
+@trio_only
+async def test_an_entry_can_name_a_file(tmp_path: Path) -> None:
+    (tmp_path / "svc").mkdir()
+    (tmp_path / "svc" / "json.py").write_text(TALKER_FILE)  # named like another module
+    (tmp_path / "svc" / "talk.py").write_text(TALKER_FILE)
+    limited = "[services.other.permissions]"  # Landlock: the file must stay readable
+    path = cluster_file(
+        tmp_path,
+        '[services.talk]\nentry = "svc/talk.py:Talker"\n',
+        f'[services.other]\nentry = "svc/json.py:Talker"\n{limited}\n',
+    )
+    with anyio.fail_after(60):
+        async with up(path) as cli:
+            await cli.wait_for("other: STARTED")
+            cli.process.send_signal(signal.SIGINT)
+            code = await cli.finish()
+    assert code == 0, (cli.out, cli.err)
+    lines = cli.out.splitlines()
+    assert "talk  | hello from talk" in lines
+    assert "other | hello from __startable_entry__" in lines
+
+
+async def test_a_service_spec_entry_can_name_a_file_outside_sys_path(tmp_path: Path) -> None:
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "talk.py").write_text(TALKER_FILE)
+    (tmp_path / "run").mkdir()
+    spec = ServiceSpec(
+        name="talk",
+        entry="../lib/talk.py:Talker",  # relative to its cwd
+        cwd=str(tmp_path / "run"),
+        permissions=Permissions(),  # under Landlock, the file's directory stays readable
+    )
+    manager = ServicesManager([spec], name="demo")
+    said: list[str] = []
+    heard = anyio.Event()
+
+    def hear(line: OutputLine) -> None:
+        said.append(line.text)
+        heard.set()
+
+    node = manager["talk"]
+    assert node.container is not None
+    node.container.on_output = hear
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            await heard.wait()
+    assert said == ["hello from talk"]

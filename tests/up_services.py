@@ -89,3 +89,67 @@ class Parent:
         await startable.of(self).wait_state(startable.State.STARTED)
         kid = {"TALKER": "kid", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
         await this_service().create("kid", "tests.up_services:Talker", env=kid)
+
+
+#: What `Forger` writes: escape sequences, a carriage return, a forged line.
+FORGERIES = (
+    "\x1b]0;pwned\x07retitled",  # OSC: the window's title
+    "\x1b[2J\x1b[Hcleared",  # CSI: clear the screen, cursor home
+    "ok\rdemo: stopped",  # a carriage return back over the prefix
+    "\x9b2Jc1",  # C1 CSI, one character
+    "\x1bP1$qm\x1b\\dcs",  # DCS
+    "abc\u202edetacilpmoc",  # a bidirectional override
+    "\x1b[31mred\x1b[0m",  # a colour
+    "kv: STOPPED",  # a line that says what startable says
+)
+
+
+class Forger:
+    """Writes terminal escape sequences and lines that look like startable's own."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        for line in FORGERIES:
+            print(line, flush=True)
+        print("forged", file=sys.stderr, flush=True)
+
+    @startable.as_raw_stop
+    async def _stop(self, err: BaseException | None) -> None:
+        pass
+
+
+class Liar:
+    """Fails to start with an error whose message holds escape sequences."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        raise ConnectionError("\x1b]0;pwned\x07no\x1b[2J\nkv: STOPPED")
+
+    @startable.as_raw_stop
+    async def _stop(self, err: BaseException | None) -> None:
+        pass
+
+
+class Chatty:
+    """Writes `CHATTY_LINES` lines of 100 characters once STARTED, then creates
+    the file `CHATTY_DONE`."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        startable.of(self).start_soon(self._chat)
+
+    async def _chat(self) -> None:
+        await startable.of(self).wait_state(startable.State.STARTED)
+
+        def chat() -> None:
+            for i in range(int(os.environ["CHATTY_LINES"])):
+                sys.stdout.write(f"{i:08d} " + "x" * 91 + "\n")
+            sys.stdout.flush()
+            with open(os.environ["CHATTY_DONE"], "w"):
+                pass
+
+        await anyio.to_thread.run_sync(chat)
+
+    @startable.as_raw_stop
+    async def _stop(self, err: BaseException | None) -> None:
+        pass

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.machinery
 import importlib.util
-import logging
+import math
 import os
+import platform
 import sys
 from collections.abc import Sequence
 
-from .. import _running
+from .. import __version__, _running
 from .._util import instance_of
 
 __all__ = ("load_target", "main")
@@ -38,7 +40,12 @@ def _import(module_name: str) -> object:
         path = os.path.abspath(module_name)
         if not os.path.isfile(path):
             raise TargetError(f"no such file: {module_name}")
-        name = os.path.splitext(os.path.basename(path))[0]
+        stem = os.path.splitext(os.path.basename(path))[0]
+        other = importlib.machinery.PathFinder.find_spec(stem) if stem.isidentifier() else None
+        # Named after the file, unless that would shadow another module
+        # (`tools/json.py` must not become everybody's `json`).
+        free = stem.isidentifier() and stem not in sys.modules
+        name = stem if free and (other is None or other.origin == path) else "__startable_target__"
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:  # pragma: no cover - not a .py file
             raise TargetError(f"cannot load {module_name}")
@@ -60,7 +67,7 @@ def load_target(target: str) -> object:
     Raises:
         TargetError: with a message that says what is wrong.
     """
-    module_name, sep, attr = target.partition(":")
+    module_name, sep, attr = target.rpartition(":")  # a path may hold a colon
     if not sep or not module_name or not attr:
         raise TargetError(f"expected MODULE:ATTR, got {target!r}")
     try:
@@ -80,8 +87,29 @@ def load_target(target: str) -> object:
         raise TargetError(str(exc)) from None
 
 
+def seconds(text: str) -> float:
+    """An argparse `type=`: a positive, finite number of seconds.
+
+    Raises:
+        argparse.ArgumentTypeError: for anything else (`-5`, `0`, `nan`, `inf`,
+            `soon`), which argparse turns into a usage error (exit code 2).
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number, not {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="startable", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {__version__} (Python {platform.python_version()})",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
         "run",
@@ -91,8 +119,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("target", metavar="MODULE:ATTR", help="an object, or a zero-argument factory")
     run.add_argument("--backend", choices=("trio", "asyncio"), default="trio")
-    run.add_argument("--start-timeout", type=float, metavar="SECONDS", default=None)
-    run.add_argument("--stop-timeout", type=float, metavar="SECONDS", default=None)
+    run.add_argument("--start-timeout", type=seconds, metavar="SECONDS", default=None)
+    run.add_argument("--stop-timeout", type=seconds, metavar="SECONDS", default=None)
     run.add_argument(
         "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper
     )
@@ -123,11 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._up import up  # rich and the cluster layer, only for this command
 
         return up(args.file, backend=args.backend, live=args.live)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    _running.configure_logging(args.log_level)  # before the import: it may log
     try:
         obj = load_target(args.target)
     except TargetError as exc:

@@ -11,6 +11,7 @@ import functools
 import itertools
 import logging
 import sys
+import textwrap
 import zlib
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -19,9 +20,10 @@ from typing import Literal, Protocol, TextIO
 import anyio
 import attrs
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
 from rich.logging import RichHandler
+from rich.measure import Measurement
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
@@ -37,6 +39,7 @@ from ..cluster import (
     ServicesManager,
 )
 from ..cluster._file import load_cluster
+from ._output import coloured_line, escape, nonblocking_std_streams, output_line
 
 #: Colours for service names, given in creation order; red is kept for errors.
 _HUES = ("cyan", "magenta", "green", "yellow", "blue")
@@ -48,7 +51,8 @@ _STATE_STYLES = {
     State.STOPPING: "yellow",
     State.STOPPED: "dim",
 }
-_ERROR_WIDTH = 60
+#: Below this many columns for it, the last errors go under the table, one a line.
+_ERROR_WIDTH = 40
 _REFRESH = 0.5  # seconds between two frames of the live display
 _TICKS_PER_FRAME = 5  # output is printed this many times per frame
 
@@ -85,9 +89,12 @@ def format_duration(seconds: float) -> str:
 
 
 def short_error(error: BaseException, width: int | None = None) -> str:
-    """The first line of `error` (its type first, unless it already says it), cut to `width`."""
-    lines = str(error).strip().splitlines()
-    text = lines[0] if lines else ""
+    """The first line of `error` (its type first, unless it already says it), cut to `width`.
+
+    Control characters in it are escaped (see `escape`): its text may come
+    from a service.
+    """
+    text = escape(str(error).strip().split("\n")[0])
     if not isinstance(error, RemoteError):  # a RemoteError begins with the remote type
         text = f"{type(error).__name__}: {text}" if text else type(error).__name__
     if width is not None and len(text) > width:
@@ -96,12 +103,15 @@ def short_error(error: BaseException, width: int | None = None) -> str:
 
 
 def describe_error(error: BaseException) -> str:
-    """The whole of `error` for the user: every error of a group, notes first."""
+    """The whole of `error` for the user: every error of a group, notes first.
+
+    Control characters but newlines are escaped (see `escape`).
+    """
     if isinstance(error, BaseExceptionGroup):
         return "\n\n".join(describe_error(e) for e in error.exceptions)
     text = str(error) if isinstance(error, RemoteError) else f"{type(error).__name__}: {error}"
     notes = getattr(error, "__notes__", ())
-    return "\n".join([*(f"{note}:" for note in notes), text])
+    return escape("\n".join([*(f"{note}:" for note in notes), text]), newlines=True)
 
 
 # -- rendering ----------------------------------------------------------------------
@@ -117,6 +127,13 @@ def colour_of(name: str, colours: dict[str, str]) -> str:
     return colours.get(name) or PALETTE[zlib.crc32(name.encode()) % len(PALETTE)]
 
 
+def in_order(nodes: Iterable[ServiceNode], names: Iterable[str]) -> list[ServiceNode]:
+    """`nodes` in the order of `names` (a cluster file's), then the others as they came."""
+    rank = {name: i for i, name in enumerate(names)}
+    nodes = list(nodes)
+    return sorted(nodes, key=lambda node: rank.get(node.name, len(rank)))  # a stable sort
+
+
 def _state_cell(node: ServiceNode) -> Text:
     lifecycle = of(node)
     state = lifecycle.state
@@ -126,46 +143,82 @@ def _state_cell(node: ServiceNode) -> Text:
     return Text(state.name, style=style)
 
 
-def render_table(nodes: Iterable[ServiceNode]) -> Table:
-    """A table of `nodes`, one row each: name, state, pid, CPU, memory, restarts,
-    uptime and last error.
+def render_table(
+    nodes: Iterable[ServiceNode], colours: dict[str, str] | None = None
+) -> RenderableType:
+    """A table of `nodes`, one row each, in the order given: name, state, pid, CPU,
+    memory, restarts, uptime and last error.
 
     CPU and memory come from the last resource sample of a service in a
-    child process, shown while it is running.
+    child process, shown while it is running. When the console leaves the
+    last error fewer than 40 columns, the errors are shown under the table
+    instead, one a line, each as wide as the console.
+
+    Args:
+        nodes: the services.
+        colours: the colour of each name (by default, `service_colours` of
+            the nodes in their order).
     """
     nodes = list(nodes)
-    colours = service_colours(node.name for node in nodes)
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    # Only the last column gives way on a narrow terminal (its cells are cut).
-    table.add_column("name", no_wrap=True)
-    table.add_column("state", no_wrap=True)
-    for header in ("pid", "CPU", "memory", "restarts", "uptime"):
-        table.add_column(header, justify="right", no_wrap=True)
-    table.add_column("last error", max_width=_ERROR_WIDTH)
-    for node in nodes:
-        running = of(node).state in (State.STARTING, State.STARTED, State.STOPPING)
-        samples = node.container.resources if node.container is not None and running else []
-        sample = samples[-1] if samples else None
-        pid = node.pid if running else None
-        uptime = node.uptime
-        table.add_row(
-            Text(node.name, style=colours[node.name]),
-            _state_cell(node),
-            str(pid) if pid is not None else "-",
-            f"{sample.cpu_percent:.1f}%" if sample is not None else "-",
-            format_bytes(sample.rss) if sample is not None else "-",
-            str(node.restarts),
-            format_duration(uptime) if uptime is not None else "-",
-            Text(
-                short_error(node.last_error, _ERROR_WIDTH),
-                style="red",
-                no_wrap=True,
-                overflow="ellipsis",
-            )
-            if node.last_error is not None
-            else "",
-        )
-    return table
+    if colours is None:
+        colours = service_colours(node.name for node in nodes)
+    return _ServiceTable(nodes, colours)
+
+
+@attrs.frozen
+class _ServiceTable:
+    nodes: list[ServiceNode]
+    colours: dict[str, str]
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        table = self._table()
+        left = options.max_width - Measurement.get(console, options, table).maximum
+        if left >= _ERROR_WIDTH + 2:  # the padding on either side of the column
+            yield self._table(error_width=left - 2)
+            return
+        yield table
+        errors = [(node, short_error(node.last_error)) for node in self.nodes if node.last_error]
+        if errors:
+            width = max(len(escape(node.name)) for node, _ in errors)
+            yield Text(" last errors", style="dim")
+            for node, error in errors:
+                line = Text(" ", no_wrap=True, overflow="ellipsis")  # under the table's column
+                line.append(f"{escape(node.name):<{width}}", style=self._colour(node))
+                line.append(f"  {error}", style="red")
+                yield line
+
+    def _colour(self, node: ServiceNode) -> str:
+        return colour_of(node.name, self.colours)
+
+    def _table(self, error_width: int | None = None) -> Table:
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        # Only the last column gives way on a narrow terminal (its cells are cut).
+        table.add_column("name", no_wrap=True)
+        table.add_column("state", no_wrap=True)
+        for header in ("pid", "CPU", "memory", "restarts", "uptime"):
+            table.add_column(header, justify="right", no_wrap=True)
+        if error_width is not None:
+            table.add_column("last error", no_wrap=True, max_width=error_width)
+        for node in self.nodes:
+            running = of(node).state in (State.STARTING, State.STARTED, State.STOPPING)
+            samples = node.container.resources if node.container is not None and running else []
+            sample = samples[-1] if samples else None
+            pid = node.pid if running else None
+            uptime = node.uptime
+            cells: list[RenderableType] = [
+                Text(escape(node.name), style=self._colour(node)),
+                _state_cell(node),
+                str(pid) if pid is not None else "-",
+                f"{sample.cpu_percent:.1f}%" if sample is not None else "-",
+                format_bytes(sample.rss) if sample is not None else "-",
+                str(node.restarts),
+                format_duration(uptime) if uptime is not None else "-",
+            ]
+            if error_width is not None:
+                error = short_error(node.last_error) if node.last_error is not None else ""
+                cells.append(Text(error, style="red", no_wrap=True, overflow="ellipsis"))
+            table.add_row(*cells)
+        return table
 
 
 _HINTS: dict[Phase, str] = {
@@ -176,31 +229,40 @@ _HINTS: dict[Phase, str] = {
 }
 
 
-def render(nodes: Iterable[ServiceNode], *, title: str, phase: Phase) -> RenderableType:
+def render(
+    nodes: Iterable[ServiceNode],
+    *,
+    title: str,
+    phase: Phase,
+    colours: dict[str, str] | None = None,
+) -> RenderableType:
     """The live display: a progress line (services STARTED of all) over `render_table`."""
     nodes = list(nodes)
     started = sum(1 for node in nodes if of(node).state is State.STARTED)
     header = Table.grid(padding=(0, 1))
     header.add_row(
-        Text(title, style="bold"),
+        Text(escape(title), style="bold"),
         Text(phase, style="yellow" if phase in ("starting", "stopping") else ""),
         ProgressBar(total=max(len(nodes), 1), completed=started, width=30),
         Text(f"{started}/{len(nodes)} started"),
         Text(_HINTS[phase], style="dim"),
     )
-    return Group(header, render_table(nodes))
+    return Group(header, render_table(nodes, colours))
 
 
 # -- reporting ----------------------------------------------------------------------
 
 
 def describe_event(manager: ServicesManager, event: ServiceEvent) -> str:
-    """One plain line for `event`: `"kv: STARTED (pid 1234)"`, `"worker: restarting in 0.1s"`."""
-    name = event.service
+    """One plain line for `event`: `"kv: STARTED (pid 1234)"`, `"worker: restarting in 0.1s"`.
+
+    Control characters in it are escaped (see `escape`).
+    """
+    name = escape(event.service)
     if event.kind == "moved" and event.change is not None:
         change = event.change
         text = f"{name}: {change.current.name}"
-        node = manager.nodes.get(name)
+        node = manager.nodes.get(event.service)
         if change.current is State.STARTED and node is not None and node.pid is not None:
             text += f" (pid {node.pid})"
         elif change.reason is not None:
@@ -214,7 +276,11 @@ def describe_event(manager: ServicesManager, event: ServiceEvent) -> str:
 
 
 class Reporter(Protocol):
-    """Where `serve` reports to."""
+    """Where `serve` reports to.
+
+    A reporter escapes whatever a service supplied (see `escape`) and never
+    blocks (it writes to `Outlet`s when `up` runs it).
+    """
 
     phase: Phase
 
@@ -229,7 +295,12 @@ class Reporter(Protocol):
 
 @attrs.define(eq=False)
 class PlainReporter:
-    """One line per event and per line of output, flushed at once: for pipes and logs."""
+    """One line per event and per line of output, flushed at once: for pipes and logs.
+
+    A line of output is always `name | text`, its text escaped to one line
+    (see `output_line`): a service cannot write a line that looks like one
+    of startable's own.
+    """
 
     width: int
     out: TextIO = attrs.field(factory=lambda: sys.stdout)
@@ -237,13 +308,19 @@ class PlainReporter:
     phase: Phase = "starting"
 
     def event(self, manager: ServicesManager, event: ServiceEvent) -> None:
-        print(describe_event(manager, event), file=self.out, flush=True)
+        self._write(self.out, describe_event(manager, event))
 
     def output(self, service: str, line: OutputLine) -> None:
-        print(f"{service:<{self.width}} | {line.text}", file=self.out, flush=True)
+        self._write(self.out, f"{escape(service):<{self.width}} | {output_line(line.text)}")
 
     def say(self, text: str, *, error: bool = False) -> None:
-        print(text, file=self.err if error else self.out, flush=True)
+        self._write(self.err if error else self.out, escape(text, newlines=True))
+
+    @staticmethod
+    def _write(stream: TextIO, line: str) -> None:
+        # One write a line: an Outlet keeps or drops it whole.
+        stream.write(line + "\n")
+        stream.flush()
 
     @asynccontextmanager
     async def showing(self, manager: ServicesManager) -> AsyncIterator[None]:
@@ -256,7 +333,10 @@ class LiveReporter:
 
     Lines are printed in batches, a few times a second: rich redraws the
     table after every print, which a chatty service would otherwise turn
-    into one redraw per line.
+    into one redraw per line. A line of output keeps the colours the
+    service gave it, every other control character is escaped (see
+    `coloured_line`), and a long line wraps under its text, never under its
+    prefix.
     """
 
     width: int
@@ -266,7 +346,9 @@ class LiveReporter:
     #: For errors once the display is gone (above it while it is shown).
     errors: Console = attrs.field(factory=lambda: Console(stderr=True))
     phase: Phase = "starting"
-    _pending: list[Text] = attrs.field(factory=list, init=False)
+    #: The table's order (a cluster file's); services not in it come after.
+    order: list[str] = attrs.field(factory=list)
+    _pending: list[Text | tuple[Text, Text]] = attrs.field(factory=list, init=False)
     _shown: bool = attrs.field(default=False, init=False)
 
     def event(self, manager: ServicesManager, event: ServiceEvent) -> None:
@@ -277,16 +359,15 @@ class LiveReporter:
             self._print(Text(describe_event(manager, event), style="yellow"))
 
     def output(self, service: str, line: OutputLine) -> None:
-        text = Text(f"{service:<{self.width}}", style=colour_of(service, self.colours))
+        prefix = Text(f"{escape(service):<{self.width}}", style=colour_of(service, self.colours))
         if line.stream == "stderr":
-            text.append(" ┃ ", style="dim red")
+            prefix.append(" ┃ ", style="dim red")
         else:
-            text.append(" │ ", style="dim")
-        text.append_text(Text.from_ansi(line.text))
-        self._print(text)
+            prefix.append(" │ ", style="dim")
+        self._print((prefix, coloured_line(line.text)))
 
     def say(self, text: str, *, error: bool = False) -> None:
-        first, _, rest = text.partition("\n")
+        first, _, rest = escape(text, newlines=True).partition("\n")
         message = Text(first, style="bold red" if error else "bold")
         if rest:
             message.append("\n" + rest)
@@ -295,21 +376,34 @@ class LiveReporter:
         else:
             self._print(message)
 
-    def _print(self, text: Text) -> None:
-        self._pending.append(text)
+    def _print(self, item: Text | tuple[Text, Text]) -> None:
+        self._pending.append(item)
         if not self._shown:
             self._flush()
 
     def _flush(self) -> None:
         if self._pending:
-            lines = Text("\n").join(self._pending)
+            width = self.console.width
+            lines = Text("\n").join(self._line(item, width) for item in self._pending)
             self._pending.clear()
             self.console.print(lines)
+
+    def _line(self, item: Text | tuple[Text, Text], width: int) -> Text:
+        if isinstance(item, Text):
+            return item
+        prefix, body = item
+        indent = prefix.cell_len
+        if indent + body.cell_len <= width or width - indent < 10:
+            return prefix + body
+        wrapped = body.wrap(self.console, width - indent, overflow="fold")
+        pad = Text(" " * indent)
+        return Text("\n").join([prefix + wrapped[0], *(pad + piece for piece in wrapped[1:])])
 
     @asynccontextmanager
     async def showing(self, manager: ServicesManager) -> AsyncIterator[None]:
         def frame() -> RenderableType:
-            return render(manager.nodes.values(), title=manager.name, phase=self.phase)
+            nodes = in_order(manager.nodes.values(), self.order)
+            return render(nodes, title=manager.name, phase=self.phase, colours=self.colours)
 
         # Refreshed from this task, not rich's thread: the nodes are only read
         # between two steps of the event loop.
@@ -340,6 +434,9 @@ class LiveReporter:
 def up(path: str, *, backend: Literal["trio", "asyncio"] = "trio", live: bool | None = None) -> int:
     """Run the cluster described by the file at `path` until SIGINT or SIGTERM.
 
+    While it runs, stdout and stderr are `Outlet`s: a reader that stops
+    reading never blocks the event loop (its lines are dropped and counted).
+
     Args:
         path: the cluster file.
         backend: the anyio backend.
@@ -358,39 +455,60 @@ def up(path: str, *, backend: Literal["trio", "asyncio"] = "trio", live: bool | 
     try:
         cluster = load_cluster(path)
     except ServiceDefinitionError as exc:  # ClusterFileError among them
-        print(f"startable: error: {exc}", file=sys.stderr)
+        print(f"startable: error: {escape(str(exc), newlines=True)}", file=sys.stderr)
         return EXIT_USAGE
     if live is None:
         live = sys.stdout.isatty()
-    width = max((len(spec.name) for spec in cluster.services), default=0)
-    reporter: Reporter
-    if live:
-        reporter = LiveReporter(width)
-        # Through the console: printed above the live display, not across it.
-        handler: logging.Handler = RichHandler(console=reporter.errors, show_path=False)
-    else:
-        reporter = PlainReporter(width)
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    manager = ServicesManager(cluster.services, name=cluster.name)
+    order = [spec.name for spec in cluster.services]
+    width = max((len(name) for name in order), default=0)
+    root = logging.getLogger()
+    level = root.level
+    try:
+        with nonblocking_std_streams():
+            reporter: Reporter
+            if live:
+                # Both consoles look sys.stdout and sys.stderr up as they write:
+                # while the display is shown, rich sends those above it.
+                reporter = LiveReporter(width, service_colours(order), order=order)
+                handler: logging.Handler = RichHandler(console=reporter.errors, show_path=False)
+                handler.setFormatter(_EscapingFormatter("%(message)s"))
+            else:
+                reporter = PlainReporter(width)
+                handler = logging.StreamHandler(sys.stderr)
+                handler.setFormatter(_EscapingFormatter("%(levelname)s %(name)s: %(message)s"))
+            root.addHandler(handler)
+            root.setLevel(logging.WARNING)
+            try:
+                manager = ServicesManager(cluster.services, name=cluster.name)
+                _show_output(manager, reporter)
+                return anyio.run(serve, manager, reporter, cluster.stop_timeout, backend=backend)
+            finally:
+                root.removeHandler(handler)
+                root.setLevel(level)
+    except KeyboardInterrupt:  # before `serve` listens for signals, or after it
+        return EXIT_FORCED
 
-    def show_output(node: ServiceNode) -> None:
+
+class _EscapingFormatter(logging.Formatter):
+    """Log records with their control characters escaped: they may quote a service."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape(super().format(record), newlines=True)
+
+
+def _show_output(manager: ServicesManager, reporter: Reporter) -> None:
+    """Send each service's output to `reporter`, those created at run time too."""
+
+    def show(node: ServiceNode) -> None:
         if node.container is not None:  # read at each start, by the controller it makes
             node.container.on_output = functools.partial(reporter.output, node.name)
 
     for node in manager.nodes.values():
-        show_output(node)
+        show(node)
     # Services that services create at run time too, each under its own name.
     manager.subscribe(
-        lambda event: show_output(manager[event.service]) if event.kind == "created" else None
+        lambda event: show(manager[event.service]) if event.kind == "created" else None
     )
-    if isinstance(reporter, LiveReporter):  # in the table's order: dependencies first
-        reporter.colours.update(service_colours(manager.nodes))
-    logging.basicConfig(level=logging.WARNING, handlers=[handler])
-    try:
-        return anyio.run(serve, manager, reporter, cluster.stop_timeout, backend=backend)
-    except KeyboardInterrupt:  # before `serve` listens for signals: nothing has started
-        return EXIT_FORCED
 
 
 async def serve(manager: ServicesManager, reporter: Reporter, stop_timeout: float) -> int:
@@ -427,5 +545,10 @@ class _Narrator:
     def say(self, text: str, *, failed: bool = False, error: BaseException | None = None) -> None:
         if error is not None:
             described = describe_error(error)
-            text += (":\n" if "\n" in described else ": ") + described
+            if "\n" in described:
+                # Indented: no line of an error's text (it may come from a
+                # service) can pass for a line of startable's own.
+                text += ":\n" + textwrap.indent(described, "  ")
+            else:
+                text += ": " + described
         self.reporter.say(text, error=failed or error is not None)

@@ -1,17 +1,23 @@
 """Cluster files: a set of services described in TOML (`load_cluster`).
 
-Everything in the file is checked while it is read, before anything starts;
-a problem is reported as a `ClusterFileError` naming the file and the dotted
-key of the offending value. See *Reference: the cluster file* for the format.
+Everything in the file is checked while it is read, before anything starts:
+its values, and (unless asked not to) that what it names is there on this
+machine: directories, interpreters, entry modules, limits within the hard
+limits. A problem is reported as a `ClusterFileError` naming the file and
+the dotted key of the offending value. See *Reference: the cluster file*
+for the format.
 """
 
 from __future__ import annotations
 
 import datetime
 import difflib
+import importlib.machinery
 import math
 import os
 import re
+import shutil
+import sys
 import tomllib
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, Final, TypeVar
@@ -20,7 +26,14 @@ import attrs
 
 from ._errors import DependencyCycleError, ServiceDefinitionError
 from ._permissions import Permissions
-from ._services import RestartPolicy, ServiceSpec, check_entry, check_graph, check_name
+from ._services import (
+    RestartPolicy,
+    ServiceSpec,
+    check_entry,
+    check_graph,
+    check_name,
+    entry_file,
+)
 
 _T = TypeVar("_T")
 
@@ -56,6 +69,10 @@ _SERVICE_KEYS: Final = (
 _MODES: Final = ("never", "on-failure", "always")
 #: The keys of `[services.<name>.timeouts]`, and the container options they set.
 _TIMEOUTS: Final = {"ready": "ready_timeout", "close": "close_timeout", "term": "term_timeout"}
+#: The keys of `[services.<name>.permissions]` that set a resource limit, and its name.
+_LIMITS: Final = {"memory": "RLIMIT_AS", "cpu_time": "RLIMIT_CPU", "open_files": "RLIMIT_NOFILE"}
+#: setrlimit takes a signed 64-bit number.
+_LIMIT_BOUND: Final = 2**63
 
 
 class ClusterFileError(ServiceDefinitionError):
@@ -113,7 +130,7 @@ class ClusterFile:
     stop_timeout: float = DEFAULT_STOP_TIMEOUT
 
 
-def load_cluster(path: str | os.PathLike[str]) -> ClusterFile:
+def load_cluster(path: str | os.PathLike[str], *, check_environment: bool = True) -> ClusterFile:
     """Read and check the cluster file at `path`.
 
     Relative paths in the file are resolved against the file's directory,
@@ -122,6 +139,12 @@ def load_cluster(path: str | os.PathLike[str]) -> ClusterFile:
 
     Args:
         path: the TOML file (UTF-8).
+        check_environment: check too that what the file names is there on
+            this machine: each `cwd` and `permissions` path exists, each
+            `python` is an executable, each entry's module or file can be
+            found (without importing it), and each limit is within the
+            system's hard limit. False checks the file alone (for a file
+            meant for another machine).
 
     Returns:
         The checked file; `services` can be given to a `ServicesManager`.
@@ -148,11 +171,15 @@ def load_cluster(path: str | os.PathLike[str]) -> ClusterFile:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ClusterFileError(shown, f"not UTF-8 text: {exc}") from exc
-    return _parse(text, shown, absolute, os.path.dirname(absolute))
+    return _parse(text, shown, absolute, os.path.dirname(absolute), check_environment)
 
 
 def parse_cluster(
-    text: str, *, path: str = "<cluster>", directory: str | None = None
+    text: str,
+    *,
+    path: str = "<cluster>",
+    directory: str | None = None,
+    check_environment: bool = True,
 ) -> ClusterFile:
     """Check the text of a cluster file, as `load_cluster` does a file.
 
@@ -162,21 +189,27 @@ def parse_cluster(
             cluster's name if the text gives none.
         directory: what relative paths are resolved against, and put on each
             service's `PYTHONPATH`; the current directory by default.
+        check_environment: as for `load_cluster`.
 
     Raises:
         ClusterFileError: the text is not TOML, or something in it is wrong.
     """
-    return _parse(text, path, path, os.path.abspath(directory or os.getcwd()))
+    directory = os.path.abspath(directory or os.getcwd())
+    return _parse(text, path, path, directory, check_environment)
 
 
-def _parse(text: str, shown: str, absolute: str, directory: str) -> ClusterFile:
+def _parse(
+    text: str, shown: str, absolute: str, directory: str, check_environment: bool
+) -> ClusterFile:
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ClusterFileError(shown, f"invalid TOML: {exc}") from exc
-    root = _Table(shown, directory, (), document)
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ClusterFileError(shown, "invalid TOML: arrays or tables nested too deeply") from None
+    root = _Table(shown, directory, (), document, check_environment=check_environment)
     root.check_keys(("cluster", "services"))
-    cluster = root.table("cluster") or _Table(shown, directory, ("cluster",), {})
+    cluster = root.table("cluster") or root.empty("cluster")
     cluster.check_keys(("name", "stop_timeout"))
     name = cluster.string("name")
     if name is None:
@@ -216,10 +249,15 @@ def _service(services: _Table, name: str) -> ServiceSpec:
     if entry is None:
         raise table.error("missing required key 'entry' (\"module:attribute\")")
     code = table.string("code", empty=True)
+    if code is not None and "\0" in code:
+        raise table.error("the code cannot hold a NUL character", "code")
     try:
         check_entry(entry, code is not None)
     except ValueError as exc:
         raise table.error(str(exc), "entry") from exc
+    file = entry_file(entry) if code is None else None
+    if file is not None:  # relative to the cluster file, like every path in it
+        entry = f"{table.resolve(file, 'entry')}:{entry.rpartition(':')[2]}"
     depends_on = table.strings("depends_on") or []
     for dependency in depends_on:
         try:
@@ -235,6 +273,8 @@ def _service(services: _Table, name: str) -> ServiceSpec:
     options: dict[str, Any] = {}
     python = table.string("python")
     if python is not None:
+        if "\0" in python:
+            raise table.error("a path cannot hold a NUL character", "python")
         # A bare name is looked up on $PATH; a path is relative to the file.
         options["python"] = python if os.sep not in python else table.resolve(python, "python")
     timeouts = table.table("timeouts")
@@ -243,18 +283,81 @@ def _service(services: _Table, name: str) -> ServiceSpec:
         for key, option in _TIMEOUTS.items():
             options[option] = timeouts.number(key, positive=True)
     may_create_services = table.boolean("may_create_services")
+    restart, permissions = _restart(table), _permissions(table)
+    if table.check_environment:  # once the values are known to be right
+        _check_here(table, entry, code, env, cwd or table.directory, options.get("python"))
     fields = {
         "entry": entry,
         "code": code,
         "depends_on": depends_on,
         "env": env,
         "cwd": cwd or table.directory,
-        "restart": _restart(table),
-        "permissions": _permissions(table),
+        "restart": restart,
+        "permissions": permissions,
         "may_create_services": may_create_services,
         "container_options": _present(options),
     }
     return table.build(ServiceSpec, name=name, **_present(fields))
+
+
+def _check_here(
+    table: _Table,
+    entry: str,
+    code: str | None,
+    env: Mapping[str, str],
+    cwd: str,
+    python: str | None,
+) -> None:
+    """Check that what a service names is there: its cwd, its python, its entry."""
+    if not os.path.isdir(cwd):
+        raise table.error(f"{cwd!r} is not a directory", "cwd")
+    if python is not None:
+        if os.sep in python:
+            if not (os.path.isfile(python) and os.access(python, os.X_OK)):
+                raise table.error(f"{python!r} is not an executable file", "python")
+        elif shutil.which(python, path=env.get("PATH", os.environ.get("PATH"))) is None:
+            raise table.error(f"{python!r} is not on $PATH", "python")
+    if code is not None:
+        return
+    file = entry_file(entry)
+    if file is not None:
+        if not os.path.isfile(file):
+            raise table.error(f"{file!r}: no such file", "entry")
+        return
+    if python is not None:  # another interpreter, another sys.path: found when it starts
+        return
+    module = entry.rpartition(":")[0]
+    if not _findable(module, _child_path(cwd, env)):
+        raise table.error(
+            f"cannot find the module {module!r} (looked in the service's cwd, its "
+            "PYTHONPATH and this Python's sys.path)",
+            "entry",
+        )
+
+
+def _child_path(cwd: str, env: Mapping[str, str]) -> list[str]:
+    """The `sys.path` a service's process will have (`python -m` in `cwd`), near enough."""
+    given = [os.path.join(cwd, p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    # Ours came from our PYTHONPATH (which the service does not get) and from
+    # how we were started (sys.path[0]); the rest (stdlib, site) is shared.
+    ours = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    shared = [p for p in sys.path[1:] if p and os.path.abspath(p) not in ours]
+    return [cwd, *given, *shared]
+
+
+def _findable(module: str, path: list[str]) -> bool:
+    """Whether `module` can be imported from `path`; imports nothing (not even its packages)."""
+    top, *rest = module.split(".")
+    if top in sys.builtin_module_names or importlib.machinery.FrozenImporter.find_spec(top):
+        return not rest
+    spec = importlib.machinery.PathFinder.find_spec(top, path)
+    name = top
+    for part in rest:
+        if spec is None or spec.submodule_search_locations is None:
+            return False
+        name += "." + part
+        spec = importlib.machinery.PathFinder.find_spec(name, list(spec.submodule_search_locations))
+    return spec is not None
 
 
 def _env(service: _Table) -> dict[str, str]:
@@ -299,16 +402,38 @@ def _permissions(service: _Table) -> Permissions | None:
     table.check_keys(
         ("read", "write", "network", "subprocesses", "memory", "cpu_time", "open_files")
     )
-    fields = {
-        "read": [table.resolve(p, "read") for p in table.strings("read") or ()],
-        "write": [table.resolve(p, "write") for p in table.strings("write") or ()],
-        "network": table.boolean("network"),
-        "subprocesses": table.boolean("subprocesses"),
+    limits = {
         "memory": _memory(table),
         "cpu_time": table.integer("cpu_time", positive=True),
         "open_files": table.integer("open_files", positive=True),
     }
+    for key, value in limits.items():
+        _check_limit(table, key, value)
+    fields = {
+        "read": [table.existing(p, "read") for p in table.strings("read") or ()],
+        "write": [table.existing(p, "write") for p in table.strings("write") or ()],
+        "network": table.boolean("network"),
+        "subprocesses": table.boolean("subprocesses"),
+        **limits,
+    }
     return table.build(Permissions, **_present(fields))
+
+
+def _check_limit(permissions: _Table, key: str, value: int | None) -> None:
+    """A resource limit must fit setrlimit, and (if checked) the system's hard limit."""
+    if value is None:
+        return
+    if value >= _LIMIT_BOUND:
+        raise permissions.error(f"must be less than 2**63, not {value}", key)
+    if permissions.check_environment:
+        import resource  # POSIX only, like the limits
+
+        name = _LIMITS[key]
+        hard = resource.getrlimit(getattr(resource, name))[1]
+        if hard != resource.RLIM_INFINITY and value > hard:
+            raise permissions.error(
+                f"{value} is above this system's hard limit ({name} {hard})", key
+            )
 
 
 def _memory(permissions: _Table) -> int | None:
@@ -322,7 +447,10 @@ def _memory(permissions: _Table) -> int | None:
             f"expected a size such as '256MiB' (units: {units}), found {_describe(value)}",
             "memory",
         )
-    size = round(float(match[1]) * _UNITS[match[2]])
+    figure = float(match[1]) * _UNITS[match[2]]
+    if figure >= _LIMIT_BOUND:  # inf among them
+        raise permissions.error(f"must be less than 2**63 bytes, not {_describe(value)}", "memory")
+    size = round(figure)
     if size <= 0:
         raise permissions.error(f"must be positive, not {_describe(value)}", "memory")
     return size
@@ -342,6 +470,7 @@ class _Table:
     key: tuple[str, ...]
     data: Mapping[str, object]
     service: str | None = None
+    check_environment: bool = True
 
     def error(self, problem: str, *names: str, service: str | None = None) -> ClusterFileError:
         key = _dotted((*self.key, *names)) or None
@@ -367,7 +496,13 @@ class _Table:
         value = self.get(name, (dict,), "a table")
         if not isinstance(value, dict):
             return None
-        return _Table(self.file, self.directory, (*self.key, name), value, service or self.service)
+        return attrs.evolve(
+            self, key=(*self.key, name), data=value, service=service or self.service
+        )
+
+    def empty(self, name: str) -> _Table:
+        """The table `name`, absent from the file."""
+        return attrs.evolve(self, key=(*self.key, name), data={})
 
     def string(self, name: str, *, empty: bool = False) -> str | None:
         value = self.get(name, (str,), "a string" if empty else "a non-empty string")
@@ -422,7 +557,16 @@ class _Table:
                 "relative to the cluster file's directory",
                 name,
             )
+        if "\0" in path:
+            raise self.error("a path cannot hold a NUL character", name)
         return os.path.normpath(os.path.join(self.directory, path))
+
+    def existing(self, path: str, name: str) -> str:
+        """`path` resolved; if the environment is checked, it must exist."""
+        resolved = self.resolve(path, name)
+        if self.check_environment and not os.path.exists(resolved):
+            raise self.error(f"{resolved!r}: no such file or directory", name)
+        return resolved
 
     def build(self, cls: Callable[..., _T], **fields: Any) -> _T:
         """`cls(**fields)`, its refusal reported at this table."""

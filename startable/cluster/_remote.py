@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import importlib
 import importlib.machinery
+import importlib.util
 import os
 import signal
 import socket
@@ -62,6 +63,7 @@ from ._messages import (
 )
 from ._permissions import apply
 from ._port import from_socket
+from ._services import entry_file
 from ._wire import FrameCodec, FrameReader
 
 ENV_PORT = "STARTABLE_PORT_FD"
@@ -126,6 +128,9 @@ class _Blocking:
 
 def _code_paths(entry: str) -> list[str]:
     """The directory of the entry's top-level package, found without running it."""
+    path = entry_file(entry)
+    if path is not None:
+        return [os.path.dirname(os.path.abspath(path))]
     module = entry.partition(":")[0].split(".")[0]
     spec = importlib.machinery.PathFinder.find_spec(module)
     if spec is None or spec.origin in (None, "built-in", "frozen"):
@@ -145,13 +150,29 @@ def _load(request: RunEntry) -> object:
         except KeyError:
             raise NameError(f"the entry code defines no {request.entry!r}") from None
         return _util.instance_of(found, request.entry)
-    module_name, sep, attribute = request.entry.partition(":")
+    module_name, sep, attribute = request.entry.rpartition(":")
     if not sep or not module_name or not attribute:
         raise ValueError(f"an entry is 'package.module:attribute', not {request.entry!r}")
-    found = importlib.import_module(module_name)
+    path = entry_file(request.entry)
+    if path is None:
+        target: object = importlib.import_module(module_name)
+    else:  # a file, imported by its path
+        path = os.path.abspath(path)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        other = importlib.machinery.PathFinder.find_spec(stem) if stem.isidentifier() else None
+        # Named after the file, unless that would shadow another module.
+        free = stem.isidentifier() and stem not in sys.modules
+        name = stem if free and (other is None or other.origin == path) else "__startable_entry__"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot import {path!r}: not a Python file", path=path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        target = module
     for part in attribute.split("."):
-        found = getattr(found, part)
-    return _util.instance_of(found, request.entry)
+        target = getattr(target, part)
+    return _util.instance_of(target, request.entry)
 
 
 def main() -> NoReturn:

@@ -34,14 +34,37 @@ def check_name(name: object) -> str:
 
 
 def check_entry(entry: str, has_code: bool) -> None:
-    """Raise `ValueError` unless `entry` is `pkg.module:attr` (or a name, with code)."""
+    """Raise `ValueError` unless `entry` names a module's or a file's attribute.
+
+    That is `pkg.module:attr` or `path/to/file.py:attr`; with code, a name
+    (`attr`, `ns.attr`) that the code defines.
+    """
     if has_code:
         if _IDENTIFIER_PATH.fullmatch(entry) is None:
             raise ValueError(f"with code, the entry is a name defined by it, not {entry!r}")
         return
-    module, colon, attribute = entry.partition(":")
-    if not colon or not all(_IDENTIFIER_PATH.fullmatch(part) for part in (module, attribute)):
-        raise ValueError(f"an entry is 'package.module:attribute', not {entry!r}")
+    module, colon, attribute = entry.rpartition(":")
+    if colon and _IDENTIFIER_PATH.fullmatch(attribute):
+        if entry_file(entry) is not None:
+            if "\0" in module:
+                raise ValueError("the path of an entry cannot hold a NUL character")
+            return
+        if _IDENTIFIER_PATH.fullmatch(module):
+            return
+    raise ValueError(
+        f"an entry is 'package.module:attribute' or 'path/to/file.py:attribute', not {entry!r}"
+    )
+
+
+def entry_file(entry: str) -> str | None:
+    """The file an entry names (`app/main.py` for `"app/main.py:App"`), or None
+    if it names a module.
+
+    The child imports such a file by its path (relative to its working
+    directory), under the file's name when no other module has it.
+    """
+    module = entry.rpartition(":")[0]
+    return module if module.endswith(".py") and len(module) > 3 else None
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -104,7 +127,8 @@ class ServiceSpec:
 
     Attributes:
         name: unique in its manager; see `NAME_RULE`.
-        entry: `"package.module:attribute"`, or with `code` a name it defines.
+        entry: `"package.module:attribute"`; or `"path/to/file.py:attribute"`
+            (relative to the service's `cwd`); or with `code` a name it defines.
         code: source text the child runs to define `entry`.
         factory: for a service in this process.
         depends_on: names of the services it needs; it starts after they are
