@@ -86,7 +86,7 @@ class _Run:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.force = anyio.CancelScope()
-        self.starting = anyio.CancelScope()  # given its deadline when the start begins
+        self.starting = anyio.CancelScope()  # cancelled to abandon the start, with why
         self.wake = anyio.Event()
         self.signals = 0
         self.forced_by_user = False
@@ -101,12 +101,17 @@ class _Run:
                 self.narrator.say(
                     f"{name} received: stopping {self.label} (press Ctrl-C again to force)"
                 )
-                self.starting.cancel()
+                self.starting.cancel(f"{name} received")  # what an abandoned start says
                 self.wake.set()
             elif signum == signal.SIGINT:
                 self.narrator.say(f"{name} received again: forcing the stop", failed=True)
                 self.forced_by_user = True
                 self.force.cancel()
+
+    async def time_out(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+        # A reason, rather than the scope's deadline: the abandoned start says it.
+        self.starting.cancel(f"the start timeout of {seconds:g}s passed")
 
     def on_stopping(self, reason: BaseException | None) -> None:
         self.reason = reason
@@ -116,14 +121,17 @@ class _Run:
         name = self.label
         async with open_owner():
             self.narrator.enter("starting")
-            if self.start_timeout is not None:
-                self.starting.deadline = anyio.current_time() + self.start_timeout
             with self.starting:
-                try:
-                    await self.lifecycle.start(self.on_stopping)
-                except Exception as exc:
-                    self.narrator.say(f"{name} failed to start", error=exc)
-                    return EXIT_FAILED
+                async with anyio.create_task_group() as timing:
+                    if self.start_timeout is not None:
+                        timing.start_soon(self.time_out, self.start_timeout)
+                    try:
+                        await self.lifecycle.start(self.on_stopping)
+                    except Exception as exc:
+                        self.narrator.say(f"{name} failed to start", error=exc)
+                        return EXIT_FAILED
+                    finally:
+                        timing.cancel_scope.cancel()
             if self.starting.cancelled_caught:  # abandoned, and undone by the stop below
                 if not self.signals:
                     self.narrator.say(

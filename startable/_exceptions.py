@@ -68,7 +68,19 @@ class AbortedError(StartableError):
     Raised to callers that *joined* a start or stop when the task running it
     was cancelled. The service still ends STOPPED. It is also the reason given
     to raw stop when a start is abandoned by cancellation.
+
+    Attributes:
+        why: why it was interrupted, as the cancellation said it: the reason
+            given to `CancelScope.cancel(reason)` (`startable run` gives
+            `"SIGINT received"`, `"the start timeout of 5s passed"`...), `"a
+            deadline passed"` for a scope's deadline, else `"cancelled"`.
     """
+
+    why: str
+
+    def __init__(self, message: str, why: str = "cancelled") -> None:
+        super().__init__(message)
+        self.why = why
 
 
 class StoppedError(StartableError):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +17,6 @@ from ._drive import EXIT_OK as EXIT_OK
 from ._drive import Phase, drive
 from ._exceptions import AbortedError, StoppedError
 from ._instrument import Instrument, instrumented
-from ._lifecycle import State
 from ._owner import combine, open_owner
 from ._startable import Startable, StateChange, of
 
@@ -204,69 +202,38 @@ def _log_change(change: StateChange, *, level: int = logging.INFO, why: str | No
         logger.log(level, "%s: %s", name, move)
 
 
-_SIGNAL = re.compile(r"(SIG[A-Z0-9]+) received: stopping ")
-
-
 class _LogNarrator:
     """`run()` tells what happens on the `startable` logger."""
 
-    def __init__(self, start_timeout: float | None) -> None:
-        self.start_timeout = start_timeout
-        self.start_began: float | None = None
-        self.signal: str | None = None
-
     def enter(self, phase: Phase) -> None:
-        # The moves are logged as they happen (`_MoveLog`).
-        if phase == "starting":
-            self.start_began = anyio.current_time()
+        pass  # the moves are logged as they happen (`_MoveLog`)
 
     def say(self, text: str, *, failed: bool = False, error: BaseException | None = None) -> None:
-        match = _SIGNAL.match(text)
-        if match is not None and self.signal is None:
-            self.signal = match[1]
         if error is not None:
             logger.error("%s", text, exc_info=error)
         else:
             logger.log(logging.ERROR if failed else logging.INFO, "%s", text)
 
-    def why_abandoned(self) -> str:
-        """Why the start was abandoned: `drive` cancels it on a signal or at its deadline."""
-        if self.signal is not None:
-            return f"{self.signal} received"
-        timeout, began = self.start_timeout, self.start_began
-        if timeout is not None and began is not None and anyio.current_time() >= began + timeout:
-            return f"the start timeout of {timeout:g}s passed"
-        return "cancelled"
-
 
 class _MoveLog(Instrument):
     """Logs every move of every lifecycle whose cycle begins under `run()`."""
 
-    def __init__(self, root: Startable, narrator: _LogNarrator) -> None:
+    def __init__(self, root: Startable) -> None:
         self.root = root
-        self.narrator = narrator
-        self.abandoned: BaseException | None = None  # the reason of an abandoned start
-        self.why: str | None = None
 
     def on_move(self, change: StateChange) -> None:
         if change.startable is not self.root:
             _log_change(change, level=logging.DEBUG)
             return
-        why = None
-        if change.previous is State.STARTING and isinstance(change.reason, AbortedError):
-            self.abandoned = change.reason
-            why = self.narrator.why_abandoned()
-            self.why = why
-        elif change.reason is not None and change.reason is self.abandoned:
-            why = self.why  # STOPPING -> STOPPED, the same abandoned start
-        _log_change(change, why=why)
+        reason = change.reason  # an abandoned start says why it was abandoned
+        _log_change(change, why=reason.why if isinstance(reason, AbortedError) else None)
 
 
 async def _serve(
     lifecycle: Startable, start_timeout: float | None, stop_timeout: float | None
 ) -> int:
-    narrator = _LogNarrator(start_timeout)
-    with instrumented(_MoveLog(lifecycle, narrator)):
+    narrator = _LogNarrator()
+    with instrumented(_MoveLog(lifecycle)):
         return await drive(
             lifecycle, narrator, start_timeout=start_timeout, stop_timeout=stop_timeout
         )

@@ -636,7 +636,8 @@ class Startable:
                 raise
             # Cancelled (or KeyboardInterrupt): the start is abandoned and its
             # clean-up is handed to the owner, so this task can unwind at once.
-            aborted = AbortedError(f"the start of {self!r} was interrupted ({type(exc).__name__})")
+            why = _cancel_reason(exc)
+            aborted = AbortedError(f"the start of {self!r} was abandoned: {why}", why)
             self._start_failed(cycle, aborted)
             self._spawn_runner(cycle)
             raise
@@ -808,6 +809,21 @@ class Startable:
 
 
 _STOP: Final = Startable.stop
+
+
+def _cancel_reason(exc: BaseException) -> str:
+    """Why a cancellation happened, as the backend tells it (see `AbortedError.why`)."""
+    reason = getattr(exc, "reason", None)  # trio
+    if isinstance(reason, str) and reason:
+        return reason
+    if getattr(exc, "source", None) == "deadline":
+        return "a deadline passed"
+    _, found, told = str(exc).partition("; reason: ")  # anyio's, on asyncio
+    if found and told:
+        return "a deadline passed" if told == "deadline exceeded" else told
+    if isinstance(exc, KeyboardInterrupt):
+        return "KeyboardInterrupt"
+    return "cancelled"
 
 
 def _isawaitable(obj: object) -> TypeGuard[Awaitable[object]]:

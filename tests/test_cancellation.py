@@ -34,7 +34,7 @@ async def test_cancelling_the_starter_abandons_the_start_and_cleans_up() -> None
                 async def cancel_when_started() -> None:
                     await probe.start_entered.wait()
                     await wait_until(lambda: startable.of(probe)._cycle.start_event is not None)  # type: ignore[union-attr]
-                    scope.cancel()
+                    scope.cancel("the operator changed their mind")
 
                 tg.start_soon(cancel_when_started)
                 await startable.of(probe).start()
@@ -45,7 +45,9 @@ async def test_cancelling_the_starter_abandons_the_start_and_cleans_up() -> None
     assert len(joiner_saw) == 1
     (reason,) = probe.stop_reasons
     assert isinstance(reason, AbortedError)
-    assert "interrupted" in str(reason)
+    # The raw stop learns why: the reason the cancellation gave.
+    assert reason.why == "the operator changed their mind"
+    assert str(reason).endswith("was abandoned: the operator changed their mind")
 
 
 async def test_start_timeout_with_fail_after() -> None:
@@ -58,6 +60,8 @@ async def test_start_timeout_with_fail_after() -> None:
                     await startable.of(probe).start()
             await startable.of(probe).wait_state(STOPPED)
     assert probe.stop_calls == 1
+    (reason,) = probe.stop_reasons
+    assert isinstance(reason, AbortedError) and reason.why == "a deadline passed"
 
 
 async def test_cancelling_a_joiner_only_stops_its_wait() -> None:

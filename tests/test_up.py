@@ -547,7 +547,7 @@ async def test_plain_output_shows_escape_sequences_instead_of_passing_them_on(
     report = cli.err.splitlines()
     assert report[0] == "demo failed to start:"
     assert r"  ConnectionError: \x1b]0;pwned\x07no\x1b[2J" in report
-    assert "  kv: STOPPED (raw start)" in report  # the message's second line, indented
+    assert "  kv: STOPPED" in report  # the message's second line, indented
     assert all(line.startswith("  ") for line in report[1:] if line), cli.err
     assert not any(line.startswith("kv:") for line in lines + report)
 
@@ -733,6 +733,7 @@ async def test_an_entry_can_name_a_file(tmp_path: Path) -> None:
     with anyio.fail_after(60):
         async with up(path) as cli:
             await cli.wait_for("other: STARTED")
+            await cli.wait_for("talk: STARTED")
             cli.process.send_signal(signal.SIGINT)
             code = await cli.finish()
     assert code == 0, (cli.out, cli.err)

@@ -29,7 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import State, of
-from .._drive import EXIT_FORCED, Phase, drive
+from .._drive import EXIT_FAILED, EXIT_FORCED, EXIT_OK, Phase, drive
 from ..cluster import (
     OutputLine,
     RemoteError,
@@ -109,9 +109,17 @@ def describe_error(error: BaseException) -> str:
     """
     if isinstance(error, BaseExceptionGroup):
         return "\n\n".join(describe_error(e) for e in error.exceptions)
-    text = str(error) if isinstance(error, RemoteError) else f"{type(error).__name__}: {error}"
-    notes = getattr(error, "__notes__", ())
-    return escape("\n".join([*(f"{note}:" for note in notes), text]), newlines=True)
+    notes = list(getattr(error, "__notes__", ()))
+    lines = [f"{note}:" for note in notes]
+    if isinstance(error, RemoteError):
+        where = f"where: {error.where}"
+        lines = [f"{note}:" for note in notes if note != where]
+        if error.where:  # said before the error, not in its words
+            lines.append(where)
+        lines.append(str(error))
+    else:
+        lines.append(f"{type(error).__name__}: {error}")
+    return escape("\n".join(lines), newlines=True)
 
 
 # -- rendering ----------------------------------------------------------------------
@@ -134,13 +142,23 @@ def in_order(nodes: Iterable[ServiceNode], names: Iterable[str]) -> list[Service
     return sorted(nodes, key=lambda node: rank.get(node.name, len(rank)))  # a stable sort
 
 
+def _forced(node: ServiceNode) -> str | None:
+    """The signal that ended its process, if the stop ladder had to send one."""
+    ended_by = node.ended_by
+    return ended_by if ended_by in ("SIGTERM", "SIGKILL") else None
+
+
 def _state_cell(node: ServiceNode) -> Text:
     lifecycle = of(node)
     state = lifecycle.state
     style = _STATE_STYLES[state]
-    if state is State.STOPPED and lifecycle.statistics().stop_reason is not None:
-        style = "bold red"
-    return Text(state.name, style=style)
+    text = state.name
+    if state is State.STOPPED:
+        if lifecycle.statistics().stop_reason is not None:
+            style = "bold red"
+        if (forced := _forced(node)) is not None:  # not a clean stop: say how it ended
+            text, style = f"STOPPED ({forced})", "bold red"
+    return Text(text, style=style)
 
 
 def render_table(
@@ -263,10 +281,13 @@ def describe_event(manager: ServicesManager, event: ServiceEvent) -> str:
         change = event.change
         text = f"{name}: {change.current.name}"
         node = manager.nodes.get(event.service)
+        forced = _forced(node) if node is not None and change.current is State.STOPPED else None
         if change.current is State.STARTED and node is not None and node.pid is not None:
             text += f" (pid {node.pid})"
-        elif change.reason is not None:
-            text += f" ({short_error(change.reason)})"
+        elif change.reason is not None or forced is not None:
+            said = [short_error(change.reason)] if change.reason is not None else []
+            said += [f"ended by {forced}"] if forced is not None else []
+            text += f" ({'; '.join(said)})"
         return text
     if event.kind == "restarting":
         return f"{name}: restarting in {event.delay or 0:g}s"
@@ -355,7 +376,10 @@ class LiveReporter:
         # The table shows every state; only what it cannot show is printed.
         change = event.change
         failed = change is not None and change.current is State.STOPPING and change.reason
-        if event.kind in ("restarting", "escalated") or failed:
+        node = manager.nodes.get(event.service)
+        stopped = change is not None and change.current is State.STOPPED
+        forced = stopped and node is not None and _forced(node) is not None
+        if event.kind in ("restarting", "escalated") or failed or forced:
             self._print(Text(describe_event(manager, event), style="yellow"))
 
     def output(self, service: str, line: OutputLine) -> None:
@@ -445,10 +469,12 @@ def up(path: str, *, backend: Literal["trio", "asyncio"] = "trio", live: bool | 
 
     Returns:
         The exit code: 0 when everything stopped cleanly after a signal (or
-        on its own without a reason, which a manager does not do by itself),
-        2 when the file cannot be used, 130 when a second SIGINT forced the
-        stop, 1 otherwise (a failed start, a service that escalated, a stop
-        that failed or took longer than the file's `stop_timeout`).
+        on its own without a reason: `on_service_exit = "stop"` after a
+        service ended cleanly), 2 when the file cannot be used, 130 when a
+        second SIGINT forced the stop, 1 otherwise (a failed start, a service
+        that escalated, a service that failed and was not restarted, a stop
+        that failed, needed a signal, or took longer than the file's
+        `stop_timeout`).
     """
     from . import EXIT_USAGE
 
@@ -479,7 +505,9 @@ def up(path: str, *, backend: Literal["trio", "asyncio"] = "trio", live: bool | 
             root.addHandler(handler)
             root.setLevel(logging.WARNING)
             try:
-                manager = ServicesManager(cluster.services, name=cluster.name)
+                manager = ServicesManager(
+                    cluster.services, name=cluster.name, on_service_exit=cluster.on_service_exit
+                )
                 _show_output(manager, reporter)
                 return anyio.run(serve, manager, reporter, cluster.stop_timeout, backend=backend)
             finally:
@@ -524,7 +552,12 @@ async def serve(manager: ServicesManager, reporter: Reporter, stop_timeout: floa
     try:
         async with reporter.showing(manager):
             narrator = _Narrator(manager, reporter)
-            return await drive(of(manager), narrator, label=manager.name, stop_timeout=stop_timeout)
+            code = await drive(of(manager), narrator, label=manager.name, stop_timeout=stop_timeout)
+            if code == EXIT_OK and manager.failed:  # it stopped cleanly, but not all had run
+                for exited in manager.failed.values():
+                    narrator.say("a service had failed", error=exited)
+                code = EXIT_FAILED
+            return code
     finally:
         unsubscribe()
 

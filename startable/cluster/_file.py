@@ -20,7 +20,7 @@ import shutil
 import sys
 import tomllib
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import attrs
 
@@ -67,6 +67,7 @@ _SERVICE_KEYS: Final = (
     "timeouts",
 )
 _MODES: Final = ("never", "on-failure", "always")
+_ON_EXIT: Final = ("continue", "stop")
 #: The keys of `[services.<name>.timeouts]`, and the container options they set.
 _TIMEOUTS: Final = {"ready": "ready_timeout", "close": "close_timeout", "term": "term_timeout"}
 #: The keys of `[services.<name>.permissions]` that set a resource limit, and its name.
@@ -121,6 +122,8 @@ class ClusterFile:
             were resolved against, and that is on each service's `PYTHONPATH`.
         services: the services, in the order the file gives them.
         stop_timeout: the bound on stopping everything, in seconds.
+        on_service_exit: what a service that stopped on its own for good
+            means, `"continue"` or `"stop"` (see `ServicesManager`).
     """
 
     name: str
@@ -128,6 +131,7 @@ class ClusterFile:
     directory: str
     services: tuple[ServiceSpec, ...] = attrs.field(converter=_specs)
     stop_timeout: float = DEFAULT_STOP_TIMEOUT
+    on_service_exit: Literal["continue", "stop"] = "continue"
 
 
 def load_cluster(path: str | os.PathLike[str], *, check_environment: bool = True) -> ClusterFile:
@@ -210,11 +214,17 @@ def _parse(
     root = _Table(shown, directory, (), document, check_environment=check_environment)
     root.check_keys(("cluster", "services"))
     cluster = root.table("cluster") or root.empty("cluster")
-    cluster.check_keys(("name", "stop_timeout"))
+    cluster.check_keys(("name", "stop_timeout", "on_service_exit"))
     name = cluster.string("name")
     if name is None:
         name = os.path.splitext(os.path.basename(absolute))[0] or "cluster"
     stop_timeout = cluster.number("stop_timeout", positive=True)
+    on_exit = cluster.string("on_service_exit") or "continue"
+    if on_exit not in _ON_EXIT:
+        choices = ", ".join(repr(choice) for choice in _ON_EXIT)
+        raise cluster.error(
+            f"expected one of {choices}, found {_describe(on_exit)}", "on_service_exit"
+        )
     services = root.table("services")
     if services is None:
         raise root.error("missing required key 'services'")
@@ -234,6 +244,7 @@ def _parse(
         directory=directory,
         services=specs,
         stop_timeout=DEFAULT_STOP_TIMEOUT if stop_timeout is None else stop_timeout,
+        on_service_exit=on_exit,  # type: ignore[arg-type]  # one of _ON_EXIT
     )
 
 
