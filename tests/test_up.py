@@ -233,9 +233,12 @@ def service(
     )
 
 
-def cluster_file(directory: Path, *services: str, stop_timeout: float = 20) -> Path:
+def cluster_file(
+    directory: Path, *services: str, stop_timeout: float = 20, cluster: str = ""
+) -> Path:
+    """demo.toml in `directory`, with `services` and `cluster` (more [cluster] keys)."""
     path = directory / "demo.toml"
-    head = f'[cluster]\nname = "demo"\nstop_timeout = {stop_timeout}\n\n'
+    head = f'[cluster]\nname = "demo"\nstop_timeout = {stop_timeout}\n{cluster}\n'
     path.write_text(head + "".join(services))
     return path
 

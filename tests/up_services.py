@@ -66,7 +66,7 @@ class HangsOnStop:
 
 
 class SlowStart:
-    """Its raw start takes a minute."""
+    """Its raw start takes a minute; its raw stop says why it runs."""
 
     @startable.as_raw_start
     async def _start(self) -> None:
@@ -75,7 +75,22 @@ class SlowStart:
 
     @startable.as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
-        pass
+        print(f"raw stop: {type(err).__name__}: {err}", flush=True)
+
+
+class IgnoresTerm:
+    """Ignores the close request and SIGTERM: only SIGKILL ends it."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("ready", flush=True)
+
+    @startable.as_raw_stop
+    async def _stop(self, err: BaseException | None) -> None:
+        await anyio.sleep_forever()
 
 
 class Parent:
