@@ -17,6 +17,8 @@ STOP_REASON = "stop with a reason"  # await stop(Reason)
 STOP_NOWAIT = "stop_nowait with a reason"  # a callback stopping the service, synchronously
 CRASH = "crash a background task"  # start_soon(a task that raises Reason)
 TASK = "start a background task"  # start_soon(a task that runs until cancelled)
+START_CANCELLED = "start, cancelled"  # await start(), cancelled after `delay` checkpoints
+STOP_CANCELLED = "stop, cancelled"  # await stop(), cancelled after `delay` checkpoints
 
 BUILTIN_ACTIONS: tuple[str, ...] = (
     START,
@@ -27,6 +29,8 @@ BUILTIN_ACTIONS: tuple[str, ...] = (
     STOP_NOWAIT,
     CRASH,
     TASK,
+    START_CANCELLED,
+    STOP_CANCELLED,
 )
 
 
@@ -45,6 +49,15 @@ class Step:
     action: str
     target: int = 0
     delay: int = 0
+
+    def code(self) -> str:
+        """This step as Python source (the defaults left out)."""
+        extra = "".join(
+            f", {name}={value}"
+            for name, value in (("target", self.target), ("delay", self.delay))
+            if value
+        )
+        return f"Step({self.caller}, {self.action!r}{extra})"
 
     def describe(self, targets: Sequence[str]) -> str:
         wait = f" after {self.delay} checkpoint{'s' * (self.delay != 1)}" if self.delay else ""
@@ -72,6 +85,15 @@ class Fault:
     checkpoints_after: int = 0
     raise_after: bool = False
 
+    def code(self) -> str:
+        """This fault as Python source (the defaults left out)."""
+        fields = [
+            f"{a.name}={getattr(self, a.name)!r}"
+            for a in attrs.fields(Fault)
+            if getattr(self, a.name) != a.default
+        ]
+        return f"Fault({', '.join(fields)})"
+
     def describe(self) -> str:
         parts = []
         if self.sleep_before:
@@ -98,6 +120,26 @@ class Program:
     @property
     def callers(self) -> int:
         return 1 + max((step.caller for step in self.steps), default=0)
+
+    def code(self) -> str:
+        """This program as Python source, for `check_lifecycle(..., replay=...)`.
+
+        The names it uses are those of `startable.testing`:
+        `from startable.testing import Fault, Program, Step`.
+        """
+
+        def items(values: Sequence[Step] | Sequence[Fault]) -> str:
+            inner = ", ".join(value.code() for value in values)
+            return f"({inner},)" if len(values) == 1 else f"({inner})"
+
+        parts = [f"steps={items(self.steps)}"]
+        for name, faults in (
+            ("start_faults", self.start_faults),
+            ("stop_faults", self.stop_faults),
+        ):
+            if faults:
+                parts.append(f"{name}={items(faults)}")
+        return f"Program({', '.join(parts)})"
 
     def describe(self, targets: Sequence[str] = ("root",)) -> str:
         lines = [f"  {i}. {step.describe(targets)}" for i, step in enumerate(self.steps, 1)]
