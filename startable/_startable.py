@@ -755,12 +755,8 @@ class Startable:
             try:
                 if instruments:
                     result = self._instrumented_hook(instruments, hook, reason)
-                elif type(hook) is MethodType and hook.__func__ is _STOP:
-                    # `startable.of(parent).stop`: begin the parent's stop now.
-                    cast(Startable, hook.__self__).stop_nowait(reason)
-                    continue
                 else:
-                    result = hook(reason)
+                    result = self._call_hook(hook, reason)
                 if _isawaitable(result):
                     host = registrant if registrant is not None and not registrant.closed else None
                     host = host or cycle.parent
@@ -772,18 +768,20 @@ class Startable:
                 cycle.last_error = exc
                 cycle.record(exc)
 
+    @staticmethod
+    def _call_hook(hook: Hook, reason: BaseException | None) -> object:
+        if type(hook) is MethodType and hook.__func__ is _STOP:
+            # `startable.of(parent).stop`: begin the parent's stop now.
+            cast(Startable, hook.__self__).stop_nowait(reason)
+            return None
+        return hook(reason)
+
     def _instrumented_hook(
         self, instruments: tuple[Instrument, ...], hook: Hook, reason: BaseException | None
     ) -> object:
         """Call one on_stopping hook through the instruments, outermost first."""
 
-        def call() -> object:
-            if type(hook) is MethodType and hook.__func__ is _STOP:
-                cast(Startable, hook.__self__).stop_nowait(reason)
-                return None
-            return hook(reason)
-
-        wrapped: Callable[[], object] = call
+        wrapped: Callable[[], object] = partial(self._call_hook, hook, reason)
         for instrument in reversed(instruments):
             wrapped = partial(instrument.on_stopping_hook, self, hook, reason, wrapped)
         return wrapped()
