@@ -431,3 +431,26 @@ def test_operations_and_targets_may_name_children_built_in_raw_start() -> None:
         settings=hypothesis.settings(database=None, derandomize=True),
         max_examples=300,
     )
+
+
+def test_a_derandomized_search_is_the_same_whatever_the_hash_seed() -> None:
+    # examples/race_testing.py promises the same search on every run; it used to
+    # find a different race with PYTHONHASHSEED=0 than with 1.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "race_testing.py"
+    outputs = []
+    for seed in ("0", "1"):
+        result = subprocess.run(
+            [sys.executable, str(example)],
+            capture_output=True,
+            text=True,
+            timeout=300,  # a bound against hangs
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            check=True,
+        )
+        outputs.append(result.stdout)
+    assert outputs[0] == outputs[1]
+    assert "race found in BuggyCounter" in outputs[0]
