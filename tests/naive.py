@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import partial
 from typing import Any
 
@@ -32,6 +33,10 @@ BUGS = (
     "tasks outlive stop",  # background tasks are not cancelled by the stop
     "stop before start raises",  # stop() in READY raises RuntimeError
 )
+
+
+#: The lifecycles whose raw hook the current code runs inside (by id).
+_INSIDE: ContextVar[tuple[int, ...]] = ContextVar("naive_inside", default=())
 
 
 class Naive:
@@ -76,12 +81,21 @@ class Naive:
                 wrapped = partial(instrument.raw_start, self, wrapped)
             else:
                 wrapped = partial(instrument.raw_stop, self, reason, wrapped)
-        await wrapped()
+        token = _INSIDE.set((*_INSIDE.get(), id(self)))
+        try:
+            await wrapped()
+        finally:
+            _INSIDE.reset(token)
+
+    def _refuse_waiting_for_itself(self, what: str) -> None:
+        if self.state in (STARTING, STOPPING) and id(self) in _INSIDE.get():
+            raise StateError(f"{what} would wait for itself", actual=self.state, expected=())
 
     # -- the lifecycle ----------------------------------------------------
 
     async def start(self, hook: Callable[[BaseException | None], object] | None = None) -> None:
         await anyio.lowlevel.checkpoint()
+        self._refuse_waiting_for_itself("start()")
         if self.state in (READY, STOPPED):
             await self._run_start(hook)
         elif self.state is STARTING:
@@ -151,6 +165,7 @@ class Naive:
 
     async def stop(self, err: BaseException | None = None) -> None:
         await anyio.lowlevel.checkpoint()
+        self._refuse_waiting_for_itself("stop()")
         if self.state is READY:
             if "stop before start raises" in self.bugs:
                 raise RuntimeError("not started")

@@ -372,11 +372,17 @@ def raw_stop_errors_swallowed(mp: pytest.MonkeyPatch) -> None:
     _wrap(mp, Startable, "_finish_stop", make)
 
 
+def waits_for_itself(mp: pytest.MonkeyPatch) -> None:
+    mp.setattr(engine, "inside_raw", lambda owner: False)  # no call is refused
+
+
 def start_joiners_ignore_failures(mp: pytest.MonkeyPatch) -> None:
     def make(join: Any) -> Any:
         async def _join_start(self: Startable) -> None:
             try:
                 await join(self)
+            except StateError:
+                raise  # a refused wait for itself is still refused
             except Exception:
                 pass
 
@@ -424,6 +430,7 @@ MUTANTS = {
         P.COMPOSITION, "composed", parent_loses_the_childs_reason
     ),
     "a raw stop's error is swallowed": Mutant(P.STOP_ERRORS, "plain", raw_stop_errors_swallowed),
+    "a raw start may wait for itself": Mutant(P.SELF_WAIT, "plain", waits_for_itself),
     "start joiners ignore a failed start": Mutant(
         P.START_OUTCOME, "plain", start_joiners_ignore_failures
     ),

@@ -77,6 +77,10 @@ class Fault:
         raise_before: fail instead of running the raw hook at all.
         checkpoints_after: checkpoints taken after it returned.
         raise_after: fail after the raw hook did its work.
+        waits_for_itself: first await the lifecycle's own `start()` and
+            `stop()` (a raw start) or `stop()` (a raw stop) from inside the
+            hook: each must raise `StateError` at once rather than wait for
+            itself.
     """
 
     checkpoints_before: int = 0
@@ -84,6 +88,7 @@ class Fault:
     raise_before: bool = False
     checkpoints_after: int = 0
     raise_after: bool = False
+    waits_for_itself: bool = False
 
     def code(self) -> str:
         """This fault as Python source (the defaults left out)."""
@@ -106,6 +111,8 @@ class Fault:
             parts.append(f"{self.checkpoints_after} checkpoints after")
         if self.raise_after:
             parts.append("raises after running")
+        if self.waits_for_itself:
+            parts.append("first awaits its own lifecycle")
         return ", ".join(parts) or "runs normally"
 
 
@@ -153,15 +160,17 @@ class Program:
 _SLEEPS = (0.0, 0.5, 3.0)
 _RAISES = ("never", "before", "after")
 #: How many different faults `faults()` draws from, "runs normally" being 0.
-_FAULT_KINDS = len(_RAISES) * len(_SLEEPS) * 4 * 4
+_FAULT_KINDS = len(_RAISES) * len(_SLEEPS) * 4 * 4 * 2
 
 
 def _fault(code: int, *, sleeps: bool) -> Fault:
     """Unpack one drawn integer into a fault; 0 is no fault, small is mild."""
     code, after = divmod(code, 4)
     code, before = divmod(code, 4)
-    raises, sleep = divmod(code, len(_SLEEPS))
+    code, sleep = divmod(code, len(_SLEEPS))
+    waits, raises = divmod(code, len(_RAISES))
     return Fault(
+        waits_for_itself=bool(waits),
         checkpoints_before=before,
         sleep_before=_SLEEPS[sleep] if sleeps else 0.0,
         raise_before=_RAISES[raises] == "before",

@@ -80,6 +80,7 @@ class Invariant(enum.Enum):
     CRASH = "a background task that crashes stops its service with its error"
     GUARDS = "a guarded body never runs outside its allowed states"
     DRAIN = "a draining guarded call never overlaps its service's raw stop"
+    SELF_WAIT = "a call that would wait for itself raises StateError instead"
     DEADLINE = "every call returns or raises within the deadline, and the run ends"
     TASKS = "no task outlives STOPPED"
     ERRORS = "calls raise only injected faults, given reasons and expected errors"
@@ -594,7 +595,7 @@ class Recorder(startable.Instrument):
         ran: list[bool] = []
         error: BaseException | None = None
         try:
-            await self._faulty(fault, f"raw start of {track.name}", call, ran)
+            await self._faulty(fault, f"raw start of {track.name}", call, ran, lifecycle, True)
         except anyio.get_cancelled_exc_class() as exc:
             error = exc
             track.round.start_interrupted = True
@@ -656,7 +657,7 @@ class Recorder(startable.Instrument):
         ran: list[bool] = []
         error: BaseException | None = None
         try:
-            await self._faulty(fault, f"raw stop of {track.name}", call, ran)
+            await self._faulty(fault, f"raw stop of {track.name}", call, ran, lifecycle, False)
         except anyio.get_cancelled_exc_class() as exc:
             error = exc
             track.round.stop_interrupted = True
@@ -706,13 +707,22 @@ class Recorder(startable.Instrument):
         return result
 
     async def _faulty(
-        self, fault: Fault, what: str, call: Callable[[], Awaitable[None]], ran: list[bool]
+        self,
+        fault: Fault,
+        what: str,
+        call: Callable[[], Awaitable[None]],
+        ran: list[bool],
+        lifecycle: Any,
+        starting: bool,
     ) -> None:
         """Make the raw hook `call` as `fault` says; `ran` gets True once it ran."""
         if fault.sleep_before:
             await anyio.sleep(fault.sleep_before)
         for _ in range(fault.checkpoints_before):
             await anyio.lowlevel.checkpoint()
+        if fault.waits_for_itself:
+            for name in ("start", "stop") if starting else ("stop",):
+                await self._wait_for_itself(lifecycle, name, what)
         if fault.raise_before:
             raise InjectedFault(f"injected into the {what}, instead of running it")
         ran.append(True)
@@ -721,6 +731,33 @@ class Recorder(startable.Instrument):
             await anyio.lowlevel.checkpoint()
         if fault.raise_after:
             raise InjectedFault(f"injected into the {what}, after it ran")
+
+    async def _wait_for_itself(self, lifecycle: Any, name: str, what: str) -> None:
+        """Inside a raw hook, await the lifecycle's own `name`(): it must refuse."""
+        track = self.track(lifecycle)
+        self.log(EventKind.STEP, f"the {what} awaits {track.name}.{name}()")
+        with anyio.move_on_after(self.deadline / 2) as waited:
+            try:
+                await getattr(lifecycle, name)()
+            except StateError:
+                return
+            except Exception as exc:
+                self.fail(
+                    Invariant.SELF_WAIT,
+                    f"{name}() awaited inside the {what} raised {exc!r}, not StateError",
+                )
+                return
+        if waited.cancelled_caught:
+            self.fail(
+                Invariant.SELF_WAIT,
+                f"{name}() awaited inside the {what} waited for itself "
+                f"(it had not returned after {self.deadline / 2:g}s)",
+            )
+        else:
+            self.fail(
+                Invariant.SELF_WAIT,
+                f"{name}() awaited inside the {what} returned instead of raising StateError",
+            )
 
     def hook_fired(self, probe: _HookProbe, reason: BaseException | None) -> None:
         track = self.track(probe.lifecycle)
@@ -772,7 +809,12 @@ class Recorder(startable.Instrument):
         longest = max((len(steps) for steps in by_caller.values()), default=0)
         # No run that keeps its promises takes this long (each step and each
         # final stop is bounded by the deadline); past it, the run is hung.
-        bound = self.deadline * (longest + len(self.names) + 3)
+        # Virtual time is free; on asyncio the bound is real time, and steps
+        # there take milliseconds unless something hangs.
+        if self.backend == "trio":
+            bound = self.deadline * (longest + len(self.names) + 3)
+        else:
+            bound = self.deadline * 2 + 1
         self.scope = anyio.CancelScope()
         async with anyio.create_task_group() as watch:
             watch.start_soon(self._watchdog, bound, name="startable.testing watchdog")

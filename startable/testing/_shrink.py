@@ -11,6 +11,7 @@ to a short program in a few dozen runs. Every candidate is run as a replay
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -77,6 +78,10 @@ def _candidates(program: Program) -> Iterator[Program]:
             if len(steps) > 2:
                 kept = tuple(s for i, s in enumerate(steps) if i not in (first, second))
                 yield attrs.evolve(program, steps=kept)
+    if len(steps) > 6:  # still long: three at once
+        for dropped in itertools.combinations(reversed(range(len(steps))), 3):
+            kept = tuple(s for i, s in enumerate(steps) if i not in dropped)
+            yield attrs.evolve(program, steps=kept)
     # Fewer faults: trailing ones dropped, then each made a plain call.
     for starts in (True, False):
         faults = program.start_faults if starts else program.stop_faults
