@@ -38,7 +38,9 @@ from startable import State, StateError
 
 READY, STARTING, STARTED, STOPPING, STOPPED = State
 Startable = engine.Startable
-SEARCH = hypothesis.settings(database=None, derandomize=True)
+# The default settings, but derandomized, and the default number of programs
+# given explicitly: $STARTABLE_EXAMPLES may then raise it, never lower it.
+SEARCH = hypothesis.settings(database=None, derandomize=True, max_examples=1000)
 
 
 # -- the services, written as a user would -------------------------------------
