@@ -440,7 +440,6 @@ class Recorder(startable.Instrument):
         self.trio_steps: _TrioSteps | None = None
         self.root: Any = None
         self.names: list[str] = list(names) if names else ["root"]
-        self.finished = False
         self.helpers: anyio.abc.TaskGroup | None = None
         # The coroutines of a trio run the watchdog abandons, closed at once
         # afterwards: left to the garbage collector, their clean-up would run
@@ -834,7 +833,6 @@ class Recorder(startable.Instrument):
         self._final_checks()
         await self._no_tasks_left(baseline)
         self._user_invariants("after everything stopped")
-        self.finished = True
 
     async def _watchdog(self, bound: float) -> None:
         await anyio.sleep(bound)
