@@ -1,8 +1,13 @@
 """Aggregation: a child made elsewhere and handed in (dependency injection).
 
 Two handlers share one connection pool. Each starts it with its own stop as
-hook; the pool starts once, and when it fails, both handlers stop with its
-reason.
+hook, and so each holds it: the pool starts once, stays up while either
+handler runs, and is stopped when the last one lets go. If the pool itself
+fails, every handler still running stops with its reason.
+
+A handler does not stop the pool in its raw stop: it was handed the pool, it
+did not make it. (One that did would stop it for the other handler too,
+which would then stop with a `StoppedError` naming who stopped the pool.)
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ class Handler:
 
     @startable.as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
-        print(f"{self.name}: stopped because {err!r}")
+        print(f"{self.name}: stopped because {err!r}")  # the pool is not ours to stop
 
 
 async def main() -> None:
@@ -43,8 +48,9 @@ async def main() -> None:
         await startable.of(orders).start()
         await startable.of(users).start()
         print("both handlers started; pool started once")
-        await startable.of(pool).stop(ConnectionError("database went away"))
-        await startable.of(orders).wait_state(startable.State.STOPPED)
+        await startable.of(orders).stop()
+        print(f"orders let go of the pool; users still holds it: {startable.of(pool).state.name}")
+        startable.of(pool).stop_nowait(ConnectionError("database went away"))
         await startable.of(users).wait_state(startable.State.STOPPED)
 
 

@@ -18,6 +18,7 @@ from ._lifecycle import State as State
 from ._markers import as_raw_start as as_raw_start
 from ._markers import as_raw_stop as as_raw_stop
 from ._markers import assert_state as assert_state
+from ._markers import drain_timeout as drain_timeout
 from ._markers import guarded_states as guarded_states
 from ._owner import open_owner as open_owner
 from ._running import run as run
@@ -46,6 +47,7 @@ __all__ = (
     "as_raw_start",
     "as_raw_stop",
     "assert_state",
+    "drain_timeout",
     "guarded_states",
     "instrumented",
     "of",

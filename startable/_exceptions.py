@@ -67,7 +67,9 @@ class AbortedError(StartableError):
 
     Raised to callers that *joined* a start or stop when the task running it
     was cancelled. The service still ends STOPPED. It is also the reason given
-    to raw stop when a start is abandoned by cancellation.
+    to raw stop when a start is abandoned by cancellation, and what a method
+    guarded with `assert_state(drain=...)` raises when a stop cut it short
+    (its drain timeout passed, or the stop was forced).
 
     Attributes:
         why: why it was interrupted, as the cancellation said it: the reason
@@ -89,4 +91,9 @@ class StoppedError(StartableError):
     Raised by `startable.running` when the service stops while the body
     runs and no error was given to `stop()`; with a reason, that reason is
     raised instead.
+
+    It is also the reason of the stop of a lifecycle that several owners hold
+    when one of them stops it (from its own stop, or by ending) while another
+    still holds it: the others, stopping through their hooks, hear who
+    stopped it. Its `__cause__` is the first holder's own stop reason, if any.
     """

@@ -24,7 +24,8 @@ class Instrument:
     The raw-hook methods work like middleware: they receive the call to make
     and must await it (or not, or raise instead) — so an instrument can
     record a raw hook's start and end, delay it, or make it fail, which is
-    what `startable.testing` does.
+    what `startable.testing` does. `on_stopping_hook` does the same,
+    synchronously, for each on_stopping hook.
 
     Example:
         ```python
@@ -68,6 +69,23 @@ class Instrument:
         had raised it.
         """
         await call()
+
+    def on_stopping_hook(
+        self,
+        lifecycle: Startable,
+        hook: Callable[[BaseException | None], object],
+        reason: BaseException | None,
+        call: Callable[[], object],
+    ) -> object:
+        """Wraps each call of an on_stopping hook; `call()` makes it and returns its result.
+
+        Synchronous, like the hooks: it runs while `lifecycle` leaves STARTED,
+        before any other task runs. Return what `call()` returned; an
+        exception raised here is the hook's error. When `hook` is another
+        lifecycle's `stop` (the composition idiom), that lifecycle has begun
+        stopping by the time `call()` returns.
+        """
+        return call()
 
 
 #: The instruments of the current context, outermost first.

@@ -26,6 +26,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 START: Final = "raw start"
 STOP: Final = "raw stop"
 _GUARD_ATTR: Final = "__startable_guard__"
+_DRAIN_ATTR: Final = "__startable_drain__"
+#: Seconds a stop waits for each call of a method guarded with `drain=True`.
+DEFAULT_DRAIN_TIMEOUT: Final = 10.0
 
 
 _ROLE_ATTR: Final = "__startable_role__"
@@ -180,8 +183,8 @@ def as_raw_stop(func: F) -> F:
 @overload
 def assert_state(func: F, /) -> F: ...
 @overload
-def assert_state(*states: State) -> Callable[[F], F]: ...
-def assert_state(*states: Any) -> Any:
+def assert_state(*states: State, drain: bool | float = False) -> Callable[[F], F]: ...
+def assert_state(*states: Any, drain: bool | float = False) -> Any:
     """Guard a method so that it only runs in the given states (default STARTED).
 
     Called in any other state, the method raises `StateError` and its
@@ -189,14 +192,27 @@ def assert_state(*states: Any) -> Any:
     awaited, before the body starts) and plain functions (checked when called).
     An object whose lifecycle was never touched counts as READY.
 
+    The check is made when a call begins. A coroutine method that awaits
+    halfway may still be running when a stop begins; with `drain`, the stop
+    waits for such calls to finish before it runs the raw stop, so the raw
+    stop never tears down what a call in flight still uses. Each call is
+    waited for at most its drain timeout; then it is cancelled and raises
+    `AbortedError`, and the raw stop runs.
+
     `@assert_state` without parentheses means `@assert_state()`.
 
     Args:
         *states: the states in which the method may run.
+        drain: `True` for a drain timeout of 10 seconds, or the timeout in
+            seconds (`math.inf`: wait as long as the call takes; a forced
+            stop still cancels it). Only for coroutine methods. A draining
+            call costs one cancel scope (a few microseconds); guards without
+            drain cost nothing more.
 
     Raises:
-        DefinitionError: if an argument is not a `State`, or the decorated
-            object is not a method (or is already a raw hook or guarded).
+        DefinitionError: if an argument is not a `State`, the decorated
+            object is not a method (or is already a raw hook or guarded), or
+            `drain` is given for a plain function or is not a positive number.
 
     Example:
         ```python
@@ -206,6 +222,9 @@ def assert_state(*states: Any) -> Any:
 
             @startable.assert_state(State.STARTED, State.STOPPING)
             def size(self) -> int: ...
+
+            @startable.assert_state(drain=5.0)
+            async def put(self, key: str, value: bytes) -> None: ...
         ```
     """
     if len(states) == 1 and not isinstance(states[0], State) and callable(states[0]):
@@ -214,13 +233,29 @@ def assert_state(*states: Any) -> Any:
         if not isinstance(state, State):
             raise DefinitionError(f"assert_state() takes State members, got {state!r}")
     allowed = frozenset(states) if states else frozenset({State.STARTED})
-    return functools.partial(_guard, allowed=allowed)
+    timeout: float | None
+    if drain is False:
+        timeout = None
+    elif drain is True:
+        timeout = DEFAULT_DRAIN_TIMEOUT
+    elif isinstance(drain, int | float) and drain > 0:
+        timeout = float(drain)
+    else:
+        raise DefinitionError(
+            f"assert_state(drain=...) takes True or a positive number of seconds, not {drain!r}"
+        )
+    return functools.partial(_guard, allowed=allowed, drain=timeout)
 
 
-def _guard(func: F, *, allowed: frozenset[State]) -> F:
+def _guard(func: F, *, allowed: frozenset[State], drain: float | None = None) -> F:
     _check_method(func, "assert_state")
     if getattr(func, _GUARD_ATTR, None) is not None:
         raise DefinitionError(f"{func.__qualname__} is already guarded by assert_state")
+    if drain is not None and not inspect.iscoroutinefunction(func):
+        raise DefinitionError(
+            f"{func.__qualname__}: drain= is for coroutine methods; a plain method "
+            "cannot be in flight when a stop begins"
+        )
 
     def refuse(self: object, state: State) -> NoReturn:
         raise StateError(
@@ -230,10 +265,44 @@ def _guard(func: F, *, allowed: frozenset[State]) -> F:
             expected=allowed,
         )
 
-    guarded = _compile_guard(func, allowed, refuse)
+    if drain is None:
+        guarded = _compile_guard(func, allowed, refuse)
+    else:
+        guarded = _draining_guard(func, allowed, refuse, drain)
     functools.update_wrapper(guarded, func)
     setattr(guarded, _GUARD_ATTR, allowed)
+    if drain is not None:
+        setattr(guarded, _DRAIN_ATTR, drain)
     return guarded  # type: ignore[return-value]
+
+
+def _draining_guard(
+    func: Callable[..., Any],
+    allowed: frozenset[State],
+    refuse: Callable[[Any, State], NoReturn],
+    timeout: float,
+) -> Callable[..., Any]:
+    """The guard of `assert_state(drain=...)`: it also counts the call while it runs."""
+    from ._calls import Calls
+    from ._startable import of
+
+    lookup = REGISTRY.get
+    ready = State.READY
+    name = func.__qualname__
+
+    async def guarded(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+        s = lookup(id(self))
+        state = ready if s is None else s._state
+        if state not in allowed:
+            refuse(self, state)
+        if s is None:
+            s = of(self)
+        calls = s._calls
+        if calls is None:
+            calls = s._calls = Calls()
+        return await calls.run(func, self, args, kwargs, timeout, name)
+
+    return guarded
 
 
 _P = inspect.Parameter
@@ -358,6 +427,20 @@ def guarded_states(func: object) -> frozenset[State] | None:
         ```
     """
     return getattr(func, _GUARD_ATTR, None)
+
+
+def drain_timeout(func: object) -> float | None:
+    """The drain timeout of a method guarded with `assert_state(drain=...)`.
+
+    Returns None for a method without drain, and for anything that is not a
+    guarded method.
+
+    Example:
+        ```python
+        assert startable.drain_timeout(Cache.put) == 5.0
+        ```
+    """
+    return getattr(func, _DRAIN_ATTR, None)
 
 
 def find_raw_hooks(cls: type) -> dict[str, str]:

@@ -8,6 +8,7 @@ cancel scope so an owner can cancel and await exactly its own tasks.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -59,6 +60,55 @@ def combine(errors: list[Exception], message: str) -> Exception | None:
     if len(errors) == 1:
         return errors[0]
     return ExceptionGroup(message, errors)
+
+
+def contains(error: BaseException, target: BaseException) -> bool:
+    """Whether `target` is `error` or one of the errors inside it (groups)."""
+    if error is target:
+        return True
+    if isinstance(error, BaseExceptionGroup):
+        return any(contains(inner, target) for inner in error.exceptions)
+    return False
+
+
+def attach(primary: BaseException, secondary: BaseException, what: str) -> None:
+    """Attach `secondary`, raised while cleaning up after `primary`, to it.
+
+    The primary error is what the caller gets, as itself; the secondary one
+    is kept in a note with its whole traceback, so it is neither lost nor
+    put in its place.
+    """
+    if contains(primary, secondary) or contains(secondary, primary):
+        return
+    # Its chain would only repeat the primary error, which is raised anyway.
+    chain = secondary.__context__ is not primary and secondary.__cause__ is not primary
+    text = "".join(traceback.format_exception(secondary, chain=chain)).rstrip()
+    primary.add_note(f"{what}:\n{text}")
+
+
+def raise_primary(
+    primary: BaseException | None, secondary: Iterable[Exception], what: str, group: str
+) -> None:
+    """Raise the primary error with the others attached, or the others together.
+
+    The rule of `running()` and `open_owner()`: an error that happened first
+    (the primary) always comes out as itself, and errors raised while cleaning
+    up after it are attached to it as notes. A cancellation (or any other
+    BaseException that is not an Exception) is no error: errors from the
+    clean-up take its place, as in a trio nursery. With no primary error,
+    the clean-up's errors come out alone, or as an ExceptionGroup when there
+    are several.
+    """
+    others = [error for error in secondary if primary is None or not contains(primary, error)]
+    if isinstance(primary, Exception):
+        for other in others:
+            attach(primary, other, what)
+        raise primary
+    combined = combine(others, group)
+    if combined is not None:
+        raise combined
+    if primary is not None:
+        raise primary
 
 
 class Task:
@@ -269,7 +319,7 @@ class Owner:
         if self.children:
             for child in reversed(list(self.children)):
                 try:
-                    await child._stop_by_owner()
+                    await child._stop_by_owner(self)
                 except cancelled as exc:
                     interrupted = exc
                 except Exception as exc:
@@ -293,15 +343,28 @@ class Owner:
             self._idle = None
 
 
+def lives_within(owner: Owner, task_group: anyio.abc.TaskGroup) -> bool:
+    """Whether `owner` ends before `task_group` does (its block is inside that one's)."""
+    current: Owner | None = owner
+    while current is not None:
+        if current.task_group is task_group:
+            return True
+        current = (
+            current.parent if current.parent is not None else getattr(current, "enclosing", None)
+        )
+    return False
+
+
 class Root(Owner):
     """The owner opened by `open_owner()`."""
 
-    __slots__ = ("body", "errors")
+    __slots__ = ("body", "enclosing", "errors")
 
-    def __init__(self, task_group: anyio.abc.TaskGroup) -> None:
+    def __init__(self, task_group: anyio.abc.TaskGroup, enclosing: Owner | None = None) -> None:
         super().__init__(None, task_group, backend_checkpoint())
         self.body = anyio.CancelScope()
         self.errors: list[Exception] = []
+        self.enclosing = enclosing  # the owner in whose code this block was opened
 
     def describe(self) -> str:
         return "open_owner()"
@@ -327,8 +390,11 @@ async def open_owner() -> AsyncIterator[None]:
 
     If a task of the block fails (for example a stop that began on its own
     raised and nobody was waiting for it), the body is cancelled and the error
-    is raised on exit. Errors from the body and from closing come out as the
-    single error, or as an `ExceptionGroup` when there are several.
+    is raised on exit. An error raised by the body comes out as itself; errors
+    raised while closing after it are attached to it as notes (with their
+    tracebacks), never put in its place. With no error from the body, the
+    errors of closing come out alone, or as an `ExceptionGroup` when there
+    are several.
 
     Example:
         ```python
@@ -339,28 +405,38 @@ async def open_owner() -> AsyncIterator[None]:
         # web, then db, have been stopped here
         ```
     """
+    async with open_root() as root:
+        with root.body:
+            yield
+
+
+@asynccontextmanager
+async def open_root() -> AsyncIterator[Root]:
+    """The task group and the `Root` of an owner block, closed on exit.
+
+    The caller runs its body inside `root.body` (the scope a failing task
+    cancels); `open_owner` is exactly that. `running()` leaves it for its own
+    stop, which a crash reported to the block must not cancel.
+    """
     cancelled = anyio.get_cancelled_exc_class()
     body_error: BaseException | None = None
     async with anyio.create_task_group() as task_group:
-        root = Root(task_group)
-        token = CONTEXT.set((root, CONTEXT.get()[1]))
+        outer = CONTEXT.get()
+        root = Root(task_group, outer[0])
+        token = CONTEXT.set((root, outer[1]))
         try:
-            with root.body:
-                yield
+            yield root
         except BaseException as exc:
             body_error = exc
         finally:
             CONTEXT.reset(token)
         interrupted = await root.close(body_error if isinstance(body_error, cancelled) else None)
     # Raised outside the task group, which would wrap them in an ExceptionGroup.
-    errors: list[Exception] = []
-    if isinstance(body_error, Exception):
-        errors.append(body_error)
-    errors.extend(root.errors)
-    error = combine(errors, "errors in startable.open_owner()")
-    if error is not None:
-        raise error
-    if body_error is not None:
-        raise body_error
+    raise_primary(
+        body_error,
+        root.errors,
+        "open_owner() then also failed while closing",
+        "errors in startable.open_owner()",
+    )
     if interrupted is not None:
         raise interrupted

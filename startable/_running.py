@@ -17,7 +17,7 @@ from ._drive import EXIT_OK as EXIT_OK
 from ._drive import Phase, drive
 from ._exceptions import AbortedError, StoppedError
 from ._instrument import Instrument, instrumented
-from ._owner import combine, open_owner
+from ._owner import open_root, raise_primary
 from ._startable import Startable, StateChange, of
 
 T = TypeVar("T")
@@ -32,9 +32,15 @@ async def running(obj: T) -> AsyncIterator[T]:
     The stop on exit gets the body's exception (if any) as its reason. If the
     service stops on its own while the body runs (a crash, a child's crash, a
     background task's error), the body is cancelled and the reason is raised
-    — or `StoppedError` if it stopped without one. Errors from the
-    body, the reason and the stop come out as the single error, or as an
-    `ExceptionGroup` when there are several.
+    — or `StoppedError` if it stopped without one.
+
+    One error comes out, always the first that happened, as itself: the
+    reason the service stopped on its own if it did, else the body's error,
+    else the stop's (raw stop, hooks, children left running). Errors raised
+    while cleaning up after it (a failing raw stop after a body error, say)
+    are attached to it as notes with their tracebacks, never put in its
+    place. An `ExceptionGroup` comes out only when the stop itself failed in
+    several ways and nothing failed before it.
 
     The block is the service's owner (see `open_owner`); anything else
     started in the body without being stopped is stopped on exit too.
@@ -46,7 +52,7 @@ async def running(obj: T) -> AsyncIterator[T]:
         ```
     """
     lifecycle = of(obj)
-    async with open_owner():
+    async with open_root() as root:
         body = anyio.CancelScope()
         exiting = False
         on_its_own: list[BaseException | None] = []
@@ -59,32 +65,38 @@ async def running(obj: T) -> AsyncIterator[T]:
         await lifecycle.start(on_stopping)
         body_error: BaseException | None = None
         try:
-            with body:
+            # The block's own scope (cancelled when one of its tasks fails)
+            # covers the body only: the stop below must still run then.
+            with root.body, body:
                 yield obj
         except BaseException as exc:
             body_error = exc
         exiting = True
-        errors: list[Exception] = []
+        primary: BaseException | None = None
+        secondary: list[Exception] = []
         if on_its_own:
-            reason = on_its_own[0]
-            if reason is None:
-                reason = StoppedError(
+            primary = on_its_own[0]
+            if primary is None:
+                primary = StoppedError(
                     f"{lifecycle!r} stopped on its own while running() was active"
                 )
-            if not isinstance(reason, Exception):
-                raise reason
-            errors.append(reason)
-        if isinstance(body_error, Exception):
-            errors.append(body_error)
+            if isinstance(body_error, Exception):
+                secondary.append(body_error)  # most likely a consequence of the stop
+        else:
+            primary = body_error
         try:
             await lifecycle.stop(body_error if isinstance(body_error, Exception) else None)
         except Exception as exc:
-            errors.append(exc)
-        error = combine(errors, f"errors in running({lifecycle!r})")
-        if error is not None:
-            raise error
-        if body_error is not None:
-            raise body_error
+            if primary is None:
+                primary = exc
+            else:
+                secondary.append(exc)
+        raise_primary(
+            primary,
+            secondary,
+            f"while running({lifecycle!r}) stopped it after this error, this was raised too",
+            f"errors in running({lifecycle!r})",
+        )
 
 
 def run(

@@ -13,7 +13,8 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from ._exceptions import AbortedError, NoOwnerError, StartableError, StateError
+from ._calls import Calls
+from ._exceptions import AbortedError, NoOwnerError, StartableError, StateError, StoppedError
 from ._instrument import INSTRUMENTS, Instrument
 from ._lifecycle import (
     START_ACCEPTS,
@@ -25,7 +26,7 @@ from ._lifecycle import (
     describe_states,
 )
 from ._markers import ClassSpec, spec_for, takes_reason
-from ._owner import CONTEXT, Owner, Task, combine, current_owner, inside_raw
+from ._owner import CONTEXT, Owner, Task, combine, current_owner, inside_raw, lives_within
 from ._registry import REGISTRY, ObjectRef, make_ref
 
 READY, STARTING, STARTED, STOPPING, STOPPED = State
@@ -99,6 +100,7 @@ class _Cycle(Owner):
     """One cycle of a lifecycle, from STARTING to STOPPED; owns what it starts."""
 
     __slots__ = (
+        "holders",
         "hooks",
         "instruments",
         "last_error",
@@ -139,6 +141,9 @@ class _Cycle(Owner):
         # (hook, the owner of the code that passed it): an async hook's task
         # belongs to whoever asked for it.
         self.hooks: list[tuple[Hook, Owner | None]] | None = None
+        # Owners besides `parent` that started this cycle while it ran: it is
+        # stopped by an owner's close only once none of them holds it.
+        self.holders: list[Owner] | None = None
         self.start_event: anyio.Event | None = None
         self.stop_event: anyio.Event | None = None
         self.start_error: BaseException | None = None
@@ -218,9 +223,19 @@ class Startable:
         name: used in `repr()` and error messages.
     """
 
-    __slots__ = ("__weakref__", "_cycle", "_name", "_observers", "_ref", "_spec", "_state")
+    __slots__ = (
+        "__weakref__",
+        "_calls",
+        "_cycle",
+        "_name",
+        "_observers",
+        "_ref",
+        "_spec",
+        "_state",
+    )
 
     _state: State
+    _calls: Calls | None
     _cycle: _Cycle | None
     _ref: ObjectRef | None
     _spec: ClassSpec | _FuncSpec
@@ -244,6 +259,7 @@ class Startable:
         self._spec = _FuncSpec(raw_start, raw_stop, stop_takes_err)
         self._name = name if name is not None else (raw_start and _name_of(raw_start))
         self._observers = None
+        self._calls = None
 
     @classmethod
     def _for_object(cls, ref: ObjectRef, spec: ClassSpec) -> Startable:
@@ -254,6 +270,7 @@ class Startable:
         self._spec = spec
         self._name = None
         self._observers = None
+        self._calls = None
         return self
 
     # -- introspection ------------------------------------------------------
@@ -385,8 +402,10 @@ class Startable:
         self, state: State, reply: Reply | None, on_stopping: Hook | None
     ) -> None:
         if reply is Reply.RETURN:
+            self._hold()
             self._add_hook(on_stopping)
         elif reply is Reply.JOIN:
+            self._hold()
             self._add_hook(on_stopping)
             await self._join_start()
         else:
@@ -421,6 +440,8 @@ class Startable:
         if reply is Reply.BEGIN:
             assert cycle is not None
             current = CONTEXT.get()[0]
+            if err is None and cycle.holders and current is not None:
+                err = self._shared_reason(cycle, current, "stop")
             while current is not None and current is not cycle:
                 current = current.parent
             if current is not None:
@@ -540,6 +561,51 @@ class Startable:
             cycle.hooks = [(hook, current_owner())]
         elif all(hook != known for known, _ in cycle.hooks):
             cycle.hooks.append((hook, current_owner()))
+
+    def _hold(self) -> None:
+        """Make the owner in context a holder of the current cycle (a shared start)."""
+        owner = CONTEXT.get()[0]
+        cycle = self._cycle
+        assert cycle is not None
+        if owner is None or owner is cycle.parent or owner.closing:
+            return
+        holders = cycle.holders
+        if holders is not None and owner in holders:
+            return
+        above: Owner | None = owner
+        while above is not None:  # never held by what it owns: it would hold itself up
+            if above is cycle:
+                return
+            above = above.parent
+        if holders is None:
+            cycle.holders = [owner]
+        else:
+            holders.append(owner)
+        if owner.children is None:
+            owner.children = {self: None}
+        else:
+            owner.children[self] = None
+
+    def _shared_reason(self, cycle: _Cycle, by: Owner, how: str) -> StoppedError | None:
+        """The reason of a plain stop of a shared lifecycle begun by one of its holders.
+
+        None unless `by` (a holder that is itself stopping) stops it while
+        another holder still runs: that one will stop through its hook, and
+        must hear why.
+        """
+        holders = [cycle.parent, *(cycle.holders or ())]
+        if by not in holders or not (by.closing or _is_stopping(by)):
+            return None
+        others = [h for h in holders if h is not None and h is not by and _is_running(h)]
+        if not others:
+            return None
+        error = StoppedError(
+            f"{self!r} was stopped by the {how} of {by.describe()}, "
+            f"while {', '.join(h.describe() for h in others)} still held it"
+        )
+        if isinstance(by, _Cycle) and by.reason is not None:
+            error.__cause__ = by.reason
+        return error
 
     def _call_raw_start(self, target: object) -> object:
         spec = self._spec
@@ -685,13 +751,13 @@ class Startable:
         if hooks is None:
             return
         cycle.hooks = None
+        instruments = cycle.instruments
         for hook, registrant in hooks:
             try:
-                if type(hook) is MethodType and hook.__func__ is _STOP:
-                    # `startable.of(parent).stop`: begin the parent's stop now.
-                    cast(Startable, hook.__self__).stop_nowait(reason)
-                    continue
-                result = hook(reason)
+                if instruments:
+                    result = self._instrumented_hook(instruments, hook, reason)
+                else:
+                    result = self._call_hook(hook, reason)
                 if _isawaitable(result):
                     host = registrant if registrant is not None and not registrant.closed else None
                     host = host or cycle.parent
@@ -702,6 +768,24 @@ class Startable:
                 exc.add_note(f"raised by the on_stopping hook {_name_of(hook)} of {self!r}")
                 cycle.last_error = exc
                 cycle.record(exc)
+
+    @staticmethod
+    def _call_hook(hook: Hook, reason: BaseException | None) -> object:
+        if type(hook) is MethodType and hook.__func__ is _STOP:
+            # `startable.of(parent).stop`: begin the parent's stop now.
+            cast(Startable, hook.__self__).stop_nowait(reason)
+            return None
+        return hook(reason)
+
+    def _instrumented_hook(
+        self, instruments: tuple[Instrument, ...], hook: Hook, reason: BaseException | None
+    ) -> object:
+        """Call one on_stopping hook through the instruments, outermost first."""
+
+        wrapped: Callable[[], object] = partial(self._call_hook, hook, reason)
+        for instrument in reversed(instruments):
+            wrapped = partial(instrument.on_stopping_hook, self, hook, reason, wrapped)
+        return wrapped()
 
     def _spawn_runner(self, cycle: _Cycle) -> None:
         assert cycle.parent is not None
@@ -737,6 +821,12 @@ class Startable:
         interrupted: BaseException | None = None
         token = CONTEXT.set((cycle, (cycle, CONTEXT.get()[1])))
         try:
+            calls = self._calls
+            if calls is not None and calls.scopes:
+                try:
+                    await calls.drain()
+                except BaseException as exc:  # forced: the raw stop still runs, cancelled
+                    interrupted = exc
             try:
                 if cycle.instruments:
                     call = partial(self._call_raw_stop, target, cycle.reason)
@@ -775,6 +865,11 @@ class Startable:
         assert owner is not None
         if owner.children is not None:
             owner.children.pop(self, None)
+        if cycle.holders:
+            for holder in cycle.holders:
+                if holder.children is not None:
+                    holder.children.pop(self, None)
+            cycle.holders = None
         cycle.parent = None  # a finished cycle must not keep its owner alive
         if cycle.stop_event is not None:
             cycle.stop_event.set()
@@ -782,13 +877,42 @@ class Startable:
             raise interrupted
         return outcome
 
-    async def _stop_by_owner(self) -> None:
-        """Stop a lifecycle its owner left running; used by the owner's close."""
+    def _let_go(self, cycle: _Cycle, owner: Owner) -> bool:
+        """`owner` ends: stop holding the cycle. True if another owner holds it on."""
+        holders = cycle.holders
+        if not holders:
+            return False
+        if owner is not cycle.parent:
+            if owner in holders:  # one holder less; its owner still holds it
+                holders.remove(owner)
+            return True
+        if self._state is STOPPING or cycle.pending:
+            return False
+        # The heir must end before the task group that holds this cycle's tasks.
+        heir = next(
+            (h for h in holders if not h.closing and lives_within(h, cycle.task_group)), None
+        )
+        if heir is None:
+            return False
+        holders.remove(heir)
+        cycle.parent = heir  # its stop runner, hooks and errors now go to the heir
+        if owner.children is not None:
+            owner.children.pop(self, None)
+        return True
+
+    async def _stop_by_owner(self, owner: Owner) -> None:
+        """Stop a lifecycle `owner` left running, unless another owner holds it on.
+
+        Used by the owner's close.
+        """
         cycle = self._cycle
         if cycle is None or self._state is STOPPED:
             return
+        if self._let_go(cycle, owner):
+            return
         if self._state is STARTED:
-            self._begin_stop(cycle, None)
+            reason = self._shared_reason(cycle, owner, "end") if cycle.holders else None
+            self._begin_stop(cycle, reason)
             outcome = await self._finish_stop(cycle)
             if outcome is not None:
                 raise outcome
@@ -824,6 +948,23 @@ def _cancel_reason(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "KeyboardInterrupt"
     return "cancelled"
+
+
+def _is_running(owner: Owner) -> bool:
+    """Whether `owner` is an open block, or a cycle that is STARTING or STARTED."""
+    if owner.closing:
+        return False
+    if isinstance(owner, _Cycle):
+        return owner.startable._cycle is owner and owner.startable._state in (STARTING, STARTED)
+    return True
+
+
+def _is_stopping(owner: Owner) -> bool:
+    return (
+        isinstance(owner, _Cycle)
+        and owner.startable._cycle is owner
+        and owner.startable._state is STOPPING
+    )
 
 
 def _isawaitable(obj: object) -> TypeGuard[Awaitable[object]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import partial
 from typing import Any
 
@@ -34,6 +35,10 @@ BUGS = (
 )
 
 
+#: The lifecycles whose raw hook the current code runs inside (by id).
+_INSIDE: ContextVar[tuple[int, ...]] = ContextVar("naive_inside", default=())
+
+
 class Naive:
     def __init__(self, target: Any, bugs: frozenset[str]) -> None:
         unknown = bugs - set(BUGS)
@@ -48,6 +53,7 @@ class Naive:
         self.raw_start_began = anyio.Event()
         self.start_error: BaseException | None = None
         self.stop_error: BaseException | None = None
+        self.outcomes: dict[tuple[int, str], BaseException | None] = {}
         self.pending = False
         self.reason: BaseException | None = None
         self.tasks: startable.Startable | None = None
@@ -75,12 +81,21 @@ class Naive:
                 wrapped = partial(instrument.raw_start, self, wrapped)
             else:
                 wrapped = partial(instrument.raw_stop, self, reason, wrapped)
-        await wrapped()
+        token = _INSIDE.set((*_INSIDE.get(), id(self)))
+        try:
+            await wrapped()
+        finally:
+            _INSIDE.reset(token)
+
+    def _refuse_waiting_for_itself(self, what: str) -> None:
+        if self.state in (STARTING, STOPPING) and id(self) in _INSIDE.get():
+            raise StateError(f"{what} would wait for itself", actual=self.state, expected=())
 
     # -- the lifecycle ----------------------------------------------------
 
     async def start(self, hook: Callable[[BaseException | None], object] | None = None) -> None:
         await anyio.lowlevel.checkpoint()
+        self._refuse_waiting_for_itself("start()")
         if self.state in (READY, STOPPED):
             await self._run_start(hook)
         elif self.state is STARTING:
@@ -89,9 +104,11 @@ class Naive:
             if "start does not join" in self.bugs:
                 await self._through(self.target.raw_start)
                 return
+            cycle = self.cycle
             await self.started.wait()
-            if self.start_error is not None:
-                raise self.start_error
+            error = self.outcomes.get((cycle, "start"))  # the cycle it joined, not a later one
+            if error is not None:
+                raise error
         elif self.state is STARTED:
             if hook is not None:
                 self.hooks.append(hook)
@@ -111,7 +128,8 @@ class Naive:
             self._move(READY)
         self._move(STARTING)  # before any await, or a second start would begin too
         try:
-            with _uninstrumented():  # our helpers are plumbing, not under test
+            # Our helpers are plumbing, not under test: no faults, no cancellation.
+            with _uninstrumented(), anyio.CancelScope(shield=True):
                 if self.runner.state is READY:
                     await self.runner.start()
                 self.tasks = startable.Startable(name="naive tasks")
@@ -121,6 +139,7 @@ class Naive:
             self.start_error = self.reason = exc
             self.hooks = []
             self._move(STOPPING, exc)
+            self.outcomes[self.cycle, "start"] = self.start_error
             self.started.set()
             await self._finish_stop()
             raise
@@ -128,6 +147,7 @@ class Naive:
             self.start_error = self.reason = startable.AbortedError("start cancelled")
             self.hooks = []
             self._move(STOPPING, self.reason)
+            self.outcomes[self.cycle, "start"] = self.start_error
             self.started.set()
             with _uninstrumented():
                 self.runner.start_soon(self._finish_stop)
@@ -145,9 +165,11 @@ class Naive:
 
     async def stop(self, err: BaseException | None = None) -> None:
         await anyio.lowlevel.checkpoint()
+        self._refuse_waiting_for_itself("stop()")
         if self.state is READY:
             if "stop before start raises" in self.bugs:
                 raise RuntimeError("not started")
+            self.instruments = INSTRUMENTS.get()  # no cycle: this move is its own
             self._move(STOPPED)
         elif self.state is STARTING:
             if "stop does not wait for start" in self.bugs:
@@ -175,12 +197,15 @@ class Naive:
             await self._join_stop()
 
     async def _join_stop(self) -> None:
-        await self.stopped.wait()
-        if self.stop_error is not None:
-            raise self.stop_error
+        cycle, stopped = self.cycle, self.stopped
+        await stopped.wait()
+        error = self.outcomes.get((cycle, "stop"))  # that cycle's, if another began since
+        if error is not None:
+            raise error
 
     def stop_nowait(self, err: BaseException | None = None) -> None:
         if self.state is READY:
+            self.instruments = INSTRUMENTS.get()
             self._move(STOPPED)
         elif self.state is STARTING:
             if not self.pending:
@@ -207,21 +232,28 @@ class Naive:
 
     async def _finish_stop(self) -> None:
         reason = None if "reason lost" in self.bugs else self.reason
+        interrupted = False
         try:
             try:
                 await self._through(partial(self.target.raw_stop, reason), reason)
             except Exception as exc:
                 self.stop_error = exc
+            except BaseException:
+                interrupted = True  # forced: the tasks are still stopped, then STOPPED
+                raise
+        finally:  # even when cancelled, the stop ends STOPPED
             if self.tasks is not None and "tasks outlive stop" not in self.bugs:
                 try:
-                    with _uninstrumented():
+                    with _uninstrumented(), anyio.CancelScope(shield=True):
                         await self.tasks.stop()
                 except Exception as exc:
                     self.stop_error = self.stop_error or exc
-        finally:  # even when cancelled, the stop ends STOPPED
+            if interrupted:
+                self.stop_error = startable.AbortedError("the stop was interrupted")
             if "hook called twice" in self.bugs:
                 self._call_hooks()
             self._move(STOPPED, self.reason)
+            self.outcomes[self.cycle, "stop"] = self.stop_error
             self.stopped.set()
 
     def start_soon(

@@ -17,14 +17,19 @@ EXAMPLES = ROOT / "examples"
 EXPECTED = {
     "first_service.py": ["echoed: hello", "last words: server closing", "refused:"],
     "composition.py": ["database: connected", "cache: 128 slots ready", "database: disconnected"],
-    "aggregation.py": ["pool started once", "orders: stopped because ConnectionError"],
+    "aggregation.py": [
+        "pool started once",
+        "orders: stopped because None",
+        "users still holds it: STARTED",
+        "users: stopped because ConnectionError",
+    ],
     "spontaneous_stop.py": ["the dashboard stopped on its own"],
     "background_tasks.py": ["first ticket: 100", "background tasks alive: 0"],
     "race_testing.py": [
         "race found in BuggyCounter:",
         "raised TypeError",
         "increment()",
-        "no race found in Counter after 2000 programs",
+        "no race found in Counter after 1000 programs",
     ],
     "sandboxed.py": [
         "[notes] wrote today.txt",

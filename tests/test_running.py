@@ -61,15 +61,20 @@ async def test_running_raises_stopped_error_when_stopped_without_reason() -> Non
                 await anyio.sleep_forever()
 
 
-async def test_running_groups_body_and_stop_errors() -> None:
+async def test_running_raises_the_body_error_with_the_stop_error_attached() -> None:
+    # The rule of item 22: the first error comes out as itself, whatever else
+    # fails while cleaning up after it (this test used to expect a group).
     probe = Probe("named-probe")
     probe.fail_stop = KeyError("stop")
+    boom = ValueError("body")
     with anyio.fail_after(5):
-        with pytest.raises(ExceptionGroup) as caught:
+        with pytest.raises(ValueError) as caught:
             async with startable.running(probe):
-                raise ValueError("body")
-    assert {type(e) for e in caught.value.exceptions} == {ValueError, KeyError}
-    assert "running(" in str(caught.value)
+                raise boom
+    assert caught.value is boom
+    (note,) = caught.value.__notes__
+    assert "running(" in note and "KeyError: 'stop'" in note and "raise self.fail_stop" in note
+    assert "ValueError" not in note  # the primary is not repeated in it
 
 
 async def test_running_start_failure_skips_the_body() -> None:
@@ -183,3 +188,54 @@ async def test_owned_count_in_statistics() -> None:
         async with startable.running(parent):
             assert startable.of(parent).statistics().owned == 1
     assert startable.of(child).state is STOPPED  # left running, stopped by its owner
+
+
+@pytest.mark.parametrize("stop_is_slow", [False, True])
+async def test_running_raises_the_reason_whatever_fails_in_the_cascade(
+    stop_is_slow: bool,
+) -> None:
+    # The service stops on its own; its raw stop fails too. Whether that
+    # failure reaches running() through its own stop() (the raw stop is still
+    # running when the body ends) or through the owner (it has already
+    # failed), the reason comes out as itself, the stop's error attached.
+    probe = Probe()
+    probe.fail_stop = KeyError("raw stop")
+    if stop_is_slow:
+        probe.stop_gate = anyio.Event()
+    reason = ConnectionResetError("peer")
+
+    async def release() -> None:
+        await probe.stop_entered.wait()
+        probe.stop_gate.set()  # type: ignore[union-attr]
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            if stop_is_slow:  # running() joins the stop while the raw stop runs
+                group.start_soon(release)
+            with pytest.raises(ConnectionResetError) as caught:
+                async with startable.running(probe):
+                    startable.of(probe).stop_nowait(reason)
+                    if not stop_is_slow:  # the raw stop fails before the body ends
+                        with anyio.CancelScope(shield=True):
+                            await startable.of(probe).wait_state(STOPPED)
+                    await anyio.sleep_forever()
+    assert caught.value is reason
+    assert any("KeyError: 'raw stop'" in note for note in caught.value.__notes__)
+
+
+async def test_running_groups_only_a_stop_that_failed_in_several_ways() -> None:
+    # No error before the stop: the stop's own outcome comes out as it is.
+    log: list[tuple[object, ...]] = []
+    parent, child = Probe("parent", log), Probe("child", log)
+    parent.fail_stop = KeyError("parent")
+    child.fail_stop = ValueError("child")
+
+    async def start_child() -> None:
+        await startable.of(child).start()  # left running: stopped by the parent's owner
+
+    parent.on_start = start_child
+    with anyio.fail_after(5):
+        with pytest.raises(ExceptionGroup) as caught:
+            async with startable.running(parent):
+                pass
+    assert {type(e) for e in caught.value.exceptions} == {KeyError, ValueError}

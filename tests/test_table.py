@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import anyio
 import pytest
 
@@ -137,6 +139,34 @@ async def test_starting_stop_waits_for_raw_start_then_stops() -> None:
     assert startable.of(probe).state is STOPPED
     assert [entry[1] for entry in log] == ["start", "started", "stop", "stopped"]
     assert probe.stop_reasons == [reason]
+
+
+@pytest.mark.parametrize("start_fails", [False, True])
+async def test_starting_stop_returns_only_once_stopped(start_fails: bool) -> None:
+    # The test above let through a stop() that returned as soon as it had
+    # scheduled the stop (the race checker found that mutant; this test did not).
+    probe = Probe()
+    probe.start_gate = anyio.Event()
+    if start_fails:
+        probe.fail_start = OSError("cannot start")
+    when_stop_returned: list[State] = []
+    with anyio.fail_after(5):
+        async with startable.open_owner(), anyio.create_task_group() as tg:
+
+            async def start() -> None:
+                with pytest.raises(OSError) if start_fails else contextlib.nullcontext():
+                    await startable.of(probe).start()
+
+            async def stopper() -> None:
+                await startable.of(probe).stop()
+                when_stop_returned.append(startable.of(probe).state)
+
+            tg.start_soon(start)
+            await probe.start_entered.wait()
+            tg.start_soon(stopper)
+            await wait_until(lambda: startable.of(probe)._cycle.pending)  # type: ignore[union-attr]
+            probe.start_gate.set()
+    assert when_stop_returned == [STOPPED]
 
 
 async def test_starting_stop_when_raw_start_fails_cleans_up_once() -> None:

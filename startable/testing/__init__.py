@@ -3,8 +3,8 @@
 `check_lifecycle(MyService)` lets hypothesis generate programs of concurrent
 starts, stops, guarded calls, spontaneous stops and crashes, injects faults
 into the raw hooks, and checks after every step that the lifecycle keeps its
-promises (see `Invariant`). Failures shrink to a short program and replay from
-the seed hypothesis prints.
+promises (see `Invariant`). Failures shrink to a short program, reported with
+the `replay=` argument that runs it again exactly.
 
 Needs hypothesis: `pip install 'startable[testing]'`.
 """
@@ -23,8 +23,10 @@ from ._program import BUILTIN_ACTIONS as BUILTIN_ACTIONS
 from ._program import CRASH as CRASH
 from ._program import START as START
 from ._program import START_ASYNC_HOOK as START_ASYNC_HOOK
+from ._program import START_CANCELLED as START_CANCELLED
 from ._program import START_RAISING_HOOK as START_RAISING_HOOK
 from ._program import STOP as STOP
+from ._program import STOP_CANCELLED as STOP_CANCELLED
 from ._program import STOP_NOWAIT as STOP_NOWAIT
 from ._program import STOP_REASON as STOP_REASON
 from ._program import TASK as TASK
@@ -32,6 +34,8 @@ from ._program import Fault as Fault
 from ._program import Program as Program
 from ._program import Step as Step
 from ._program import programs as programs
+from ._runner import Event as Event
+from ._runner import EventKind as EventKind
 from ._runner import HookFault as HookFault
 from ._runner import InjectedFault as InjectedFault
 from ._runner import Invariant as Invariant
@@ -48,11 +52,15 @@ __all__ = (
     "EXAMPLES_VARIABLE",
     "START",
     "START_ASYNC_HOOK",
+    "START_CANCELLED",
     "START_RAISING_HOOK",
     "STOP",
+    "STOP_CANCELLED",
     "STOP_NOWAIT",
     "STOP_REASON",
     "TASK",
+    "Event",
+    "EventKind",
     "Fault",
     "HookFault",
     "InjectedFault",

@@ -17,6 +17,8 @@ STOP_REASON = "stop with a reason"  # await stop(Reason)
 STOP_NOWAIT = "stop_nowait with a reason"  # a callback stopping the service, synchronously
 CRASH = "crash a background task"  # start_soon(a task that raises Reason)
 TASK = "start a background task"  # start_soon(a task that runs until cancelled)
+START_CANCELLED = "start, cancelled"  # await start(), cancelled after `delay` checkpoints
+STOP_CANCELLED = "stop, cancelled"  # await stop(), cancelled after `delay` checkpoints
 
 BUILTIN_ACTIONS: tuple[str, ...] = (
     START,
@@ -27,6 +29,8 @@ BUILTIN_ACTIONS: tuple[str, ...] = (
     STOP_NOWAIT,
     CRASH,
     TASK,
+    START_CANCELLED,
+    STOP_CANCELLED,
 )
 
 
@@ -46,6 +50,15 @@ class Step:
     target: int = 0
     delay: int = 0
 
+    def code(self) -> str:
+        """This step as Python source (the defaults left out)."""
+        extra = "".join(
+            f", {name}={value}"
+            for name, value in (("target", self.target), ("delay", self.delay))
+            if value
+        )
+        return f"Step({self.caller}, {self.action!r}{extra})"
+
     def describe(self, targets: Sequence[str]) -> str:
         wait = f" after {self.delay} checkpoint{'s' * (self.delay != 1)}" if self.delay else ""
         if self.action not in BUILTIN_ACTIONS:  # an Operation's name says what it calls
@@ -64,6 +77,10 @@ class Fault:
         raise_before: fail instead of running the raw hook at all.
         checkpoints_after: checkpoints taken after it returned.
         raise_after: fail after the raw hook did its work.
+        waits_for_itself: first await the lifecycle's own `start()` and
+            `stop()` (a raw start) or `stop()` (a raw stop) from inside the
+            hook: each must raise `StateError` at once rather than wait for
+            itself.
     """
 
     checkpoints_before: int = 0
@@ -71,6 +88,16 @@ class Fault:
     raise_before: bool = False
     checkpoints_after: int = 0
     raise_after: bool = False
+    waits_for_itself: bool = False
+
+    def code(self) -> str:
+        """This fault as Python source (the defaults left out)."""
+        fields = [
+            f"{a.name}={getattr(self, a.name)!r}"
+            for a in attrs.fields(Fault)
+            if getattr(self, a.name) != a.default
+        ]
+        return f"Fault({', '.join(fields)})"
 
     def describe(self) -> str:
         parts = []
@@ -84,6 +111,8 @@ class Fault:
             parts.append(f"{self.checkpoints_after} checkpoints after")
         if self.raise_after:
             parts.append("raises after running")
+        if self.waits_for_itself:
+            parts.append("first awaits its own lifecycle")
         return ", ".join(parts) or "runs normally"
 
 
@@ -99,6 +128,26 @@ class Program:
     def callers(self) -> int:
         return 1 + max((step.caller for step in self.steps), default=0)
 
+    def code(self) -> str:
+        """This program as Python source, for `check_lifecycle(..., replay=...)`.
+
+        The names it uses are those of `startable.testing`:
+        `from startable.testing import Fault, Program, Step`.
+        """
+
+        def items(values: Sequence[Step] | Sequence[Fault]) -> str:
+            inner = ", ".join(value.code() for value in values)
+            return f"({inner},)" if len(values) == 1 else f"({inner})"
+
+        parts = [f"steps={items(self.steps)}"]
+        for name, faults in (
+            ("start_faults", self.start_faults),
+            ("stop_faults", self.stop_faults),
+        ):
+            if faults:
+                parts.append(f"{name}={items(faults)}")
+        return f"Program({', '.join(parts)})"
+
     def describe(self, targets: Sequence[str] = ("root",)) -> str:
         lines = [f"  {i}. {step.describe(targets)}" for i, step in enumerate(self.steps, 1)]
         for label, faults in (("raw start", self.start_faults), ("raw stop", self.stop_faults)):
@@ -111,15 +160,17 @@ class Program:
 _SLEEPS = (0.0, 0.5, 3.0)
 _RAISES = ("never", "before", "after")
 #: How many different faults `faults()` draws from, "runs normally" being 0.
-_FAULT_KINDS = len(_RAISES) * len(_SLEEPS) * 4 * 4
+_FAULT_KINDS = len(_RAISES) * len(_SLEEPS) * 4 * 4 * 2
 
 
 def _fault(code: int, *, sleeps: bool) -> Fault:
     """Unpack one drawn integer into a fault; 0 is no fault, small is mild."""
     code, after = divmod(code, 4)
     code, before = divmod(code, 4)
-    raises, sleep = divmod(code, len(_SLEEPS))
+    code, sleep = divmod(code, len(_SLEEPS))
+    waits, raises = divmod(code, len(_RAISES))
     return Fault(
+        waits_for_itself=bool(waits),
         checkpoints_before=before,
         sleep_before=_SLEEPS[sleep] if sleeps else 0.0,
         raise_before=_RAISES[raises] == "before",
@@ -178,32 +229,48 @@ def programs(
     # built-in actions: your own methods are where races live.
     every = (*actions, *operations)
 
-    @functools.lru_cache(maxsize=4096)  # few distinct swarms: build each strategy once
-    def steps(switches: tuple[bool, ...]) -> st.SearchStrategy[tuple[Step, ...]]:
+    @functools.lru_cache(maxsize=4096)  # few distinct swarms: work each one out once
+    def enabled(switches: tuple[bool, ...]) -> tuple[str, ...]:
         chosen = [name for on, name in zip(switches, every, strict=True) if on] or list(every)
         builtin = [name for name in chosen if name in actions]
         own = [name for name in chosen if name not in actions]
-        weighted = builtin + own * max(1, len(builtin) // max(1, len(own)))
+        return (*builtin, *own * max(1, len(builtin) // max(1, len(own))))
 
-        def make(caller: int, action: int, target: int, delay: int) -> Step:
-            return Step(caller, weighted[action], target, delay)
+    # The swarm and the steps are drawn side by side (not one from the other
+    # with flatmap), and a step's action is picked among those enabled by
+    # its index modulo their number: hypothesis can then shrink each on its
+    # own, which makes shrinking a failure several times cheaper.
+    picks = len(every) * 2
 
-        step = st.builds(
-            make,
-            st.integers(0, callers - 1) if callers > 1 else st.just(0),
-            st.integers(0, len(weighted) - 1) if len(weighted) > 1 else st.just(0),
-            st.integers(0, targets - 1) if targets > 1 else st.just(0),
-            st.integers(0, 3),
+    # Half the programs begin with a start of the root: most races need a
+    # service that is running, and the others still meet every other order.
+    opening = (Step(0, START),) if START in actions else ()
+
+    def make(
+        switches: tuple[bool, ...], opens: bool, drawn: list[tuple[int, int, int, int]]
+    ) -> tuple[Step, ...]:
+        weighted = enabled(switches)
+        steps = tuple(
+            Step(caller, weighted[action % len(weighted)], target, delay)
+            for caller, action, target, delay in drawn
         )
-        return st.lists(step, min_size=min_steps, max_size=max_steps).map(tuple)
+        return (*opening, *steps)[:max_steps] if opens else steps
 
+    step = st.tuples(
+        st.integers(0, callers - 1) if callers > 1 else st.just(0),
+        st.integers(0, picks - 1),
+        st.integers(0, targets - 1) if targets > 1 else st.just(0),
+        st.integers(0, 3),
+    )
     swarm = st.tuples(*[st.booleans()] * len(every))
     fault_lists = (
         st.lists(faults(sleeps=sleeps), max_size=4).map(tuple) if inject_faults else st.just(())
     )
     return st.builds(
         Program,
-        steps=swarm.flatmap(steps),
+        steps=st.builds(
+            make, swarm, st.booleans(), st.lists(step, min_size=min_steps, max_size=max_steps)
+        ),
         start_faults=fault_lists,
         stop_faults=fault_lists,
     )

@@ -1,24 +1,34 @@
 """Running one program against real lifecycles, and checking the invariants as it goes.
 
 The `Recorder` is a `startable.Instrument`: it sees every move of every
-lifecycle in the run and wraps every raw start and raw stop, which is where it
-injects the program's faults and checks ordering. Callers are tasks that run
-their steps in order; every step is bounded by the deadline. The first broken
+lifecycle in the run, wraps every raw start and raw stop (where it injects
+the program's faults and checks ordering) and every on_stopping hook call.
+Callers are tasks that run their steps in order; every step is bounded by the
+deadline, and the whole run by a watchdog: on trio, a run that can no longer
+end (a wait that no cancellation reaches, such as a shielded wait for a stop
+that never finishes) is abandoned as soon as it is idle past the watchdog's
+bound, which costs no real time under the mock clock. The first broken
 invariant cancels the run and is raised as a `LifecycleViolation`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import gc
 import inspect
+import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal, Protocol
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import attrs
+import hypothesis
 import trio
 import trio.testing
+from hypothesis import strategies
 
 import startable
 from startable import AbortedError, State, StateChange, StateError
@@ -27,8 +37,10 @@ from ._program import (
     CRASH,
     START,
     START_ASYNC_HOOK,
+    START_CANCELLED,
     START_RAISING_HOOK,
     STOP,
+    STOP_CANCELLED,
     STOP_NOWAIT,
     STOP_REASON,
     TASK,
@@ -42,18 +54,91 @@ Backend = Literal["trio", "asyncio"]
 
 
 class Invariant(enum.Enum):
-    """The properties checked after every step, in plain words."""
+    """The promises checked after every step; each is a promise of the *Semantics* page."""
 
     MOVES = "moves follow the lifecycle table"
-    ONCE = "raw start and raw stop run at most once per cycle, in STARTING and STOPPING"
+    ONCE = "raw start and raw stop run once per cycle, in STARTING and STOPPING"
     ORDER = "raw start and raw stop never overlap, and raw stop never begins before raw start ends"
+    START_OUTCOME = (
+        "start() returns once the lifecycle is STARTED, or raises the raw start's own error "
+        "(the same object for every caller that joined it)"
+    )
+    START_REFUSED = (
+        "start() is refused (StateError) only while STOPPING; STOPPED begins a new cycle"
+    )
+    STOP_OUTCOME = "stop() returns or raises only once the lifecycle is STOPPED"
+    STOP_ERRORS = (
+        "every caller of a stop sees its outcome: a raw stop's or a hook's error is raised "
+        "to each of them, the same object"
+    )
     HOOKS = "each on_stopping hook fires once, with the stop's reason, before the raw stop"
     REASON = "the raw stop receives the stop's reason"
+    COMPOSITION = (
+        "a hook that is a parent's stop makes the parent begin stopping in the same step, "
+        "with the child's reason"
+    )
+    CRASH = "a background task that crashes stops its service with its error"
     GUARDS = "a guarded body never runs outside its allowed states"
-    DEADLINE = "every call returns or raises within the deadline"
+    DRAIN = "a draining guarded call never overlaps its service's raw stop"
+    SELF_WAIT = "a call that would wait for itself raises StateError instead"
+    DEADLINE = "every call returns or raises within the deadline, and the run ends"
     TASKS = "no task outlives STOPPED"
     ERRORS = "calls raise only injected faults, given reasons and expected errors"
     USER = "a user invariant"
+
+
+class EventKind(enum.Enum):
+    """What an `Event` records."""
+
+    STEP = "a step begins"
+    STEP_END = "a step ends"
+    SKIPPED = "a step is skipped: its target does not exist now"
+    MOVE = "a lifecycle moves"
+    RAW_START = "a raw start begins"
+    RAW_START_END = "a raw start ends"
+    RAW_STOP = "a raw stop begins"
+    RAW_STOP_END = "a raw stop ends"
+    HOOK = "an on_stopping hook passed by a step fires"
+    FINAL_STOP = "the checker's final stop of a target"
+    VIOLATION = "an invariant broke"
+
+
+@attrs.frozen
+class Event:
+    """One thing that happened in a run, as `RunView.events` and reports show it.
+
+    `str(event)` is the line a report prints. Fields that do not apply to an
+    event's kind are None.
+
+    Attributes:
+        kind: what happened.
+        text: the event in plain words.
+        lifecycle: the name of the lifecycle concerned.
+        step: the number of the step it belongs to (moves and raw hooks: the
+            step in progress in the task that made them, if any).
+        previous: for a move, the state left.
+        current: for a move, the state entered.
+        reason: for a move into STOPPING or STOPPED, a raw stop and a hook:
+            the reason.
+        fault: for a raw hook's beginning: the fault injected into it.
+        ran: for a raw hook's end: whether the real raw hook ran (False when
+            a fault raised instead of it, or a cancellation came first).
+        error: for a raw hook's or a step's end: what it raised, if anything.
+    """
+
+    kind: EventKind
+    text: str
+    lifecycle: str | None = None
+    step: int | None = None
+    previous: State | None = None
+    current: State | None = None
+    reason: BaseException | None = None
+    fault: Fault | None = None
+    ran: bool | None = None
+    error: BaseException | None = None
+
+    def __str__(self) -> str:
+        return self.text
 
 
 class LifecycleViolation(AssertionError):
@@ -61,8 +146,12 @@ class LifecycleViolation(AssertionError):
 
     Attributes:
         invariant: which `Invariant` broke.
+        detail: what happened, in plain words.
         program: the program that broke it (hypothesis shrinks it first).
-        events: the last events of the run, oldest first.
+        events: the events of the run, oldest first.
+        replay: Python source of the program: pass it as
+            `check_lifecycle(..., replay=...)` to run exactly this program
+            again, with the same interleaving.
     """
 
     def __init__(
@@ -71,19 +160,22 @@ class LifecycleViolation(AssertionError):
         detail: str,
         program: Program,
         targets: Sequence[str],
-        events: Sequence[str],
+        events: Sequence[Event],
     ) -> None:
         self.invariant = invariant
         self.detail = detail
         self.program = program
         self.events = tuple(events)
+        self.replay = program.code()
         lines = [
             f"{detail}",
-            f"  (invariant broken: {invariant.value})",
+            f"  (promise broken: {invariant.value})",
             "program:",
             program.describe(targets),
             "last events:",
             *(f"  {event}" for event in self.events[-25:]),
+            "replay it (from startable.testing import Fault, Program, Step):",
+            f"  check_lifecycle(..., replay={self.replay})",
         ]
         super().__init__("\n".join(lines))
 
@@ -131,16 +223,25 @@ class Operation:
         name: the action name used in programs and reports.
         call: called with the target object; may return an awaitable.
         states: if given, the call is a guarded method allowed only in these
-            states: the checker verifies its body never runs in another.
+            states *of its target*: the checker verifies its body never runs
+            in another.
         raises: exception types the call may raise besides `StateError`.
-        target: index of the object it is called on (0, the root, by default).
+        target: the object the call is made on, whose state `states` refers
+            to: an index into `targets` (0, the root, by default), or a
+            function of the root that returns it (called at each call, so it
+            may be an object the root builds in its raw start, such as
+            `lambda app: app.cache`). A step whose target does not exist at
+            that moment (the function raises or returns None) is skipped.
+        drain: the call is guarded with `assert_state(drain=...)`: the checker
+            verifies that no raw stop of its target begins while it runs.
     """
 
     name: str
     call: Callable[[Any], object]
     states: frozenset[State] | None = attrs.field(default=None, converter=_states)
     raises: tuple[type[BaseException], ...] = ()
-    target: int = 0
+    target: int | Callable[[Any], Any] = 0
+    drain: bool = False
 
 
 @attrs.frozen
@@ -148,16 +249,17 @@ class RunView:
     """What a user invariant gets to look at, after every step.
 
     Attributes:
-        targets: the objects under test, the root first.
-        lifecycles: their lifecycles, in the same order.
+        targets: the objects under test as they are now, the root first (None
+            for one that does not exist at the moment).
+        lifecycles: their lifecycles, in the same order (None likewise).
         step: how many steps have completed (all callers together).
-        events: the events so far, oldest first.
+        events: the events so far, oldest first (see `Event`).
     """
 
     targets: tuple[Any, ...]
-    lifecycles: tuple[Lifecycle, ...]
+    lifecycles: tuple[Lifecycle | None, ...]
     step: int
-    events: tuple[str, ...]
+    events: tuple[Event, ...]
 
     @property
     def root(self) -> Any:
@@ -166,6 +268,23 @@ class RunView:
 
 _UNSET: Any = object()
 _NO_FAULT = Fault()
+_NO_OUTCOME: Any = object()
+
+
+@attrs.define(eq=False)
+class _Round:
+    """What the recorder knows about one cycle of one lifecycle."""
+
+    number: int
+    start_errors: list[BaseException] = attrs.field(factory=list)
+    start_interrupted: bool = False
+    stop_errors: list[BaseException] = attrs.field(factory=list)
+    stop_interrupted: bool = False
+    start_outcome: Any = _NO_OUTCOME  # what the first start() that failed raised
+    stop_outcome: Any = _NO_OUTCOME  # what the first stop() tied to it did (None: returned)
+    stopping_task: object = None  # the task that made its move into STOPPING
+    stopping_index: int = 0  # which move into STOPPING of its lifecycle that was
+    crashes: list[BaseException] = attrs.field(factory=list)  # crashed while STARTED
 
 
 @attrs.define(eq=False)
@@ -173,6 +292,7 @@ class _Track:
     """What the recorder knows about one lifecycle."""
 
     name: str
+    lifecycle: Any = None
     state: State | None = None
     cycle: int = 0
     raw_starts: int = 0
@@ -183,6 +303,14 @@ class _Track:
     stopping_from: State | None = None
     stopping_step: int = -1
     sleepers: list[_Sleeper] = attrs.field(factory=list)
+    round: _Round = attrs.field(factory=lambda: _Round(0))
+    started_moves: int = 0
+    stopping_moves: int = 0
+    stopped: list[_Round] = attrs.field(factory=list)  # one per move into STOPPED
+    start_errors: list[BaseException] = attrs.field(factory=list)  # in order, every cycle
+    start_interrupts: int = 0
+    stop_interrupts: int = 0
+    draining: list[str] = attrs.field(factory=list)  # draining calls in flight
 
 
 @attrs.define(eq=False)
@@ -206,7 +334,9 @@ class _HookProbe:
     def __call__(self, reason: BaseException | None) -> object:
         self.run.hook_fired(self, reason)
         if self.kind == START_RAISING_HOOK:
-            raise HookFault(f"the hook of step {self.step} raised")
+            error = HookFault(f"the hook of step {self.step} raised")
+            self.run.track(self.lifecycle).round.stop_errors.append(error)
+            raise error
         if self.kind == START_ASYNC_HOOK:
             self.coroutine_ran = False
             return self._async_part()
@@ -218,13 +348,51 @@ class _HookProbe:
 
 
 class _TrioSteps(trio.abc.Instrument):
-    """Counts trio task steps, so "in the same step" can be checked exactly."""
+    """Counts trio task steps, so "in the same step" can be checked exactly.
+
+    It also tells a caller when its task next resumes: a lifecycle call
+    begins with one checkpoint and then reads the state, so what the state
+    is when the caller first resumes is what the call saw.
+    """
 
     def __init__(self) -> None:
         self.count = 0
+        self.watch: dict[trio.lowlevel.Task, Callable[[], None]] = {}
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self.count += 1
+        if self.watch:
+            resumed = self.watch.pop(task, None)
+            if resumed is not None:
+                resumed()
+
+
+class _Hung(Exception):
+    """Raised by the watchdog clock to abandon a trio run that can never end."""
+
+
+class _WatchdogClock:
+    """trio's MockClock (autojump), which can abandon the run it drives.
+
+    A run whose remaining tasks wait for something no cancellation can reach
+    never ends by itself. Once the checker's watchdog has decided the run is
+    hung, the clock raises from the run loop the next time it is asked how
+    long to sleep; trio then ends the run with TrioInternalError, which
+    `_run` turns into a DEADLINE violation. (MockClock cannot be subclassed,
+    and only a MockClock autojumps: its instance gets the one method.)
+    """
+
+    def __init__(self) -> None:
+        self.clock = trio.testing.MockClock(autojump_threshold=0)
+        self.abandon = False
+        sleep_time = self.clock.deadline_to_sleep_time
+
+        def deadline_to_sleep_time(deadline: float) -> float:
+            if self.abandon:
+                raise _Hung
+            return sleep_time(deadline)
+
+        self.clock.deadline_to_sleep_time = deadline_to_sleep_time  # type: ignore[method-assign]
 
 
 class Recorder(startable.Instrument):
@@ -242,6 +410,7 @@ class Recorder(startable.Instrument):
         expected_errors: tuple[type[BaseException], ...],
         backend: Backend,
         deadline: float,
+        names: Sequence[str] | None = None,
     ) -> None:
         self.program = program
         self.factory = factory
@@ -252,9 +421,10 @@ class Recorder(startable.Instrument):
         self.expected_errors = expected_errors
         self.backend = backend
         self.deadline = deadline
-        self.events: list[str] = []
+        self.events: list[Event] = []
         self.violation: tuple[Invariant, str] | None = None
         self.scope: anyio.CancelScope | None = None  # made inside the event loop
+        self.clock: _WatchdogClock | None = None
         self.tracks: dict[int, _Track] = {}
         self.hooks: list[_HookProbe] = []
         self.start_faults: Iterator[Fault] = iter(program.start_faults)
@@ -268,20 +438,25 @@ class Recorder(startable.Instrument):
         self.moves_during_operations = 0
         self.moves_during_overlap = 0
         self.trio_steps: _TrioSteps | None = None
-        self.objects: tuple[Any, ...] = ()
-        self.handles: tuple[Lifecycle, ...] = ()
-        self.names: list[str] = ["root"]
+        self.root: Any = None
+        self.names: list[str] = list(names) if names else ["root"]
+        self.helpers: anyio.abc.TaskGroup | None = None
+        # The coroutines of a trio run the watchdog abandons, closed at once
+        # afterwards: left to the garbage collector, their clean-up would run
+        # in the middle of a later run, and reschedule tasks of this one there.
+        self.abandoned: list[Any] = []
+        self.main_task: trio.lowlevel.Task | None = None  # trio's own tasks are not ours
 
     # -- reporting ----------------------------------------------------------
 
-    def log(self, event: str) -> None:
-        self.events.append(event)
+    def log(self, kind: EventKind, text: str, **fields: Any) -> None:
+        self.events.append(Event(kind, text, **fields))
 
     def fail(self, invariant: Invariant, detail: str) -> None:
         """Record the first violation and stop the run."""
         if self.violation is None:
             self.violation = (invariant, detail)
-            self.log(f"VIOLATION: {detail}")
+            self.log(EventKind.VIOLATION, f"VIOLATION: {detail}")
             if self.scope is not None:
                 self.scope.cancel()
 
@@ -295,11 +470,29 @@ class Recorder(startable.Instrument):
         track = self.tracks.get(id(lifecycle))
         if track is None:
             name = getattr(lifecycle, "name", None) or repr(lifecycle)
-            track = self.tracks[id(lifecycle)] = _Track(name=str(name))
+            track = self.tracks[id(lifecycle)] = _Track(name=str(name), lifecycle=lifecycle)
         return track
 
     def step_count(self) -> int:
         return self.trio_steps.count if self.trio_steps is not None else -1
+
+    # -- the targets, looked up when needed -----------------------------------
+
+    def objects(self) -> list[Any]:
+        """The targets as they are now (None where one does not exist)."""
+        try:
+            found = list(self.get_targets(self.root))
+        except Exception:
+            found = [self.root]
+        found += [None] * (len(self.names) - len(found))
+        return found[: len(self.names)]
+
+    def handle(self, obj: Any, index: int | None) -> Lifecycle:
+        handle = self.get_lifecycle(obj)
+        track = self.track(handle)
+        if index is not None and track.state is None and track.raw_starts == 0:
+            track.name = self.names[index]
+        return handle
 
     # -- the instrument -----------------------------------------------------
 
@@ -309,7 +502,14 @@ class Recorder(startable.Instrument):
         self.moves_during_operations += self.operations_in_flight
         self.moves_during_overlap += max(0, self.in_flight - 1)
         because = f" ({change.reason!r})" if change.reason is not None else ""
-        self.log(f"{track.name}: {previous.name} → {current.name}{because}")
+        self.log(
+            EventKind.MOVE,
+            f"{track.name}: {previous.name} → {current.name}{because}",
+            lifecycle=track.name,
+            previous=previous,
+            current=current,
+            reason=change.reason,
+        )
         if not previous.can_move_to(current):
             self.fail(
                 Invariant.MOVES,
@@ -328,11 +528,26 @@ class Recorder(startable.Instrument):
             track.raw_starts = track.raw_stops = 0
             track.stopping_reason = _UNSET
             track.stopping_from = None
+            track.round = _Round(track.cycle)
+        elif current is STARTED:
+            track.started_moves += 1
         elif current is STOPPING:
+            track.stopping_moves += 1
             track.stopping_reason = change.reason
             track.stopping_from = previous
             track.stopping_step = self.step_count()
+            if self.trio_steps is None:
+                track.round.stopping_task = anyio.get_current_task().id
+                track.round.stopping_index = track.stopping_moves
+            crashes = track.round.crashes
+            if previous is STARTED and crashes and change.reason is not crashes[0]:
+                self.fail(
+                    Invariant.CRASH,
+                    f"a background task of {track.name} raised {crashes[0]!r} while it was "
+                    f"STARTED, but it began stopping with {change.reason!r}",
+                )
         elif current is STOPPED:
+            track.stopped.append(track.round if previous is STOPPING else _Round(0))
             if track.in_start or track.in_stop:
                 phase = "start" if track.in_start else "stop"
                 self.fail(
@@ -356,7 +571,13 @@ class Recorder(startable.Instrument):
 
     async def raw_start(self, lifecycle: Any, call: Callable[[], Awaitable[None]]) -> None:
         track = self.track(lifecycle)
-        self.log(f"{track.name}: raw start begins")
+        fault = next(self.start_faults, _NO_FAULT)
+        self.log(
+            EventKind.RAW_START,
+            f"{track.name}: raw start begins" + _with(fault),
+            lifecycle=track.name,
+            fault=fault,
+        )
         if track.state is not STARTING:
             state = track.state.name if track.state else "unknown"
             self.fail(Invariant.ONCE, f"the raw start of {track.name} ran while it was {state}")
@@ -370,19 +591,42 @@ class Recorder(startable.Instrument):
             )
         track.raw_starts += 1
         track.in_start = True
+        ran: list[bool] = []
+        error: BaseException | None = None
         try:
-            await self._faulty(
-                next(self.start_faults, _NO_FAULT), f"raw start of {track.name}", call
-            )
+            await self._faulty(fault, f"raw start of {track.name}", call, ran, lifecycle, True)
+        except anyio.get_cancelled_exc_class() as exc:
+            error = exc
+            track.round.start_interrupted = True
+            track.start_interrupts += 1
+            raise
+        except BaseException as exc:
+            error = exc
+            track.round.start_errors.append(exc)
+            track.start_errors.append(exc)
+            raise
         finally:
             track.in_start = False
-            self.log(f"{track.name}: raw start ends")
+            self.log(
+                EventKind.RAW_START_END,
+                f"{track.name}: raw start ends" + _how(bool(ran), error),
+                lifecycle=track.name,
+                ran=bool(ran),
+                error=error,
+            )
 
     async def raw_stop(
         self, lifecycle: Any, reason: BaseException | None, call: Callable[[], Awaitable[None]]
     ) -> None:
         track = self.track(lifecycle)
-        self.log(f"{track.name}: raw stop begins ({reason!r})")
+        fault = next(self.stop_faults, _NO_FAULT)
+        self.log(
+            EventKind.RAW_STOP,
+            f"{track.name}: raw stop begins ({reason!r})" + _with(fault),
+            lifecycle=track.name,
+            reason=reason,
+            fault=fault,
+        )
         if track.in_start:
             self.fail(
                 Invariant.ORDER,
@@ -401,32 +645,129 @@ class Recorder(startable.Instrument):
                 f"the raw stop of {track.name} received {reason!r}, "
                 f"but the stop's reason was {track.stopping_reason!r}",
             )
+        if track.draining:
+            self.fail(
+                Invariant.DRAIN,
+                f"the raw stop of {track.name} began while {track.draining[0]} "
+                "(guarded with drain) was still running",
+            )
         track.raw_stops += 1
         track.in_stop = True
+        ran: list[bool] = []
+        error: BaseException | None = None
         try:
-            await self._faulty(next(self.stop_faults, _NO_FAULT), f"raw stop of {track.name}", call)
+            await self._faulty(fault, f"raw stop of {track.name}", call, ran, lifecycle, False)
+        except anyio.get_cancelled_exc_class() as exc:
+            error = exc
+            track.round.stop_interrupted = True
+            track.stop_interrupts += 1
+            raise
+        except BaseException as exc:
+            error = exc
+            track.round.stop_errors.append(exc)
+            raise
         finally:
             track.in_stop = False
-            self.log(f"{track.name}: raw stop ends")
+            self.log(
+                EventKind.RAW_STOP_END,
+                f"{track.name}: raw stop ends" + _how(bool(ran), error),
+                lifecycle=track.name,
+                ran=bool(ran),
+                error=error,
+            )
 
-    async def _faulty(self, fault: Fault, what: str, call: Callable[[], Awaitable[None]]) -> None:
-        """Make the raw hook `call` as `fault` says."""
+    def on_stopping_hook(
+        self,
+        lifecycle: Any,
+        hook: Callable[[BaseException | None], object],
+        reason: BaseException | None,
+        call: Callable[[], object],
+    ) -> object:
+        parent = getattr(hook, "__self__", None)
+        if getattr(hook, "__func__", None) is not startable.Startable.stop or parent is None:
+            return call()
+        before = parent.state
+        track = self.track(parent)
+        moves = track.stopping_moves
+        result = call()
+        child = self.track(lifecycle).name
+        if before is STARTED and parent.state is STARTED:
+            self.fail(
+                Invariant.COMPOSITION,
+                f"{child} began stopping ({reason!r}) and called the stop of {track.name} "
+                f"as its on_stopping hook, but {track.name} was still STARTED afterwards",
+            )
+        elif track.stopping_moves > moves and track.stopping_reason is not reason:
+            self.fail(
+                Invariant.COMPOSITION,
+                f"{child} began stopping with {reason!r}, and so did {track.name}, "
+                f"but with {track.stopping_reason!r}",
+            )
+        return result
+
+    async def _faulty(
+        self,
+        fault: Fault,
+        what: str,
+        call: Callable[[], Awaitable[None]],
+        ran: list[bool],
+        lifecycle: Any,
+        starting: bool,
+    ) -> None:
+        """Make the raw hook `call` as `fault` says; `ran` gets True once it ran."""
         if fault.sleep_before:
             await anyio.sleep(fault.sleep_before)
         for _ in range(fault.checkpoints_before):
             await anyio.lowlevel.checkpoint()
+        if fault.waits_for_itself:
+            for name in ("start", "stop") if starting else ("stop",):
+                await self._wait_for_itself(lifecycle, name, what)
         if fault.raise_before:
-            raise InjectedFault(f"injected into the {what}, before it ran")
+            raise InjectedFault(f"injected into the {what}, instead of running it")
+        ran.append(True)
         await call()
         for _ in range(fault.checkpoints_after):
             await anyio.lowlevel.checkpoint()
         if fault.raise_after:
             raise InjectedFault(f"injected into the {what}, after it ran")
 
+    async def _wait_for_itself(self, lifecycle: Any, name: str, what: str) -> None:
+        """Inside a raw hook, await the lifecycle's own `name`(): it must refuse."""
+        track = self.track(lifecycle)
+        self.log(EventKind.STEP, f"the {what} awaits {track.name}.{name}()")
+        with anyio.move_on_after(self.deadline / 2) as waited:
+            try:
+                await getattr(lifecycle, name)()
+            except StateError:
+                return
+            except Exception as exc:
+                self.fail(
+                    Invariant.SELF_WAIT,
+                    f"{name}() awaited inside the {what} raised {exc!r}, not StateError",
+                )
+                return
+        if waited.cancelled_caught:
+            self.fail(
+                Invariant.SELF_WAIT,
+                f"{name}() awaited inside the {what} waited for itself "
+                f"(it had not returned after {self.deadline / 2:g}s)",
+            )
+        else:
+            self.fail(
+                Invariant.SELF_WAIT,
+                f"{name}() awaited inside the {what} returned instead of raising StateError",
+            )
+
     def hook_fired(self, probe: _HookProbe, reason: BaseException | None) -> None:
         track = self.track(probe.lifecycle)
         probe.fired += 1
-        self.log(f"{track.name}: the hook of step {probe.step} fires ({reason!r})")
+        self.log(
+            EventKind.HOOK,
+            f"{track.name}: the hook of step {probe.step} fires ({reason!r})",
+            lifecycle=track.name,
+            step=probe.step,
+            reason=reason,
+        )
         what = f"the on_stopping hook passed to start() at step {probe.step}"
         if probe.fired > 1:
             self.fail(Invariant.HOOKS, f"{what} fired {probe.fired} times")
@@ -454,31 +795,67 @@ class Recorder(startable.Instrument):
         if self.backend == "trio":
             self.trio_steps = _TrioSteps()
             trio.lowlevel.add_instrument(self.trio_steps)
+            self.main_task = trio.lowlevel.current_task()
         baseline = {task.id for task in anyio.get_running_tasks()}
-        root = self.factory()
-        self.objects = tuple(self.get_targets(root))
-        self.handles = tuple(self.get_lifecycle(obj) for obj in self.objects)
-        self.names = unique_names([self.track(handle).name for handle in self.handles])
-        for name, handle in zip(self.names, self.handles, strict=True):
-            self.track(handle).name = name
+        self.root = self.factory()
+        objects = self.objects()
+        for index, obj in enumerate(objects):
+            if obj is not None:
+                self.handle(obj, index)
         by_caller: dict[int, list[tuple[int, Step]]] = {}
         for number, step in enumerate(self.program.steps, 1):
             by_caller.setdefault(step.caller, []).append((number, step))
+        longest = max((len(steps) for steps in by_caller.values()), default=0)
+        # No run that keeps its promises takes this long (each step and each
+        # final stop is bounded by the deadline); past it, the run is hung.
+        # Virtual time is free; on asyncio the bound is real time, and steps
+        # there take milliseconds unless something hangs.
+        if self.backend == "trio":
+            bound = self.deadline * (longest + len(self.names) + 3)
+        else:
+            bound = self.deadline * 2 + 1
         self.scope = anyio.CancelScope()
-        with self.scope, startable.instrumented(self):
-            try:
-                async with startable.open_owner():
-                    async with anyio.create_task_group() as callers:
-                        for caller, steps in sorted(by_caller.items()):
-                            callers.start_soon(self._caller, steps, name=f"caller {caller}")
-                    await self._final_stop()
-            except Exception as exc:
-                self._expect(exc, "leaving open_owner()", StateError)
+        async with anyio.create_task_group() as watch:
+            watch.start_soon(self._watchdog, bound, name="startable.testing watchdog")
+            with self.scope, startable.instrumented(self):
+                try:
+                    async with startable.open_owner():
+                        async with anyio.create_task_group() as callers:
+                            self.helpers = callers
+                            for caller, steps in sorted(by_caller.items()):
+                                callers.start_soon(self._caller, steps, name=f"caller {caller}")
+                        await self._final_stop()
+                except Exception as exc:
+                    self._expect(exc, "leaving open_owner()", StateError)
+            watch.cancel_scope.cancel()
         if self.violation is not None:
             return
         self._final_checks()
         await self._no_tasks_left(baseline)
         self._user_invariants("after everything stopped")
+
+    async def _watchdog(self, bound: float) -> None:
+        await anyio.sleep(bound)
+        self.hung(f"the run had not ended {bound:g}s after it began")
+
+    def hung(self, what: str) -> None:
+        """The run cannot end: report it, and abandon the event loop."""
+        busy = [
+            f"{track.name} was {track.state.name}"
+            for track in self.tracks.values()
+            if track.state not in (None, READY, STOPPED)
+        ]
+        self.fail(
+            Invariant.DEADLINE,
+            f"{what}: something waits where no cancellation reaches (such as a shielded "
+            f"wait for a stop that never finishes)" + (f"; {', '.join(busy)}" if busy else ""),
+        )
+        if self.clock is not None:
+            self.clock.abandon = True
+            assert self.main_task is not None
+            self.abandoned = _coroutines(self.main_task)
+        else:
+            asyncio.get_running_loop().stop()
 
     async def _caller(self, steps: list[tuple[int, Step]]) -> None:
         # One scope per caller, its deadline moved forward for each step: every
@@ -497,33 +874,55 @@ class Recorder(startable.Instrument):
             self.fail(Invariant.DEADLINE, f"{label} did not return within {self.deadline}s")
 
     async def _perform(self, number: int, step: Step, label: str) -> None:
-        self.log(label)
-        handle = self.handles[step.target]
+        operation = self.operations.get(step.action)
+        index = step.target if operation is None else operation.target
+        if callable(index):
+            try:
+                obj = index(self.root)
+            except Exception:
+                obj = None
+        else:
+            obj = self.objects()[index]
+        if obj is None:
+            self.log(EventKind.SKIPPED, f"{label}: skipped, its target does not exist now")
+            return
+        handle = self.handle(obj, None if callable(index) else index)
+        self.log(EventKind.STEP, label, lifecycle=self.track(handle).name, step=number)
         self.in_flight += 1
+        error: BaseException | None = None
         try:
-            await self._act(number, step, handle)
+            await self._act(number, step, handle, obj)
         except Exception as exc:
+            error = exc
             self._expect(exc, label, *self._errors_of(step))
         finally:
             self.in_flight -= 1
+            self.log(
+                EventKind.STEP_END,
+                f"{label} ends" + (f", raising {error!r}" if error is not None else ""),
+                step=number,
+                error=error,
+            )
 
     def _errors_of(self, step: Step) -> tuple[type[BaseException], ...]:
-        if step.action in (START, START_RAISING_HOOK, START_ASYNC_HOOK, CRASH, TASK):
+        if step.action in (START, START_RAISING_HOOK, START_ASYNC_HOOK, START_CANCELLED):
             return (StateError,)
-        if step.action in (STOP, STOP_REASON):
+        if step.action in (CRASH, TASK):
+            return (StateError,)
+        if step.action in (STOP, STOP_REASON, STOP_CANCELLED):
             return ()
         operation = self.operations.get(step.action)
         if operation is None:
             return ()
         return (StateError, *operation.raises) if operation.states is not None else operation.raises
 
-    async def _act(self, number: int, step: Step, handle: Lifecycle) -> None:
+    async def _act(self, number: int, step: Step, handle: Lifecycle, obj: Any) -> None:
         action = step.action
         if action in (START, START_RAISING_HOOK, START_ASYNC_HOOK):
             probe = _HookProbe(self, handle, number, action)
             self.hooks.append(probe)
             try:
-                await handle.start(probe)
+                await self._start(handle, probe)
             except anyio.get_cancelled_exc_class():
                 probe.outcome = "cancelled"
                 raise
@@ -531,28 +930,170 @@ class Recorder(startable.Instrument):
                 probe.outcome = "raised"
                 raise
             probe.outcome = "returned"
+        elif action == START_CANCELLED:
+            with self._cancelled_after(step.delay):
+                await self._start(handle, None)
         elif action == STOP:
-            await handle.stop()
+            await self._stop(handle, None)
         elif action == STOP_REASON:
-            await handle.stop(Reason(f"given to stop() at step {number}"))
+            await self._stop(handle, Reason(f"given to stop() at step {number}"))
+        elif action == STOP_CANCELLED:
+            with self._cancelled_after(step.delay):
+                await self._stop(handle, None)
         elif action == STOP_NOWAIT:
             handle.stop_nowait(Reason(f"given to stop_nowait() at step {number}"))
         elif action == CRASH:
-            handle.start_soon(self._crash, Reason(f"raised by the task started at step {number}"))
+            track = self.track(handle)
+            reason = Reason(f"raised by the task started at step {number}")
+            handle.start_soon(self._crash, track, reason)
         elif action == TASK:
             sleeper = _Sleeper()
             handle.start_soon(self._sleep, sleeper)
             self.track(handle).sleepers.append(sleeper)
         else:
-            await self._call(self.operations[action], step, handle)
+            await self._call(self.operations[action], handle, obj)
 
-    async def _call(self, operation: Operation, step: Step, handle: Lifecycle) -> None:
-        handle = self.handles[operation.target]
-        state = handle.state
-        target = self.objects[operation.target]
-        self.operations_in_flight += 1
+    def _cancelled_after(self, checkpoints: int) -> anyio.CancelScope:
+        """A scope that another task cancels after `checkpoints` checkpoints.
+
+        The canceller runs in the callers' task group, not in one around the
+        call: errors of the call then come out as themselves.
+        """
+        scope = anyio.CancelScope()
+        assert self.helpers is not None
+        self.helpers.start_soon(_cancel_after, scope, checkpoints, name="canceller")
+        return scope
+
+    async def _start(self, handle: Lifecycle, hook: _HookProbe | None) -> None:
+        """`await handle.start(hook)`, checking what it returned or raised."""
+        track = self.track(handle)
+        begin_state = track.state or handle.state
+        begin_started = track.started_moves
+        begin_errors = len(track.start_errors)
+        begin_interrupts = track.start_interrupts
         try:
-            result = operation.call(target)
+            await handle.start(hook)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:
+            own = track.start_errors[begin_errors:]
+            if any(exc is error for error in own):
+                raise  # its raw start's own error (or that of the start it joined)
+            if isinstance(exc, StateError):
+                if handle.state is not STOPPING:
+                    self.fail(
+                        Invariant.START_REFUSED,
+                        f"start() of {track.name} raised StateError ({exc}) while it was "
+                        f"{handle.state.name}",
+                    )
+            elif isinstance(exc, AbortedError):
+                if track.start_interrupts == begin_interrupts:
+                    self.fail(
+                        Invariant.START_OUTCOME,
+                        f"start() of {track.name} raised AbortedError, but no start of it "
+                        "was interrupted meanwhile",
+                    )
+            else:
+                expected = f" ({own[-1]!r})" if own else ""
+                self.fail(
+                    Invariant.START_OUTCOME,
+                    f"start() of {track.name} raised {exc!r}, which is not the error its raw "
+                    f"start raised{expected}",
+                )
+            raise
+        if track.started_moves == begin_started and begin_state is not STARTED:
+            self.fail(
+                Invariant.START_OUTCOME,
+                f"start() of {track.name} returned, but it did not become STARTED "
+                f"(it is {handle.state.name})",
+            )
+
+    async def _stop(self, handle: Lifecycle, reason: BaseException | None) -> None:
+        """`await handle.stop(reason)`, checking what it returned or raised."""
+        track = self.track(handle)
+        begin_state = track.state or handle.state
+        begin = len(track.stopped)
+        stoppings = track.stopping_moves
+        seen: list[tuple[int, State | None]] = []  # (STOPPED moves, state) when it resumed
+        task = None
+        if self.trio_steps is not None:
+            task = trio.lowlevel.current_task()
+            self.trio_steps.watch[task] = lambda: seen.append((len(track.stopped), track.state))
+        outcome: BaseException | None = None
+        try:
+            await handle.stop(reason)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:
+            outcome = exc
+        finally:
+            if task is not None:
+                assert self.trio_steps is not None
+                self.trio_steps.watch.pop(task, None)
+        if len(track.stopped) == begin and begin_state is not STOPPED:
+            how = "raised" if outcome is not None else "returned"
+            self.fail(
+                Invariant.STOP_OUTCOME,
+                f"stop() of {track.name} {how} while it was {handle.state.name}, "
+                "before it was STOPPED",
+            )
+        tied = self._tied_stop(track, begin, stoppings, seen)
+        if tied is not None:
+            must_raise = tied.stop_errors or tied.stop_interrupted
+            if must_raise and outcome is None:
+                what = repr(tied.stop_errors[0]) if tied.stop_errors else "an interruption"
+                self.fail(
+                    Invariant.STOP_ERRORS,
+                    f"stop() of {track.name} returned normally, though the stop it waited "
+                    f"for failed with {what}",
+                )
+            elif tied.stop_outcome is _NO_OUTCOME:
+                tied.stop_outcome = outcome
+            elif tied.stop_outcome is not outcome:
+                self.fail(
+                    Invariant.STOP_ERRORS,
+                    f"two callers of the same stop of {track.name} saw different outcomes: "
+                    f"{_outcome(tied.stop_outcome)} and {_outcome(outcome)}",
+                )
+        if outcome is not None:
+            raise outcome
+
+    def _tied_stop(
+        self, track: _Track, begin: int, stoppings: int, seen: list[tuple[int, State | None]]
+    ) -> _Round | None:
+        """The stop a stop() call waited for (or ran), if that can be told for sure."""
+        if self.trio_steps is not None:
+            if not seen:
+                return None
+            moves, state = seen[0]
+            if len(track.stopped) == moves:  # nothing stopped after it looked: it saw STOPPED
+                if state is not STOPPED:
+                    self.fail(
+                        Invariant.STOP_OUTCOME,
+                        f"stop() of {track.name} found it {state.name if state else 'READY'} "
+                        "and returned before it was STOPPED",
+                    )
+                return None
+            return track.stopped[moves]
+        # Elsewhere: only a stop this very call began (in its own task) is sure.
+        me = anyio.get_current_task().id
+        return next(
+            (
+                r
+                for r in track.stopped[begin:]
+                if r.stopping_task == me and r.stopping_index > stoppings
+            ),
+            None,
+        )
+
+    async def _call(self, operation: Operation, handle: Lifecycle, obj: Any) -> None:
+        state = handle.state
+        track = self.track(handle)
+        self.operations_in_flight += 1
+        if operation.drain:
+            track.draining.append(operation.name)
+        try:
+            result = operation.call(obj)
             if inspect.isawaitable(result):
                 await result
         except StateError:
@@ -564,6 +1105,8 @@ class Recorder(startable.Instrument):
             raise
         finally:
             self.operations_in_flight -= 1
+            if operation.drain:
+                track.draining.remove(operation.name)
         self._check_guard(operation, state)
 
     def _check_guard(self, operation: Operation, state: State) -> None:
@@ -571,12 +1114,14 @@ class Recorder(startable.Instrument):
             allowed = ", ".join(s.name for s in State if s in operation.states)
             self.fail(
                 Invariant.GUARDS,
-                f"the body of {operation.name} ran while the service was {state.name} "
+                f"the body of {operation.name} ran while its service was {state.name} "
                 f"(allowed: {allowed})",
             )
 
-    async def _crash(self, reason: Reason) -> None:
+    async def _crash(self, track: _Track, reason: Reason) -> None:
         await anyio.lowlevel.checkpoint()
+        if track.state is STARTED:
+            track.round.crashes.append(reason)
         raise reason
 
     async def _sleep(self, sleeper: _Sleeper) -> None:
@@ -611,21 +1156,36 @@ class Recorder(startable.Instrument):
         )
 
     async def _final_stop(self) -> None:
-        for index, handle in enumerate(self.handles):
+        stopped: set[int] = set()
+        for index in range(len(self.names)):
+            obj = self.objects()[index]  # looked up again: the root's stop may change them
+            if obj is None:
+                continue
+            handle = self.handle(obj, index)
+            if id(handle) in stopped:
+                continue
+            stopped.add(id(handle))
             label = f"the final stop of {self.names[index]}"
-            self.log(label)
+            self.log(EventKind.FINAL_STOP, label, lifecycle=self.track(handle).name)
             with anyio.move_on_after(self.deadline) as bounded:
                 try:
-                    await handle.stop()
+                    await self._stop(handle, None)
                 except Exception as exc:
                     self._expect(exc, label)
             if bounded.cancelled_caught:
                 self.fail(Invariant.DEADLINE, f"{label} did not return within {self.deadline}s")
 
     def _final_checks(self) -> None:
-        for name, handle in zip(self.names, self.handles, strict=True):
-            if handle.state not in (READY, STOPPED):
-                self.fail(Invariant.TASKS, f"{name} was {handle.state.name} after its owner closed")
+        for track in self.tracks.values():
+            state = track.lifecycle.state if track.lifecycle is not None else track.state
+            if state not in (READY, STOPPED, None):
+                self.fail(Invariant.TASKS, f"{track.name} was {state.name} after its owner closed")
+            if track.round.crashes and track.stopping_from is not STARTED:
+                self.fail(
+                    Invariant.CRASH,
+                    f"a background task of {track.name} raised {track.round.crashes[0]!r} "
+                    "while it was STARTED, but it never began stopping",
+                )
         for probe in self.hooks:
             what = f"the on_stopping hook passed to start() at step {probe.step}"
             if probe.outcome == "returned" and probe.fired != 1:
@@ -661,7 +1221,9 @@ class Recorder(startable.Instrument):
     def _user_invariants(self, when: str) -> None:
         if not self.invariants or self.violation is not None:
             return
-        view = RunView(self.objects, self.handles, self.steps_done, tuple(self.events))
+        objects = self.objects()
+        handles = tuple(None if obj is None else self.get_lifecycle(obj) for obj in objects)
+        view = RunView(tuple(objects), handles, self.steps_done, tuple(self.events))
         for invariant in self.invariants:
             try:
                 invariant(view)
@@ -669,6 +1231,57 @@ class Recorder(startable.Instrument):
                 name = getattr(invariant, "__name__", repr(invariant))
                 self.fail(Invariant.USER, f"{name} failed {when}: {exc}")
                 return
+
+
+def _coroutines(task: trio.lowlevel.Task) -> list[Any]:
+    """The coroutines of `task` and of every task below it, innermost last."""
+    found = [task.coro]
+    for nursery in task.child_nurseries:
+        for child in nursery.child_tasks:
+            found.extend(_coroutines(child))
+    return found
+
+
+def _close(coroutines: list[Any]) -> None:
+    """Finish off the coroutines of an abandoned run, now, quietly.
+
+    Each is closed, innermost first, whatever its clean-up raises (it runs
+    outside any event loop: the run is gone, and nothing it does can matter).
+    The async generators they held (`async with` blocks) are collected at
+    once too: trio's finalizer for them would otherwise run at some later
+    garbage collection and complain of the loop that no longer exists.
+    """
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        for coroutine in reversed(coroutines):
+            try:
+                coroutine.close()
+            except BaseException:
+                pass
+        coroutines.clear()
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+
+
+async def _cancel_after(scope: anyio.CancelScope, checkpoints: int) -> None:
+    for _ in range(checkpoints):
+        await anyio.lowlevel.checkpoint()
+    scope.cancel()
+
+
+def _with(fault: Fault) -> str:
+    return "" if fault == _NO_FAULT else f" [fault: {fault.describe()}]"
+
+
+def _how(ran: bool, error: BaseException | None) -> str:
+    replaced = "" if ran else " without running (a fault or a cancellation came first)"
+    return replaced + (f", raising {error!r}" if error is not None else "")
+
+
+def _outcome(outcome: BaseException | None) -> str:
+    return "it returned" if outcome is None else f"it raised {outcome!r}"
 
 
 def run_program(
@@ -686,13 +1299,15 @@ def run_program(
     """Run one program in a fresh event loop and check every invariant.
 
     On trio the run uses `trio.testing.MockClock` with autojump, so sleeps and
-    the deadline cost no real time and a hang shows at once; under hypothesis
-    trio's scheduling order is seeded by the example, so a failure replays.
+    the deadline cost no real time and a hang shows at once. trio's
+    scheduling order is seeded the way hypothesis seeds it for each example,
+    whether or not this is called from a hypothesis test, so a program
+    interleaves the same way every time it runs.
 
     Raises:
         LifecycleViolation: describing the first broken invariant.
     """
-    recorder = _run(
+    recorder = replayed(
         program,
         factory,
         targets=targets,
@@ -708,6 +1323,32 @@ def run_program(
         raise error
 
 
+def replayed(program: Program, factory: Callable[[], Any], **options: Any) -> Recorder:
+    """`_run`, seeded as under hypothesis even when called from outside a test.
+
+    Hypothesis seeds the random generators registered with it (trio's
+    scheduler registers its own) for each example; outside a test, running
+    the one program as a one-example test gives it that same seeding.
+    """
+    if hypothesis.currently_in_test_context():
+        return _run(program, factory, **options)
+    recorders: list[Recorder] = []
+
+    @hypothesis.settings(
+        database=None,
+        max_examples=1,
+        deadline=None,
+        phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
+    @hypothesis.given(strategies.just(program))
+    def once(program: Program) -> None:
+        recorders.append(_run(program, factory, **options))
+
+    once()
+    return recorders[-1]
+
+
 def _run(
     program: Program,
     factory: Callable[[], Any],
@@ -719,6 +1360,7 @@ def _run(
     expected_errors: tuple[type[BaseException], ...],
     backend: Backend,
     deadline: float | None,
+    names: Sequence[str] | None = None,
 ) -> Recorder:
     recorder = Recorder(
         program,
@@ -730,12 +1372,22 @@ def _run(
         expected_errors=expected_errors,
         backend=backend,
         deadline=deadline if deadline is not None else default_deadline(backend),
+        names=names,
     )
-    if backend == "trio":
-        clock = trio.testing.MockClock(autojump_threshold=0)
-        anyio.run(recorder.main, backend="trio", backend_options={"clock": clock})
-    else:
-        anyio.run(recorder.main, backend=backend)
+    try:
+        if backend == "trio":
+            recorder.clock = _WatchdogClock()
+            options = {"clock": recorder.clock.clock}
+            anyio.run(recorder.main, backend="trio", backend_options=options)
+        else:
+            anyio.run(recorder.main, backend=backend)
+    except trio.TrioInternalError as exc:
+        if not isinstance(exc.__cause__, _Hung):
+            raise
+        _close(recorder.abandoned)
+    except RuntimeError as exc:
+        if recorder.violation is None or "Event loop stopped" not in str(exc):
+            raise
     return recorder
 
 
