@@ -303,6 +303,9 @@ class _Track:
     stopping_from: State | None = None
     stopping_step: int = -1
     sleepers: list[_Sleeper] = attrs.field(factory=list)
+    #: Tasks of cycles that reached STOPPED before the task had even begun:
+    #: legitimate if it was cancelled meanwhile (it ends as soon as it runs).
+    late: list[_Sleeper] = attrs.field(factory=list)
     round: _Round = attrs.field(factory=lambda: _Round(0))
     started_moves: int = 0
     stopping_moves: int = 0
@@ -567,6 +570,8 @@ class Recorder(startable.Instrument):
                         f"a background task of {track.name} was still running "
                         "when it reached STOPPED",
                     )
+                elif not sleeper.entered:
+                    track.late.append(sleeper)
             track.sleepers.clear()
 
     async def raw_start(self, lifecycle: Any, call: Callable[[], Awaitable[None]]) -> None:
@@ -839,7 +844,18 @@ class Recorder(startable.Instrument):
         self.hung(f"the run had not ended {bound:g}s after it began")
 
     def hung(self, what: str) -> None:
-        """The run cannot end: report it, and abandon the event loop."""
+        """The run cannot end: report it, and abandon the event loop.
+
+        If a background task of a cycle that reached STOPPED before the task
+        ran is still running, the run hangs on it: that is the promise broken.
+        """
+        for track in self.tracks.values():
+            if any(sleeper.entered and not sleeper.exited for sleeper in track.late):
+                self.fail(
+                    Invariant.TASKS,
+                    f"a background task of {track.name}, started before it reached "
+                    "STOPPED, was never cancelled: the run hung on it",
+                )
         busy = [
             f"{track.name} was {track.state.name}"
             for track in self.tracks.values()
