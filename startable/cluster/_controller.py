@@ -365,7 +365,7 @@ class ServiceController:
     async def _receive(self) -> None:
         port = self._port
         assert port is not None
-        while True:
+        while of(port).state is STARTED:  # (the controller's stop closes it)
             try:
                 message = await port.receive()
             except MessageError as exc:
