@@ -90,6 +90,20 @@ class ServicesManager:
             `--abort-on-container-exit` does: with a `ServiceExited` reason if
             it failed, without a reason if it stopped cleanly).
 
+    Attributes:
+        nodes: the services, a `dict[str, ServiceNode]` by name, in creation
+            order (dependencies first). Read it; create and destroy services
+            through the manager.
+        failed: the services that failed and that nothing restarts, a
+            `dict[str, ServiceExited]` by name; one leaves it when it is
+            STARTED again.
+        client: the operator's `ServiceClient`: it may call any service,
+            emit and subscribe, while the manager is STARTED.
+        router: the `Router` of the data plane (its `malformed` counts the
+            messages each service sent that broke the contract).
+        shutting_down: True from the start of the manager's stop until its
+            next start: stops are not failures then.
+
     Raises:
         ServiceDefinitionError: a bad name, a duplicate, an unknown
             dependency, a bad entry or permission (before anything is created).
