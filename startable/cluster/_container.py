@@ -114,7 +114,7 @@ class ServiceContainer:
     @markers.as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
         controller = self.controller
-        if controller is not None and of(controller).state is not State.STOPPED:
+        if controller is not None:
             await self._starting.stop(of(controller), err)
 
     # -- the current (or last) incarnation ------------------------------------

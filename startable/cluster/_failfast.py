@@ -17,7 +17,7 @@ from .._exceptions import AbortedError
 from .._lifecycle import State
 from .._startable import Hook, Startable, StateChange
 
-STARTING, STARTED, STOPPING = State.STARTING, State.STARTED, State.STOPPING
+READY, STARTING, STARTED, STOPPED = State.READY, State.STARTING, State.STARTED, State.STOPPED
 
 
 class FailFast:
@@ -69,7 +69,9 @@ class FailFast:
         raise reason if reason is not None else AbortedError(f"the start of {child!r} failed")
 
     async def stop(self, child: Startable, err: BaseException | None) -> None:
-        """Stop `child`: abandon its start if still in flight, or join its stop."""
-        if child.state is STARTING and self._starting is not None:
+        """Stop `child`: abandon its start if still in flight (or not yet begun),
+        or stop it, or join its stop."""
+        if child.state in (READY, STARTING) and self._starting is not None:
             self._starting.cancel("its parent is stopping")
-        await child.stop(err)
+        if child.state not in (READY, STOPPED):
+            await child.stop(err)

@@ -196,7 +196,7 @@ class ServiceNode:
                         self._stop_quietly, dependent, self._reason_for(dependent, err)
                     )
         service = self.service
-        if service is not None and of(service).state not in (READY, STOPPED):
+        if service is not None:
             try:
                 await self._starting.stop(of(service), err)
             except Exception as exc:  # its own raw stop failed (or was forced): STOPPED anyway
