@@ -200,7 +200,10 @@ async def test_a_service_that_ignores_everything_is_killed_by_the_ladder() -> No
     assert [s.action for s in hang.controller.ladder] == ["close request", "SIGTERM", "SIGKILL"]
     assert hang.controller.ended_by == "SIGKILL"
     assert forced.value.signal == "SIGKILL"
-    assert str(forced.value).endswith(":Faulty did not end within 2s of SIGTERM: SIGKILL")
+    assert str(forced.value).endswith(
+        ":Faulty did not end within 2s of SIGTERM: SIGKILL (its service was STOPPING then)"
+    )
+    assert forced.value.state == "STOPPING"  # the close request was heard: its raw stop hung
     assert hang.returncode == -signal.SIGKILL
     assert startable.of(hang).state is State.STOPPED
     assert startable.of(hang).statistics().last_error is forced.value

@@ -47,7 +47,8 @@ async def test_a_stop_that_needed_sigkill_is_shown_and_exits_1(tmp_path: Path) -
     assert cli.err.splitlines() == [
         "stopping demo failed:",
         "  while stopping service 'stubborn':",
-        "  ForcedStop: stubborn did not end within 0.5s of SIGTERM: SIGKILL",
+        "  ForcedStop: stubborn did not end within 0.5s of SIGTERM: SIGKILL"
+        " (its service was STOPPING then)",
     ]
 
 

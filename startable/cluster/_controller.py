@@ -171,6 +171,7 @@ class ServiceController:
         self._port: ConnectionPort[FromRemote] | None = None
         self._broken: ClusterError | None = None  # the control port can no longer be trusted
         self._stop_error: RemoteError | None = None  # the service's raw stop failed, there
+        self._state_at_signal: State | None = None
         self._pings: dict[bytes, anyio.Event] = {}
         self._ping_ids = itertools.count()
 
@@ -307,7 +308,8 @@ class ServiceController:
             forced = self.ended_by
             if forced in ("SIGTERM", "SIGKILL"):
                 waited = self.close_timeout if forced == "SIGTERM" else self.term_timeout
-                raise ForcedStop(self.name, forced, waited)
+                state = self._state_at_signal
+                raise ForcedStop(self.name, forced, waited, state.name if state else None)
         finally:
             if process is not None:
                 process.signal(signal.SIGKILL)  # anything it left behind in its group
@@ -334,6 +336,8 @@ class ServiceController:
             with anyio.move_on_after(timeout):
                 await process.exited()
                 return
+            if action == "SIGTERM":  # what it was doing when asking was not enough
+                self._state_at_signal = self.remote_state
             self.ladder.append(StopStep(action, time.time()))  # type: ignore[arg-type]
             process.signal(signum)
         with anyio.move_on_after(self.term_timeout):

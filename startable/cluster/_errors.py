@@ -94,14 +94,19 @@ class ForcedStop(ClusterError):
         signal: the last rung used, `"SIGTERM"` or `"SIGKILL"`.
         waited: the seconds given to the rung before it (the close request's
             `close_timeout`, or SIGTERM's `term_timeout`).
+        state: the service's state, as its process last reported it, when
+            the first signal was sent (`"STARTED"`: it never began to stop;
+            `"STOPPING"`: its raw stop hung), or None if it never said.
     """
 
-    def __init__(self, service: str, signal: str, waited: float) -> None:
+    def __init__(self, service: str, signal: str, waited: float, state: str | None = None) -> None:
         before = "the close request" if signal == "SIGTERM" else "SIGTERM"
-        super().__init__(f"{service} did not end within {waited:g}s of {before}: {signal}")
+        then = f" (its service was {state} then)" if state is not None else ""
+        super().__init__(f"{service} did not end within {waited:g}s of {before}: {signal}{then}")
         self.service = service
         self.signal = signal
         self.waited = waited
+        self.state = state
 
 
 class ServiceExited(ClusterError):
