@@ -135,3 +135,29 @@ def test_the_pytest_plugin_imports_no_part_of_startable() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout
     assert out.strip() == "['startable_pytest_plugin']"
+
+
+# Faults the race checker injects stand for *user* errors (a raising raw start,
+# a stop reason a user passes), so they must not look like startable's own.
+USER_ERROR_STAND_INS = {"InjectedFault", "HookFault", "Reason", "_Hung"}
+
+
+def test_every_error_startable_raises_derives_from_startable_error() -> None:
+    import pkgutil
+
+    strays = []
+    for info in pkgutil.walk_packages(startable.__path__, "startable."):
+        # __main__ modules and the remote's entry point (_child) run when imported.
+        if info.name.endswith("__main__") or info.name == "startable.cluster._child":
+            continue
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if (
+                isinstance(value, type)
+                and issubclass(value, BaseException)
+                and value.__module__ == info.name
+                and not issubclass(value, startable.StartableError)
+                and name not in USER_ERROR_STAND_INS
+            ):
+                strays.append(f"{info.name}.{name}")
+    assert strays == []

@@ -23,7 +23,7 @@ import platform
 import sys
 from collections.abc import Sequence
 
-from .. import __version__, _running
+from .. import StartableError, __version__, _running
 from .._util import instance_of
 
 __all__ = ("load_target", "main")
@@ -31,7 +31,7 @@ __all__ = ("load_target", "main")
 EXIT_USAGE = 2
 
 
-class TargetError(Exception):
+class TargetError(StartableError):
     """The MODULE:ATTR given on the command line cannot be used."""
 
 

@@ -31,7 +31,7 @@ import trio.testing
 from hypothesis import strategies
 
 import startable
-from startable import AbortedError, State, StateChange, StateError
+from startable import AbortedError, StartableError, State, StateChange, StateError
 
 from ._program import (
     CRASH,
@@ -141,7 +141,7 @@ class Event:
         return self.text
 
 
-class LifecycleViolation(AssertionError):
+class LifecycleViolation(AssertionError, StartableError):
     """Raised when a run breaks an invariant.
 
     Attributes:
