@@ -552,6 +552,30 @@ class Startable:
                 except Exception:
                     _logger().exception("subscriber %r of %r failed", callback, self)
 
+    def add_on_stopping(self, hook: Hook) -> None:
+        """Register *hook* on the current cycle, synchronously, without starting.
+
+        The hook is the same as `start(on_stopping=hook)` registers, and it
+        follows the same rules (called once with the stop reason when the
+        cycle leaves STARTED; the same hook twice counts once; not called if
+        the start fails), but this call has no checkpoint and does not make
+        the owner in context a holder of the cycle: it observes a lifecycle
+        someone else runs, as a supervisor watching a dependency does.
+
+        Raises:
+            StateError: unless STARTING or STARTED (there is no cycle to
+                watch, or it is already leaving STARTED).
+        """
+        state = self._state
+        if state is not STARTING and state is not STARTED:
+            raise StateError(
+                f"cannot add an on_stopping hook to {self!r}: add_on_stopping() is "
+                f"accepted in STARTING and STARTED, not {state.name}",
+                actual=state,
+                expected=(STARTING, STARTED),
+            )
+        self._add_hook(hook)
+
     def _add_hook(self, hook: Hook | None) -> None:
         if hook is None:
             return

@@ -77,6 +77,10 @@ class Api:
         self.client = this_service()
 
     @handler
+    def pid(self) -> int:
+        return os.getpid()
+
+    @handler
     async def lookup(self, key: str) -> object:
         return await self.client.request("store", "get", key)
 

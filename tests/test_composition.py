@@ -297,3 +297,64 @@ async def test_composition_with_a_failing_second_child_start() -> None:
     assert startable.of(parent.child1).state is STOPPED
     assert startable.of(parent.child2).state is STOPPED
     assert parent.child1.stop_calls == 1
+
+
+class TestAddOnStopping:
+    """`add_on_stopping`: the synchronous, non-holding way to watch a cycle."""
+
+    async def test_the_hook_gets_the_reason_once_even_if_added_twice(self) -> None:
+        probe = Probe()
+        seen: list[BaseException | None] = []
+        reason = RuntimeError("going")
+        with anyio.fail_after(5):
+            async with startable.open_owner():
+                await startable.of(probe).start()
+                startable.of(probe).add_on_stopping(seen.append)
+                startable.of(probe).add_on_stopping(seen.append)
+                await startable.of(probe).stop(reason)
+        assert seen == [reason]
+
+    async def test_refused_with_no_cycle_to_watch(self) -> None:
+        probe = Probe()
+        with pytest.raises(StateError, match="accepted in STARTING and STARTED, not READY"):
+            startable.of(probe).add_on_stopping(print)
+        with anyio.fail_after(5):
+            async with startable.open_owner():
+                await startable.of(probe).start()
+                await startable.of(probe).stop()
+        with pytest.raises(StateError, match="not STOPPED"):
+            startable.of(probe).add_on_stopping(print)
+
+    async def test_not_called_when_the_start_it_watched_fails(self) -> None:
+        probe = Probe()
+        probe.start_gate = anyio.Event()
+        probe.fail_start = ValueError("no")
+        seen: list[BaseException | None] = []
+        outcome: list[BaseException] = []
+
+        async def start() -> None:
+            try:
+                await startable.of(probe).start()
+            except ValueError as exc:
+                outcome.append(exc)
+
+        with anyio.fail_after(5):
+            async with startable.open_owner(), anyio.create_task_group() as tasks:
+                tasks.start_soon(start)
+                await probe.start_entered.wait()
+                startable.of(probe).add_on_stopping(seen.append)
+                probe.start_gate.set()
+        assert outcome == [probe.fail_start]
+        assert seen == []
+        assert startable.of(probe).state is STOPPED
+
+    async def test_watching_does_not_hold(self) -> None:
+        """An owner that only watched does not stop the lifecycle when it ends."""
+        probe = Probe()
+        with anyio.fail_after(5):
+            async with startable.open_owner():
+                await startable.of(probe).start()
+                async with startable.open_owner():
+                    startable.of(probe).add_on_stopping(lambda reason: None)
+                assert startable.of(probe).state is STARTED
+        assert startable.of(probe).state is STOPPED

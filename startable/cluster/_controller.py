@@ -16,10 +16,9 @@ from typing import Literal
 import anyio
 import attrs
 
-from .. import _markers as markers
-from .._lifecycle import State
-from .._startable import of
-from .._version import __version__
+import startable
+
+from .. import State, __version__, of
 from ._errors import (
     ClusterError,
     ForcedStop,
@@ -199,7 +198,7 @@ class ServiceController:
 
     # -- lifecycle ----------------------------------------------------------
 
-    @markers.as_raw_start
+    @startable.as_raw_start
     async def _start(self) -> None:
         self._ready, self._started, self._ended = anyio.Event(), anyio.Event(), anyio.Event()
         self._broke = anyio.Event()
@@ -296,7 +295,7 @@ class ServiceController:
         code = self.returncode
         return RemoteExited(f"{self.name}: {what} (exit code {code})", code or 0)
 
-    @markers.as_raw_stop
+    @startable.as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
         process = self.process
         self._stop_error = None
@@ -466,7 +465,7 @@ class ServiceController:
 
     # -- calls ----------------------------------------------------------------
 
-    @markers.assert_state()
+    @startable.assert_state()
     async def ping(self) -> float:
         """One round trip to the remote over the control port; its duration in seconds.
 

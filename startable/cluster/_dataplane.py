@@ -25,10 +25,9 @@ import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .. import _markers as markers
-from .._exceptions import StateError
-from .._lifecycle import State
-from .._startable import of
+import startable
+
+from .. import State, StateError, of
 from ._contract import (
     DEFAULT_DEADLINE,
     FAILURES,
@@ -219,11 +218,11 @@ class ServiceClient:
 
     # -- lifecycle ----------------------------------------------------------------
 
-    @markers.as_raw_start
+    @startable.as_raw_start
     async def _open(self) -> None:
         await self._link.open(self)
 
-    @markers.as_raw_stop
+    @startable.as_raw_stop
     async def _close(self) -> None:
         self._link_lost()
         for streams in self._subscriptions.values():
@@ -252,7 +251,7 @@ class ServiceClient:
 
     # -- calling -------------------------------------------------------------------
 
-    @markers.assert_state()
+    @startable.assert_state()
     async def request(
         self,
         service: str,
@@ -333,7 +332,7 @@ class ServiceClient:
 
     # -- events ------------------------------------------------------------------------
 
-    @markers.assert_state()
+    @startable.assert_state()
     async def emit(self, topic: str, payload: Any = None) -> None:
         """Publish `payload` on `topic`, to every subscribed service (this one too).
 
@@ -390,7 +389,7 @@ class ServiceClient:
 
     # -- children ------------------------------------------------------------------------
 
-    @markers.assert_state()
+    @startable.assert_state()
     async def create(
         self,
         name: str,

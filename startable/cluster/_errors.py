@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .._exceptions import StartableError
+from .. import StartableError
 from ._messages import ErrorInfo
 
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import anyio
 
-from .._exceptions import AbortedError
-from .._lifecycle import State
-from .._startable import Hook, Startable, StateChange
+from .. import AbortedError, Hook, Startable, State, StateChange
 
 READY, STARTING, STARTED, STOPPED = State.READY, State.STARTING, State.STARTED, State.STOPPED
 

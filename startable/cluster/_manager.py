@@ -15,9 +15,9 @@ import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .. import _markers as markers
-from .._lifecycle import State
-from .._startable import StateChange, of
+import startable
+
+from .. import State, StateChange, of
 from ._dataplane import ServiceClient
 from ._errors import (
     ClusterError,
@@ -263,7 +263,7 @@ class ServicesManager:
 
     # -- lifecycle ----------------------------------------------------------------
 
-    @markers.as_raw_start
+    @startable.as_raw_start
     async def _start(self) -> None:
         self.shutting_down = False
         self._victims.clear()
@@ -277,7 +277,7 @@ class ServicesManager:
         await of(self.client).start()
         await self._start_nodes(list(self.nodes.values()))
 
-    @markers.as_raw_stop
+    @startable.as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
         self.shutting_down = True
         if self._failures is not None:

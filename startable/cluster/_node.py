@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .. import _markers as markers
-from .._lifecycle import State
-from .._startable import of
+import startable
+
+from .. import State, of
 from ._container import ServiceContainer
 from ._contract import AnyMessage
 from ._dataplane import PortLink, ServiceClient, serving_as
@@ -140,7 +140,7 @@ class ServiceNode:
 
     # -- lifecycle ----------------------------------------------------------------
 
-    @markers.as_raw_start
+    @startable.as_raw_start
     async def _start(self) -> None:
         lifecycle = of(self)
         self.stop_error = None
@@ -152,7 +152,7 @@ class ServiceNode:
                 reason = of(dependency).statistics().stop_reason
                 raise self._cascade(dependency, reason)
         for dependency in self.dependencies:  # no checkpoint since the check above
-            of(dependency)._add_hook(self._on_dependency_stopping(dependency))
+            of(dependency).add_on_stopping(self._on_dependency_stopping(dependency))
         router = self.manager.router
         if self.container is None:
             assert self.spec.factory is not None
@@ -185,7 +185,7 @@ class ServiceNode:
             except Exception:  # a fault of the router's: this service's next message is handled
                 logger.exception("routing a message from %r failed", self.name)
 
-    @markers.as_raw_stop
+    @startable.as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
         self.started_at = None
         running = [d for d in self.dependents if of(d).state not in (READY, STOPPED)]

@@ -11,9 +11,9 @@ import anyio.abc
 import attrs
 import msgspec
 
-from .. import _markers as markers
-from .._lifecycle import State
-from .._startable import of
+import startable
+
+from .. import State, of
 from ._errors import AuthenticationError, FrameError, MessageError, PortClosed, PortError
 from ._wire import (
     DEFAULT_MAX_FRAME,
@@ -124,7 +124,7 @@ class ConnectionPort(Generic[T]):
 
     # -- lifecycle ----------------------------------------------------------
 
-    @markers.as_raw_start
+    @startable.as_raw_start
     async def _open(self) -> None:
         if isinstance(self._stream, _SocketStream):  # made in sync code: unwrap it once
             self._stream = await self._stream.get()
@@ -160,14 +160,14 @@ class ConnectionPort(Generic[T]):
         to_responder, to_initiator = session_keys(key, theirs, mine)
         return to_initiator, to_responder
 
-    @markers.as_raw_stop
+    @startable.as_raw_stop
     async def _close(self) -> None:
         with anyio.CancelScope(shield=True):  # closing a socket does not block
             await self._stream.aclose()
 
     # -- messages -----------------------------------------------------------
 
-    @markers.assert_state()
+    @startable.assert_state()
     async def send(self, message: msgspec.Struct) -> None:
         """Send one message.
 
@@ -195,7 +195,7 @@ class ConnectionPort(Generic[T]):
         self._counts[0] += 1
         self._counts[2] += len(frame)
 
-    @markers.assert_state()
+    @startable.assert_state()
     async def receive(self) -> T:
         """Receive the next message (one receiving task at a time).
 

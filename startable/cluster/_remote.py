@@ -36,12 +36,7 @@ import anyio.lowlevel
 import msgspec
 import trio
 
-from .. import _util
-from .._exceptions import StateError
-from .._lifecycle import State
-from .._owner import open_owner
-from .._startable import StateChange, of
-from .._version import __version__
+from .. import State, StateChange, StateError, __version__, _util, of, open_owner
 from ._contract import AnyMessage
 from ._dataplane import PortLink, ServiceClient, set_process_client
 from ._descendants import become_subreaper, end_own_descendants

@@ -22,8 +22,7 @@ import anyio
 import anyio.lowlevel
 from msgspec.structs import replace
 
-from .._lifecycle import State
-from .._startable import of
+from .. import State, of
 from ._contract import (
     AnyMessage,
     Call,
