@@ -477,8 +477,17 @@ async def test_the_shop_example_runs_serves_and_stops_in_reverse(anyio_backend: 
     assert code == 0, (cli.out, cli.err)
     lines = cli.out.splitlines()
     order = ["worker", "api", "cache", "kv"]
-    assert all(f"{n}: STOPPED" in lines for n in order), cli.out[-3000:]
-    stopped = [lines.index(f"{name}: STOPPED") for name in order]
+
+    def stopped_at(name: str) -> int:
+        # The worker crashes on purpose after its first order; on a loaded machine
+        # that can come before the SIGINT, and its line then carries the crash.
+        found = [
+            i for i, line in enumerate(lines) if re.fullmatch(rf"{name}: STOPPED( \(.*\))?", line)
+        ]
+        assert found, (name, cli.out[-3000:])
+        return found[-1]
+
+    stopped = [stopped_at(name) for name in order]
     assert stopped == sorted(stopped), cli.out
     assert "kv     | kv: ready" in lines
     assert any(line.startswith("kv     | kv: closing with ") for line in lines), cli.out
