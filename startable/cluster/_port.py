@@ -109,13 +109,22 @@ class ConnectionPort(Generic[T]):
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder: msgspec.msgpack.Decoder[T] = msgspec.msgpack.Decoder(receives)
         self._send_lock = anyio.Lock(fast_acquire=True)  # no extra scheduler pass per send
-        self._counts = [0, 0, 0, 0, 0]
+        # The counters `statistics` reports, one attribute each (see PortStatistics).
+        self._frames_sent = self._frames_received = 0
+        self._bytes_sent = self._bytes_received = 0
+        self._messages_dropped = 0
 
     def __repr__(self) -> str:
         return f"<ConnectionPort {self.name}: {of(self).state.name}>"
 
     def statistics(self) -> PortStatistics:
-        return PortStatistics(*self._counts)
+        return PortStatistics(
+            frames_sent=self._frames_sent,
+            frames_received=self._frames_received,
+            bytes_sent=self._bytes_sent,
+            bytes_received=self._bytes_received,
+            messages_dropped=self._messages_dropped,
+        )
 
     @property
     def mid_frame(self) -> bool:
@@ -192,8 +201,8 @@ class ConnectionPort(Generic[T]):
                 raise self._broken(
                     PortClosed(f"{self.name}: the peer read nothing for {self._send_timeout}s")
                 )
-        self._counts[0] += 1
-        self._counts[2] += len(frame)
+        self._frames_sent += 1
+        self._bytes_sent += len(frame)
 
     @startable.assert_state()
     async def receive(self) -> T:
@@ -211,13 +220,13 @@ class ConnectionPort(Generic[T]):
                 await self._fill("a frame")
         except FrameError as exc:
             raise self._broken(exc) from None
-        self._counts[1] += 1
-        self._counts[3] += len(payload)
+        self._frames_received += 1
+        self._bytes_received += len(payload)
         try:
             return self._decoder.decode(payload)
         except Exception as exc:  # any failure on untrusted bytes (msgspec raises
             # DecodeError and ValidationError, but UnicodeDecodeError too): no message
-            self._counts[4] += 1
+            self._messages_dropped += 1
             raise MessageError(
                 f"{self.name}: dropped a frame that held no valid message: {exc}"
             ) from None
