@@ -7,9 +7,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import startable
-
-from .. import State, of
+from .. import State, as_raw_start, as_raw_stop, of
 from ._controller import OutputLine, ServiceController
 from ._errors import RemoteError
 from ._failfast import FailFast
@@ -90,7 +88,7 @@ class ServiceContainer:
     def __repr__(self) -> str:
         return f"<ServiceContainer {self.name}: {of(self).state.name}>"
 
-    @startable.as_raw_start
+    @as_raw_start
     async def _start(self) -> None:
         data_socket, self.data_socket = self.data_socket, None
         controller = ServiceController(
@@ -111,7 +109,7 @@ class ServiceContainer:
         # while the stop ladder of the failed incarnation runs, not after it.
         await self._starting.start(of(self), of(controller), of(self).stop)
 
-    @startable.as_raw_stop
+    @as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
         controller = self.controller
         if controller is not None:

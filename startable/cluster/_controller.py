@@ -16,9 +16,7 @@ from typing import Literal
 import anyio
 import attrs
 
-import startable
-
-from .. import State, __version__, of
+from .. import State, __version__, as_raw_start, as_raw_stop, assert_state, of
 from ._errors import (
     ClusterError,
     ForcedStop,
@@ -198,7 +196,7 @@ class ServiceController:
 
     # -- lifecycle ----------------------------------------------------------
 
-    @startable.as_raw_start
+    @as_raw_start
     async def _start(self) -> None:
         self._ready, self._started, self._ended = anyio.Event(), anyio.Event(), anyio.Event()
         self._broke = anyio.Event()
@@ -295,7 +293,7 @@ class ServiceController:
         code = self.returncode
         return RemoteExited(f"{self.name}: {what} (exit code {code})", code or 0)
 
-    @startable.as_raw_stop
+    @as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
         process = self.process
         self._stop_error = None
@@ -465,7 +463,7 @@ class ServiceController:
 
     # -- calls ----------------------------------------------------------------
 
-    @startable.assert_state()
+    @assert_state()
     async def ping(self) -> float:
         """One round trip to the remote over the control port; its duration in seconds.
 

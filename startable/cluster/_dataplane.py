@@ -25,9 +25,7 @@ import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-import startable
-
-from .. import State, StateError, of
+from .. import State, StateError, as_raw_start, as_raw_stop, assert_state, of
 from ._contract import (
     DEFAULT_DEADLINE,
     FAILURES,
@@ -218,11 +216,11 @@ class ServiceClient:
 
     # -- lifecycle ----------------------------------------------------------------
 
-    @startable.as_raw_start
+    @as_raw_start
     async def _open(self) -> None:
         await self._link.open(self)
 
-    @startable.as_raw_stop
+    @as_raw_stop
     async def _close(self) -> None:
         self._link_lost()
         for streams in self._subscriptions.values():
@@ -251,7 +249,7 @@ class ServiceClient:
 
     # -- calling -------------------------------------------------------------------
 
-    @startable.assert_state()
+    @assert_state()
     async def request(
         self,
         service: str,
@@ -332,7 +330,7 @@ class ServiceClient:
 
     # -- events ------------------------------------------------------------------------
 
-    @startable.assert_state()
+    @assert_state()
     async def emit(self, topic: str, payload: Any = None) -> None:
         """Publish `payload` on `topic`, to every subscribed service (this one too).
 
@@ -389,7 +387,7 @@ class ServiceClient:
 
     # -- children ------------------------------------------------------------------------
 
-    @startable.assert_state()
+    @assert_state()
     async def create(
         self,
         name: str,

@@ -15,9 +15,7 @@ import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-import startable
-
-from .. import State, StateChange, of
+from .. import State, StateChange, as_raw_start, as_raw_stop, of
 from ._dataplane import ServiceClient
 from ._errors import (
     ClusterError,
@@ -263,7 +261,7 @@ class ServicesManager:
 
     # -- lifecycle ----------------------------------------------------------------
 
-    @startable.as_raw_start
+    @as_raw_start
     async def _start(self) -> None:
         self.shutting_down = False
         self._victims.clear()
@@ -277,7 +275,7 @@ class ServicesManager:
         await of(self.client).start()
         await self._start_nodes(list(self.nodes.values()))
 
-    @startable.as_raw_stop
+    @as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
         self.shutting_down = True
         if self._failures is not None:

@@ -10,9 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-import startable
-
-from .. import State, of
+from .. import State, as_raw_start, as_raw_stop, of
 from ._container import ServiceContainer
 from ._contract import AnyMessage
 from ._dataplane import PortLink, ServiceClient, serving_as
@@ -140,7 +138,7 @@ class ServiceNode:
 
     # -- lifecycle ----------------------------------------------------------------
 
-    @startable.as_raw_start
+    @as_raw_start
     async def _start(self) -> None:
         lifecycle = of(self)
         self.stop_error = None
@@ -185,7 +183,7 @@ class ServiceNode:
             except Exception:  # a fault of the router's: this service's next message is handled
                 logger.exception("routing a message from %r failed", self.name)
 
-    @startable.as_raw_stop
+    @as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
         self.started_at = None
         running = [d for d in self.dependents if of(d).state not in (READY, STOPPED)]

@@ -11,9 +11,7 @@ import anyio.abc
 import attrs
 import msgspec
 
-import startable
-
-from .. import State, of
+from .. import State, as_raw_start, as_raw_stop, assert_state, of
 from ._errors import AuthenticationError, FrameError, MessageError, PortClosed, PortError
 from ._wire import (
     DEFAULT_MAX_FRAME,
@@ -133,7 +131,7 @@ class ConnectionPort(Generic[T]):
 
     # -- lifecycle ----------------------------------------------------------
 
-    @startable.as_raw_start
+    @as_raw_start
     async def _open(self) -> None:
         if isinstance(self._stream, _SocketStream):  # made in sync code: unwrap it once
             self._stream = await self._stream.get()
@@ -169,14 +167,14 @@ class ConnectionPort(Generic[T]):
         to_responder, to_initiator = session_keys(key, theirs, mine)
         return to_initiator, to_responder
 
-    @startable.as_raw_stop
+    @as_raw_stop
     async def _close(self) -> None:
         with anyio.CancelScope(shield=True):  # closing a socket does not block
             await self._stream.aclose()
 
     # -- messages -----------------------------------------------------------
 
-    @startable.assert_state()
+    @assert_state()
     async def send(self, message: msgspec.Struct) -> None:
         """Send one message.
 
@@ -204,7 +202,7 @@ class ConnectionPort(Generic[T]):
         self._frames_sent += 1
         self._bytes_sent += len(frame)
 
-    @startable.assert_state()
+    @assert_state()
     async def receive(self) -> T:
         """Receive the next message (one receiving task at a time).
 
