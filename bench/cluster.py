@@ -36,7 +36,7 @@ from _report import Best, Row, arguments, report
 
 import startable
 from startable.cluster import ServiceContainer
-from startable.cluster._wire import FrameCodec, FrameReader
+from startable.cluster._ipc.wire import FrameCodec, FrameReader
 
 ROOT = Path(__file__).resolve().parent.parent
 NOOP_CODE = (
@@ -94,7 +94,7 @@ async def port_round_trip(n: int) -> float:
 ECHO_CHILD = """
 import socket, sys
 sys.path.insert(0, sys.argv[2])
-from startable.cluster._wire import FrameCodec, FrameReader
+from startable.cluster._ipc.wire import FrameCodec, FrameReader
 sock = socket.socket(fileno=int(sys.argv[1]))
 codec = FrameCodec()
 reader = FrameReader(FrameCodec())
@@ -111,7 +111,7 @@ ASYNC_ECHO_CHILD = """
 import socket, sys
 sys.path.insert(0, sys.argv[2])
 import anyio
-from startable.cluster._wire import FrameCodec, FrameReader
+from startable.cluster._ipc.wire import FrameCodec, FrameReader
 
 async def main():
     stream = await anyio.abc.SocketStream.from_socket(socket.socket(fileno=int(sys.argv[1])))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from startable._lifecycle import render_mermaid, render_table
 from startable.cluster import load_cluster
-from startable.cluster._services import render_mermaid as render_graph
+from startable.cluster._system.services import render_mermaid as render_graph
 
 SHOP = Path(__file__).parent.parent / "examples" / "shop" / "shop.toml"
 

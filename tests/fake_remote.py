@@ -13,8 +13,8 @@ import time
 
 import msgspec
 
-from startable.cluster._messages import RemoteReady, StateChanged
-from startable.cluster._wire import HEADER, FrameCodec
+from startable.cluster._ipc.messages import RemoteReady, StateChanged
+from startable.cluster._ipc.wire import HEADER, FrameCodec
 
 
 def frame(message: object) -> bytes:

@@ -13,7 +13,7 @@ import msgspec
 
 import startable
 from startable.cluster import handler, this_service
-from startable.cluster._contract import Call, Create, Subscribe
+from startable.cluster._data.contract import Call, Create, Subscribe
 
 
 class Hostile:

@@ -364,8 +364,8 @@ def test_the_audit_hook_sees_writes_through_os_open_and_bytes_paths(tmp_path: Pa
     """Where Landlock is missing, the audit hook checks file opens by itself."""
     program = f"""
 import os, sys
-from startable.cluster._messages import PermissionSpec
-from startable.cluster._audit import audit_hook
+from startable.cluster._ipc.messages import PermissionSpec
+from startable.cluster._sandbox.audit import audit_hook
 sys.addaudithook(audit_hook(PermissionSpec(), True, (sys.prefix,)))
 for path, flags in [
     ({str(tmp_path / "a")!r}, os.O_WRONLY | os.O_CREAT),

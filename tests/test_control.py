@@ -29,8 +29,7 @@ from startable.cluster import (
     ServicesManager,
     ServiceSpec,
 )
-from startable.cluster._controller import ERRORS_KEPT, RETIRED_ERRORS
-from startable.cluster._messages import (
+from startable.cluster._ipc.messages import (
     MAX_TRACEBACK,
     PROTOCOL,
     CloseRequest,
@@ -41,7 +40,8 @@ from startable.cluster._messages import (
     RunEntry,
     StateChanged,
 )
-from startable.cluster._wire import HEADER, FrameCodec, FrameReader
+from startable.cluster._ipc.wire import HEADER, FrameCodec, FrameReader
+from startable.cluster._process.controller import ERRORS_KEPT, RETIRED_ERRORS
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent

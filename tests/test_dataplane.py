@@ -23,9 +23,9 @@ from startable.cluster import (
     port_pair,
     this_service,
 )
-from startable.cluster._contract import AnyMessage
-from startable.cluster._dataplane import PortLink
-from startable.cluster._router import Outbox
+from startable.cluster._data.contract import AnyMessage
+from startable.cluster._data.link import PortLink
+from startable.cluster._data.router import Outbox
 
 from . import plane_services
 

@@ -20,8 +20,8 @@ from startable.cluster import (
     ServiceContainer,
     ServicesManager,
     ServiceSpec,
-    _descendants,
 )
+from startable.cluster._process import descendants as _descendants
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,8 +21,8 @@ from startable.cluster import (
     ServicesManager,
     port_pair,
 )
-from startable.cluster._contract import AnyMessage
-from startable.cluster._dataplane import PortLink
+from startable.cluster._data.contract import AnyMessage
+from startable.cluster._data.link import PortLink
 
 from .specs import process
 from .waiting import until

@@ -54,7 +54,7 @@ def test_the_machine_is_built_from_the_rows() -> None:
 
 def render_shop_graph() -> str:
     from startable.cluster import load_cluster
-    from startable.cluster._services import render_mermaid as render_graph
+    from startable.cluster._system.services import render_mermaid as render_graph
 
     return render_graph(load_cluster(ROOT / "examples" / "shop" / "shop.toml").services)
 

@@ -21,7 +21,8 @@ import anyio
 import pytest
 
 import startable
-from startable.cluster import Permissions, ServiceContainer, _seccomp, landlock_abi
+from startable.cluster import Permissions, ServiceContainer, landlock_abi
+from startable.cluster._sandbox import seccomp as _seccomp
 
 pytestmark = pytest.mark.anyio
 
@@ -252,8 +253,8 @@ async def test_signals_reach_only_the_service_and_what_it_starts(tmp_path: Path)
 
 FOREIGN_CALL = """
 import ctypes
-from startable.cluster._messages import PermissionSpec
-from startable.cluster._permissions import apply
+from startable.cluster._ipc.messages import PermissionSpec
+from startable.cluster._sandbox.permissions import apply
 apply(PermissionSpec())
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall(0x40000000 | 39)  # getpid, through the x32 table
@@ -273,8 +274,8 @@ def test_a_system_call_through_another_table_kills_the_process() -> None:
 
 HOOK_ONLY = """
 import os, sys
-from startable.cluster._messages import PermissionSpec
-from startable.cluster._audit import audit_hook
+from startable.cluster._ipc.messages import PermissionSpec
+from startable.cluster._sandbox.audit import audit_hook
 outside, scratch = sys.argv[1:]
 sys.addaudithook(audit_hook(PermissionSpec(write=(scratch,)), False, ()))
 for name, call in [

@@ -24,7 +24,7 @@ from startable.cluster import (
     from_socket,
     port_pair,
 )
-from startable.cluster._messages import CloseRequest, ErrorInfo, Ping, RunEntry, ToRemote
+from startable.cluster._ipc.messages import CloseRequest, ErrorInfo, Ping, RunEntry, ToRemote
 
 pytestmark = pytest.mark.anyio
 

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 import startable
 from startable.cluster import AuthenticationError, FrameError, from_socket
-from startable.cluster._messages import CloseRequest, ErrorInfo, Ping, RunEntry, ToRemote
-from startable.cluster._wire import FrameCodec, FrameReader
+from startable.cluster._ipc.messages import CloseRequest, ErrorInfo, Ping, RunEntry, ToRemote
+from startable.cluster._ipc.wire import FrameCodec, FrameReader
 
 KEY_OUT, KEY_IN = b"o" * 32, b"i" * 32
 MAX = 4096

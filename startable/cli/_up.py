@@ -37,8 +37,8 @@ from ..cluster import (
     ServiceEvent,
     ServiceNode,
     ServicesManager,
+    load_cluster,
 )
-from ..cluster._file import load_cluster
 from ._output import coloured_line, escape, nonblocking_std_streams, output_line
 
 #: Colours for service names, given in creation order; red is kept for errors.

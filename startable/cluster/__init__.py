@@ -4,16 +4,15 @@ Every component is itself a lifecycle built with the public decorators.
 """
 
 from .._util import fixup_module_metadata
-from ._container import ServiceContainer as ServiceContainer
-from ._contract import DEFAULT_DEADLINE as DEFAULT_DEADLINE
-from ._contract import MAX_DEADLINE as MAX_DEADLINE
-from ._contract import Event as Event
-from ._controller import OutputLine as OutputLine
-from ._controller import ServiceController as ServiceController
-from ._controller import StopStep as StopStep
-from ._dataplane import ServiceClient as ServiceClient
-from ._dataplane import handler as handler
-from ._dataplane import this_service as this_service
+from ._data.client import ServiceClient as ServiceClient
+from ._data.client import this_service as this_service
+from ._data.contract import DEFAULT_DEADLINE as DEFAULT_DEADLINE
+from ._data.contract import MAX_DEADLINE as MAX_DEADLINE
+from ._data.contract import Event as Event
+from ._data.handlers import handler as handler
+from ._data.router import MAX_IN_FLIGHT as MAX_IN_FLIGHT
+from ._data.router import MAX_TOPICS as MAX_TOPICS
+from ._data.router import OUTBOX_CAPACITY as OUTBOX_CAPACITY
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import ClusterError as ClusterError
 from ._errors import DependencyCycleError as DependencyCycleError
@@ -34,27 +33,28 @@ from ._errors import RequestTimeout as RequestTimeout
 from ._errors import ServiceDefinitionError as ServiceDefinitionError
 from ._errors import ServiceExited as ServiceExited
 from ._errors import ServiceUnavailable as ServiceUnavailable
-from ._file import ClusterFile as ClusterFile
-from ._file import ClusterFileError as ClusterFileError
-from ._file import load_cluster as load_cluster
-from ._file import parse_cluster as parse_cluster
-from ._manager import ServiceEvent as ServiceEvent
-from ._manager import ServicesManager as ServicesManager
-from ._messages import ErrorInfo as ErrorInfo
-from ._messages import Resources as Resources
-from ._node import ServiceNode as ServiceNode
-from ._permissions import Permissions as Permissions
-from ._permissions import landlock_abi as landlock_abi
-from ._port import ConnectionPort as ConnectionPort
-from ._port import PortStatistics as PortStatistics
-from ._port import from_socket as from_socket
-from ._port import port_pair as port_pair
-from ._router import MAX_IN_FLIGHT as MAX_IN_FLIGHT
-from ._router import MAX_TOPICS as MAX_TOPICS
-from ._router import OUTBOX_CAPACITY as OUTBOX_CAPACITY
-from ._services import NAME_RULE as NAME_RULE
-from ._services import RestartPolicy as RestartPolicy
-from ._services import ServiceSpec as ServiceSpec
+from ._ipc.messages import ErrorInfo as ErrorInfo
+from ._ipc.messages import Resources as Resources
+from ._ipc.port import ConnectionPort as ConnectionPort
+from ._ipc.port import PortStatistics as PortStatistics
+from ._ipc.port import from_socket as from_socket
+from ._ipc.port import port_pair as port_pair
+from ._names import NAME_RULE as NAME_RULE
+from ._process.container import ServiceContainer as ServiceContainer
+from ._process.controller import OutputLine as OutputLine
+from ._process.controller import ServiceController as ServiceController
+from ._process.controller import StopStep as StopStep
+from ._sandbox.permissions import Permissions as Permissions
+from ._sandbox.permissions import landlock_abi as landlock_abi
+from ._system.file import ClusterFile as ClusterFile
+from ._system.file import ClusterFileError as ClusterFileError
+from ._system.file import load_cluster as load_cluster
+from ._system.file import parse_cluster as parse_cluster
+from ._system.manager import ServiceEvent as ServiceEvent
+from ._system.manager import ServicesManager as ServicesManager
+from ._system.node import ServiceNode as ServiceNode
+from ._system.services import RestartPolicy as RestartPolicy
+from ._system.services import ServiceSpec as ServiceSpec
 
 __all__ = (
     "DEFAULT_DEADLINE",

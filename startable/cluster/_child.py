@@ -4,6 +4,6 @@ A module of its own, imported by nothing else, so that running it does not
 execute `_remote` a second time as `__main__`.
 """
 
-from ._remote import main
+from ._process.remote import main
 
 main()

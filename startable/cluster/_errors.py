@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import StartableError
-from ._messages import ErrorInfo
+from ._ipc.messages import ErrorInfo
 
 
 class ClusterError(StartableError):

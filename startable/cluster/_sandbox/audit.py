@@ -19,7 +19,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, Final, Literal
 
-from ._messages import PermissionSpec
+from .._ipc.messages import PermissionSpec
 
 _PROCESS_EVENTS: Final = frozenset(
     {

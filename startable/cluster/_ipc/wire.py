@@ -19,7 +19,7 @@ import os
 import struct
 from typing import Final
 
-from ._errors import AuthenticationError, FrameError
+from .._errors import AuthenticationError, FrameError
 
 HEADER: Final = struct.Struct(">I")
 _SEQUENCE: Final = struct.Struct(">Q")

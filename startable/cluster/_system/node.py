@@ -10,19 +10,20 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .. import State, as_raw_start, as_raw_stop, of
-from ._container import ServiceContainer
-from ._contract import AnyMessage
-from ._dataplane import PortLink, ServiceClient, serving_as
-from ._errors import ClusterError, DependencyStopped
-from ._failfast import FailFast
-from ._port import ConnectionPort, from_socket
-from ._remote import ENV_SERVICE
-from ._router import LocalLink, Outbox
-from ._services import ServiceSpec
+from ... import State, as_raw_start, as_raw_stop, of
+from .._data.client import ServiceClient, serving_as
+from .._data.contract import AnyMessage
+from .._data.link import PortLink
+from .._data.router import LocalLink, Outbox
+from .._errors import ClusterError, DependencyStopped
+from .._ipc.port import ConnectionPort, from_socket
+from .._process.container import ServiceContainer
+from .._process.failfast import FailFast
+from .._process.remote import ENV_SERVICE
+from .services import ServiceSpec
 
 if TYPE_CHECKING:
-    from ._manager import ServicesManager
+    from .manager import ServicesManager
 
 logger = logging.getLogger("startable.cluster")
 READY, STARTED, STOPPED = State.READY, State.STARTED, State.STOPPED

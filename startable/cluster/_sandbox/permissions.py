@@ -41,10 +41,12 @@ from typing import Any, Final
 
 import attrs
 
-from . import _caps, _landlock, _seccomp
-from ._audit import audit_hook
-from ._landlock import landlock_abi as landlock_abi
-from ._messages import PermissionSpec
+from .._ipc.messages import PermissionSpec
+from . import caps as _caps
+from . import landlock as _landlock
+from . import seccomp as _seccomp
+from .audit import audit_hook
+from .landlock import landlock_abi as landlock_abi
 
 _PR_SET_NO_NEW_PRIVS: Final = 38
 

@@ -1,8 +1,8 @@
 """The data plane: requests and events between services, and the client that sends them.
 
 A service reaches the rest of the cluster through its `ServiceClient`
-(`this_service()` inside it). The client speaks the messages below to a
-router over a *link*; the router (today the `ServicesManager`, in the
+(`this_service()` inside it). The client speaks the messages of
+`contract` to a router over a `Link`; the router (today the `ServicesManager`, in the
 manager's process) checks each request and passes it on to the callee's own
 client, which runs the handler and answers. The control plane never sees any
 of it: in a container the data plane has a socket of its own.
@@ -18,15 +18,23 @@ import contextvars
 import inspect
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any
 
 import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .. import State, StateError, as_raw_start, as_raw_stop, assert_state, of
-from ._contract import (
+from ... import State, as_raw_start, as_raw_stop, assert_state, of
+from .._errors import (
+    ClusterError,
+    RemoteError,
+    RequestError,
+    RequestTimeout,
+    ServiceUnavailable,
+)
+from .._ipc.messages import ErrorInfo
+from .contract import (
     DEFAULT_DEADLINE,
     FAILURES,
     MAX_NAME_LENGTH,
@@ -41,99 +49,14 @@ from ._contract import (
     invalid,
     problem,
 )
-from ._errors import (
-    ClusterError,
-    FrameError,
-    PortError,
-    RemoteError,
-    RequestError,
-    RequestTimeout,
-    ServiceUnavailable,
-)
-from ._messages import ErrorInfo
-from ._port import ConnectionPort
+from .handlers import MARK, handlers
+from .link import Link
 
 logger = logging.getLogger("startable.cluster")
 STARTED = State.STARTED
-F = TypeVar("F", bound=Callable[..., Any])
 
 #: How many undelivered events a subscription holds before it drops new ones.
 DEFAULT_EVENT_BUFFER = 1000
-
-_HANDLER = "__startable_handler__"
-
-
-# -- links -------------------------------------------------------------------------
-
-
-class Link(Protocol):
-    """How a client reaches its router: sends messages, delivers the router's to the client."""
-
-    async def open(self, client: ServiceClient) -> None: ...
-
-    async def send(self, message: AnyMessage) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-class PortLink:
-    """A link over a `ConnectionPort` (a container's data socket); the router
-    reaches the container's client through one too."""
-
-    def __init__(self, port: ConnectionPort[Any]) -> None:
-        self.port = port
-
-    async def open(self, client: ServiceClient) -> None:
-        await of(self.port).start()
-        of(client).start_soon(self._deliver, client)
-
-    async def _deliver(self, client: ServiceClient) -> None:
-        async for message in self.port:  # (a broken frame raises: the client stops with it)
-            client._deliver(message)
-        client._link_closed(of(self.port).statistics().stop_reason)
-
-    async def send(self, message: AnyMessage) -> None:
-        """Send `message`; `ServiceUnavailable` if the port is closed or closing."""
-        try:
-            await self.port.send(message)
-        except FrameError as exc:  # too large: not sent, the port is fine
-            raise ValueError(str(exc)) from None
-        except (PortError, StateError) as exc:
-            raise ServiceUnavailable(f"{self.port.name} is closed: {exc}") from None
-
-    async def close(self) -> None:
-        await of(self.port).stop()
-
-
-# -- handlers --------------------------------------------------------------------
-
-
-def handler(func: F) -> F:
-    """Mark a method as callable by other services through `ServiceClient.request`.
-
-    Only marked methods can be called, by their name; sync and async methods
-    both work. Arguments and results travel as msgpack: `None`, `bool`,
-    `int`, `float`, `str`, `bytes`, lists and dicts of them (a tuple arrives
-    as a list).
-
-    Example:
-        ```python
-        class Store:
-            @handler
-            async def get(self, key: str) -> str | None: ...
-        ```
-    """
-    setattr(func, _HANDLER, True)
-    return func
-
-
-def handlers(target: object) -> list[str]:
-    """The names of `target`'s handlers."""
-    return sorted(
-        name
-        for name, value in inspect.getmembers(type(target))
-        if not name.startswith("_") and getattr(value, _HANDLER, False)
-    )
 
 
 # -- the client --------------------------------------------------------------------
@@ -158,7 +81,7 @@ def this_service() -> ServiceClient:
 
 
 @contextlib.contextmanager
-def serving_as(client: ServiceClient) -> Any:
+def serving_as(client: ServiceClient) -> Iterator[ServiceClient]:
     """Make `client` what `this_service()` returns in this context (and tasks started in it)."""
     token = _current.set(client)
     try:
@@ -235,8 +158,10 @@ class ServiceClient:
         for waiter in self._waiting.values():
             waiter.done.set()
 
-    def _link_closed(self, reason: BaseException | None) -> None:
+    def link_closed(self, reason: BaseException | None) -> None:
         """The link ended under a running client: it stops, so its service is seen to fail.
+
+        Called by the client's `Link` (see `startable.cluster.Link`).
 
         A client that lived on without a link would answer nothing and reach
         nobody while its service looked healthy.
@@ -417,9 +342,16 @@ class ServiceClient:
         )
         await self._ask(message, deadline, name, "create")
 
-    # -- from the router -------------------------------------------------------------------
+    # -- from the link -----------------------------------------------------------------------
 
-    def _deliver(self, message: AnyMessage) -> None:
+    def deliver(self, message: AnyMessage) -> None:
+        """Take one message from the router: called by the client's `Link`.
+
+        It never waits and never raises: a message that breaks the contract
+        is answered as invalid (when it has an id) and dropped; a reply wakes
+        its request; a request runs its handler in a task of the client; an
+        event goes to every subscription on its topic.
+        """
         why = problem(message)
         if why is not None:  # from a router that breaks the contract: never acted on
             answer = invalid(message, f"{self.name or 'the manager'} refused a message: {why}")
@@ -463,7 +395,7 @@ class ServiceClient:
             return _failed(call, "unavailable", f"service {self.name!r} is not STARTED ({state})")
         # Looked up on the class: a name from elsewhere never runs a property.
         found = getattr(type(target), call.method, None) if call.method[:1] != "_" else None
-        if not getattr(found, _HANDLER, False):
+        if not getattr(found, MARK, False):
             known = ", ".join(handlers(target)) or "none"
             return _failed(
                 call,

@@ -24,16 +24,10 @@ from typing import Any, Final, Literal, TypeVar
 
 import attrs
 
-from ._errors import DependencyCycleError, ServiceDefinitionError
-from ._permissions import Permissions
-from ._services import (
-    RestartPolicy,
-    ServiceSpec,
-    check_entry,
-    check_graph,
-    check_name,
-    entry_file,
-)
+from .._errors import DependencyCycleError, ServiceDefinitionError
+from .._names import check_entry, check_name, entry_file
+from .._sandbox.permissions import Permissions
+from .services import RestartPolicy, ServiceSpec, check_graph
 
 _T = TypeVar("_T")
 

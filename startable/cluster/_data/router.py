@@ -22,8 +22,11 @@ import anyio
 import anyio.lowlevel
 from msgspec.structs import replace
 
-from .. import State, of
-from ._contract import (
+from ... import State, of
+from .._errors import ServiceDefinitionError, ServiceUnavailable
+from .._ipc.messages import ErrorInfo
+from .._system.services import ServiceSpec
+from .contract import (
     AnyMessage,
     Call,
     Create,
@@ -35,14 +38,11 @@ from ._contract import (
     invalid,
     problem,
 )
-from ._dataplane import PortLink, ServiceClient
-from ._errors import ServiceDefinitionError, ServiceUnavailable
-from ._messages import ErrorInfo
-from ._services import ServiceSpec
+from .link import PortLink, Receiver
 
 if TYPE_CHECKING:
-    from ._manager import ServicesManager
-    from ._node import ServiceNode
+    from .._system.manager import ServicesManager
+    from .._system.node import ServiceNode
 
 logger = logging.getLogger("startable.cluster")
 STARTED = State.STARTED
@@ -382,8 +382,8 @@ class LocalLink:
         self.router = router
         self.name = name
 
-    async def open(self, client: ServiceClient) -> None:
-        self.router.attach(self.name, _LocalEndpoint(client))
+    async def open(self, client: Receiver) -> None:
+        self.router.attach(self.name, _LocalEndpoint(client, self.name))
 
     async def send(self, message: AnyMessage) -> None:
         await anyio.lowlevel.checkpoint()  # as a port would: a loop of sends lets others run
@@ -397,8 +397,9 @@ class LocalLink:
 
 
 class _LocalEndpoint:
-    def __init__(self, client: ServiceClient) -> None:
+    def __init__(self, client: Receiver, name: str | None) -> None:
         self.client = client
+        self.name = name or "the manager"
 
     def put(self, message: AnyMessage) -> bool:
         # What reaches the router is a copy already; an event may go to several services.
@@ -406,7 +407,7 @@ class _LocalEndpoint:
             try:
                 message = copy(message)
             except ValueError as exc:  # its source's name made it too large
-                logger.warning("%s: an event was dropped: %s", self.client.name, exc)
+                logger.warning("%s: an event was dropped: %s", self.name, exc)
                 return False
-        self.client._deliver(message)
+        self.client.deliver(message)
         return True

@@ -15,18 +15,18 @@ import anyio
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .. import State, StateChange, as_raw_start, as_raw_stop, of
-from ._dataplane import ServiceClient
-from ._errors import (
+from ... import State, StateChange, as_raw_start, as_raw_stop, of
+from .._data.client import ServiceClient
+from .._data.router import LocalLink, Router
+from .._errors import (
     ClusterError,
     DependencyStopped,
     EscalationError,
     ServiceDefinitionError,
     ServiceExited,
 )
-from ._node import ServiceNode
-from ._router import LocalLink, Router
-from ._services import ServiceSpec, check_graph
+from .node import ServiceNode
+from .services import ServiceSpec, check_graph
 
 logger = logging.getLogger("startable.cluster")
 READY, STARTING, STARTED = State.READY, State.STARTING, State.STARTED

@@ -7,12 +7,12 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .. import State, as_raw_start, as_raw_stop, of
-from ._controller import OutputLine, ServiceController
-from ._errors import RemoteError
-from ._failfast import FailFast
-from ._messages import Resources
-from ._permissions import Permissions
+from ... import State, as_raw_start, as_raw_stop, of
+from .._errors import RemoteError
+from .._ipc.messages import Resources
+from .._sandbox.permissions import Permissions
+from .controller import OutputLine, ServiceController
+from .failfast import FailFast
 
 
 class ServiceContainer:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import anyio
 
-from .. import AbortedError, Hook, Startable, State, StateChange
+from ... import AbortedError, Hook, Startable, State, StateChange
 
 READY, STARTING, STARTED, STOPPED = State.READY, State.STARTING, State.STARTED, State.STOPPED
 

@@ -16,8 +16,8 @@ from typing import Literal
 import anyio
 import attrs
 
-from .. import State, __version__, as_raw_start, as_raw_stop, assert_state, of
-from ._errors import (
+from ... import State, __version__, as_raw_start, as_raw_stop, assert_state, of
+from .._errors import (
     ClusterError,
     ForcedStop,
     MessageError,
@@ -26,7 +26,7 @@ from ._errors import (
     RemoteError,
     RemoteExited,
 )
-from ._messages import (
+from .._ipc.messages import (
     PROTOCOL,
     CloseRequest,
     ErrorInfo,
@@ -41,11 +41,11 @@ from ._messages import (
     Uncaught,
     problem,
 )
-from ._permissions import Permissions
-from ._port import ConnectionPort, from_socket
-from ._process import ChildProcess, read_lines, spawn
-from ._remote import ENV_DATA_PORT, ENV_PARENT, ENV_PORT
-from ._services import NAME_RULE
+from .._ipc.port import ConnectionPort, from_socket
+from .._names import NAME_RULE
+from .._sandbox.permissions import Permissions
+from .remote import ENV_DATA_PORT, ENV_PARENT, ENV_PORT
+from .spawn import ChildProcess, read_lines, spawn
 
 logger = logging.getLogger("startable.cluster")
 STARTED, STOPPING = State.STARTED, State.STOPPING

@@ -36,12 +36,12 @@ import anyio.lowlevel
 import msgspec
 import trio
 
-from .. import State, StateChange, StateError, __version__, _util, of, open_owner
-from ._contract import AnyMessage
-from ._dataplane import PortLink, ServiceClient, set_process_client
-from ._descendants import become_subreaper, end_own_descendants
-from ._errors import ClusterError, FrameError, MessageError, PortClosed, PortError, RemoteError
-from ._messages import (
+from ... import State, StateChange, StateError, __version__, _util, of, open_owner
+from .._data.client import ServiceClient, set_process_client
+from .._data.contract import AnyMessage
+from .._data.link import PortLink
+from .._errors import ClusterError, FrameError, MessageError, PortClosed, PortError, RemoteError
+from .._ipc.messages import (
     PROTOCOL,
     CloseRequest,
     ErrorInfo,
@@ -56,10 +56,11 @@ from ._messages import (
     ToRemote,
     Uncaught,
 )
-from ._permissions import apply
-from ._port import from_socket
-from ._services import entry_file
-from ._wire import FrameCodec, FrameReader
+from .._ipc.port import from_socket
+from .._ipc.wire import FrameCodec, FrameReader
+from .._names import entry_file
+from .._sandbox.permissions import apply
+from .descendants import become_subreaper, end_own_descendants
 
 ENV_PORT = "STARTABLE_PORT_FD"
 ENV_PARENT = "STARTABLE_PARENT_PID"

@@ -11,9 +11,9 @@ import anyio.abc
 import attrs
 import msgspec
 
-from .. import State, as_raw_start, as_raw_stop, assert_state, of
-from ._errors import AuthenticationError, FrameError, MessageError, PortClosed, PortError
-from ._wire import (
+from ... import State, as_raw_start, as_raw_stop, assert_state, of
+from .._errors import AuthenticationError, FrameError, MessageError, PortClosed, PortError
+from .wire import (
     DEFAULT_MAX_FRAME,
     MAGIC,
     NONCE_SIZE,

@@ -18,7 +18,7 @@ from typing import Any, Final, TypeAlias
 
 import msgspec
 
-from ._errors import (
+from .._errors import (
     HandlerNotFound,
     MalformedRequest,
     RequestError,
@@ -26,9 +26,9 @@ from ._errors import (
     RequestTimeout,
     ServiceUnavailable,
 )
-from ._messages import ErrorInfo
-from ._services import NAME_RULE
-from ._wire import DEFAULT_MAX_FRAME
+from .._ipc.messages import ErrorInfo
+from .._ipc.wire import DEFAULT_MAX_FRAME
+from .._names import NAME_RULE
 
 #: The deadline of a request when the caller gives none, in seconds. Every
 #: request has one: a caller never waits longer, whatever the callee does.
