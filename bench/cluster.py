@@ -16,6 +16,9 @@
    same echo with trio at both ends: the floor for any async remote.
 3. RSS of an idle remote, against the bare interpreter with anyio and trio
    imported. Bar: <= 1.3x.
+4. What a child imports before it runs its entry (`python -X importtime`,
+   the sum of the top-level modules' cumulative times), against importing
+   anyio and trio alone. For context: where the rest of a spawn goes.
 
 Figures are the best of several rounds, interleaved.
 """
@@ -189,6 +192,29 @@ def pipe_round_trip(n: int) -> float:
             child.join()
 
 
+# -- imports ---------------------------------------------------------------------
+
+#: What the remote imports before it loads the entry (`startable.cluster._child` runs it).
+CHILD_IMPORT = "import startable.cluster._process.remote"
+
+
+def import_time(statement: str) -> float:
+    """Seconds `python -X importtime -c statement` spends importing, all modules counted once."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", statement],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    total = 0
+    for line in done.stderr.splitlines():
+        # "import time: self [us] | cumulative | imported package", nesting by indentation
+        fields = line.removeprefix("import time:").split("|")
+        if len(fields) == 3 and fields[1].strip().isdigit() and not fields[2].startswith("  "):
+            total += int(fields[1])
+    return total / 1e6
+
+
 # -- memory ----------------------------------------------------------------------
 
 
@@ -236,6 +262,8 @@ def main() -> int:
         keep("multiprocessing.Pipe round trip", pipe_round_trip(trips))
         keep("remote rss", anyio.run(remote_rss, backend="trio"))
         keep("bare rss", float(bare_rss()))
+        keep("child imports", import_time(CHILD_IMPORT))
+        keep("anyio and trio imports", import_time("import anyio, trio"))
 
     rows: list[Row] = []
     for count in (1, 16):
@@ -277,6 +305,15 @@ def main() -> int:
             f"{remote / 2**20:.1f} MiB vs bare {bare_memory / 2**20:.1f} MiB",
             f"{remote / bare_memory:.2f}x",
             remote / bare_memory <= 1.3,
+        )
+    )
+    child, anyio_trio = figures["child imports"], figures["anyio and trio imports"]
+    rows.append(
+        (
+            "  (for context) a child's imports",
+            f"{child * 1000:.0f} ms vs anyio and trio alone {anyio_trio * 1000:.0f} ms",
+            f"{child / anyio_trio:.2f}x",
+            None,
         )
     )
     missed = report("startable.cluster", rounds, args.quick, rows)
