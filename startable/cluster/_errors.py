@@ -113,7 +113,7 @@ class ServiceExited(ClusterError):
     """A service stopped on its own and its restart policy does not bring it back.
 
     The reason a `ServicesManager` with `on_service_exit="stop"` stops
-    everything with, and what `ServicesManager.failures` records.
+    everything with, and what `ServicesManager.failed` records.
 
     Attributes:
         service: the service that ended.

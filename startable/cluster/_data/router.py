@@ -298,7 +298,7 @@ class Router:
         except ServiceDefinitionError as exc:
             return Reply(create.id, kind="refused", message=str(exc))
         try:
-            await manager._start_with_victims(manager.nodes[create.name])
+            await manager._start_with_cascade(manager.nodes[create.name])
         except Exception as exc:
             return Reply(create.id, kind="error", error=ErrorInfo.of(exc))
         return Reply(create.id)

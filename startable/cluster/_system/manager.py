@@ -7,7 +7,6 @@ import graphlib
 import itertools
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import Any, Literal, TypeVar
 
@@ -20,13 +19,12 @@ from .._data.client import ServiceClient
 from .._data.router import LocalLink, Router
 from .._errors import (
     ClusterError,
-    DependencyStopped,
-    EscalationError,
     ServiceDefinitionError,
     ServiceExited,
 )
 from .node import ServiceNode
 from .services import ServiceSpec, check_graph
+from .supervisor import Supervisor
 
 logger = logging.getLogger("startable.cluster")
 READY, STARTING, STARTED = State.READY, State.STARTING, State.STARTED
@@ -124,17 +122,21 @@ class ServicesManager:
         #: `ServiceNode` objects, read-only (create and destroy them through
         #: the manager).
         self.nodes: dict[str, ServiceNode] = {}
-        #: The services that failed and that nothing restarts, with why; one
-        #: leaves it when it is STARTED again (`start_service`). `startable up`
-        #: exits 1 when one is left.
-        self.failed: dict[str, ServiceExited] = {}
         #: True while the manager's raw stop runs: stops are not failures then.
         self.shutting_down = False
         self._observers: list[Callable[[ServiceEvent], object]] = []
-        self._victims: dict[str, set[ServiceNode]] = {}
-        self._failures: MemoryObjectSendStream[tuple[ServiceNode, BaseException | None]] | None = (
-            None
+        # Decides what a service that stopped on its own means.
+        self._supervisor: Supervisor[ServiceNode] = Supervisor(
+            self,
+            restart=functools.partial(self._start_with_cascade, supervised=True),
+            is_member=lambda node: self.nodes.get(node.name) is node,
+            notify=lambda name, kind, delay: self._emit(ServiceEvent(name, kind, delay=delay)),
+            on_exit=on_service_exit,
         )
+        #: The services that failed and that nothing restarts, with why; one
+        #: leaves it when it is STARTED again (`start_service`). `startable up`
+        #: exits 1 when one is left.
+        self.failed: dict[str, ServiceExited] = self._supervisor.failed
         #: Routes requests and events between the services (the data plane).
         self.router = Router(self)
         #: The operator's handle on the data plane: it may call any service,
@@ -264,12 +266,7 @@ class ServicesManager:
     @as_raw_start
     async def _start(self) -> None:
         self.shutting_down = False
-        self._victims.clear()
-        send, receive = anyio.create_memory_object_stream[tuple[ServiceNode, BaseException | None]](
-            math.inf
-        )
-        self._failures = send
-        of(self).start_soon(self._supervise, receive)  # it closes `receive`
+        self._supervisor.open()
         for node in self.nodes.values():
             node.held = False
         await of(self.client).start()
@@ -278,9 +275,7 @@ class ServicesManager:
     @as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
         self.shutting_down = True
-        if self._failures is not None:
-            self._failures.close()
-            self._failures = None
+        self._supervisor.close()
         unclean: list[Exception] = []
         try:
             # Leaves first: a service's stop is launched once all that depends
@@ -309,7 +304,7 @@ class ServicesManager:
         policy gave up.
         """
         node = self[name]
-        await self._as_manager(self._start_with_victims, node)
+        await self._as_manager(self._start_with_cascade, node)
 
     async def stop_service(self, name: str) -> None:
         """Stop one service, and first everything that depends on it.
@@ -326,15 +321,16 @@ class ServicesManager:
         if node.stop_error is not None:
             raise node.stop_error
 
-    async def _start_with_victims(self, node: ServiceNode, supervised: bool = False) -> None:
+    async def _start_with_cascade(self, node: ServiceNode, supervised: bool = False) -> None:
+        """Start `node`, then what its cascade stopped (the nodes that wait for it)."""
         node.held = False
         await self._start_nodes([node], supervised)
         if of(node).state is not STARTED:
             return  # supervised, and it failed again: the policy decides what next
-        victims = self._victims.pop(node.name, set())
-        victims = {v for v in victims if self.nodes.get(v.name) is v and of(v).state is STOPPED}
-        if victims:
-            await self._start_nodes(victims, supervised)
+        cascade = self._supervisor.take_cascaded(node.name)
+        cascade = {n for n in cascade if self.nodes.get(n.name) is n and of(n).state is STOPPED}
+        if cascade:
+            await self._start_nodes(cascade, supervised)
 
     async def _as_manager(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run `func(*args)` in a task of the manager (which owns the services), and wait."""
@@ -382,12 +378,12 @@ class ServicesManager:
         failed = await self._launch_in_order(sorter, self._start_one)
         if supervised:
             for node, error in failed:
-                self._report(node, error)
+                self._supervisor.report(node, error)
             if failed:  # what could not start for want of it comes back when it does
                 waiting = {t for t in targets if of(t).state is not STARTED} - {
                     n for n, _ in failed
                 }
-                self._victims.setdefault(failed[0][0].name, set()).update(waiting)
+                self._supervisor.cascaded(failed[0][0].name, waiting)
             return
         for node, error in failed:
             error.add_note(f"while starting service {node.name!r}")
@@ -436,7 +432,7 @@ class ServicesManager:
         if lifecycle.state is STOPPING:  # still stopping from a cascade: start it once stopped
             await lifecycle.wait_state(STOPPED)
         try:
-            await lifecycle.start(functools.partial(self._report, node))
+            await lifecycle.start(functools.partial(self._supervisor.report, node))
         except Exception as exc:
             node.last_error = exc
             report.send_nowait((node, exc))
@@ -462,61 +458,6 @@ class ServicesManager:
                 node.stop_error.add_note(f"while stopping service {node.name!r}")
                 unclean.append(node.stop_error)
         report.send_nowait((node, None))
-
-    # -- supervision ----------------------------------------------------------------
-
-    def _report(self, node: ServiceNode, reason: BaseException | None) -> None:
-        """`node` stopped or failed to start, with `reason`: the supervisor decides."""
-        if not self.shutting_down and not node.held and self._failures is not None:
-            self._failures.send_nowait((node, reason))
-
-    async def _supervise(
-        self, failures: MemoryObjectReceiveStream[tuple[ServiceNode, BaseException | None]]
-    ) -> None:
-        with failures:
-            async for node, reason in failures:
-                self._decide(node, reason)
-
-    def _decide(self, node: ServiceNode, reason: BaseException | None) -> None:
-        """`node` stopped, or failed to start, with `reason`: restart, wait, or escalate."""
-        if of(self).state not in (STARTING, STARTED) or node.held or node.name not in self.nodes:
-            return
-        if isinstance(reason, DependencyStopped):  # back when its origin is
-            self._victims.setdefault(reason.origin, set()).add(node)
-            return
-        node.last_error = reason
-        policy = node.spec.restart
-        if policy.mode == "never" or (policy.mode == "on-failure" and reason is None):
-            self._exited(node, reason)
-            return
-        now = time.monotonic()
-        window = node.failures
-        while window and now - window[0] > policy.period:
-            window.popleft()
-        if len(window) >= policy.intensity:
-            self._emit(ServiceEvent(node.name, "escalated"))
-            of(self).stop_nowait(EscalationError(node.name, len(window) + 1, policy.period, reason))
-            return
-        delay = policy.delay(len(window))
-        window.append(now)
-        self._emit(ServiceEvent(node.name, "restarting", delay=delay))
-        of(self).start_soon(self._restart, node, delay)
-
-    def _exited(self, node: ServiceNode, reason: BaseException | None) -> None:
-        """`node` stopped on its own for good: keep it, or stop everything."""
-        exited = ServiceExited(node.name, reason)
-        if reason is not None:
-            self.failed[node.name] = exited
-        if self.on_service_exit == "stop":
-            of(self).stop_nowait(exited if reason is not None else None)
-
-    async def _restart(self, node: ServiceNode, delay: float) -> None:
-        await of(node).wait_state(STOPPED)
-        await anyio.sleep(delay)
-        if node.held or node.name not in self.nodes:
-            return
-        node.restarts += 1
-        await self._start_with_victims(node, supervised=True)
 
 
 def _already_in(receive: MemoryObjectReceiveStream[T]) -> Iterator[T]:

@@ -20,7 +20,7 @@ from .._ipc.port import ConnectionPort, from_socket
 from .._process.container import ServiceContainer
 from .._process.failfast import FailFast
 from .._process.remote import ENV_SERVICE
-from .services import ServiceSpec
+from .services import RestartPolicy, ServiceSpec
 
 if TYPE_CHECKING:
     from .manager import ServicesManager
@@ -129,6 +129,11 @@ class ServiceNode:
         `ServiceController.ended_by`)."""
         controller = self.container.controller if self.container is not None else None
         return controller.ended_by if controller is not None else None
+
+    @property
+    def restart_policy(self) -> RestartPolicy:
+        """Its spec's restart policy (what its supervisor reads)."""
+        return self.spec.restart
 
     @property
     def uptime(self) -> float | None:
