@@ -44,6 +44,7 @@ from _report import Best, NoOp, Row, arguments, report
 
 import startable
 from startable.cluster import OutputLine, ServiceContainer, ServicesManager, ServiceSpec
+from startable.cluster._process.remote import ENV_DATA_PORT
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -171,7 +172,8 @@ async def direct(env: dict[str, str]) -> dict[str, float]:
         on_output=result,
         **OPTIONS,
     )
-    echo.data_socket, caller.data_socket = one, two
+    echo.hand_over(ENV_DATA_PORT, one)
+    caller.hand_over(ENV_DATA_PORT, two)
     with anyio.fail_after(300):
         # Started by hand: each is the other's whole data plane, so whichever stops
         # first cuts the other's link, which then stops on its own (with a reason).

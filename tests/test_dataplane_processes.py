@@ -126,7 +126,7 @@ async def test_a_service_whose_data_socket_closes_fails_requests_at_once() -> No
     with anyio.fail_after(60):
         async with startable.running(manager):
             store = manager["store"]
-            port = store._data_port  # the manager's end of the data socket
+            port = store.runner._port  # type: ignore[attr-defined]  # the manager end
             assert port is not None
             await startable.of(port).stop()
             # At once, whichever the request meets first: the link going, the link

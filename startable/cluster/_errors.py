@@ -234,3 +234,11 @@ class MalformedRequest(RequestError, ValueError):
 
 class RequestTimeout(RequestError, TimeoutError):
     """The request's deadline passed before an answer came."""
+
+
+# Errors cross processes by name (`ErrorInfo.type`): each is named by the
+# public module that exports it, whether or not anyone has looked it up there.
+for _error in list(globals().values()):
+    if isinstance(_error, type) and _error.__module__ == __name__:
+        _error.__module__ = "startable.cluster"
+del _error

@@ -80,17 +80,21 @@ class ServiceContainer:
         #: too): `history` at most, each past one retired (see
         #: `ServiceController.retire`).
         self.incarnations: deque[ServiceController] = deque(maxlen=history)
-        #: A socket to hand to the next incarnation as its data port (see
-        #: `ServiceController`'s `data_socket`); used once, then closed here.
-        self.data_socket: socket.socket | None = None
+        self._sockets: dict[str, socket.socket] = {}
         self._starting = FailFast()
+
+    def hand_over(self, variable: str, sock: socket.socket) -> None:
+        """Give `sock` to the next incarnation: its process inherits it, the
+        descriptor's number in the environment variable `variable` (see
+        `ServiceController`'s `sockets`). Used once, then closed here."""
+        self._sockets[variable] = sock
 
     def __repr__(self) -> str:
         return f"<ServiceContainer {self.name}: {of(self).state.name}>"
 
     @as_raw_start
     async def _start(self) -> None:
-        data_socket, self.data_socket = self.data_socket, None
+        sockets, self._sockets = self._sockets, {}
         controller = ServiceController(
             self.entry,
             code=self.code,
@@ -99,7 +103,7 @@ class ServiceContainer:
             cwd=self.cwd,
             name=self.name,
             on_output=self.on_output,
-            data_socket=data_socket,
+            sockets=sockets,
             **self.options,
         )
         for past in self.incarnations:

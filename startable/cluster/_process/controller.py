@@ -44,7 +44,7 @@ from .._ipc.messages import (
 from .._ipc.port import ConnectionPort, from_socket
 from .._names import NAME_RULE
 from .._sandbox.permissions import Permissions
-from .remote import ENV_DATA_PORT, ENV_PARENT, ENV_PORT
+from .remote import ENV_PARENT, ENV_PORT
 from .spawn import ChildProcess, read_lines, spawn
 
 logger = logging.getLogger("startable.cluster")
@@ -113,9 +113,11 @@ class ServiceController:
         resources_history: how many resource samples to keep.
         on_output: called with each line of output as it comes.
         name: used in `repr()`, logs and errors.
-        data_socket: a connected socket the child gets as its data-plane
-            port (the manager holds the other end). The controller passes it
-            on at spawn and closes its own copy; it never reads it.
+        sockets: sockets the child inherits, each under the name of the
+            environment variable that tells it the descriptor's number (the
+            data plane's socket, set up by the service's runner, is one). The
+            controller passes them on at spawn and closes its own copies; it
+            never reads them.
     """
 
     def __init__(
@@ -136,10 +138,10 @@ class ServiceController:
         resources_history: int = 60,
         on_output: Callable[[OutputLine], object] | None = None,
         name: str | None = None,
-        data_socket: socket.socket | None = None,
+        sockets: Mapping[str, socket.socket] | None = None,
     ) -> None:
         self.entry = entry
-        self._data_socket = data_socket
+        self._sockets = dict(sockets or {})
         self.code = code
         self.permissions = permissions
         self.env = dict(env or {})
@@ -207,10 +209,10 @@ class ServiceController:
         env[ENV_PORT] = str(theirs.fileno())
         env[ENV_PARENT] = str(os.getpid())
         passed = [theirs.fileno()]
-        data_socket, self._data_socket = self._data_socket, None
-        if data_socket is not None:
-            env[ENV_DATA_PORT] = str(data_socket.fileno())
-            passed.append(data_socket.fileno())
+        inherited, self._sockets = self._sockets, {}
+        for variable, inherit in inherited.items():
+            env[variable] = str(inherit.fileno())
+            passed.append(inherit.fileno())
         try:
             self.process = await spawn(
                 [self.python, "-m", "startable.cluster._child"],
@@ -224,8 +226,8 @@ class ServiceController:
             raise
         finally:
             theirs.close()
-            if data_socket is not None:
-                data_socket.close()
+            for inherit in inherited.values():
+                inherit.close()
         self._port = from_socket(ours, receives=FromRemote, name=f"{self.name} control port")
         await of(self._port).start()
         lifecycle = of(self)

@@ -23,6 +23,7 @@ from .._errors import (
     ServiceExited,
 )
 from .node import ServiceNode
+from .runners import runner_for
 from .services import ServiceSpec, check_graph
 from .supervisor import Supervisor
 
@@ -220,7 +221,7 @@ class ServicesManager:
     def _add(self, spec: ServiceSpec, parent: str | None) -> ServiceNode:
         dependencies = tuple(self.nodes[d] for d in spec.depends_on)
         owner = self.nodes[parent] if parent is not None else None
-        node = ServiceNode(spec, self, dependencies, owner)
+        node = ServiceNode(spec, self, dependencies, runner_for(spec, self.router), owner)
         for dependency in dependencies:
             dependency.dependents.append(node)
         if owner is not None:

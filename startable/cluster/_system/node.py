@@ -3,30 +3,33 @@
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
 import anyio
 
-from ... import State, as_raw_start, as_raw_stop, of
-from .._data.client import ServiceClient, serving_as
-from .._data.contract import AnyMessage
-from .._data.link import PortLink
-from .._data.router import LocalLink, Outbox
+from ... import Hook, State, as_raw_start, as_raw_stop, of
+from .._data.client import ServiceClient
 from .._errors import ClusterError, DependencyStopped
-from .._ipc.port import ConnectionPort, from_socket
 from .._process.container import ServiceContainer
-from .._process.failfast import FailFast
-from .._process.remote import ENV_SERVICE
+from .runners import ContainerRunner, InProcessRunner, Runner
 from .services import RestartPolicy, ServiceSpec
-
-if TYPE_CHECKING:
-    from .manager import ServicesManager
 
 logger = logging.getLogger("startable.cluster")
 READY, STARTED, STOPPED = State.READY, State.STARTED, State.STOPPED
+
+
+class Orchestrator(Protocol):
+    """What a node needs of the manager that made it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def shutting_down(self) -> bool:
+        """True while everything stops: a stop is not a failure then."""
+        ...
 
 
 class ServiceNode:
@@ -48,6 +51,7 @@ class ServiceNode:
         dependents: the nodes that depend on it.
         parent: the node that created it, if created from inside a service.
         children: the nodes it created.
+        runner: how it runs (see `Runner`): in this process, or in a container.
         container: its `ServiceContainer` (None for a service in this process).
         service: the object running now (or last): the container, or what
             `spec.factory` returned.
@@ -62,34 +66,20 @@ class ServiceNode:
     def __init__(
         self,
         spec: ServiceSpec,
-        manager: ServicesManager,
+        manager: Orchestrator,
         dependencies: tuple[ServiceNode, ...],
+        runner: Runner,
         parent: ServiceNode | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
         self.manager = manager
+        self.runner: Runner = runner
+        self._container = runner.container if isinstance(runner, ContainerRunner) else None
         self.dependencies = dependencies
         self.dependents: list[ServiceNode] = []
         self.parent = parent
         self.children: list[ServiceNode] = []
-        self.container: ServiceContainer | None = None
-        if spec.entry is not None:
-            self.container = ServiceContainer(
-                spec.entry,
-                code=spec.code,
-                permissions=spec.permissions,
-                env={**spec.env, ENV_SERVICE: spec.name},
-                cwd=spec.cwd,
-                name=spec.name,
-                **spec.container_options,
-            )
-        self.service: Any = self.container
-        #: The data-plane client of a service in this process (None for a container).
-        self.client: ServiceClient | None = None
-        self._data_port: ConnectionPort[AnyMessage] | None = None
-        self._outbox: Outbox | None = None
-        self._starting = FailFast()  # its container's start, failing as soon as it fails
         self.restarts = 0
         self.last_error: BaseException | None = None
         self.stop_error: Exception | None = None
@@ -101,9 +91,25 @@ class ServiceNode:
         return f"<ServiceNode {self.name}: {of(self).state.name}>"
 
     @property
+    def container(self) -> ServiceContainer | None:
+        """Its `ServiceContainer` (None for a service in this process)."""
+        return self._container
+
+    @property
+    def service(self) -> object | None:
+        """The object running now (or last): the container, or what `spec.factory` returned."""
+        return self.runner.service
+
+    @property
+    def client(self) -> ServiceClient | None:
+        """The data-plane client of a service in this process while it runs (else None)."""
+        runner = self.runner
+        return runner.client if isinstance(runner, InProcessRunner) else None
+
+    @property
     def pid(self) -> int | None:
         """The pid of its process (None in this process, or when not running)."""
-        return self.container.pid if self.container is not None else None
+        return self.runner.pid
 
     @property
     def events_dropped(self) -> int:
@@ -115,19 +121,19 @@ class ServiceNode:
         to it fail at once with `ServiceUnavailable`). Always 0 for a
         service in this process: its subscriptions count their own.
         """
-        return 0 if self._outbox is None else self._outbox.events_dropped
+        return self.runner.events_dropped
 
     @property
     def backlog(self) -> int:
         """Messages the manager holds for its process, not yet written to it (0 in this process)."""
-        return 0 if self._outbox is None else len(self._outbox)
+        return self.runner.backlog
 
     @property
     def ended_by(self) -> str | None:
         """How its process last ended, if the stop ladder ended it: `"close request"`
         (cleanly), `"SIGTERM"` or `"SIGKILL"`; None otherwise (see
         `ServiceController.ended_by`)."""
-        controller = self.container.controller if self.container is not None else None
+        controller = self._container.controller if self._container is not None else None
         return controller.ended_by if controller is not None else None
 
     @property
@@ -157,37 +163,8 @@ class ServiceNode:
                 raise self._cascade(dependency, reason)
         for dependency in self.dependencies:  # no checkpoint since the check above
             of(dependency).add_on_stopping(self._on_dependency_stopping(dependency))
-        router = self.manager.router
-        if self.container is None:
-            assert self.spec.factory is not None
-            self.client = ServiceClient(self.name, LocalLink(router, self.name))
-            await of(self.client).start()
-            with serving_as(self.client):
-                self.service = self.spec.factory()
-                self.client.serve(self.service)
-                await of(self.service).start(lifecycle.stop)
-        else:
-            # The data plane has a socket of its own: the controller only hands it over.
-            ours, theirs = socket.socketpair()
-            self.container.data_socket = theirs
-            port = from_socket(ours, receives=AnyMessage, name=f"{self.name} data port")
-            self._data_port = port
-            await of(port).start()
-            self._outbox = outbox = Outbox(router, PortLink(port))
-            router.attach(self.name, outbox)
-            lifecycle.start_soon(outbox.pump, self.name)
-            lifecycle.start_soon(self._relay, port)
-            await self._starting.start(lifecycle, of(self.container), lifecycle.stop)
+        await self.runner.start(lifecycle)
         self.started_at = time.monotonic()
-
-    async def _relay(self, port: ConnectionPort[AnyMessage]) -> None:
-        """The service's requests and events, to the router, until its process ends."""
-        router = self.manager.router
-        async for message in port:
-            try:
-                router.handle(self.name, message)  # it never waits
-            except Exception:  # a fault of the router's: this service's next message is handled
-                logger.exception("routing a message from %r failed", self.name)
 
     @as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
@@ -199,19 +176,10 @@ class ServiceNode:
                     group.start_soon(
                         self._stop_quietly, dependent, self._reason_for(dependent, err)
                     )
-        service = self.service
-        if service is not None:
-            try:
-                await self._starting.stop(of(service), err)
-            except Exception as exc:  # its own raw stop failed (or was forced): STOPPED anyway
-                self.last_error = self.stop_error = exc
-        self.manager.router.detach(self.name)
-        if self._outbox is not None:
-            self._outbox.clear()
-        for link in (self.client, self._data_port):
-            if link is not None and of(link).state not in (READY, STOPPED):
-                await of(link).stop()
-        self.client = self._data_port = None
+        try:
+            await self.runner.stop(err)
+        except Exception as exc:  # its own raw stop failed (or was forced): STOPPED anyway
+            self.last_error = self.stop_error = exc
 
     @staticmethod
     async def _stop_quietly(node: ServiceNode, reason: BaseException | None) -> None:
@@ -219,7 +187,7 @@ class ServiceNode:
 
     # -- the cascade --------------------------------------------------------------
 
-    def _on_dependency_stopping(self, dependency: ServiceNode) -> Any:
+    def _on_dependency_stopping(self, dependency: ServiceNode) -> Hook:
         def stop(reason: BaseException | None) -> None:
             of(self).stop_nowait(dependency._reason_for(self, reason))
 

@@ -1,0 +1,192 @@
+"""Runners: how one service runs, for the node that orders it.
+
+A `ServiceNode` keeps what is the same for every service: the order of
+starts and stops, the cascade, availability. How the service runs is its
+runner's: in this process (`InProcessRunner`), in a child process of its
+own (`ContainerRunner`); later a pool of replicas, or "on another host".
+`runner_for` picks one from the spec. A new way to run a service is a new
+class with the `Runner` methods, and one more case in `runner_for`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Protocol
+
+from ... import Startable, State, of
+from .._data.client import ServiceClient, serving_as
+from .._data.contract import AnyMessage
+from .._data.link import PortLink
+from .._data.router import LocalLink, Outbox, Router
+from .._ipc.port import ConnectionPort, from_socket
+from .._process.container import ServiceContainer
+from .._process.failfast import FailFast
+from .._process.remote import ENV_DATA_PORT, ENV_SERVICE
+from .services import ServiceSpec
+
+logger = logging.getLogger("startable.cluster")
+IDLE = (State.READY, State.STOPPED)
+
+
+class Runner(Protocol):
+    """How a node's service runs.
+
+    Its node calls `start` from its raw start and `stop` from its raw stop,
+    so both run as part of the node's lifecycle, and background work goes
+    into it (`node.start_soon`). Between a successful `start` and `stop` the
+    service is STARTED and reachable on the data plane (attached to the
+    router under its name).
+    """
+
+    @property
+    def service(self) -> object | None:
+        """What runs now, or last (None before the first start)."""
+        ...
+
+    @property
+    def pid(self) -> int | None:
+        """Its process, when it has one of its own and it runs."""
+        ...
+
+    @property
+    def events_dropped(self) -> int:
+        """Events for it the router dropped because it did not read them."""
+        ...
+
+    @property
+    def backlog(self) -> int:
+        """Messages the router holds for it, not yet delivered."""
+        ...
+
+    async def start(self, node: Startable) -> None:
+        """Start the service; return once it is STARTED and reachable.
+
+        When the service stops on its own, `node` stops with its reason.
+
+        Raises:
+            Exception: why it could not start, as soon as that is known
+                (`stop` is called next, and joins the clean-up).
+        """
+        ...
+
+    async def stop(self, reason: BaseException | None) -> None:
+        """Stop the service with `reason` (abandoning a start in flight) and
+        make it unreachable.
+
+        Raises:
+            Exception: what its stop raised; it is stopped all the same.
+        """
+        ...
+
+
+def runner_for(spec: ServiceSpec, router: Router) -> InProcessRunner | ContainerRunner:
+    """The runner `spec` asks for: a container for an `entry`, this process for a `factory`."""
+    if spec.entry is not None:
+        return ContainerRunner(spec, router)
+    return InProcessRunner(spec, router)
+
+
+class InProcessRunner:
+    """Runs what `spec.factory` returns in this process, its client linked
+    straight into the router."""
+
+    def __init__(self, spec: ServiceSpec, router: Router) -> None:
+        assert spec.factory is not None
+        self.spec = spec
+        self.router = router
+        self.service: object | None = None
+        #: Its data-plane client while it runs.
+        self.client: ServiceClient | None = None
+        self.pid: int | None = None
+        self.events_dropped = 0  # its subscriptions count their own
+        self.backlog = 0
+
+    async def start(self, node: Startable) -> None:
+        assert self.spec.factory is not None
+        name = self.spec.name
+        self.client = client = ServiceClient(name, LocalLink(self.router, name))
+        await of(client).start()
+        with serving_as(client):
+            self.service = self.spec.factory()
+            client.serve(self.service)
+            await of(self.service).start(node.stop)
+
+    async def stop(self, reason: BaseException | None) -> None:
+        try:
+            if self.service is not None and of(self.service).state not in IDLE:
+                await of(self.service).stop(reason)
+        finally:
+            self.router.detach(self.spec.name)
+            client, self.client = self.client, None
+            if client is not None and of(client).state not in IDLE:
+                await of(client).stop()
+
+
+class ContainerRunner:
+    """Runs the service in a `ServiceContainer` (a new child process on every
+    start), its data plane on a socket of its own that this runner sets up."""
+
+    def __init__(self, spec: ServiceSpec, router: Router) -> None:
+        assert spec.entry is not None
+        self.spec = spec
+        self.router = router
+        self.container = ServiceContainer(
+            spec.entry,
+            code=spec.code,
+            permissions=spec.permissions,
+            env={**spec.env, ENV_SERVICE: spec.name},
+            cwd=spec.cwd,
+            name=spec.name,
+            **spec.container_options,
+        )
+        self._port: ConnectionPort[AnyMessage] | None = None
+        self._outbox: Outbox | None = None
+        self._starting = FailFast()  # failing as soon as the container's start fails
+
+    @property
+    def service(self) -> ServiceContainer:
+        return self.container
+
+    @property
+    def pid(self) -> int | None:
+        return self.container.pid
+
+    @property
+    def events_dropped(self) -> int:
+        return 0 if self._outbox is None else self._outbox.events_dropped
+
+    @property
+    def backlog(self) -> int:
+        return 0 if self._outbox is None else len(self._outbox)
+
+    async def start(self, node: Startable) -> None:
+        name = self.spec.name
+        ours, theirs = socket.socketpair()
+        self.container.hand_over(ENV_DATA_PORT, theirs)
+        self._port = port = from_socket(ours, receives=AnyMessage, name=f"{name} data port")
+        await of(port).start()
+        self._outbox = outbox = Outbox(self.router, PortLink(port))
+        self.router.attach(name, outbox)
+        node.start_soon(outbox.pump, name)
+        node.start_soon(self._relay, port)
+        await self._starting.start(node, of(self.container), node.stop)
+
+    async def _relay(self, port: ConnectionPort[AnyMessage]) -> None:
+        """The service's requests and events, to the router, until its process ends."""
+        async for message in port:
+            try:
+                self.router.handle(self.spec.name, message)  # it never waits
+            except Exception:  # a fault of the router's: this service's next message is handled
+                logger.exception("routing a message from %r failed", self.spec.name)
+
+    async def stop(self, reason: BaseException | None) -> None:
+        try:
+            await self._starting.stop(of(self.container), reason)
+        finally:
+            self.router.detach(self.spec.name)
+            if self._outbox is not None:
+                self._outbox.clear()
+            port, self._port = self._port, None
+            if port is not None and of(port).state not in IDLE:
+                await of(port).stop()
