@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib as _importlib
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
+from .._util import fixup_module_metadata as _fixup_module_metadata
+
 if _TYPE_CHECKING:
     from ._data.client import ServiceClient as ServiceClient
     from ._data.client import this_service as this_service
@@ -185,13 +187,8 @@ def __getattr__(name: str) -> object:
     if where is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value: object = getattr(_importlib.import_module(where, __name__), name)
-    # Reported as defined here, in reprs, tracebacks and the docs.
-    if getattr(value, "__module__", "").startswith(f"{__name__}._"):
-        try:
-            value.__module__ = __name__
-        except (AttributeError, TypeError):  # pragma: no cover - constants
-            pass
     globals()[name] = value
+    _fixup_module_metadata(__name__, [name], globals())  # reported as defined here
     return value
 
 

@@ -86,7 +86,11 @@ class ServiceContainer:
     def hand_over(self, variable: str, sock: socket.socket) -> None:
         """Give `sock` to the next incarnation: its process inherits it, the
         descriptor's number in the environment variable `variable` (see
-        `ServiceController`'s `sockets`). Used once, then closed here."""
+        `ServiceController`'s `sockets`). Used once, then closed here; one
+        handed over before and never used is closed now."""
+        unused = self._sockets.pop(variable, None)
+        if unused is not None:
+            unused.close()
         self._sockets[variable] = sock
 
     def __repr__(self) -> str:

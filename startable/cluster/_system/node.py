@@ -75,7 +75,6 @@ class ServiceNode:
         self.name = spec.name
         self.manager = manager
         self.runner: Runner = runner
-        self._container = runner.container if isinstance(runner, ContainerRunner) else None
         self.dependencies = dependencies
         self.dependents: list[ServiceNode] = []
         self.parent = parent
@@ -93,7 +92,8 @@ class ServiceNode:
     @property
     def container(self) -> ServiceContainer | None:
         """Its `ServiceContainer` (None for a service in this process)."""
-        return self._container
+        runner = self.runner
+        return runner.container if isinstance(runner, ContainerRunner) else None
 
     @property
     def service(self) -> object | None:
@@ -133,7 +133,8 @@ class ServiceNode:
         """How its process last ended, if the stop ladder ended it: `"close request"`
         (cleanly), `"SIGTERM"` or `"SIGKILL"`; None otherwise (see
         `ServiceController.ended_by`)."""
-        controller = self._container.controller if self._container is not None else None
+        container = self.container
+        controller = container.controller if container is not None else None
         return controller.ended_by if controller is not None else None
 
     @property
