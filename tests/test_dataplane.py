@@ -281,7 +281,7 @@ async def test_an_outbox_emptied_before_its_pump_woke_goes_on_pumping() -> None:
             startable.running(theirs),
             anyio.create_task_group() as group,
         ):
-            group.start_soon(outbox.pump, "store")
+            group.start_soon(outbox.pump)
             await anyio.wait_all_tasks_blocked()  # the pump waits for a message
             outbox.put(Event("lost", None, "x"))
             outbox.clear()  # before the pump woke up

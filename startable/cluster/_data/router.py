@@ -1,13 +1,14 @@
-"""The local router of the data plane: the manager passes requests and events between services.
+"""The router of the data plane: the manager passes requests and events between services.
 
-Each running service has an *endpoint* here (its container's data port, or
-its client in this process). The router checks every request against the
-caller's declared dependencies and the callee's state, forwards it under an
-id of its own, and sends the answer back; events go to every service
-subscribed to their topic. It never waits: not for a handler (a slow
-callee holds up only its caller), and not for a container's socket (each
-container has an `Outbox`, written by a task of its own, so one that stops
-reading holds up nobody else).
+Each running client has an *endpoint* here (a container's outbox, or a
+client in this process). The router asks its `Directory` whether a request
+may go where it asks, picks one of the callee's endpoints (the one with the
+fewest requests waiting for it), forwards the request under an id of its
+own, and sends the answer back to the endpoint that asked; events go to
+every endpoint subscribed to their topic. It never waits: not for a handler
+(a slow callee holds up only its caller), and not for a container's socket
+(each container has an `Outbox`, written by a task of its own, so one that
+stops reading holds up nobody else).
 """
 
 from __future__ import annotations
@@ -16,16 +17,14 @@ import itertools
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
 
 import anyio
 import anyio.lowlevel
 from msgspec.structs import replace
 
-from ... import State, of
-from .._errors import ServiceDefinitionError, ServiceUnavailable
+from .._errors import ServiceUnavailable
 from .._ipc.messages import ErrorInfo
-from .._system.services import ServiceSpec
 from .contract import (
     AnyMessage,
     Call,
@@ -38,14 +37,10 @@ from .contract import (
     invalid,
     problem,
 )
+from .directory import Directory, Endpoint, Pick, pick
 from .link import PortLink, Receiver
 
-if TYPE_CHECKING:
-    from .._system.manager import ServicesManager
-    from .._system.node import ServiceNode
-
 logger = logging.getLogger("startable.cluster")
-STARTED = State.STARTED
 #: How long the router keeps a forwarded request after its deadline, in
 #: case the callee answers late (the answer is then dropped).
 GRACE = 1.0
@@ -56,78 +51,118 @@ OUTBOX_CAPACITY = 1024
 #: Requests one service may have waiting for answers at once; past that its
 #: new requests are refused at once (`ServiceUnavailable`).
 MAX_IN_FLIGHT = 4096
-#: Topics one service may be subscribed to at once; past that a new
+#: Topics one client may be subscribed to at once; past that a new
 #: subscription is refused (`RequestRefused`).
 MAX_TOPICS = 1024
 
 
-class Endpoint(Protocol):
-    def put(self, message: AnyMessage) -> bool:
-        """Take `message` for delivery without waiting; False: it cannot, now."""
-        ...
-
-
 class _Forwarded:
-    __slots__ = ("callee", "caller", "caller_id", "expires")
+    __slots__ = ("callee", "callee_name", "caller", "caller_id", "caller_name", "expires")
 
-    def __init__(self, caller: str | None, caller_id: int, callee: str, expires: float) -> None:
+    def __init__(
+        self,
+        caller: Endpoint,
+        caller_name: str | None,
+        caller_id: int,
+        callee: Endpoint,
+        callee_name: str,
+        expires: float,
+    ) -> None:
         self.caller = caller
+        self.caller_name = caller_name
         self.caller_id = caller_id
         self.callee = callee
+        self.callee_name = callee_name
         self.expires = expires
 
 
 class Router:
-    """Routes the data plane of one `ServicesManager`, in its process.
+    """Routes the data plane of one cluster, in its process, as its `Directory` allows.
 
-    Every message is checked against the contract (`_contract.problem`)
+    Every message is checked against the contract (`contract.problem`)
     before anything is done with it; one that breaks it is answered with an
     `"invalid"` reply when it has an id, and dropped (and logged) otherwise.
-    What one service can make the router hold is bounded: `MAX_IN_FLIGHT`
-    requests, `MAX_TOPICS` subscriptions.
+    What one client can make the router hold is bounded: `MAX_IN_FLIGHT`
+    requests per service, `MAX_TOPICS` subscriptions per endpoint.
+
+    A client is known by its endpoint: `attach` it under its service's name
+    (None: the operator's, which no one calls), `handle` what it sends, and
+    `detach` it when it is gone.
     """
 
-    def __init__(self, manager: ServicesManager) -> None:
-        self.manager = manager
-        self.endpoints: dict[str | None, Endpoint] = {}
-        self.topics: dict[str, set[str | None]] = {}
+    def __init__(self, directory: Directory, policy: Pick = Pick.LEAST_OUTSTANDING) -> None:
+        if policy is Pick.ALL:
+            raise ValueError("a request gets one answer: its endpoint is picked by one policy")
+        self.directory = directory
+        #: How a request's endpoint is chosen among its callee's.
+        self.policy = policy
+        #: Every endpoint subscribed to a topic, by topic.
+        self.topics: dict[str, set[Endpoint]] = {}
         #: Messages refused as malformed, by the service that sent them.
         self.malformed: dict[str | None, int] = {}
-        self._subscribed: dict[str | None, set[str]] = {}
+        self._names: dict[Endpoint, str | None] = {}
+        self._subscribed: dict[Endpoint, set[str]] = {}
         self._in_flight: dict[str | None, int] = {}
+        self._outstanding: dict[Endpoint, int] = {}
         self._forwarded: dict[int, _Forwarded] = {}
         self._ids = itertools.count(1)
 
     def attach(self, name: str | None, endpoint: Endpoint) -> None:
-        """`name`'s client can be reached through `endpoint` (None: the manager's own)."""
-        self.endpoints[name] = endpoint
+        """`endpoint` reaches a client of `name` (None: the operator's) from now on."""
+        self._names[endpoint] = name
+        if name is not None:
+            self.directory.register(name, endpoint)
 
-    def detach(self, name: str | None) -> None:
-        """`name` is gone: its pending requests fail, its subscriptions end."""
-        self.endpoints.pop(name, None)
-        for topic in self._subscribed.pop(name, ()):
-            self._unsubscribe(topic, name)
-        lost = [rid for rid, f in self._forwarded.items() if name in (f.callee, f.caller)]
+    def attached(self, endpoint: Endpoint) -> bool:
+        """Whether `endpoint` is attached (and so its messages are handled)."""
+        return endpoint in self._names
+
+    def topics_of(self, name: str | None) -> set[str]:
+        """The topics the clients of `name` are subscribed to."""
+        return {
+            topic
+            for endpoint, topics in self._subscribed.items()
+            if self._names.get(endpoint, ...) == name
+            for topic in topics
+        }
+
+    def detach(self, endpoint: Endpoint) -> None:
+        """`endpoint` is gone: requests waiting for it fail, its subscriptions end.
+
+        Detaching one that is not attached does nothing.
+        """
+        if endpoint not in self._names:
+            return
+        name = self._names.pop(endpoint)
+        if name is not None:
+            self.directory.unregister(name, endpoint)
+        for topic in self._subscribed.pop(endpoint, ()):
+            self._unsubscribe(topic, endpoint)
+        lost = [r for r, f in self._forwarded.items() if endpoint in (f.callee, f.caller)]
         for rid in lost:
-            if self._forwarded[rid].callee == name:
+            if self._forwarded[rid].callee is endpoint:
                 self.fail(rid, "unavailable", f"service {name!r} stopped before it answered")
             else:
                 self._forget(rid)
+        self._outstanding.pop(endpoint, None)
 
-    def _unsubscribe(self, topic: str, name: str | None) -> None:
+    def _unsubscribe(self, topic: str, endpoint: Endpoint) -> None:
         subscribers = self.topics.get(topic)
         if subscribers is not None:
-            subscribers.discard(name)
+            subscribers.discard(endpoint)
             if not subscribers:  # topics nobody listens to are forgotten
                 del self.topics[topic]
-        mine = self._subscribed.get(name)
+        mine = self._subscribed.get(endpoint)
         if mine is not None:
             mine.discard(topic)
 
     def _forget(self, rid: int) -> _Forwarded | None:
         forwarded = self._forwarded.pop(rid, None)
         if forwarded is not None:
-            self._in_flight[forwarded.caller] -= 1
+            self._in_flight[forwarded.caller_name] -= 1
+            callee = forwarded.callee
+            if callee in self._outstanding:
+                self._outstanding[callee] -= 1
         return forwarded
 
     def fail(self, rid: int, kind: str, message: str, error: ErrorInfo | None = None) -> None:
@@ -135,173 +170,111 @@ class Router:
         forwarded = self._forget(rid)
         if forwarded is not None:
             reply = Reply(forwarded.caller_id, kind=kind, message=message, error=error)
-            self._put(forwarded.caller, reply)
+            forwarded.caller.put(reply)
 
-    def _put(self, name: str | None, message: AnyMessage) -> bool:
-        endpoint = self.endpoints.get(name)
-        return endpoint is not None and endpoint.put(message)
+    def handle(self, origin: Endpoint, message: AnyMessage) -> None:
+        """A message from the client `origin` reaches; it never waits.
 
-    def handle(self, source: str | None, message: AnyMessage) -> None:
-        """A message from `source`'s client (None: the manager's own); it never waits."""
-        if isinstance(message, Create) and (refusal := self._create_refusal(source)):
-            self._put(source, Reply(message.id, kind="refused", message=refusal))
-            return  # (the permission first: one without it learns nothing else)
+        Messages from an endpoint that is not attached (any more) are dropped:
+        nothing could reach it with an answer.
+        """
+        if origin not in self._names:
+            return
+        source = self._names[origin]
+        if isinstance(message, Create):
+            refusal = self._create_refusal(source)
+            if refusal is not None:  # (the permission first: one without it learns nothing else)
+                origin.put(Reply(message.id, kind="refused", message=refusal))
+                return
         why = problem(message)
         if why is not None:
-            self._malformed(source, message, why)
+            self._malformed(origin, source, message, why)
         elif isinstance(message, Call):
-            self._call(source, message)
+            self._call(origin, source, message)
         elif isinstance(message, Reply):
             forwarded = self._forwarded.get(message.id)
-            if forwarded is not None and forwarded.callee == source:  # only the callee answers
+            if forwarded is not None and forwarded.callee is origin:  # only the callee answers
                 self._forget(message.id)
-                self._put(forwarded.caller, replace(message, id=forwarded.caller_id))
+                forwarded.caller.put(replace(message, id=forwarded.caller_id))
         elif isinstance(message, Event):
             event = replace(message, source=source or "")
-            for name in self.topics.get(message.topic, ()):  # `put` never subscribes anyone
-                self._put(name, event)  # a full outbox drops it, and counts it
+            for endpoint in self.topics.get(message.topic, ()):  # `put` subscribes no one
+                endpoint.put(event)  # a full outbox drops it, and counts it
         elif isinstance(message, Subscribe):
-            self._subscribe(source, message)
+            self._subscribe(origin, message)
         elif isinstance(message, Unsubscribe):
-            self._unsubscribe(message.topic, source)
+            self._unsubscribe(message.topic, origin)
         else:
-            self._create_soon(source, message)
+            assert source is not None  # (`_create_refusal` refuses the operator)
+            self.directory.create(source, message, self._answer(origin))
 
-    def _malformed(self, source: str | None, message: AnyMessage, why: str) -> None:
+    def _answer(self, origin: Endpoint) -> Callable[[Reply], None]:
+        def answer(reply: Reply) -> None:
+            if origin in self._names:
+                origin.put(reply)
+
+        return answer
+
+    def _create_refusal(self, source: str | None) -> str | None:
+        if source is None:
+            return "only a service can create a child service"
+        return self.directory.create_refusal(source)
+
+    def _malformed(
+        self, origin: Endpoint, source: str | None, message: AnyMessage, why: str
+    ) -> None:
         count = self.malformed[source] = self.malformed.get(source, 0) + 1
-        answer = invalid(message, f"refused by {self.manager.name}: {why}")
+        answer = invalid(message, f"refused by {self.directory.name}: {why}")
         if answer is not None:
-            self._put(source, answer)
+            origin.put(answer)
         if count & (count - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood cannot fill the log
             who = f"service {source!r}" if source is not None else "the manager's client"
             logger.warning("%s sent a malformed message (%d so far): %s", who, count, why)
 
-    def _subscribe(self, source: str | None, message: Subscribe) -> None:
-        mine = self._subscribed.setdefault(source, set())
+    def _subscribe(self, origin: Endpoint, message: Subscribe) -> None:
+        mine = self._subscribed.setdefault(origin, set())
         if message.topic not in mine and len(mine) >= MAX_TOPICS:
             refusal = f"a service may subscribe to {MAX_TOPICS} topics at most"
-            self._put(source, Reply(message.id, kind="refused", message=refusal))
+            origin.put(Reply(message.id, kind="refused", message=refusal))
             return
         mine.add(message.topic)
-        self.topics.setdefault(message.topic, set()).add(source)
-        self._put(source, Reply(message.id))
+        self.topics.setdefault(message.topic, set()).add(origin)
+        origin.put(Reply(message.id))
 
-    def _call(self, source: str | None, call: Call) -> None:
-        refusal = self._refusal(source, call.service)
+    def _call(self, origin: Endpoint, source: str | None, call: Call) -> None:
+        callee = call.service
+        refusal = self.directory.call_refusal(source, callee)
+        if refusal is None:
+            chosen = pick(self.directory.endpoints(callee), self.policy, self._outstanding)
+            if not chosen:
+                refusal = (
+                    "unavailable",
+                    f"service {callee!r} cannot be reached: its data socket is closed",
+                )
         if refusal is not None:
-            self._put(source, Reply(call.id, kind=refusal[0], message=refusal[1]))
+            origin.put(Reply(call.id, kind=refusal[0], message=refusal[1]))
             return
         in_flight = self._in_flight.get(source, 0)
         if in_flight >= MAX_IN_FLIGHT:
             message = f"{MAX_IN_FLIGHT} requests of this service wait for answers already"
-            self._put(source, Reply(call.id, kind="unavailable", message=message))
+            origin.put(Reply(call.id, kind="unavailable", message=message))
             return
         now = time.monotonic()
         rid = next(self._ids)
         if rid % SWEEP_EVERY == 0:  # callees that never answered, long after their callers left
             for late in [r for r, f in self._forwarded.items() if f.expires < now]:
                 self._forget(late)
-        self._forwarded[rid] = _Forwarded(source, call.id, call.service, now + call.timeout + GRACE)
+        endpoint = chosen[0]
+        expires = now + call.timeout + GRACE
+        self._forwarded[rid] = _Forwarded(origin, source, call.id, endpoint, callee, expires)
         self._in_flight[source] = in_flight + 1
-        if not self._put(call.service, replace(call, id=rid, caller=source or "")):
+        self._outstanding[endpoint] = self._outstanding.get(endpoint, 0) + 1
+        if not endpoint.put(replace(call, id=rid, caller=source or "")):
             message = (
-                f"service {call.service!r} is not keeping up: {OUTBOX_CAPACITY} messages "
+                f"service {callee!r} is not keeping up: {OUTBOX_CAPACITY} messages "
                 "wait for it already"
             )
             self.fail(rid, "unavailable", message)
-
-    def _refusal(self, source: str | None, callee: str) -> tuple[str, str] | None:
-        nodes = self.manager.nodes
-        if source is not None:
-            caller = nodes.get(source)
-            if caller is None:
-                return "refused", f"{source!r} is not a service of {self.manager.name}"
-            if callee not in caller.spec.depends_on:
-                declared = ", ".join(caller.spec.depends_on) or "none"
-                return (
-                    "refused",
-                    f"service {source!r} may not call {callee!r}: it is not among its "
-                    f"dependencies (depends_on: {declared})",
-                )
-        node = nodes.get(callee)
-        if node is None:
-            return "unavailable", f"there is no service named {callee!r}"
-        state = of(node).state
-        if state is not STARTED:
-            return "unavailable", f"service {callee!r} is not STARTED (it is {state.name})"
-        if callee not in self.endpoints:
-            return "unavailable", f"service {callee!r} cannot be reached: its data socket is closed"
-        return None
-
-    def _create_refusal(self, source: str | None) -> str | None:
-        """Why `source` may not create a service now (None: it may)."""
-        manager = self.manager
-        parent = manager.nodes.get(source) if source is not None else None
-        if parent is None:
-            return "only a service can create a child service"
-        if not parent.spec.may_create_services:
-            return (
-                f"service {parent.name!r} may not create services "
-                "(its spec does not set may_create_services)"
-            )
-        if of(manager).state is not STARTED:
-            return f"{manager.name} is not STARTED"
-        return None
-
-    def _create_soon(self, source: str | None, create: Create) -> None:
-        """A task of the manager creates and starts the child (permitted already)."""
-        assert source is not None
-        of(self.manager).start_soon(self._create, self.manager.nodes[source], create)
-
-    async def _create(self, parent: ServiceNode, create: Create) -> None:
-        """Create and start a child of `parent`, and answer it; never raises.
-
-        A child starts after its parent is STARTED: a parent still starting
-        is waited for (so a raw start that creates children waits for itself,
-        until the caller's deadline).
-        """
-        try:
-            reply = await self._created(parent, create)
-        except Exception as exc:  # a fault of ours must not stop the manager
-            logger.exception("creating %r for %r failed", create.name, parent.name)
-            reply = Reply(create.id, kind="error", error=ErrorInfo.of(exc))
-        self._put(parent.name, reply)
-
-    async def _created(self, parent: ServiceNode, create: Create) -> Reply:
-        manager = self.manager
-        with anyio.move_on_after(create.timeout):  # the caller waits no longer
-            await of(parent).wait_state(STARTED, State.STOPPING, State.STOPPED)
-        if of(parent).state is not STARTED:
-            message = "only a STARTED service can create a child service"
-            return Reply(create.id, kind="refused", message=message)
-        beyond = sorted(set(create.depends_on) - set(parent.spec.depends_on) - {parent.name})
-        if beyond:  # a child reaches no further than its parent may
-            message = (
-                f"service {parent.name!r} may not give {create.name!r} dependencies it does "
-                f"not have itself: {', '.join(beyond)}"
-            )
-            return Reply(create.id, kind="refused", message=message)
-        try:
-            spec = ServiceSpec(
-                name=create.name,
-                entry=create.entry,
-                code=create.code,
-                depends_on=create.depends_on,
-                env=create.env,  # type: ignore[arg-type]  # attrs' converter=dict
-                permissions=parent.spec.permissions,
-                # Its parent's timeouts and interpreter; not its parent's output callback.
-                container_options={
-                    k: v for k, v in parent.spec.container_options.items() if k != "on_output"
-                },
-            )
-            manager.create(spec, parent=parent.name)
-        except ServiceDefinitionError as exc:
-            return Reply(create.id, kind="refused", message=str(exc))
-        try:
-            await manager._start_with_cascade(manager.nodes[create.name])
-        except Exception as exc:
-            return Reply(create.id, kind="error", error=ErrorInfo.of(exc))
-        return Reply(create.id)
 
 
 class Outbox:
@@ -344,11 +317,11 @@ class Outbox:
         """Forget what waits: it will never be written."""
         self._queue.clear()
 
-    async def pump(self, name: str) -> None:
+    async def pump(self) -> None:
         """Write the messages in order, until the port closes.
 
         If the port closes under it (the process died, or read nothing for
-        the port's `send_timeout`), `name` is detached from the router:
+        the port's `send_timeout`), the outbox is detached from the router:
         requests waiting for it, and new ones, fail at once.
         """
         queue = self._queue
@@ -366,8 +339,7 @@ class Outbox:
                     else:
                         logger.warning("%s: a message was dropped: %s", self.link.port.name, exc)
         except ServiceUnavailable:
-            if self.router.endpoints.get(name) is self:
-                self.router.detach(name)
+            self.router.detach(self)
             self.clear()
 
 
@@ -381,19 +353,23 @@ class LocalLink:
     def __init__(self, router: Router, name: str | None) -> None:
         self.router = router
         self.name = name
+        self._endpoint: _LocalEndpoint | None = None
 
     async def open(self, client: Receiver) -> None:
-        self.router.attach(self.name, _LocalEndpoint(client, self.name))
+        self._endpoint = _LocalEndpoint(client, self.name)
+        self.router.attach(self.name, self._endpoint)
 
     async def send(self, message: AnyMessage) -> None:
         await anyio.lowlevel.checkpoint()  # as a port would: a loop of sends lets others run
-        if self.name not in self.router.endpoints:
+        endpoint = self._endpoint
+        if endpoint is None or not self.router.attached(endpoint):
             raise ServiceUnavailable("the cluster is out of reach: the link is closed")
-        self.router.handle(self.name, copy(message))
+        self.router.handle(endpoint, copy(message))
 
     async def close(self) -> None:
-        if self.name in self.router.endpoints:  # (its node may have detached it already)
-            self.router.detach(self.name)
+        endpoint, self._endpoint = self._endpoint, None
+        if endpoint is not None:  # (its runner may have detached it already: that is fine)
+            self.router.detach(endpoint)
 
 
 class _LocalEndpoint:

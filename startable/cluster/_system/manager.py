@@ -22,6 +22,7 @@ from .._errors import (
     ServiceDefinitionError,
     ServiceExited,
 )
+from .directory import LocalDirectory
 from .node import ServiceNode
 from .runners import runner_for
 from .services import ServiceSpec, check_graph
@@ -139,7 +140,7 @@ class ServicesManager:
         #: exits 1 when one is left.
         self.failed: dict[str, ServiceExited] = self._supervisor.failed
         #: Routes requests and events between the services (the data plane).
-        self.router = Router(self)
+        self.router = Router(LocalDirectory(self))
         #: The operator's handle on the data plane: it may call any service,
         #: emit and subscribe, while the manager is STARTED.
         self.client = ServiceClient("", LocalLink(self.router, None))

@@ -98,6 +98,7 @@ class InProcessRunner:
         self.service: object | None = None
         #: Its data-plane client while it runs.
         self.client: ServiceClient | None = None
+        self._link: LocalLink | None = None
         self.pid: int | None = None
         self.events_dropped = 0  # its subscriptions count their own
         self.backlog = 0
@@ -105,7 +106,8 @@ class InProcessRunner:
     async def start(self, node: Startable) -> None:
         assert self.spec.factory is not None
         name = self.spec.name
-        self.client = client = ServiceClient(name, LocalLink(self.router, name))
+        self._link = link = LocalLink(self.router, name)
+        self.client = client = ServiceClient(name, link)
         await of(client).start()
         with serving_as(client):
             self.service = self.spec.factory()
@@ -117,7 +119,8 @@ class InProcessRunner:
             if self.service is not None and of(self.service).state not in IDLE:
                 await of(self.service).stop(reason)
         finally:
-            self.router.detach(self.spec.name)
+            if self._link is not None:
+                await self._link.close()  # unreachable from now on (it does not wait)
             client, self.client = self.client, None
             if client is not None and of(client).state not in IDLE:
                 await of(client).stop()
@@ -168,15 +171,15 @@ class ContainerRunner:
         await of(port).start()
         self._outbox = outbox = Outbox(self.router, PortLink(port))
         self.router.attach(name, outbox)
-        node.start_soon(outbox.pump, name)
-        node.start_soon(self._relay, port)
+        node.start_soon(outbox.pump)
+        node.start_soon(self._relay, port, outbox)
         await self._starting.start(node, of(self.container), node.stop)
 
-    async def _relay(self, port: ConnectionPort[AnyMessage]) -> None:
+    async def _relay(self, port: ConnectionPort[AnyMessage], outbox: Outbox) -> None:
         """The service's requests and events, to the router, until its process ends."""
         async for message in port:
             try:
-                self.router.handle(self.spec.name, message)  # it never waits
+                self.router.handle(outbox, message)  # it never waits
             except Exception:  # a fault of the router's: this service's next message is handled
                 logger.exception("routing a message from %r failed", self.spec.name)
 
@@ -184,8 +187,8 @@ class ContainerRunner:
         try:
             await self._starting.stop(of(self.container), reason)
         finally:
-            self.router.detach(self.spec.name)
             if self._outbox is not None:
+                self.router.detach(self._outbox)
                 self._outbox.clear()
             port, self._port = self._port, None
             if port is not None and of(port).state not in IDLE:

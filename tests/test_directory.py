@@ -1,0 +1,198 @@
+"""The router asks a `Directory`; here one written for the test, with two replicas of a name.
+
+The router is synchronous and never waits, so these tests drive it directly:
+a directory of our own (a second implementation of the protocol, beside the
+manager's `LocalDirectory`) and endpoints that keep what they are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from startable.cluster._data.contract import AnyMessage, Call, Create, Event, Reply, Subscribe
+from startable.cluster._data.directory import Directory, Endpoint, Pick, Refusal, pick
+from startable.cluster._data.router import Router
+
+
+class Inbox:
+    """An endpoint that keeps what it is given (or refuses, when full)."""
+
+    def __init__(self, name: str, full: bool = False) -> None:
+        self.name = name
+        self.full = full
+        self.got: list[AnyMessage] = []
+
+    def __repr__(self) -> str:
+        return f"<Inbox {self.name}>"
+
+    def put(self, message: AnyMessage) -> bool:
+        if self.full:
+            return False
+        self.got.append(message)
+        return True
+
+
+class Replicated:
+    """A directory in which anyone may call anyone that has an endpoint."""
+
+    name = "test cluster"
+
+    def __init__(self) -> None:
+        self.table: dict[str, list[Endpoint]] = {}
+        self.created: list[tuple[str, str]] = []
+
+    def call_refusal(self, caller: str | None, callee: str) -> Refusal | None:
+        if callee == "forbidden":
+            return "refused", f"{caller!r} may not call {callee!r}"
+        return None
+
+    def create_refusal(self, source: str | None) -> str | None:
+        return None if source == "maker" else f"{source!r} may not create services"
+
+    def create(self, parent: str, create: Create, answer: Callable[[Reply], None]) -> None:
+        self.created.append((parent, create.name))
+        answer(Reply(create.id))
+
+    def register(self, name: str, endpoint: Endpoint) -> None:
+        self.table.setdefault(name, []).append(endpoint)
+
+    def unregister(self, name: str, endpoint: Endpoint) -> None:
+        self.table[name].remove(endpoint)
+
+    def endpoints(self, name: str) -> Sequence[Endpoint]:
+        return self.table.get(name, [])
+
+
+def call(rid: int, service: str = "web", method: str = "get") -> Call:
+    return Call(rid, service, method, (), {}, 5.0)
+
+
+@pytest.fixture
+def setup() -> tuple[Router, Replicated, Inbox, Inbox, Inbox]:
+    directory = Replicated()
+    router = Router(directory)
+    caller, one, two = Inbox("api"), Inbox("web 1"), Inbox("web 2")
+    router.attach("api", caller)
+    router.attach("web", one)
+    router.attach("web", two)
+    return router, directory, caller, one, two
+
+
+def test_both_directories_implement_the_protocol() -> None:
+    from startable.cluster._system.directory import LocalDirectory
+    from startable.cluster._system.manager import ServicesManager
+
+    members = {name for name in vars(Directory) if not name.startswith("_")}
+    assert members >= {"call_refusal", "create", "endpoints", "register", "unregister"}
+    for directory in (Replicated(), LocalDirectory(ServicesManager())):
+        assert all(hasattr(directory, name) for name in members), directory
+        assert list(directory.endpoints("web")) == []
+
+
+def test_pick_by_least_outstanding_takes_the_oldest_among_equals() -> None:
+    a, b, c = Inbox("a"), Inbox("b"), Inbox("c")
+    assert pick([a, b, c], Pick.LEAST_OUTSTANDING, {}) == [a]
+    assert pick([a, b, c], Pick.LEAST_OUTSTANDING, {a: 2, b: 1, c: 1}) == [b]
+    assert pick([a, b, c], Pick.ALL, {a: 5}) == [a, b, c]
+    assert pick([a, b, c], Pick.RANDOM, {}, chance=lambda endpoints: endpoints[-1]) == [c]
+    assert pick([a, b, c], Pick.RANDOM, {})[0] in (a, b, c)
+    for policy in Pick:
+        assert pick([], policy, {}) == []
+
+
+def test_a_request_needs_one_answer() -> None:
+    with pytest.raises(ValueError, match="one answer"):
+        Router(Replicated(), Pick.ALL)
+
+
+def test_requests_go_to_the_replica_with_the_fewest_waiting(setup: tuple) -> None:
+    router, _, caller, one, two = setup
+    router.handle(caller, call(1))
+    router.handle(caller, call(2))
+    router.handle(caller, call(3))
+    assert [len(one.got), len(two.got)] == [2, 1]  # 1 to one, 2 to two, 3 to one again
+    (second,) = two.got
+    assert isinstance(second, Call) and second.caller == "api"
+    router.handle(two, Reply(second.id, value="from two"))
+    router.handle(caller, call(4))  # two owes nothing now, one owes two answers
+    assert len(two.got) == 2
+    answers = [m for m in caller.got if isinstance(m, Reply)]
+    assert [(r.id, r.value) for r in answers] == [(2, "from two")]
+
+
+def test_only_the_replica_that_was_asked_answers(setup: tuple) -> None:
+    router, _, caller, one, two = setup
+    router.handle(caller, call(7))
+    (forwarded,) = one.got
+    router.handle(two, Reply(forwarded.id, value="forged"))  # the other replica: ignored
+    router.handle(one, Reply(forwarded.id, value="real"))
+    router.handle(one, Reply(forwarded.id, value="again"))  # answered already: ignored
+    assert [(m.id, m.value) for m in caller.got if isinstance(m, Reply)] == [(7, "real")]
+
+
+def test_a_replica_that_goes_fails_only_its_own_requests(setup: tuple) -> None:
+    router, _, caller, one, two = setup
+    router.handle(caller, call(1))
+    router.handle(caller, call(2))
+    router.detach(one)
+    (failed,) = caller.got
+    assert isinstance(failed, Reply) and (failed.id, failed.kind) == (1, "unavailable")
+    assert failed.message == "service 'web' stopped before it answered"
+    router.handle(caller, call(3))  # the other replica takes the rest
+    assert len(two.got) == 2 and not router.attached(one)
+    router.handle(one, call(9))  # a detached endpoint's messages reach no one
+    assert len(caller.got) == 1
+
+
+def test_a_name_with_no_endpoint_left_cannot_be_reached(setup: tuple) -> None:
+    router, _, caller, one, two = setup
+    router.detach(one)
+    router.detach(two)
+    router.detach(two)  # (twice is fine)
+    router.handle(caller, call(5))
+    (reply,) = caller.got
+    assert isinstance(reply, Reply) and reply.kind == "unavailable"
+    assert reply.message == "service 'web' cannot be reached: its data socket is closed"
+
+
+def test_the_directory_refuses_before_any_endpoint_is_picked(setup: tuple) -> None:
+    router, _, caller, _one, _two = setup
+    router.handle(caller, call(1, service="forbidden"))
+    (reply,) = caller.got
+    assert isinstance(reply, Reply) and reply.kind == "refused"
+    assert reply.message == "'api' may not call 'forbidden'"
+
+
+def test_a_full_replica_fails_the_request_at_once(setup: tuple) -> None:
+    router, _, caller, one, two = setup
+    one.full = two.full = True
+    router.handle(caller, call(1))
+    (reply,) = caller.got
+    assert isinstance(reply, Reply) and reply.kind == "unavailable"
+    assert "is not keeping up" in (reply.message or "")
+
+
+def test_each_replica_subscribes_for_itself(setup: tuple) -> None:
+    router, _, caller, one, two = setup
+    router.handle(one, Subscribe(1, "news"))
+    router.handle(caller, Event("news", None, ""))
+    assert [type(m) for m in one.got] == [Reply, Event] and two.got == []
+    assert router.topics_of("web") == {"news"} and router.topics_of("api") == set()
+    router.detach(one)
+    assert router.topics == {}
+
+
+def test_creation_is_asked_of_the_directory_after_its_permission(setup: tuple) -> None:
+    router, directory, caller, _one, _two = setup
+    maker = Inbox("maker")
+    router.attach("maker", maker)
+    create = Create(3, "child", "mod:Child", None, (), {}, 5.0)
+    router.handle(caller, create)
+    router.handle(maker, create)
+    assert directory.created == [("maker", "child")]
+    (refused,) = caller.got
+    assert isinstance(refused, Reply) and refused.message == "'api' may not create services"
+    (created,) = maker.got
+    assert isinstance(created, Reply) and created.kind == ""
