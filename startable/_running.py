@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar
 
 import anyio
 
-from ._drive import EXIT_FAILED as EXIT_FAILED
-from ._drive import EXIT_FORCED as EXIT_FORCED
-from ._drive import EXIT_OK as EXIT_OK
-from ._drive import Phase, drive
 from ._exceptions import AbortedError, StoppedError
 from ._instrument import Instrument, instrumented
 from ._owner import open_root, raise_primary
+from ._program import EXIT_FAILED as EXIT_FAILED
+from ._program import EXIT_FORCED as EXIT_FORCED
+from ._program import EXIT_OK as EXIT_OK
+from ._program import Phase, configure_logging, drive
 from ._startable import Startable, StateChange, of
 
 T = TypeVar("T")
@@ -160,34 +159,6 @@ def run(
         backend=backend,
         backend_options=backend_options,
     )
-
-
-#: The format of `startable run`'s log records.
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-
-
-def configure_logging(level: int | str) -> None:
-    """Log to stderr as `startable run` does (see `run`'s `log_level`).
-
-    Raises:
-        ValueError: `level` is not a level name (`"DEBUG"`, `"info"`...).
-        TypeError: `level` is neither a string nor an integer.
-    """
-    if isinstance(level, str):
-        number = logging.getLevelNamesMapping().get(level.upper())
-        if number is None:
-            names = ", ".join(logging.getLevelNamesMapping())
-            raise ValueError(f"unknown log level {level!r} (known: {names})")
-    elif isinstance(level, int) and not isinstance(level, bool):
-        number = level
-    else:
-        raise TypeError(f"a log level is a name or a number, not {level!r}")
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        root.addHandler(handler)
-    root.setLevel(number)
 
 
 def _label(lifecycle: Startable) -> str:

@@ -23,12 +23,10 @@ import platform
 import sys
 from collections.abc import Sequence
 
-from .. import StartableError, __version__, _running
-from .._util import instance_of
+from .. import StartableError, __version__, run
+from ..program import EXIT_USAGE, configure_logging, lifecycle_object
 
 __all__ = ("load_target", "main")
-
-EXIT_USAGE = 2
 
 
 class TargetError(StartableError):
@@ -82,7 +80,7 @@ def load_target(target: str) -> object:
         except AttributeError:
             raise TargetError(f"{module_name!r} has no attribute {attr!r}") from None
     try:
-        return instance_of(obj, target)
+        return lifecycle_object(obj, target)
     except TypeError as exc:
         raise TargetError(str(exc)) from None
 
@@ -151,13 +149,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._up import up  # rich and the cluster layer, only for this command
 
         return up(args.file, backend=args.backend, live=args.live)
-    _running.configure_logging(args.log_level)  # before the import: it may log
+    configure_logging(args.log_level)  # before the import: it may log
     try:
         obj = load_target(args.target)
     except TargetError as exc:
         print(f"startable: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return _running.run(
+    return run(
         obj,
         backend=args.backend,
         start_timeout=args.start_timeout,

@@ -29,7 +29,6 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import State, of
-from .._drive import EXIT_FAILED, EXIT_FORCED, EXIT_OK, Phase, drive
 from ..cluster import (
     OutputLine,
     RemoteError,
@@ -39,6 +38,7 @@ from ..cluster import (
     ServicesManager,
     load_cluster,
 )
+from ..program import EXIT_FAILED, EXIT_FORCED, EXIT_OK, EXIT_USAGE, Phase, drive
 from ._output import coloured_line, escape, nonblocking_std_streams, output_line
 
 #: Colours for service names, given in creation order; red is kept for errors.
@@ -476,7 +476,6 @@ def up(path: str, *, backend: Literal["trio", "asyncio"] = "trio", live: bool | 
         that failed, needed a signal, or took longer than the file's
         `stop_timeout`).
     """
-    from . import EXIT_USAGE
 
     try:
         cluster = load_cluster(path)

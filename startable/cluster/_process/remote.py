@@ -36,7 +36,8 @@ import anyio.lowlevel
 import msgspec
 import trio
 
-from ... import State, StateChange, StateError, __version__, _util, of, open_owner
+from ... import State, StateChange, StateError, __version__, of, open_owner
+from ...program import lifecycle_object
 from .._data.client import ServiceClient, set_process_client
 from .._data.contract import AnyMessage
 from .._data.link import PortLink
@@ -145,7 +146,7 @@ def _load(request: RunEntry) -> object:
             found = namespace[request.entry]
         except KeyError:
             raise NameError(f"the entry code defines no {request.entry!r}") from None
-        return _util.instance_of(found, request.entry)
+        return lifecycle_object(found, request.entry)
     module_name, sep, attribute = request.entry.rpartition(":")
     if not sep or not module_name or not attribute:
         raise ValueError(f"an entry is 'package.module:attribute', not {request.entry!r}")
@@ -168,7 +169,7 @@ def _load(request: RunEntry) -> object:
         target = module
     for part in attribute.split("."):
         target = getattr(target, part)
-    return _util.instance_of(target, request.entry)
+    return lifecycle_object(target, request.entry)
 
 
 def main() -> NoReturn:

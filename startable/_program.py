@@ -1,26 +1,28 @@
-"""Driving a lifecycle as a program: start it, wait for a signal, stop it, in bounded time.
-
-`startable run` (through `run()`) and `startable up` share this driver; each
-gives a `Narrator`, which says what happens in its own way (log records, or
-lines above a live table).
-"""
+"""The implementation of `startable.program` (see there)."""
 
 from __future__ import annotations
 
+import logging
 import signal
+import sys
 from collections.abc import AsyncIterator
 from typing import Literal, Protocol
 
 import anyio
 
+from ._markers import spec_for
 from ._owner import open_owner
 from ._startable import Startable
 
-#: Exit codes of a driven program.
+#: Exit codes of a program: it stopped cleanly; it failed (a failed or
+#: timed-out start, a stop reason, a failed or timed-out stop); it was
+#: forced to stop by a second SIGINT; its command line was wrong.
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_FORCED = 130
+EXIT_USAGE = 2
 
+#: Where a driven program is; `Narrator.enter` is told each one in turn.
 Phase = Literal["starting", "running", "stopping", "stopped"]
 
 
@@ -168,3 +170,63 @@ class _Run:
         )
         self.force.cancel()
         return False
+
+
+#: The format of `startable run`'s log records.
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def configure_logging(level: int | str) -> None:
+    """Log to stderr as `startable run` does (see `run`'s `log_level`).
+
+    Raises:
+        ValueError: `level` is not a level name (`"DEBUG"`, `"info"`...).
+        TypeError: `level` is neither a string nor an integer.
+    """
+    if isinstance(level, str):
+        number = logging.getLevelNamesMapping().get(level.upper())
+        if number is None:
+            names = ", ".join(logging.getLevelNamesMapping())
+            raise ValueError(f"unknown log level {level!r} (known: {names})")
+    elif isinstance(level, int) and not isinstance(level, bool):
+        number = level
+    else:
+        raise TypeError(f"a log level is a name or a number, not {level!r}")
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(number)
+
+
+def has_lifecycle(obj: object) -> bool:
+    """Whether `startable.of(obj)` would work on `obj`."""
+    if isinstance(obj, Startable):
+        return True
+    try:
+        spec_for(type(obj))
+    except TypeError:
+        return False
+    return True
+
+
+def lifecycle_object(obj: object, label: str = "the target") -> object:
+    """`obj` if it has a lifecycle, else what calling it (a factory) returns.
+
+    `startable run` and a container's child process make the object they run
+    this way from the entry the user named (`module:name`).
+
+    Raises:
+        TypeError: naming `label`, if `obj` has no lifecycle and is not
+            callable, or returns an object without one. What the factory
+            raises is raised as it is.
+    """
+    if has_lifecycle(obj):
+        return obj
+    if not callable(obj):
+        raise TypeError(f"{label} is neither an object with a lifecycle nor a factory: {obj!r}")
+    made = obj()
+    if not has_lifecycle(made):
+        raise TypeError(f"{label}() returned {made!r}, which has no lifecycle")
+    return made
