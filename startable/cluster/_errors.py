@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .. import StartableError
-from ._ipc.messages import ErrorInfo
+
+if TYPE_CHECKING:
+    from ._ipc.messages import ErrorInfo
 
 
 class ClusterError(StartableError):
