@@ -38,10 +38,12 @@ import psutil
 from _report import Best, Row, arguments, report
 
 import startable
-from startable.cluster import ServiceContainer
+from startable.cluster import ProcessOptions, ServiceContainer
 from startable.cluster._ipc.wire import FrameCodec, FrameReader
 
 ROOT = Path(__file__).resolve().parent.parent
+#: No resource samples: a benchmark measures the start and the stop alone.
+QUIET = ProcessOptions(resources_interval=0)
 NOOP_CODE = (
     "import startable\n"
     "class NoOp:\n"
@@ -56,9 +58,7 @@ BARE = [sys.executable, "-c", "import anyio, trio"]
 
 
 async def spawn_containers(count: int) -> float:
-    containers = [
-        ServiceContainer("NoOp", code=NOOP_CODE, resources_interval=0) for _ in range(count)
-    ]
+    containers = [ServiceContainer("NoOp", code=NOOP_CODE, options=QUIET) for _ in range(count)]
     async with startable.open_owner():
         began = time.perf_counter()
         async with anyio.create_task_group() as tg:
@@ -82,7 +82,7 @@ def spawn_bare(count: int) -> float:
 
 
 async def port_round_trip(n: int) -> float:
-    container = ServiceContainer("NoOp", code=NOOP_CODE, resources_interval=0)
+    container = ServiceContainer("NoOp", code=NOOP_CODE, options=QUIET)
     async with startable.running(container):
         controller = container.controller
         assert controller is not None
@@ -219,7 +219,7 @@ def import_time(statement: str) -> float:
 
 
 async def remote_rss() -> int:
-    container = ServiceContainer("NoOp", code=NOOP_CODE, resources_interval=0)
+    container = ServiceContainer("NoOp", code=NOOP_CODE, options=QUIET)
     async with startable.running(container):
         await anyio.sleep(0.5)  # idle
         assert container.pid is not None

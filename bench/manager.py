@@ -43,7 +43,13 @@ import anyio
 from _report import Best, NoOp, Row, arguments, report
 
 import startable
-from startable.cluster import OutputLine, ServiceContainer, ServicesManager, ServiceSpec
+from startable.cluster import (
+    OutputLine,
+    ProcessOptions,
+    ServiceContainer,
+    ServicesManager,
+    ServiceSpec,
+)
 from startable.cluster._process.remote import ENV_DATA_PORT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,7 +142,7 @@ class Result:
             self.done.set()
 
 
-OPTIONS = {"resources_interval": 0}
+OPTIONS = ProcessOptions(resources_interval=0)
 
 
 async def routed(env: dict[str, str]) -> dict[str, float]:
@@ -150,7 +156,8 @@ async def routed(env: dict[str, str]) -> dict[str, float]:
                 depends_on=["echo"],
                 env=env,
                 cwd=str(ROOT),
-                container_options={**OPTIONS, "on_output": result},
+                container_options=OPTIONS,
+                on_output=result,
             ),
         ]
     )
@@ -170,7 +177,7 @@ async def direct(env: dict[str, str]) -> dict[str, float]:
         env={**env, "STARTABLE_SERVICE": "caller"},
         cwd=str(ROOT),
         on_output=result,
-        **OPTIONS,
+        options=OPTIONS,
     )
     echo.hand_over(ENV_DATA_PORT, one)
     caller.hand_over(ENV_DATA_PORT, two)

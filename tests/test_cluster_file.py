@@ -199,7 +199,7 @@ def test_relative_paths_are_relative_to_the_file_and_absolute_ones_kept(
         assert spec.permissions is not None
         assert getattr(spec.permissions, field) == (expected.format(d=tmp_path),)
     else:
-        found = spec.cwd if field == "cwd" else spec.container_options["python"]
+        found = spec.cwd if field == "cwd" else spec.container_options.python
         assert found == expected.format(d=tmp_path)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,9 +19,11 @@ from startable import State
 from startable.cluster import (
     ForcedStop,
     Permissions,
+    ProcessOptions,
     RemoteError,
     RemoteExited,
     ServiceContainer,
+    ServiceSpec,
     landlock_abi,
 )
 
@@ -28,14 +32,19 @@ pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def container(entry: str, **options: object) -> ServiceContainer:
+def container(
+    entry: str, env: dict[str, str] | None = None, permissions: Permissions | None = None
+) -> ServiceContainer:
     return ServiceContainer(
         f"tests.remote_services:{entry}",
         cwd=str(ROOT),
-        close_timeout=2,
-        term_timeout=2,
-        resources_interval=0.1,
-        **options,  # type: ignore[arg-type]
+        env=env,
+        permissions=permissions,
+        options=ProcessOptions(
+            close_timeout=2,
+            term_timeout=2,
+            resources_interval=0.1,
+        ),
     )
 
 
@@ -386,3 +395,36 @@ for path, flags in [
     refused = "refused [Errno 13] this service may not open"
     assert all(line.startswith(refused) for line in lines), lines
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error", "says"),
+    [
+        ("ready_timeout", math.nan, ValueError, "ProcessOptions.ready_timeout must be a finite"),
+        ("close_timeout", math.inf, ValueError, "ProcessOptions.close_timeout must be a finite"),
+        ("term_timeout", -1, ValueError, "ProcessOptions.term_timeout must be positive"),
+        ("term_timeout", 0, ValueError, "ProcessOptions.term_timeout must be positive"),
+        ("resources_interval", -0.5, ValueError, "resources_interval must be at least 0"),
+        ("output_lines", 0, ValueError, "ProcessOptions.output_lines must be at least 1"),
+        ("output_lines", 2.5, TypeError, "ProcessOptions.output_lines must be an integer"),
+        ("resources_history", True, TypeError, "must be an integer, not True"),
+        ("ready_timeout", "60", TypeError, "ProcessOptions.ready_timeout must be a number"),
+        ("python", 3, TypeError, "python"),
+    ],
+)
+def test_process_options_refuse_bad_values_naming_the_field(
+    field: str, value: object, error: type[Exception], says: str
+) -> None:
+    with pytest.raises(error, match=re.escape(says)):
+        ProcessOptions(**{field: value})  # type: ignore[arg-type]
+    with pytest.raises(error, match=re.escape(says)):  # before any container exists
+        ServiceContainer("a.b:C", options={field: value})
+
+
+def test_options_given_by_name_are_checked_as_the_spec_is_made() -> None:
+    spec = ServiceSpec(name="kv", entry="a.b:C", container_options={"ready_timeout": 5})
+    assert spec.container_options == ProcessOptions(ready_timeout=5)
+    with pytest.raises(ValueError, match=r"unknown process option 'ready_timout' \(known: "):
+        ServiceSpec(name="kv", entry="a.b:C", container_options={"ready_timout": 5})
+    with pytest.raises(TypeError, match="a ProcessOptions or a mapping"):
+        ServiceContainer("a.b:C", options=[("ready_timeout", 5)])  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ import startable
 from startable import State
 from startable.cluster import (
     ClusterError,
+    ProcessOptions,
     RemoteError,
     ServiceContainer,
     ServiceEvent,
@@ -78,13 +79,15 @@ async def test_a_remote_that_breaks_the_protocol_fails_the_start_at_once(
 ) -> None:
     container = ServiceContainer(
         "tests.remote_services:Echo",
-        python=fake_python,
         env={"STARTABLE_FAKE": behaviour},
         cwd=str(ROOT),
-        ready_timeout=600,  # far beyond the bound below: the failure must not wait for it
-        close_timeout=0.5,
-        term_timeout=2,
-        resources_interval=0,
+        options=ProcessOptions(
+            python=fake_python,
+            ready_timeout=600,  # far beyond the bound below: the failure must not wait for it
+            close_timeout=0.5,
+            term_timeout=2,
+            resources_interval=0,
+        ),
     )
     with anyio.fail_after(30):
         async with startable.open_owner():
@@ -100,13 +103,15 @@ async def test_a_remote_that_stalls_mid_frame_is_named_when_the_start_times_out(
 ) -> None:
     container = ServiceContainer(
         "tests.remote_services:Echo",
-        python=fake_python,
         env={"STARTABLE_FAKE": "slow"},
         cwd=str(ROOT),
-        ready_timeout=1,
-        close_timeout=0.5,
-        term_timeout=2,
-        resources_interval=0,
+        options=ProcessOptions(
+            python=fake_python,
+            ready_timeout=1,
+            close_timeout=0.5,
+            term_timeout=2,
+            resources_interval=0,
+        ),
     )
     with anyio.fail_after(30):
         async with startable.open_owner():
@@ -223,9 +228,11 @@ async def test_a_close_request_during_the_start_abandons_it_in_the_child() -> No
         "tests.remote_services:SlowStart",
         cwd=str(ROOT),
         on_output=lambda line: began.set() if line.text == "slow: starting" else None,
-        close_timeout=60,  # never reached: the close request is heard during the start
-        term_timeout=60,
-        resources_interval=0,
+        options=ProcessOptions(
+            close_timeout=60,  # never reached: the close request is heard during the start
+            term_timeout=60,
+            resources_interval=0,
+        ),
     )
     with anyio.fail_after(30):
         async with startable.open_owner():
@@ -248,7 +255,7 @@ async def test_a_thread_that_raises_never_blocks_the_thread_that_joins_it() -> N
         "tests.remote_services:ThreadRaiser",
         cwd=str(ROOT),
         env={"STARTABLE_TEST_THREADS": "3"},
-        resources_interval=0,
+        options=ProcessOptions(resources_interval=0),
     )
     with anyio.fail_after(30):
         async with startable.running(container):
@@ -267,7 +274,7 @@ async def test_what_a_remote_reports_is_bounded() -> None:
         "tests.remote_services:ThreadRaiser",
         cwd=str(ROOT),
         env={"STARTABLE_TEST_THREADS": str(threads), "STARTABLE_TEST_MESSAGE_SIZE": "200000"},
-        resources_interval=0,
+        options=ProcessOptions(resources_interval=0),
     )
     with anyio.fail_after(60):
         async with startable.open_owner():

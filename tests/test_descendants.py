@@ -17,6 +17,7 @@ import pytest
 import startable
 from startable.cluster import (
     OutputLine,
+    ProcessOptions,
     ServiceContainer,
     ServicesManager,
     ServiceSpec,
@@ -67,9 +68,11 @@ def daemonizer(seen: Grandchildren) -> ServiceContainer:
         "tests.remote_services:Daemonizer",
         cwd=str(ROOT),
         on_output=seen,
-        close_timeout=5,
-        term_timeout=2,
-        resources_interval=0,
+        options=ProcessOptions(
+            close_timeout=5,
+            term_timeout=2,
+            resources_interval=0,
+        ),
     )
 
 
@@ -107,7 +110,8 @@ async def test_no_process_outlives_a_manager(tracking: str) -> None:
         name="daemons",
         entry="tests.remote_services:Daemonizer",
         cwd=str(ROOT),
-        container_options={"on_output": seen, "resources_interval": 0},
+        on_output=seen,
+        container_options={"resources_interval": 0},
     )
     with anyio.fail_after(30):
         async with startable.running(ServicesManager([spec])):

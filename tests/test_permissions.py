@@ -21,7 +21,7 @@ import anyio
 import pytest
 
 import startable
-from startable.cluster import Permissions, ServiceContainer, landlock_abi
+from startable.cluster import Permissions, ProcessOptions, ServiceContainer, landlock_abi
 from startable.cluster._sandbox import seccomp as _seccomp
 
 pytestmark = pytest.mark.anyio
@@ -56,8 +56,7 @@ async def probe(
         cwd=str(ROOT),
         env={"STARTABLE_TEST_PROBE": ",".join(probes), **env},
         permissions=permissions,
-        close_timeout=5,
-        output_lines=1000,
+        options=ProcessOptions(close_timeout=5, output_lines=1000),
     )
     with anyio.fail_after(60):
         async with startable.running(container):

@@ -59,6 +59,7 @@ if _TYPE_CHECKING:
     from ._process.controller import OutputLine as OutputLine
     from ._process.controller import ServiceController as ServiceController
     from ._process.controller import StopStep as StopStep
+    from ._process.options import ProcessOptions as ProcessOptions
     from ._sandbox.permissions import Permissions as Permissions
     from ._sandbox.permissions import landlock_abi as landlock_abi
     from ._system.file import ClusterFile as ClusterFile
@@ -111,6 +112,7 @@ _WHERE: dict[str, str] = {
     "NAME_RULE": "._names",
     "ServiceContainer": "._process.container",
     "OutputLine": "._process.controller",
+    "ProcessOptions": "._process.options",
     "ServiceController": "._process.controller",
     "StopStep": "._process.controller",
     "Permissions": "._sandbox.permissions",
@@ -153,6 +155,7 @@ __all__ = (
     "PortClosed",
     "PortError",
     "PortStatistics",
+    "ProcessOptions",
     "RemoteError",
     "RemoteExited",
     "RequestError",

@@ -1,12 +1,16 @@
-"""The rules for names and entries, shared by every layer of the cluster.
+"""The rules for names, entries and numbers, shared by every layer of the cluster.
 
 A service's name travels everywhere (file names, Redis keys, terminals,
-frames), so every layer checks it against the same rule.
+frames), so every layer checks it against the same rule; every number a
+user gives (a timeout, a limit) is checked by `number` before it is kept.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
+from typing import Any
 
 from ._errors import ServiceDefinitionError
 
@@ -59,3 +63,34 @@ def entry_file(entry: str) -> str | None:
     """
     module = entry.rpartition(":")[0]
     return module if module.endswith(".py") and len(module) > 3 else None
+
+
+def number(
+    *, above: float | None = None, at_least: float | None = None, integer: bool = False
+) -> Callable[[object, Any, object], None]:
+    """An attrs validator: a finite number (an `int` if `integer`; never a bool),
+    greater than `above` and not less than `at_least`; None passes (a field
+    typed `X | None` means "none" by it).
+
+    Its errors name the class and the field: `ValueError` for a value out of
+    range (NaN and the infinities too), `TypeError` for one of the wrong type.
+    """
+
+    def check(instance: object, attribute: Any, value: object) -> None:
+        if value is None:
+            return
+        field = f"{type(instance).__name__}.{attribute.name}"
+        kinds: tuple[type, ...] = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            kind = "an integer" if integer else "a number"
+            raise TypeError(f"{field} must be {kind}, not {value!r}")
+        assert isinstance(value, (int, float))
+        if not math.isfinite(value):
+            raise ValueError(f"{field} must be a finite number, not {value!r}")
+        if above is not None and not value > above:
+            limit = "positive" if above == 0 else f"greater than {above:g}"
+            raise ValueError(f"{field} must be {limit}, not {value!r}")
+        if at_least is not None and value < at_least:
+            raise ValueError(f"{field} must be at least {at_least:g}, not {value!r}")
+
+    return check

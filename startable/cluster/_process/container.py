@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from ... import State, as_raw_start, as_raw_stop, of
 from .._errors import RemoteError
@@ -13,6 +12,7 @@ from .._ipc.messages import Resources
 from .._sandbox.permissions import Permissions
 from .controller import OutputLine, ServiceController
 from .failfast import FailFast
+from .options import ProcessOptions
 
 
 class ServiceContainer:
@@ -34,8 +34,10 @@ class ServiceContainer:
         cwd: its working directory.
         name: used in `repr()`, logs and errors; the entry by default.
         on_output: called with each line the service writes.
-        **options: passed to each `ServiceController` (timeouts, history
-            sizes, the interpreter...).
+        history: how many incarnations to keep (`incarnations`).
+        options: how each incarnation's process is run (`ProcessOptions`:
+            the interpreter, timeouts, how much is kept); a mapping gives
+            its fields by name.
 
     Example:
         ```python
@@ -60,7 +62,7 @@ class ServiceContainer:
         name: str | None = None,
         on_output: Callable[[OutputLine], object] | None = None,
         history: int = 10,
-        **options: Any,
+        options: ProcessOptions | Mapping[str, object] | None = None,
     ) -> None:
         if not isinstance(entry, str) or not entry:
             raise ValueError(f"a container needs an entry, not {entry!r}")
@@ -75,7 +77,8 @@ class ServiceContainer:
         self.cwd = cwd
         self.name = name or entry
         self.on_output = on_output
-        self.options = options
+        #: How each incarnation's process is run.
+        self.options = ProcessOptions.of(options)
         #: The controllers of past incarnations, newest last (the current one
         #: too): `history` at most, each past one retired (see
         #: `ServiceController.retire`).
@@ -108,7 +111,7 @@ class ServiceContainer:
             name=self.name,
             on_output=self.on_output,
             sockets=sockets,
-            **self.options,
+            options=self.options,
         )
         for past in self.incarnations:
             past.retire()

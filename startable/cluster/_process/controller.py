@@ -44,6 +44,7 @@ from .._ipc.messages import (
 from .._ipc.port import ConnectionPort, from_socket
 from .._names import NAME_RULE
 from .._sandbox.permissions import Permissions
+from .options import ProcessOptions
 from .remote import ENV_PARENT, ENV_PORT
 from .spawn import ChildProcess, read_lines, spawn
 
@@ -88,7 +89,7 @@ class ServiceController:
     that as its reason.
 
     Its raw stop climbs the stop ladder: a close request, then SIGTERM to the
-    process group after `close_timeout`, then SIGKILL after `term_timeout`.
+    process group after `options.close_timeout`, then SIGKILL after `options.term_timeout`.
 
     The controller sees only control messages; a service's own requests and
     events do not pass through it.
@@ -100,17 +101,12 @@ class ServiceController:
         permissions: restrictions applied in the child before the entry is
             loaded; None for none.
         env: environment variables for the child (added to this process's
-            own unless `inherit_env` is false). `PYTHONUNBUFFERED=1` is set
+            own unless `options.inherit_env` is false). `PYTHONUNBUFFERED=1` is set
             unless `env` says otherwise, so output comes line by line.
         cwd: the child's working directory.
-        python: the interpreter to run (this one by default).
-        ready_timeout: seconds the child may take to say it is ready and to
-            start the service.
-        close_timeout: seconds between the close request and SIGTERM.
-        term_timeout: seconds between SIGTERM and SIGKILL.
-        output_lines: how many lines of output to keep.
-        resources_interval: seconds between resource samples (0: none).
-        resources_history: how many resource samples to keep.
+        options: how the process is run (interpreter, timeouts, how much
+            output and how many resource samples are kept); the defaults
+            of `ProcessOptions` when None.
         on_output: called with each line of output as it comes.
         name: used in `repr()`, logs and errors.
         sockets: sockets the child inherits, each under the name of the
@@ -127,15 +123,8 @@ class ServiceController:
         code: str | None = None,
         permissions: Permissions | None = None,
         env: Mapping[str, str] | None = None,
-        inherit_env: bool = True,
         cwd: str | None = None,
-        python: str | None = None,
-        ready_timeout: float = 60.0,
-        close_timeout: float = 10.0,
-        term_timeout: float = 5.0,
-        output_lines: int = 1000,
-        resources_interval: float = 1.0,
-        resources_history: int = 60,
+        options: ProcessOptions | None = None,
         on_output: Callable[[OutputLine], object] | None = None,
         name: str | None = None,
         sockets: Mapping[str, socket.socket] | None = None,
@@ -145,17 +134,15 @@ class ServiceController:
         self.code = code
         self.permissions = permissions
         self.env = dict(env or {})
-        self.inherit_env = inherit_env
         self.cwd = cwd
-        self.python = python or sys.executable
-        self.ready_timeout = ready_timeout
-        self.close_timeout = close_timeout
-        self.term_timeout = term_timeout
-        self.resources_interval = resources_interval
+        #: How its process is run (`ProcessOptions`).
+        self.options = options = ProcessOptions.of(options)
+        #: The interpreter it runs.
+        self.python = options.python or sys.executable
         self.on_output = on_output
         self.name = name or entry
-        self.output: deque[OutputLine] = deque(maxlen=output_lines)
-        self.resources: deque[Resources] = deque(maxlen=resources_history)
+        self.output: deque[OutputLine] = deque(maxlen=options.output_lines)
+        self.resources: deque[Resources] = deque(maxlen=options.resources_history)
         #: The remote's uncaught errors, newest last: `ERRORS_KEPT` at most.
         self.errors: deque[RemoteError] = deque(maxlen=ERRORS_KEPT)
         #: Uncaught errors reported beyond those kept.
@@ -205,7 +192,8 @@ class ServiceController:
         self._output_done = {"stdout": anyio.Event(), "stderr": anyio.Event()}
         ours, theirs = socket.socketpair()
         # Unbuffered, so that output arrives line by line as it is written.
-        env = {**(os.environ if self.inherit_env else {}), "PYTHONUNBUFFERED": "1", **self.env}
+        environ: Mapping[str, str] = os.environ if self.options.inherit_env else {}
+        env = {**environ, "PYTHONUNBUFFERED": "1", **self.env}
         env[ENV_PORT] = str(theirs.fileno())
         env[ENV_PARENT] = str(os.getpid())
         passed = [theirs.fileno()]
@@ -237,20 +225,20 @@ class ServiceController:
         lifecycle.start_soon(self._read_output, "stderr", self.process.popen.stderr.fileno())
         lifecycle.start_soon(self._watch_exit)
         lifecycle.start_soon(self._receive)
-        with anyio.move_on_after(self.ready_timeout) as waiting:
+        with anyio.move_on_after(self.options.ready_timeout) as waiting:
             await self._until(self._ready, "the remote process ended before it was ready")
             await self._port.send(
                 RunEntry(
                     self.entry,
                     code=self.code,
                     permissions=self.permissions.to_spec() if self.permissions else None,
-                    resources_interval=self.resources_interval,
+                    resources_interval=self.options.resources_interval,
                 )
             )
             await self._until(self._started, "the service did not start")
         if waiting.cancelled_caught:
             raise ClusterError(
-                f"{self.name}: the remote did not start within {self.ready_timeout:g}s: "
+                f"{self.name}: the remote did not start within {self.options.ready_timeout:g}s: "
                 + self._what_came()
             )
 
@@ -306,7 +294,8 @@ class ServiceController:
                 raise self._stop_error  # the service's own raw stop failed, in the child
             forced = self.ended_by
             if forced in ("SIGTERM", "SIGKILL"):
-                waited = self.close_timeout if forced == "SIGTERM" else self.term_timeout
+                options = self.options
+                waited = options.close_timeout if forced == "SIGTERM" else options.term_timeout
                 state = self._state_at_signal
                 raise ForcedStop(self.name, forced, waited, state.name if state else None)
         finally:
@@ -329,8 +318,8 @@ class ServiceController:
             except PortError:
                 pass
         for action, signum, timeout in (
-            ("SIGTERM", signal.SIGTERM, self.close_timeout),
-            ("SIGKILL", signal.SIGKILL, self.term_timeout),
+            ("SIGTERM", signal.SIGTERM, self.options.close_timeout),
+            ("SIGKILL", signal.SIGKILL, self.options.term_timeout),
         ):
             with anyio.move_on_after(timeout):
                 await process.exited()
@@ -339,7 +328,7 @@ class ServiceController:
                 self._state_at_signal = self.remote_state
             self.ladder.append(StopStep(action, time.time()))  # type: ignore[arg-type]
             process.signal(signum)
-        with anyio.move_on_after(self.term_timeout):
+        with anyio.move_on_after(self.options.term_timeout):
             await process.exited()
             return
         raise ClusterError(f"{self.name}: pid {process.pid} survived SIGKILL")

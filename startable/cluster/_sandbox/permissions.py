@@ -42,6 +42,7 @@ from typing import Any, Final
 import attrs
 
 from .._ipc.messages import PermissionSpec
+from .._names import number
 from . import caps as _caps
 from . import landlock as _landlock
 from . import seccomp as _seccomp
@@ -57,11 +58,6 @@ def _absolute_paths(
     for path in paths:
         if not isinstance(path, str) or not os.path.isabs(path):
             raise ValueError(f"Permissions.{attribute.name}: {path!r} is not an absolute path")
-
-
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"Permissions.{attribute.name} must be positive, not {value}")
 
 
 @attrs.frozen(kw_only=True)
@@ -102,9 +98,9 @@ class Permissions:
     write: tuple[str, ...] = attrs.field(default=(), converter=tuple, validator=_absolute_paths)
     network: bool = False
     subprocesses: bool = False
-    memory: int | None = attrs.field(default=None, validator=_positive)
-    cpu_time: int | None = attrs.field(default=None, validator=_positive)
-    open_files: int | None = attrs.field(default=None, validator=_positive)
+    memory: int | None = attrs.field(default=None, validator=number(above=0, integer=True))
+    cpu_time: int | None = attrs.field(default=None, validator=number(above=0, integer=True))
+    open_files: int | None = attrs.field(default=None, validator=number(above=0, integer=True))
 
     def to_spec(self) -> PermissionSpec:
         return PermissionSpec(**attrs.asdict(self, recurse=False))

@@ -133,9 +133,7 @@ class LocalDirectory:
                 env=create.env,  # type: ignore[arg-type]  # attrs' converter=dict
                 permissions=parent.spec.permissions,
                 # Its parent's timeouts and interpreter; not its parent's output callback.
-                container_options={
-                    k: v for k, v in parent.spec.container_options.items() if k != "on_output"
-                },
+                container_options=parent.spec.container_options,
             )
             self.cluster.create(spec, parent=parent.name)
         except ServiceDefinitionError as exc:

@@ -141,7 +141,8 @@ class ContainerRunner:
             env={**spec.env, ENV_SERVICE: spec.name},
             cwd=spec.cwd,
             name=spec.name,
-            **spec.container_options,
+            on_output=spec.on_output,
+            options=spec.container_options,
         )
         self._port: ConnectionPort[AnyMessage] | None = None
         self._outbox: Outbox | None = None

@@ -13,13 +13,10 @@ from typing import Any, Literal
 import attrs
 
 from .._errors import DependencyCycleError, ServiceDefinitionError
-from .._names import check_entry, check_name
+from .._names import check_entry, check_name, number
+from .._process.controller import OutputLine
+from .._process.options import ProcessOptions
 from .._sandbox.permissions import Permissions
-
-
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"RestartPolicy.{attribute.name} must be positive, not {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -47,7 +44,7 @@ class RestartPolicy:
         default="on-failure", validator=attrs.validators.in_(("never", "on-failure", "always"))
     )
     intensity: int = attrs.field(default=5, validator=attrs.validators.ge(0))
-    period: float = attrs.field(default=60.0, validator=_positive)
+    period: float = attrs.field(default=60.0, validator=number(above=0))
     backoff: float = attrs.field(default=0.1, validator=attrs.validators.ge(0))
     max_backoff: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
 
@@ -65,6 +62,10 @@ def _as_names(value: Iterable[str]) -> tuple[str, ...]:
 def _names(instance: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
     for name in value:
         check_name(name)
+
+
+def _as_process_options(options: ProcessOptions | Mapping[str, object]) -> ProcessOptions:
+    return ProcessOptions.of(options)
 
 
 @attrs.frozen(kw_only=True)
@@ -89,8 +90,10 @@ class ServiceSpec:
         env: environment variables of its process.
         cwd: working directory of its process.
         restart: its `RestartPolicy`.
-        container_options: more arguments for its `ServiceContainer`
-            (timeouts, `python`, history sizes...).
+        container_options: how its process is run (`ProcessOptions`: the
+            interpreter, timeouts, how much is kept); a mapping gives the
+            fields by name, and is checked as the spec is made.
+        on_output: called with each line its process writes (`OutputLine`).
     """
 
     name: str = attrs.field(validator=lambda _, __, value: check_name(value))
@@ -103,7 +106,10 @@ class ServiceSpec:
     env: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
     cwd: str | None = None
     restart: RestartPolicy = attrs.field(factory=RestartPolicy)
-    container_options: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+    container_options: ProcessOptions = attrs.field(
+        factory=ProcessOptions, converter=_as_process_options
+    )
+    on_output: Callable[[OutputLine], object] | None = None
 
     def __attrs_post_init__(self) -> None:
         problem = self._problem()
@@ -118,8 +124,17 @@ class ServiceSpec:
                 check_entry(self.entry, self.code is not None)
             except ValueError as exc:
                 return str(exc)
-        elif self.code is not None or self.permissions is not None or self.env or self.cwd:
-            return "code, permissions, env and cwd are for services in a child process (entry)"
+        elif (
+            self.code is not None
+            or self.permissions is not None
+            or self.env
+            or self.cwd
+            or self.on_output is not None
+        ):
+            return (
+                "code, permissions, env, cwd and on_output are for services in a child "
+                "process (entry)"
+            )
         factory: object = self.factory
         if factory is not None and not callable(factory):
             return f"factory must be callable, not {factory!r}"
