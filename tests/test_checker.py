@@ -98,7 +98,7 @@ def test_user_invariants_are_checked_after_every_step() -> None:
 
 
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
-def test_the_naive_implementation_without_bugs_passes(backend: st._runner.Backend) -> None:
+def test_the_naive_implementation_without_bugs_passes(backend: st._vocabulary.Backend) -> None:
     st.check_lifecycle(NaiveService, lifecycle=naive_lifecycle, backend=backend, max_examples=300)
 
 
@@ -169,7 +169,7 @@ SHAPES = {
 
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
 @pytest.mark.parametrize("shape", sorted(SHAPES))
-def test_our_core_keeps_every_invariant(shape: str, backend: st._runner.Backend) -> None:
+def test_our_core_keeps_every_invariant(shape: str, backend: st._vocabulary.Backend) -> None:
     factory, targets = SHAPES[shape]
     st.check_lifecycle(
         factory,

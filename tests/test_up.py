@@ -26,7 +26,9 @@ from rich.console import Console
 
 import startable
 from startable import State
-from startable.cli._up import LiveReporter, format_bytes, format_duration, in_order, render
+from startable.cli._humanise import format_bytes, format_duration, in_order
+from startable.cli._reporters import LiveReporter
+from startable.cli._table import render
 from startable.cluster import (
     OutputLine,
     Permissions,

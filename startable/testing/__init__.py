@@ -34,17 +34,17 @@ from ._program import Fault as Fault
 from ._program import Program as Program
 from ._program import Step as Step
 from ._program import programs as programs
-from ._runner import Event as Event
-from ._runner import EventKind as EventKind
-from ._runner import HookFault as HookFault
-from ._runner import InjectedFault as InjectedFault
-from ._runner import Invariant as Invariant
-from ._runner import Lifecycle as Lifecycle
-from ._runner import LifecycleViolation as LifecycleViolation
-from ._runner import Operation as Operation
-from ._runner import Reason as Reason
-from ._runner import RunView as RunView
 from ._runner import run_program as run_program
+from ._vocabulary import Event as Event
+from ._vocabulary import EventKind as EventKind
+from ._vocabulary import HookFault as HookFault
+from ._vocabulary import InjectedFault as InjectedFault
+from ._vocabulary import Invariant as Invariant
+from ._vocabulary import Lifecycle as Lifecycle
+from ._vocabulary import LifecycleViolation as LifecycleViolation
+from ._vocabulary import Operation as Operation
+from ._vocabulary import Reason as Reason
+from ._vocabulary import RunView as RunView
 
 __all__ = (
     "BUILTIN_ACTIONS",

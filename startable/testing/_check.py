@@ -14,18 +14,9 @@ from hypothesis import HealthCheck, Phase, Verbosity, given
 import startable
 
 from ._program import BUILTIN_ACTIONS, Program, programs
-from ._runner import (
-    Backend,
-    Lifecycle,
-    LifecycleViolation,
-    Operation,
-    RunView,
-    _run,
-    default_deadline,
-    replayed,
-    unique_names,
-)
+from ._runner import _run, default_deadline, replayed, unique_names
 from ._shrink import shrink
+from ._vocabulary import Backend, Lifecycle, LifecycleViolation, Operation, RunView
 
 #: The environment variable that sets how many programs `check_lifecycle` tries.
 EXAMPLES_VARIABLE = "STARTABLE_EXAMPLES"

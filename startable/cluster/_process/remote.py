@@ -28,15 +28,16 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 import msgspec
 import trio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ... import State, StateChange, StateError, __version__, of, open_owner
+from ... import Startable, State, StateChange, StateError, __version__, of, open_owner
 from ...program import lifecycle_object
 from .._data.client import ServiceClient, set_process_client
 from .._data.contract import AnyMessage
@@ -57,7 +58,7 @@ from .._ipc.messages import (
     ToRemote,
     Uncaught,
 )
-from .._ipc.port import from_socket
+from .._ipc.port import ConnectionPort, from_socket
 from .._ipc.wire import FrameCodec, FrameReader
 from .._names import entry_file
 from .._sandbox.permissions import apply
@@ -67,6 +68,11 @@ ENV_PORT = "STARTABLE_PORT_FD"
 ENV_PARENT = "STARTABLE_PARENT_PID"
 ENV_DATA_PORT = "STARTABLE_DATA_FD"  # the data plane's socket, when the manager gives one
 ENV_SERVICE = "STARTABLE_SERVICE"  # the service's name in its cluster
+
+#: The remote's side of the control port, and the queue of what it is to send on it.
+ControlPort: TypeAlias = ConnectionPort[ToRemote]
+Outbox: TypeAlias = MemoryObjectSendStream[FromRemote]
+Pending: TypeAlias = MemoryObjectReceiveStream[FromRemote]
 
 #: Exit codes of the remote process.
 EXIT_OK = 0  # the service stopped cleanly
@@ -246,7 +252,7 @@ async def _serve(
     return code
 
 
-async def _forward(pending: Any, port: Any) -> None:
+async def _forward(pending: Pending, port: ControlPort) -> None:
     async with pending:
         async for message in pending:
             try:
@@ -257,7 +263,7 @@ async def _forward(pending: Any, port: Any) -> None:
                 pass  # the controller cannot hear any more: what is left is dropped
 
 
-def _report_thread_errors(outbox: Any) -> None:
+def _report_thread_errors(outbox: Outbox) -> None:
     """Report errors that end threads, without ever making the raising thread wait.
 
     The event loop may be blocked on that very thread (a `join()` in a
@@ -303,8 +309,8 @@ class _Ending:
 
 async def _run(
     request: RunEntry,
-    port: Any,
-    outbox: Any,
+    port: ControlPort,
+    outbox: Outbox,
     tasks: anyio.abc.TaskGroup,
     client: ServiceClient | None,
 ) -> int:
@@ -335,10 +341,10 @@ async def _run(
 
 
 async def _lifetime(
-    lifecycle: Any,
+    lifecycle: Startable,
     client: ServiceClient | None,
     request: RunEntry,
-    outbox: Any,
+    outbox: Outbox,
     tasks: anyio.abc.TaskGroup,
     ending: _Ending,
 ) -> int:
@@ -378,7 +384,7 @@ async def _lifetime(
     return code
 
 
-async def _listen(port: Any, ending: _Ending) -> None:
+async def _listen(port: ControlPort, ending: _Ending) -> None:
     dropped = 0
     while True:
         try:
@@ -411,7 +417,7 @@ def _controller_gone() -> NoReturn:
     os._exit(EXIT_FAILED)
 
 
-async def _sample(outbox: Any, interval: float) -> None:
+async def _sample(outbox: Outbox, interval: float) -> None:
     import psutil
 
     process = psutil.Process()

@@ -22,7 +22,7 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -175,7 +175,7 @@ async def spawn(
     return ChildProcess(popen, tracked)
 
 
-async def read_lines(fileno: int, *, limit: int = 65536) -> Any:
+async def read_lines(fileno: int, *, limit: int = 65536) -> AsyncIterator[str]:
     """Lines from a non-blocking pipe until EOF (an over-long line comes in pieces)."""
     buffer = b""
     while True:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import functools
 import graphlib
-import itertools
 import logging
-import math
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal, TypeVar
 
 import anyio
 import attrs
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ... import State, StateChange, as_raw_start, as_raw_stop, of
 from .._data.client import ServiceClient
@@ -23,6 +20,7 @@ from .._errors import (
     ServiceExited,
 )
 from .directory import LocalDirectory
+from .launch import Report, closure, launch_in_order
 from .node import ServiceNode
 from .runners import runner_for
 from .services import ServiceSpec, check_graph
@@ -33,7 +31,6 @@ READY, STARTING, STARTED = State.READY, State.STARTING, State.STARTED
 STOPPING, STOPPED = State.STOPPING, State.STOPPED
 T = TypeVar("T")
 #: Where an ordered launch's actions report their node, and what it failed with.
-Report = MemoryObjectSendStream[tuple["ServiceNode", Exception | None]]
 
 
 @attrs.frozen
@@ -287,7 +284,7 @@ class ServicesManager:
             for node in self.nodes.values():
                 sorter.add(node, *node.dependents)
             stop_one = functools.partial(self._stop_one, reason=err, unclean=unclean)
-            await self._launch_in_order(sorter, stop_one)
+            await launch_in_order(sorter, stop_one)
         finally:  # `shutting_down` stays True until the next start: no restart sneaks in
             if of(self.client).state is STARTED:
                 await of(self.client).stop()
@@ -365,19 +362,14 @@ class ServicesManager:
         handed to the restart policy of the service that failed (and the
         targets left unstarted wait for that service to come back).
         """
-        targets = list(targets)
-        needed: set[ServiceNode] = set()
-        pending = list(targets)
-        while pending:
-            node = pending.pop()
-            if node in needed or of(node).state is STARTED:
-                continue
-            needed.add(node)
-            pending.extend(node.dependencies)
+        targets = [t for t in targets if of(t).state is not STARTED]
+        needed = closure(
+            targets, lambda n: (d for d in n.dependencies if of(d).state is not STARTED)
+        )
         sorter: graphlib.TopologicalSorter[ServiceNode] = graphlib.TopologicalSorter()
         for node in needed:
             sorter.add(node, *(d for d in node.dependencies if d in needed))
-        failed = await self._launch_in_order(sorter, self._start_one)
+        failed = await launch_in_order(sorter, self._start_one)
         if supervised:
             for node, error in failed:
                 self._supervisor.report(node, error)
@@ -394,41 +386,10 @@ class ServicesManager:
         if failed:
             raise ExceptionGroup(f"{len(failed)} services failed to start", [e for _, e in failed])
 
-    async def _launch_in_order(
-        self,
-        sorter: graphlib.TopologicalSorter[ServiceNode],
-        action: Callable[[ServiceNode, Report], Coroutine[Any, Any, None]],
-    ) -> list[tuple[ServiceNode, Exception]]:
-        """Run `action` on each node of `sorter` once its predecessors are done.
-
-        Each action reports its node with the error it failed with, or None.
-        After a failure no more are launched; those in flight finish. Returns
-        the failures.
-        """
-        sorter.prepare()
-        send, receive = anyio.create_memory_object_stream[tuple[ServiceNode, Exception | None]](
-            math.inf
-        )
-        failed: list[tuple[ServiceNode, Exception]] = []
-        with send, receive:
-            async with anyio.create_task_group() as group:
-                while sorter.is_active() and not failed:
-                    for node in sorter.get_ready():
-                        group.start_soon(action, node, send)
-                    first = await receive.receive()
-                    # Every report that is in, before launching more.
-                    for node, error in itertools.chain([first], _already_in(receive)):
-                        if error is None:
-                            sorter.done(node)
-                        else:
-                            failed.append((node, error))
-            failed.extend((n, e) for n, e in _already_in(receive) if e is not None)
-        return failed
-
     async def _start_one(
         self,
         node: ServiceNode,
-        report: Report,
+        report: Report[ServiceNode],
     ) -> None:
         lifecycle = of(node)
         if lifecycle.state is STOPPING:  # still stopping from a cascade: start it once stopped
@@ -445,7 +406,7 @@ class ServicesManager:
     @staticmethod
     async def _stop_one(
         node: ServiceNode,
-        report: Report,
+        report: Report[ServiceNode],
         *,
         reason: BaseException | None,
         unclean: list[Exception],
@@ -460,12 +421,3 @@ class ServicesManager:
                 node.stop_error.add_note(f"while stopping service {node.name!r}")
                 unclean.append(node.stop_error)
         report.send_nowait((node, None))
-
-
-def _already_in(receive: MemoryObjectReceiveStream[T]) -> Iterator[T]:
-    """What `receive` holds already, without waiting for more."""
-    while True:
-        try:
-            yield receive.receive_nowait()
-        except anyio.WouldBlock:
-            return
