@@ -1,8 +1,29 @@
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
+
 import pytest
 
 
 @pytest.fixture(params=["trio", "asyncio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _spawns_only_if_marked(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that is not marked `processes` may not start one: the fast suite stays fast."""
+    if request.node.get_closest_marker("processes") is not None:
+        yield
+        return
+    real = subprocess.Popen.__init__
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"{request.node.nodeid} starts a process: mark it `processes`")
+
+    subprocess.Popen.__init__ = refuse  # type: ignore[assignment,method-assign]
+    try:
+        yield
+    finally:
+        subprocess.Popen.__init__ = real  # type: ignore[method-assign]

@@ -1,4 +1,5 @@
-"""A remote that breaks the control protocol, run as a container's `python` (tests/test_control.py).
+"""A remote that breaks the control protocol, run as a container's `python`
+(tests/cluster/test_control.py).
 
 The controller runs `PYTHON -m startable.cluster._child`; the test's PYTHON is a
 launcher that calls `main()` here instead. STARTABLE_FAKE says what it does

@@ -1,5 +1,5 @@
 """Services of the data-plane tests: in child processes (`tests.plane_services:...`), and
-in the test's process (tests/test_dataplane.py)."""
+in the test's process (tests/cluster/test_dataplane.py)."""
 
 from __future__ import annotations
 

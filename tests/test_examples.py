@@ -11,6 +11,9 @@ from types import ModuleType
 import anyio
 import pytest
 
+#: Every test here spawns child processes (`-m "not processes"` skips them).
+pytestmark = pytest.mark.processes
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
@@ -48,7 +51,7 @@ EXPECTED = {
         "stopped after cycle 1",
     ],
 }
-# Run by tests/test_cli.py through `startable run`.
+# Run by tests/cli/test_cli.py through `startable run`.
 RUN_BY_CLI = {"hello.py"}
 # Their main() is synchronous (it runs event loops of its own).
 SYNC_MAIN = {"race_testing.py"}

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "startable"
 MAP = ROOT / "docs" / "explanation" / "layers.md"
@@ -131,6 +133,7 @@ def test_the_map_in_the_docs_lists_every_module() -> None:
     assert present - listed == set(), "modules missing from docs/explanation/layers.md"
 
 
+@pytest.mark.processes
 def test_a_child_process_never_loads_the_orchestration_layer() -> None:
     code = (
         "import sys, startable.cluster._process.remote; "

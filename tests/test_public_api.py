@@ -90,6 +90,7 @@ def test_core_modules_never_import_upper_layers() -> None:
             assert parts[0] not in UPPER_LAYERS, (path.name, name)
 
 
+@pytest.mark.processes
 def test_importing_the_core_alone_loads_nothing_above_it() -> None:
     code = (
         "import sys, startable\n"
@@ -111,6 +112,7 @@ def test_cli_exports() -> None:
     assert startable.cli.__all__ == ("load_target", "main")
 
 
+@pytest.mark.processes
 def test_benchmarks_run() -> None:
     """Each bench/ script runs end to end (figures from --quick mean nothing)."""
     root = Path(__file__).resolve().parent.parent
@@ -126,6 +128,7 @@ def test_benchmarks_run() -> None:
         assert "best of" in result.stdout
 
 
+@pytest.mark.processes
 def test_the_pytest_plugin_imports_no_part_of_startable() -> None:
     """pytest loads it in every project where startable is installed."""
     code = (

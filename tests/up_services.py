@@ -1,4 +1,4 @@
-"""Services that `tests/test_up.py` names in its cluster files (`tests.up_services:...`)."""
+"""Services that `tests/cli/test_up.py` names in its cluster files (`tests.up_services:...`)."""
 
 from __future__ import annotations
 

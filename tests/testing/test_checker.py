@@ -19,9 +19,9 @@ import startable
 import startable.testing as st
 from startable import State
 
-from .naive import BUGS, NaiveService, naive_lifecycle
-from .probes import Probe
-from .test_composition import Parent, build_tree
+from ..core.test_composition import Parent, build_tree
+from ..naive import BUGS, NaiveService, naive_lifecycle
+from ..probes import Probe
 
 SUITE_EXAMPLES = int(os.environ.get(st.EXAMPLES_VARIABLE, "1000"))
 # A proof must find its bug on every run: the search is derandomized (the
@@ -268,6 +268,7 @@ def test_examples_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         default_examples()
 
 
+@pytest.mark.processes
 def test_pytest_option_sets_the_examples(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
@@ -433,6 +434,7 @@ def test_operations_and_targets_may_name_children_built_in_raw_start() -> None:
     )
 
 
+@pytest.mark.processes
 def test_a_derandomized_search_is_the_same_whatever_the_hash_seed() -> None:
     # examples/race_testing.py promises the same search on every run; it used to
     # find a different race with PYTHONHASHSEED=0 than with 1.
@@ -440,7 +442,7 @@ def test_a_derandomized_search_is_the_same_whatever_the_hash_seed() -> None:
     import sys
     from pathlib import Path
 
-    examples = Path(__file__).resolve().parent.parent / "examples"
+    examples = Path(__file__).resolve().parents[2] / "examples"
     code = (
         "import race_testing as r, startable.testing as st\n"
         "try:\n"

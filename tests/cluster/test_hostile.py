@@ -24,10 +24,11 @@ from startable.cluster import (
 from startable.cluster._data.contract import AnyMessage
 from startable.cluster._data.link import PortLink
 
-from .specs import process
-from .waiting import until
+from ..specs import process
+from ..waiting import until
 
-pytestmark = pytest.mark.anyio
+#: Every test here spawns child processes (`-m "not processes"` skips them).
+pytestmark = [pytest.mark.anyio, pytest.mark.processes]
 
 
 def cluster() -> ServicesManager:

@@ -44,8 +44,9 @@ from startable.cluster._ipc.messages import (
 from startable.cluster._ipc.wire import HEADER, FrameCodec, FrameReader
 from startable.cluster._process.controller import ERRORS_KEPT, RETIRED_ERRORS
 
-pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parent.parent
+#: Every test here spawns child processes (`-m "not processes"` skips them).
+pytestmark = [pytest.mark.anyio, pytest.mark.processes]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 import startable
 from startable import AbortedError, NoOwnerError, State, StateError
 
-from .probes import Probe, wait_until
+from ..probes import Probe, wait_until
 
 pytestmark = pytest.mark.anyio
 

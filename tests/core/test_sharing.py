@@ -8,7 +8,7 @@ import pytest
 import startable
 from startable import State, StoppedError
 
-from .probes import Probe
+from ..probes import Probe
 
 pytestmark = pytest.mark.anyio
 

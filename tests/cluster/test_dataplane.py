@@ -1,4 +1,4 @@
-"""Requests and events between services in this process (tests/test_dataplane_processes.py
+"""Requests and events between services in this process (tests/cluster/test_dataplane_processes.py
 runs the same plane between child processes)."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from startable.cluster._data.contract import AnyMessage
 from startable.cluster._data.link import PortLink
 from startable.cluster._data.router import Outbox
 
-from . import plane_services
+from .. import plane_services
 
 pytestmark = pytest.mark.anyio
 

@@ -18,7 +18,7 @@ from startable._lifecycle import (
     render_table,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GENERATED = ROOT / "docs" / "_generated"
 READY, STARTING, STARTED, STOPPING, STOPPED = State
 

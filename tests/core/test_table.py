@@ -10,7 +10,7 @@ import pytest
 import startable
 from startable import State, StateError
 
-from .probes import Probe, wait_until
+from ..probes import Probe, wait_until
 
 pytestmark = pytest.mark.anyio
 

@@ -17,10 +17,11 @@ from startable.cluster import (
     ServiceSpec,
 )
 
-from . import specs
-from .waiting import until
+from .. import specs
+from ..waiting import until
 
-pytestmark = pytest.mark.anyio
+#: Every test here spawns child processes (`-m "not processes"` skips them).
+pytestmark = [pytest.mark.anyio, pytest.mark.processes]
 
 
 def process(

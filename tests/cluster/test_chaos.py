@@ -32,10 +32,11 @@ from startable.cluster import (
     load_cluster,
 )
 
-from .waiting import until
+from ..waiting import until
 
-pytestmark = pytest.mark.anyio
-SHOP = Path(__file__).resolve().parent.parent / "examples" / "shop" / "shop.toml"
+#: Every test here spawns child processes (`-m "not processes"` skips them).
+pytestmark = [pytest.mark.anyio, pytest.mark.processes]
+SHOP = Path(__file__).resolve().parents[2] / "examples" / "shop" / "shop.toml"
 KILLS = 50
 DEADLINE = 1.0
 

@@ -37,11 +37,12 @@ from startable.cluster import (
     ServiceSpec,
 )
 
-from .up_services import FORGERIES
-from .waiting import until
+from ..up_services import FORGERIES
+from ..waiting import until
 
-pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parent.parent
+#: Every test here spawns child processes (`-m "not processes"` skips them).
+pytestmark = [pytest.mark.anyio, pytest.mark.processes]
+ROOT = Path(__file__).resolve().parents[2]
 # The command runs its own event loop; the test's backend only reads pipes.
 trio_only = pytest.mark.parametrize("anyio_backend", ["trio"])
 

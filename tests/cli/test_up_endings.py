@@ -11,7 +11,8 @@ import pytest
 
 from .test_up import cluster_file, service, trio_only, up
 
-pytestmark = pytest.mark.anyio
+#: Every test here spawns child processes (`-m "not processes"` skips them).
+pytestmark = [pytest.mark.anyio, pytest.mark.processes]
 
 
 @trio_only

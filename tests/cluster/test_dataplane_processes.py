@@ -20,10 +20,11 @@ from startable.cluster import (
     ServiceUnavailable,
 )
 
-from . import specs
-from .waiting import until
+from .. import specs
+from ..waiting import until
 
-pytestmark = pytest.mark.anyio
+#: Every test here spawns child processes (`-m "not processes"` skips them).
+pytestmark = [pytest.mark.anyio, pytest.mark.processes]
 
 
 def process(name: str, kind: str, *depends_on: str, **fields: object) -> ServiceSpec:

@@ -24,9 +24,10 @@ import startable
 from startable.cluster import Permissions, ProcessOptions, ServiceContainer, landlock_abi
 from startable.cluster._sandbox import seccomp as _seccomp
 
-pytestmark = pytest.mark.anyio
+#: Every test here spawns child processes (`-m "not processes"` skips them).
+pytestmark = [pytest.mark.anyio, pytest.mark.processes]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 needs_landlock = pytest.mark.skipif(landlock_abi() < 6, reason="needs Landlock ABI 6 (Linux 6.12)")
 needs_seccomp = pytest.mark.skipif(

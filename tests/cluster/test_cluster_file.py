@@ -23,7 +23,7 @@ from startable.cluster import (
     parse_cluster,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KV = '[services.kv]\nentry = "kv:Store"\n'
 
 

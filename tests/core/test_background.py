@@ -11,7 +11,7 @@ import pytest
 import startable
 from startable import State, StateError
 
-from .probes import Probe
+from ..probes import Probe
 
 pytestmark = pytest.mark.anyio
 

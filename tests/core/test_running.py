@@ -10,7 +10,7 @@ import pytest
 import startable
 from startable import State, StateChange, StoppedError
 
-from .probes import Probe
+from ..probes import Probe
 
 pytestmark = pytest.mark.anyio
 

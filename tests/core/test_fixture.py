@@ -11,7 +11,7 @@ import pytest
 import startable
 from startable import State
 
-from .probes import Probe
+from ..probes import Probe
 
 pytestmark = pytest.mark.anyio
 
@@ -86,6 +86,7 @@ async def test_a_failing_stop_fails_the_test(start_service):
 """
 
 
+@pytest.mark.processes
 def test_the_fixture_stops_services_and_reports_their_failures(
     pytester: pytest.Pytester,
 ) -> None:

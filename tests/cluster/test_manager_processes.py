@@ -20,11 +20,12 @@ from startable.cluster import (
     ServiceSpec,
 )
 
-from . import specs
-from .waiting import until
+from .. import specs
+from ..waiting import until
 
-pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parent.parent
+#: Every test here spawns child processes (`-m "not processes"` skips them).
+pytestmark = [pytest.mark.anyio, pytest.mark.processes]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def process(name: str, *depends_on: str) -> ServiceSpec:

@@ -2,7 +2,7 @@
 
 Services here are small in-process lifecycles that write what happens to a
 shared log; the rules are checked on the order of the log, never on timing.
-tests/test_manager_processes.py checks the same rules on child processes.
+tests/cluster/test_manager_processes.py checks the same rules on child processes.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from startable.cluster import (
     ServiceSpec,
 )
 
-from .waiting import until
+from ..waiting import until
 
 pytestmark = pytest.mark.anyio
 Log = list[tuple[str, str]]

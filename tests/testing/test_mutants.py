@@ -10,7 +10,7 @@ breaks it again. Together the mutants cover every `Invariant` but USER
 
 The search is derandomized so the suite is the same on every run; how often
 each mutant is found with random searches is measured by
-`uv run python tests/test_mutants.py` (see its `main`).
+`uv run python tests/testing/test_mutants.py` (see its `main`).
 """
 
 from __future__ import annotations
@@ -471,7 +471,7 @@ def test_the_checker_names_the_broken_promise(name: str, monkeypatch: pytest.Mon
 def main() -> None:
     """How often random searches find each mutant, and how long they take.
 
-    `uv run python tests/test_mutants.py [RUNS]`: each mutant is searched for
+    `uv run python tests/testing/test_mutants.py [RUNS]`: each mutant is searched for
     RUNS times (default 10) with the default settings, random seeds.
     """
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 10

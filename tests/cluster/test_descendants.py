@@ -24,8 +24,9 @@ from startable.cluster import (
 )
 from startable.cluster._process import descendants as _descendants
 
-pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parent.parent
+#: Every test here spawns child processes (`-m "not processes"` skips them).
+pytestmark = [pytest.mark.anyio, pytest.mark.processes]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cgroups_here() -> bool:

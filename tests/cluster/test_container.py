@@ -27,9 +27,10 @@ from startable.cluster import (
     landlock_abi,
 )
 
-pytestmark = pytest.mark.anyio
+#: Every test here spawns child processes (`-m "not processes"` skips them).
+pytestmark = [pytest.mark.anyio, pytest.mark.processes]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def container(

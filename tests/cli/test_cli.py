@@ -17,12 +17,13 @@ from anyio.streams.text import TextReceiveStream
 
 import startable
 
-from . import cli_targets
+from .. import cli_targets
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TARGETS = "tests/cli_targets.py"
 
-pytestmark = pytest.mark.anyio
+#: Every test here spawns child processes (`-m "not processes"` skips them).
+pytestmark = [pytest.mark.anyio, pytest.mark.processes]
 
 
 class Cli:
