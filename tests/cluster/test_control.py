@@ -301,7 +301,9 @@ async def test_a_failed_start_shows_stopping_while_its_clean_up_runs() -> None:
         entry="tests.remote_services:Blocking",
         cwd=str(ROOT),
         container_options={
-            "ready_timeout": 1,
+            # Long enough for the child to be blocked by then even on a loaded
+            # machine (a child still importing would hear the close request).
+            "ready_timeout": 5,
             "close_timeout": 2,
             "term_timeout": 2,
             "resources_interval": 0,
@@ -319,7 +321,7 @@ async def test_a_failed_start_shows_stopping_while_its_clean_up_runs() -> None:
     manager.subscribe(watch)
     with anyio.fail_after(30):
         async with startable.open_owner():
-            with pytest.raises(ClusterError, match="did not start within 1s"):
+            with pytest.raises(ClusterError, match="did not start within 5s"):
                 await startable.of(manager).start()
     # The service was STOPPING (and said so) while its process still ran its ladder.
     assert seen == [("STOPPING", None, ["close request"])]

@@ -12,7 +12,7 @@ manager, and the manager does not import the router's internals.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import anyio
@@ -91,15 +91,15 @@ class LocalDirectory:
     def create(self, parent: str, create: Create, answer: Callable[[Reply], None]) -> None:
         node = self.cluster.nodes[parent]  # (`create_refusal` found it)
         start_soon: Callable[..., Any] = of(self.cluster).start_soon
-        start_soon(self._answered, self._created(node, create), answer, create)
+        start_soon(self._answered, node, create, answer)
 
     async def _answered(
-        self, work: Awaitable[Reply], answer: Callable[[Reply], None], create: Create
+        self, parent: ServiceNode, create: Create, answer: Callable[[Reply], None]
     ) -> None:
-        """Wait for `work` and `answer` with it; never raises (a fault of ours must not stop
+        """Create the child and `answer`; never raises (a fault of ours must not stop
         the manager)."""
         try:
-            reply = await work
+            reply = await self._created(parent, create)
         except Exception as exc:
             logger.exception("creating %r failed", create.name)
             reply = Reply(create.id, kind="error", error=ErrorInfo.of(exc))

@@ -70,8 +70,8 @@ class Runner(Protocol):
         """
         ...
 
-    async def stop(self, reason: BaseException | None) -> None:
-        """Stop the service with `reason` (abandoning a start in flight) and
+    async def stop(self, err: BaseException | None) -> None:
+        """Stop the service with the stop reason `err` (abandoning a start in flight) and
         make it unreachable.
 
         Raises:
@@ -114,10 +114,10 @@ class InProcessRunner:
             client.serve(self.service)
             await of(self.service).start(node.stop)
 
-    async def stop(self, reason: BaseException | None) -> None:
+    async def stop(self, err: BaseException | None) -> None:
         try:
             if self.service is not None and of(self.service).state not in IDLE:
-                await of(self.service).stop(reason)
+                await of(self.service).stop(err)
         finally:
             if self._link is not None:
                 await self._link.close()  # unreachable from now on (it does not wait)
@@ -184,9 +184,9 @@ class ContainerRunner:
             except Exception:  # a fault of the router's: this service's next message is handled
                 logger.exception("routing a message from %r failed", self.spec.name)
 
-    async def stop(self, reason: BaseException | None) -> None:
+    async def stop(self, err: BaseException | None) -> None:
         try:
-            await self._starting.stop(of(self.container), reason)
+            await self._starting.stop(of(self.container), err)
         finally:
             if self._outbox is not None:
                 self.router.detach(self._outbox)
