@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, given
 import startable
 
 from ._program import BUILTIN_ACTIONS, Program, programs
-from ._runner import _run, default_deadline, replayed, unique_names
+from ._runner import RunOptions, _run, default_deadline, replayed, unique_names
 from ._shrink import shrink
 from ._vocabulary import Backend, Lifecycle, LifecycleViolation, Operation, RunView
 
@@ -221,18 +221,18 @@ def check_lifecycle(
         inject_faults=inject_faults,
         sleeps=backend == "trio",
     )
-    options: dict[str, Any] = {
-        "targets": get_targets,
-        "lifecycle": lifecycle,
-        "operations": all_operations,
-        "invariants": invariants,
-        "expected_errors": tuple(expected_errors),
-        "backend": backend,
-        "deadline": deadline if deadline is not None else default_deadline(backend),
-        "names": names,
-    }
+    options = RunOptions(
+        targets=get_targets,
+        lifecycle=lifecycle,
+        operations=all_operations,
+        invariants=invariants,
+        expected_errors=tuple(expected_errors),
+        backend=backend,
+        deadline=deadline if deadline is not None else default_deadline(backend),
+        names=names,
+    )
     if replay is not None:
-        error = replayed(replay, factory, **options).violation_error()
+        error = replayed(replay, factory, options).violation_error()
         if error is not None:
             raise error
         return
@@ -256,7 +256,7 @@ def check_lifecycle(
     @chosen
     @given(strategy)
     def lifecycle_races(program: Program) -> None:
-        recorder = _run(program, factory, **options)
+        recorder = _run(program, factory, options)
         # Steer hypothesis towards programs whose calls overlap state changes:
         # that is where races live. One score only: with several, which
         # programs hypothesis tries depends on the order of a set of their
@@ -279,7 +279,7 @@ def check_lifecycle(
 
         def fails(candidate: Program) -> bool:
             nonlocal smallest
-            error = replayed(candidate, factory, **options).violation_error()
+            error = replayed(candidate, factory, options).violation_error()
             if error is None or error.invariant is not broken:
                 return False
             smallest = error

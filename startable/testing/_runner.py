@@ -1038,9 +1038,7 @@ def run_program(
     Raises:
         LifecycleViolation: describing the first broken invariant.
     """
-    recorder = replayed(
-        program,
-        factory,
+    options = RunOptions(
         targets=targets,
         lifecycle=lifecycle,
         operations=operations,
@@ -1049,12 +1047,27 @@ def run_program(
         backend=backend,
         deadline=deadline,
     )
-    error = recorder.violation_error()
+    error = replayed(program, factory, options).violation_error()
     if error is not None:
         raise error
 
 
-def replayed(program: Program, factory: Callable[[], Any], **options: Any) -> Recorder:
+@attrs.frozen(kw_only=True)
+class RunOptions:
+    """How a program is run: on what, checking what (`run_program`'s arguments;
+    `names` labels the targets in reports)."""
+
+    targets: Callable[[Any], Sequence[Any]] | None = None
+    lifecycle: Callable[[Any], Lifecycle] = startable.of
+    operations: Sequence[Operation] = ()
+    invariants: Sequence[Callable[[RunView], object]] = ()
+    expected_errors: tuple[type[BaseException], ...] = ()
+    backend: Backend = "trio"
+    deadline: float | None = None
+    names: Sequence[str] | None = None
+
+
+def replayed(program: Program, factory: Callable[[], Any], options: RunOptions) -> Recorder:
     """`_run`, seeded as under hypothesis even when called from outside a test.
 
     Hypothesis seeds the random generators registered with it (trio's
@@ -1062,7 +1075,7 @@ def replayed(program: Program, factory: Callable[[], Any], **options: Any) -> Re
     the one program as a one-example test gives it that same seeding.
     """
     if hypothesis.currently_in_test_context():
-        return _run(program, factory, **options)
+        return _run(program, factory, options)
     recorders: list[Recorder] = []
 
     @hypothesis.settings(
@@ -1074,42 +1087,31 @@ def replayed(program: Program, factory: Callable[[], Any], **options: Any) -> Re
     )
     @hypothesis.given(strategies.just(program))
     def once(program: Program) -> None:
-        recorders.append(_run(program, factory, **options))
+        recorders.append(_run(program, factory, options))
 
     once()
     return recorders[-1]
 
 
-def _run(
-    program: Program,
-    factory: Callable[[], Any],
-    *,
-    targets: Callable[[Any], Sequence[Any]] | None,
-    lifecycle: Callable[[Any], Lifecycle],
-    operations: Sequence[Operation],
-    invariants: Sequence[Callable[[RunView], object]],
-    expected_errors: tuple[type[BaseException], ...],
-    backend: Backend,
-    deadline: float | None,
-    names: Sequence[str] | None = None,
-) -> Recorder:
+def _run(program: Program, factory: Callable[[], Any], options: RunOptions) -> Recorder:
+    backend = options.backend
     recorder = Recorder(
         program,
         factory=factory,
-        targets=targets or (lambda root: [root]),
-        lifecycle=lifecycle,
-        operations=operations,
-        invariants=invariants,
-        expected_errors=expected_errors,
+        targets=options.targets or (lambda root: [root]),
+        lifecycle=options.lifecycle,
+        operations=options.operations,
+        invariants=options.invariants,
+        expected_errors=options.expected_errors,
         backend=backend,
-        deadline=deadline if deadline is not None else default_deadline(backend),
-        names=names,
+        deadline=options.deadline if options.deadline is not None else default_deadline(backend),
+        names=options.names,
     )
     try:
         if backend == "trio":
             recorder.clock = WatchdogClock()
-            options = {"clock": recorder.clock.clock}
-            anyio.run(recorder.main, backend="trio", backend_options=options)
+            clock = {"clock": recorder.clock.clock}
+            anyio.run(recorder.main, backend="trio", backend_options=clock)
         else:
             anyio.run(recorder.main, backend=backend)
     except trio.TrioInternalError as exc:
