@@ -45,6 +45,11 @@ EXPECTED = {
         "stopped: exit code 0, the note says 'buy milk'",
         "escape.txt exists: False",
     ],
+    "socket_activation.py": [
+        "socket given: False",
+        "heard: hello from the greeter",
+        "greeter: STOPPED",
+    ],
     "observe.py": [
         "cycle 1: READY -> STARTING",
         "STARTED -> STOPPING because TimeoutError('the upstream did not answer')",

@@ -59,6 +59,11 @@ if _TYPE_CHECKING:
     from ._process.controller import OutputLine as OutputLine
     from ._process.controller import ServiceController as ServiceController
     from ._process.controller import StopStep as StopStep
+    from ._process.listen import MAX_LISTEN as MAX_LISTEN
+    from ._process.listen import ListenAddress as ListenAddress
+    from ._process.listen import ListenSocket as ListenSocket
+    from ._process.listen import bind_listener as bind_listener
+    from ._process.listen import listen_sockets as listen_sockets
     from ._process.options import ProcessOptions as ProcessOptions
     from ._sandbox.permissions import Permissions as Permissions
     from ._sandbox.permissions import landlock_abi as landlock_abi
@@ -113,6 +118,11 @@ _WHERE: dict[str, str] = {
     "ServiceContainer": "._process.container",
     "OutputLine": "._process.controller",
     "ProcessOptions": "._process.options",
+    "ListenAddress": "._process.listen",
+    "ListenSocket": "._process.listen",
+    "bind_listener": "._process.listen",
+    "listen_sockets": "._process.listen",
+    "MAX_LISTEN": "._process.listen",
     "ServiceController": "._process.controller",
     "StopStep": "._process.controller",
     "Permissions": "._sandbox.permissions",
@@ -132,6 +142,7 @@ __all__ = (
     "DEFAULT_DEADLINE",
     "MAX_DEADLINE",
     "MAX_IN_FLIGHT",
+    "MAX_LISTEN",
     "MAX_TOPICS",
     "NAME_RULE",
     "OUTBOX_CAPACITY",
@@ -148,6 +159,8 @@ __all__ = (
     "ForcedStop",
     "FrameError",
     "HandlerNotFound",
+    "ListenAddress",
+    "ListenSocket",
     "MalformedRequest",
     "MessageError",
     "OutputLine",
@@ -174,9 +187,11 @@ __all__ = (
     "ServiceUnavailable",
     "ServicesManager",
     "StopStep",
+    "bind_listener",
     "from_socket",
     "handler",
     "landlock_abi",
+    "listen_sockets",
     "load_cluster",
     "parse_cluster",
     "port_pair",
