@@ -9,10 +9,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 
-from startable.cluster import ClusterError, ListenAddress, bind_listener
+import startable
+from startable.cluster import (
+    ClusterError,
+    ListenAddress,
+    ListenSocket,
+    ProcessOptions,
+    ServiceContainer,
+    bind_listener,
+)
 from startable.cluster._process.listen import MAX_LISTEN, parse_environment
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -213,3 +224,35 @@ def test_the_example_serves_on_the_socket_it_is_given() -> None:
     assert child.returncode == 0, child.stderr
     assert "socket given: True" in child.stdout
     assert "heard: hello from the greeter" in child.stdout
+
+
+async def greeting(address: tuple[str, int]) -> str:
+    async with await anyio.connect_tcp(*address) as client:
+        return (await client.receive()).decode().strip()
+
+
+@pytest.mark.anyio
+@pytest.mark.processes
+async def test_a_container_gives_its_listeners_to_every_incarnation() -> None:
+    with (
+        bind_listener(ListenAddress.parse("127.0.0.1:0")) as web,
+        bind_listener(ListenAddress.parse("127.0.0.1:0")) as admin,
+    ):
+        container = ServiceContainer(
+            "tests.remote_services:Greeter",
+            cwd=str(ROOT),
+            options=ProcessOptions(resources_interval=0),
+            listeners=[ListenSocket("web", web), ListenSocket("admin", admin)],
+        )
+        pids = []
+        with anyio.fail_after(60):
+            for _ in range(2):  # a second incarnation gets the same sockets
+                async with startable.running(container):
+                    said = [line.text for line in container.output]
+                    assert "greeter: given ['web', 'admin'] at [3, 4]" in said
+                    pid, name = (await greeting(web.getsockname())).split()
+                    assert name == "web" and int(pid) == container.pid
+                    assert (await greeting(admin.getsockname())).endswith(" admin")
+                    pids.append(container.pid)
+            assert pids[0] != pids[1]
+        assert web.fileno() >= 0 and admin.fileno() >= 0  # still open: not the container's

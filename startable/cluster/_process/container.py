@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from ... import State, as_raw_start, as_raw_stop, of
 from .._errors import RemoteError
@@ -12,6 +12,7 @@ from .._ipc.messages import Resources
 from .._sandbox.permissions import Permissions
 from .controller import OutputLine, ServiceController
 from .failfast import FailFast
+from .listen import ListenSocket
 from .options import ProcessOptions
 
 
@@ -38,6 +39,10 @@ class ServiceContainer:
         options: how each incarnation's process is run (`ProcessOptions`:
             the interpreter, timeouts, how much is kept); a mapping gives
             its fields by name.
+        listeners: listening sockets every incarnation's process gets at
+            descriptors 3, 4..., as socket activation passes them (the
+            service takes them with `listen_sockets`). They stay bound
+            across restarts: whoever bound them closes them.
 
     Example:
         ```python
@@ -63,6 +68,7 @@ class ServiceContainer:
         on_output: Callable[[OutputLine], object] | None = None,
         history: int = 10,
         options: ProcessOptions | Mapping[str, object] | None = None,
+        listeners: Sequence[ListenSocket] = (),
     ) -> None:
         if not isinstance(entry, str) or not entry:
             raise ValueError(f"a container needs an entry, not {entry!r}")
@@ -79,6 +85,9 @@ class ServiceContainer:
         self.on_output = on_output
         #: How each incarnation's process is run.
         self.options = ProcessOptions.of(options)
+        #: Listening sockets every incarnation gets (socket activation); this
+        #: container never closes them: their owner does.
+        self.listeners = tuple(listeners)
         #: The controllers of past incarnations, newest last (the current one
         #: too): `history` at most, each past one retired (see
         #: `ServiceController.retire`).
@@ -112,6 +121,7 @@ class ServiceContainer:
             on_output=self.on_output,
             sockets=sockets,
             options=self.options,
+            listeners=self.listeners,
         )
         for past in self.incarnations:
             past.retire()

@@ -10,7 +10,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import anyio
@@ -44,6 +44,7 @@ from .._ipc.messages import (
 from .._ipc.port import ConnectionPort, from_socket
 from .._names import NAME_RULE
 from .._sandbox.permissions import Permissions
+from .listen import ENV_LISTEN, ENV_LISTEN_NAMES, ListenSocket
 from .options import ProcessOptions
 from .remote import ENV_PARENT, ENV_PORT
 from .spawn import ChildProcess, read_lines, spawn
@@ -114,6 +115,9 @@ class ServiceController:
             data plane's socket, set up by the service's runner, is one). The
             controller passes them on at spawn and closes its own copies; it
             never reads them.
+        listeners: listening sockets the child gets as systemd's socket
+            activation gives them (descriptors 3, 4..., `LISTEN_FDS`; see
+            `listen_sockets`). They stay open here, for the next incarnation.
     """
 
     def __init__(
@@ -128,9 +132,12 @@ class ServiceController:
         on_output: Callable[[OutputLine], object] | None = None,
         name: str | None = None,
         sockets: Mapping[str, socket.socket] | None = None,
+        listeners: Sequence[ListenSocket] = (),
     ) -> None:
         self.entry = entry
         self._sockets = dict(sockets or {})
+        #: Listening sockets its process gets at 3, 4... (socket activation).
+        self.listeners = tuple(listeners)
         self.code = code
         self.permissions = permissions
         self.env = dict(env or {})
@@ -201,6 +208,11 @@ class ServiceController:
         for variable, inherit in inherited.items():
             env[variable] = str(inherit.fileno())
             passed.append(inherit.fileno())
+        if self.listeners:  # the remote moves them to 3, 4...; they stay open here
+            fds = [listener.socket.fileno() for listener in self.listeners]
+            env[ENV_LISTEN] = ",".join(map(str, fds))
+            env[ENV_LISTEN_NAMES] = ":".join(listener.name for listener in self.listeners)
+            passed.extend(fds)
         try:
             self.process = await spawn(
                 [self.python, "-m", "startable.cluster._child"],

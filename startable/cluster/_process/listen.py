@@ -14,7 +14,7 @@ is not a socket is refused with an error that names the variable.
 
 from __future__ import annotations
 
-import ipaddress
+import fcntl
 import os
 import socket
 import stat
@@ -59,6 +59,8 @@ class ListenAddress:
             if not host.endswith("]"):
                 raise ValueError(f"bad listen address {text!r}: an IPv6 host ends with ']'")
             host = host[1:-1]
+            import ipaddress  # (here: a child process that only takes sockets never needs it)
+
             try:
                 ipaddress.IPv6Address(host)
             except ValueError:
@@ -184,3 +186,56 @@ def parse_environment(environ: Mapping[str, str], pid: int) -> list[str] | None:
         if not name or len(name) > 255 or not name.isprintable():
             raise ValueError(f"LISTEN_FDNAMES: {name[:40]!r} is not a socket name")
     return names
+
+
+#: Set by a controller for its remote: the descriptors of the listening
+#: sockets the child inherits (as numbered in the child), in order, and their
+#: names; the remote moves them to 3, 4, ... (`place_listeners`).
+ENV_LISTEN = "STARTABLE_LISTEN_FDS"
+ENV_LISTEN_NAMES = "STARTABLE_LISTEN_NAMES"
+
+
+def place_listeners(environ: MutableMapping[str, str], keep: tuple[str, ...]) -> None:
+    """Move the sockets `environ` says this process inherited to 3, 4, ..., and say so.
+
+    Run by the remote first thing, before anything else opens a descriptor.
+    The descriptors named by the variables in `keep` (the remote's own
+    sockets) are moved out of the way if they sit where a listener goes, and
+    their variables updated. Then `LISTEN_FDS`, `LISTEN_FDNAMES` and
+    `LISTEN_PID` (this process) are set, for `listen_sockets` or any server
+    that understands socket activation.
+
+    Raises:
+        ValueError: the variables are malformed (a controller of another
+            version, or not a controller at all).
+    """
+    given = environ.pop(ENV_LISTEN, None)
+    names_text = environ.pop(ENV_LISTEN_NAMES, None)
+    if given is None:
+        return
+    parts = given.split(",")
+    if not 0 < len(parts) <= MAX_LISTEN or not all(p.isascii() and p.isdigit() for p in parts):
+        raise ValueError(f"{ENV_LISTEN} lists descriptors, not {given[:40]!r}")
+    sources = [int(part) for part in parts]
+    names = (names_text or "").split(":")
+    if len(names) != len(sources) or len(set(sources)) != len(sources):
+        raise ValueError(f"{ENV_LISTEN} and {ENV_LISTEN_NAMES} do not match")
+    end = LISTEN_FDS_START + len(sources)
+    places = range(LISTEN_FDS_START, end)
+
+    def away(fd: int) -> int:
+        moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, end)
+        os.close(fd)
+        return moved
+
+    for variable in keep:
+        own = environ.get(variable)
+        if own is not None and own.isdigit() and int(own) in places:
+            environ[variable] = str(away(int(own)))
+    sources = [away(fd) if fd in places else fd for fd in sources]
+    for place, fd in zip(places, sources, strict=True):
+        os.dup2(fd, place)  # inheritable, as socket activation passes them
+        os.close(fd)
+    environ["LISTEN_FDS"] = str(len(sources))
+    environ["LISTEN_FDNAMES"] = ":".join(names)
+    environ["LISTEN_PID"] = str(os.getpid())

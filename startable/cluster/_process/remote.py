@@ -63,6 +63,7 @@ from .._ipc.wire import FrameCodec, FrameReader
 from .._names import entry_file
 from .._sandbox.permissions import apply
 from .descendants import become_subreaper, end_own_descendants
+from .listen import place_listeners
 
 ENV_PORT = "STARTABLE_PORT_FD"
 ENV_PARENT = "STARTABLE_PARENT_PID"
@@ -180,6 +181,11 @@ def _load(request: RunEntry) -> object:
 
 def main() -> NoReturn:
     _die_with_parent()
+    try:  # first: the listeners go to 3, 4... before anything opens a descriptor
+        place_listeners(os.environ, keep=(ENV_PORT, ENV_DATA_PORT))
+    except ValueError as exc:
+        print(f"startable: {exc}", file=sys.stderr)
+        sys.exit(EXIT_SETUP)
     fd = os.environ.pop(ENV_PORT, None)
     if fd is None:
         print("startable.cluster._remote is started by a ServiceController", file=sys.stderr)
