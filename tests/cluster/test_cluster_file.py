@@ -846,3 +846,25 @@ def test_a_service_spec_takes_a_file_entry(entry: str) -> None:
 def test_a_bad_file_entry_is_refused(entry: str) -> None:
     with pytest.raises(ServiceDefinitionError, match=r"an entry is 'package\.module:attribute'"):
         ServiceSpec(name="app", entry=entry)
+
+
+def test_listen_gives_the_addresses_to_bind(tmp_path: Path) -> None:
+    path = write(tmp_path, f'{KV}listen = ["127.0.0.1:8000", "[::1]:8000"]\n')
+    (spec,) = load_cluster(path).services
+    assert [str(address) for address in spec.listen] == ["127.0.0.1:8000", "[::1]:8000"]
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ('"127.0.0.1:8000"', "expected an array of strings, found the string"),
+        ('["8000"]', "bad listen address '8000': write it as 'HOST:PORT'"),
+        ('["h:99999"]', "the port is a number, 0 to 65535"),
+        ('["h:1", "h:1"]', "an address is listed twice in ['h:1', 'h:1']"),
+        ("[" + ", ".join(f'"h:{n}"' for n in range(65)) + "]", "64 addresses at most"),
+    ],
+)
+def test_a_bad_listen_is_refused_naming_the_key(tmp_path: Path, value: str, problem: str) -> None:
+    error = refused(tmp_path, f"{KV}listen = {value}\n")
+    assert error.key == "services.kv.listen"
+    assert problem in error.problem

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,10 +19,16 @@ from startable.cluster import (
     ListenAddress,
     ListenSocket,
     ProcessOptions,
+    RestartPolicy,
     ServiceContainer,
+    ServiceDefinitionError,
+    ServicesManager,
+    ServiceSpec,
     bind_listener,
 )
 from startable.cluster._process.listen import MAX_LISTEN, parse_environment
+
+from .. import specs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,6 +74,14 @@ def test_a_bad_address_is_refused_naming_it(text: str, says: str) -> None:
 def test_an_address_is_a_string() -> None:
     with pytest.raises(TypeError, match="a listen address is a 'HOST:PORT' string, not 8000"):
         ListenAddress.parse(8000)
+
+
+def test_a_socket_name_is_one_socket_activation_can_carry() -> None:
+    assert ListenAddress.parse("[::1]:8000").name == "[__1]_8000"
+    with socket.socket() as sock:
+        for bad in ("", "a:b", "x" * 256, "a\nb"):
+            with pytest.raises(ValueError, match="cannot name a socket"):
+                ListenSocket(bad, sock)
 
 
 def test_a_bound_socket_accepts_connections() -> None:
@@ -256,3 +271,45 @@ async def test_a_container_gives_its_listeners_to_every_incarnation() -> None:
                     pids.append(container.pid)
             assert pids[0] != pids[1]
         assert web.fileno() >= 0 and admin.fileno() >= 0  # still open: not the container's
+
+
+@pytest.mark.anyio
+@pytest.mark.processes
+async def test_a_service_keeps_its_port_across_a_crash_and_restart() -> None:
+    """The manager holds the socket: a client that connects while the service is
+    down is queued by the kernel and answered by the next process, never refused."""
+    spec = specs.process(
+        "web",
+        "Greeter",
+        listen=["127.0.0.1:0"],
+        restart=RestartPolicy(mode="always", backoff=0.05, max_backoff=0.05),
+    )
+    manager = ServicesManager([spec])
+    node = manager["web"]
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            (listener,) = node.listeners
+            address = listener.socket.getsockname()
+            first = node.pid
+            assert (await greeting(address)) == f"{first} 127.0.0.1_0"
+            os.kill(first, signal.SIGKILL)  # type: ignore[arg-type]
+            for _ in range(20):  # while it is down, and after: every connection is served
+                pid, _ = (await greeting(address)).split()
+                assert int(pid) != first
+            assert node.restarts >= 1 and node.listeners == (listener,)
+        assert node.listeners == ()  # the manager stopped: the port is let go
+        with pytest.raises(OSError):
+            await anyio.connect_tcp(*address)
+
+
+def test_listen_is_checked_as_the_spec_is_made() -> None:
+    spec = ServiceSpec(name="web", entry="a.b:C", listen=["127.0.0.1:8000", "[::1]:8000"])
+    assert [str(a) for a in spec.listen] == ["127.0.0.1:8000", "[::1]:8000"]
+    with pytest.raises(ServiceDefinitionError, match="an address is listed twice in listen"):
+        ServiceSpec(name="web", entry="a.b:C", listen=["127.0.0.1:1", "127.0.0.1:1"])
+    with pytest.raises(ServiceDefinitionError, match="listen are for services in a child"):
+        ServiceSpec(name="web", factory=object, listen=["127.0.0.1:1"])
+    with pytest.raises(ValueError, match="bad listen address '8000'"):
+        ServiceSpec(name="web", entry="a.b:C", listen=["8000"])
+    with pytest.raises(TypeError, match=r"not the string '127\.0\.0\.1:1'"):
+        ServiceSpec(name="web", entry="a.b:C", listen="127.0.0.1:1")  # type: ignore[arg-type]

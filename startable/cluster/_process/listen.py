@@ -77,6 +77,12 @@ class ListenAddress:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
+    @property
+    def name(self) -> str:
+        """The name its socket is given (`LISTEN_FDNAMES`): the address, each `:`
+        written `_`, since a name cannot hold a colon (`"127.0.0.1_8000"`)."""
+        return str(self).replace(":", "_")
+
 
 def bind_listener(address: ListenAddress, *, backlog: int = 1024) -> socket.socket:
     """A TCP socket bound to `address` and listening (not inheritable here).
@@ -103,11 +109,29 @@ def bind_listener(address: ListenAddress, *, backlog: int = 1024) -> socket.sock
     return sock
 
 
+def check_socket_name(name: object) -> str:
+    """`name` if it can name a socket in `LISTEN_FDNAMES` (1 to 255 printable
+    characters, no `:`); raise `ValueError` otherwise."""
+    if (
+        not isinstance(name, str)
+        or not 0 < len(name) <= 255
+        or not name.isprintable()
+        or ":" in name
+    ):
+        raise ValueError(f"{name!r} cannot name a socket: 1 to 255 printable characters, no ':'")
+    return name
+
+
 @attrs.frozen
 class ListenSocket:
-    """One socket this process was given: its name (`LISTEN_FDNAMES`) and the socket."""
+    """One listening socket, and its name (`LISTEN_FDNAMES`).
 
-    name: str
+    Raises:
+        ValueError: a name `LISTEN_FDNAMES` cannot carry (empty, over 255
+            characters, not printable, or holding a `:`).
+    """
+
+    name: str = attrs.field(validator=lambda _, __, value: check_socket_name(value))
     socket: socket.socket
 
 

@@ -26,6 +26,7 @@ import attrs
 
 from .._errors import DependencyCycleError, ServiceDefinitionError
 from .._names import check_entry, check_name, entry_file
+from .._process.listen import MAX_LISTEN, ListenAddress
 from .._sandbox.permissions import Permissions
 from .services import RestartPolicy, ServiceSpec, check_graph
 
@@ -59,6 +60,7 @@ _SERVICE_KEYS: Final = (
     "restart",
     "permissions",
     "timeouts",
+    "listen",
 )
 _MODES: Final = ("never", "on-failure", "always")
 _ON_EXIT: Final = ("continue", "stop")
@@ -288,6 +290,7 @@ def _service(services: _Table, name: str) -> ServiceSpec:
         for key, option in _TIMEOUTS.items():
             options[option] = timeouts.number(key, positive=True)
     may_create_services = table.boolean("may_create_services")
+    listen = _listen(table)
     restart, permissions = _restart(table), _permissions(table)
     if table.check_environment:  # once the values are known to be right
         _check_here(table, entry, code, env, cwd or table.directory, options.get("python"))
@@ -301,8 +304,27 @@ def _service(services: _Table, name: str) -> ServiceSpec:
         "permissions": permissions,
         "may_create_services": may_create_services,
         "container_options": _present(options),
+        "listen": listen,
     }
     return table.build(ServiceSpec, name=name, **_present(fields))
+
+
+def _listen(table: _Table) -> list[ListenAddress] | None:
+    """`listen = ["HOST:PORT", ...]`: each address checked, none twice."""
+    texts = table.strings("listen")
+    if texts is None:
+        return None
+    if len(texts) > MAX_LISTEN:
+        raise table.error(f"a service may listen on {MAX_LISTEN} addresses at most", "listen")
+    addresses = []
+    for text in texts:
+        try:
+            addresses.append(ListenAddress.parse(text))
+        except ValueError as exc:
+            raise table.error(str(exc), "listen") from exc
+    if len({str(a) for a in addresses}) != len(addresses):
+        raise table.error(f"an address is listed twice in {texts}", "listen")
+    return addresses
 
 
 def _check_here(

@@ -244,7 +244,10 @@ class ServicesManager:
         for child in reversed(node.children):
             await self.destroy(child.name)
         node.held = True
-        await of(node).stop()
+        try:
+            await of(node).stop()
+        finally:
+            node.runner.release()
         for dependency in node.dependencies:
             dependency.dependents.remove(node)
         if node.parent is not None:
@@ -286,6 +289,8 @@ class ServicesManager:
             stop_one = functools.partial(self._stop_one, reason=err, unclean=unclean)
             await launch_in_order(sorter, stop_one)
         finally:  # `shutting_down` stays True until the next start: no restart sneaks in
+            for node in self.nodes.values():  # stopped for good: their sockets close
+                node.runner.release()
             if of(self.client).state is STARTED:
                 await of(self.client).stop()
         if len(unclean) == 1:

@@ -13,6 +13,7 @@ from ... import Hook, State, as_raw_start, as_raw_stop, of
 from .._data.client import ServiceClient
 from .._errors import ClusterError, DependencyStopped
 from .._process.container import ServiceContainer
+from .._process.listen import ListenSocket
 from .runners import ContainerRunner, InProcessRunner, Runner
 from .services import RestartPolicy, ServiceSpec
 
@@ -105,6 +106,12 @@ class ServiceNode:
         """The data-plane client of a service in this process while it runs (else None)."""
         runner = self.runner
         return runner.client if isinstance(runner, InProcessRunner) else None
+
+    @property
+    def listeners(self) -> tuple[ListenSocket, ...]:
+        """Its listening sockets (`spec.listen`), bound at its first start and kept
+        across restarts; `listener.socket.getsockname()` tells a port 0's number."""
+        return self.runner.listeners
 
     @property
     def pid(self) -> int | None:

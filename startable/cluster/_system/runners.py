@@ -22,6 +22,7 @@ from .._data.router import LocalLink, Outbox, Router
 from .._ipc.port import ConnectionPort, from_socket
 from .._process.container import ServiceContainer
 from .._process.failfast import FailFast
+from .._process.listen import ListenSocket, bind_listener
 from .._process.remote import ENV_DATA_PORT, ENV_SERVICE
 from .services import ServiceSpec
 
@@ -79,6 +80,16 @@ class Runner(Protocol):
         """
         ...
 
+    @property
+    def listeners(self) -> tuple[ListenSocket, ...]:
+        """The listening sockets it keeps for the service (`spec.listen`, once bound)."""
+        ...
+
+    def release(self) -> None:
+        """Let go of what it keeps across restarts (listening sockets); called
+        once the service is stopped for good (destroyed, or its manager stopped)."""
+        ...
+
 
 def runner_for(spec: ServiceSpec, router: Router) -> InProcessRunner | ContainerRunner:
     """The runner `spec` asks for: a container for an `entry`, this process for a `factory`."""
@@ -113,6 +124,11 @@ class InProcessRunner:
             self.service = self.spec.factory()
             client.serve(self.service)
             await of(self.service).start(node.stop)
+
+    listeners: tuple[ListenSocket, ...] = ()  # (`listen` is for containers)
+
+    def release(self) -> None:
+        pass  # it keeps nothing across restarts
 
     async def stop(self, err: BaseException | None) -> None:
         try:
@@ -164,8 +180,32 @@ class ContainerRunner:
     def backlog(self) -> int:
         return 0 if self._outbox is None else len(self._outbox)
 
+    @property
+    def listeners(self) -> tuple[ListenSocket, ...]:
+        return self.container.listeners
+
+    def release(self) -> None:
+        listeners, self.container.listeners = self.container.listeners, ()
+        for listener in listeners:
+            listener.socket.close()
+
+    def _listen(self) -> None:
+        """Bind `spec.listen` once: the sockets stay bound across restarts."""
+        if self.container.listeners or not self.spec.listen:
+            return
+        bound: list[ListenSocket] = []
+        try:
+            for address in self.spec.listen:
+                bound.append(ListenSocket(address.name, bind_listener(address)))
+        except BaseException:
+            for listener in bound:
+                listener.socket.close()
+            raise
+        self.container.listeners = tuple(bound)
+
     async def start(self, node: Startable) -> None:
         name = self.spec.name
+        self._listen()
         ours, theirs = socket.socketpair()
         self.container.hand_over(ENV_DATA_PORT, theirs)
         self._port = port = from_socket(ours, receives=AnyMessage, name=f"{name} data port")

@@ -15,6 +15,7 @@ import attrs
 from .._errors import DependencyCycleError, ServiceDefinitionError
 from .._names import check_entry, check_name, number
 from .._process.controller import OutputLine
+from .._process.listen import MAX_LISTEN, ListenAddress
 from .._process.options import ProcessOptions
 from .._sandbox.permissions import Permissions
 
@@ -64,6 +65,12 @@ def _names(instance: object, attribute: attrs.Attribute[Any], value: tuple[str, 
         check_name(name)
 
 
+def _as_addresses(addresses: Iterable[ListenAddress | str]) -> tuple[ListenAddress, ...]:
+    if isinstance(addresses, str):
+        raise TypeError(f"listen is a list of addresses, not the string {addresses!r}")
+    return tuple(a if isinstance(a, ListenAddress) else ListenAddress.parse(a) for a in addresses)
+
+
 def _as_process_options(options: ProcessOptions | Mapping[str, object]) -> ProcessOptions:
     return ProcessOptions.of(options)
 
@@ -94,6 +101,10 @@ class ServiceSpec:
             interpreter, timeouts, how much is kept); a mapping gives the
             fields by name, and is checked as the spec is made.
         on_output: called with each line its process writes (`OutputLine`).
+        listen: TCP addresses (`"127.0.0.1:8000"` or `ListenAddress`) the
+            manager binds once, before the service's first start, and keeps
+            bound across its restarts; its process gets them at descriptors
+            3, 4... as socket activation passes them (`listen_sockets`).
     """
 
     name: str = attrs.field(validator=lambda _, __, value: check_name(value))
@@ -110,6 +121,7 @@ class ServiceSpec:
         factory=ProcessOptions, converter=_as_process_options
     )
     on_output: Callable[[OutputLine], object] | None = None
+    listen: tuple[ListenAddress, ...] = attrs.field(default=(), converter=_as_addresses)
 
     def __attrs_post_init__(self) -> None:
         problem = self._problem()
@@ -130,10 +142,11 @@ class ServiceSpec:
             or self.env
             or self.cwd
             or self.on_output is not None
+            or self.listen
         ):
             return (
-                "code, permissions, env, cwd and on_output are for services in a child "
-                "process (entry)"
+                "code, permissions, env, cwd, on_output and listen are for services in a "
+                "child process (entry)"
             )
         factory: object = self.factory
         if factory is not None and not callable(factory):
@@ -141,6 +154,10 @@ class ServiceSpec:
         permissions: object = self.permissions
         if permissions is not None and not isinstance(permissions, Permissions):
             return f"permissions must be a Permissions, not {permissions!r}"
+        if len(self.listen) > MAX_LISTEN:
+            return f"it may listen on {MAX_LISTEN} addresses at most, not {len(self.listen)}"
+        if len({str(a) for a in self.listen}) != len(self.listen):
+            return f"an address is listed twice in listen: {[str(a) for a in self.listen]}"
         if self.name in self.depends_on:
             return "it depends on itself"
         if len(set(self.depends_on)) != len(self.depends_on):
