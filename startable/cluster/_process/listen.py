@@ -162,17 +162,18 @@ def _take(environ: MutableMapping[str, str]) -> list[ListenSocket]:
     found = parse_environment(environ, os.getpid())
     if found is None:
         return []
-    for variable in _VARIABLES:
-        environ.pop(variable, None)
-    taken = []
-    for offset, name in enumerate(found):
-        fd = LISTEN_FDS_START + offset
+    fds = range(LISTEN_FDS_START, LISTEN_FDS_START + len(found))
+    for fd, name in zip(fds, found, strict=True):  # every one checked before any is taken
         try:
             mode = os.fstat(fd).st_mode
         except OSError:
             raise ValueError(f"LISTEN_FDS: descriptor {fd} is not open") from None
         if not stat.S_ISSOCK(mode):
             raise ValueError(f"LISTEN_FDS: descriptor {fd} ({name!r}) is not a socket")
+    for variable in _VARIABLES:
+        environ.pop(variable, None)
+    taken = []
+    for fd, name in zip(fds, found, strict=True):
         os.set_inheritable(fd, False)
         taken.append(ListenSocket(name, socket.socket(fileno=fd)))
     return taken
