@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import anyio
+import anyio.abc
 
 import startable
 from startable.cluster import Event, handler, this_service
@@ -100,3 +101,31 @@ class Api:
     @handler
     async def spawn(self, name: str, depends_on: list[str] | None = None) -> None:
         await self.client.create(name, "tests.plane_services:Store", depends_on=depends_on or ())
+
+
+class Replica:
+    """A replica of a pool: says who it is, and serves the shared port."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        from startable.cluster import listen_sockets
+
+        for given in listen_sockets():
+            listener = await anyio.abc.SocketListener.from_socket(given.socket)
+            startable.of(self).start_soon(self._serve, listener)
+        if os.environ.get("STARTABLE_TEST_FAIL_REPLICA") == os.environ["STARTABLE_REPLICA"]:
+            raise RuntimeError(f"replica {os.environ['STARTABLE_REPLICA']} cannot start")
+
+    async def _serve(self, listener: anyio.abc.SocketListener) -> None:
+        async def greet(client: anyio.abc.SocketStream) -> None:
+            async with client:
+                await client.send(f"{os.getpid()}\n".encode())
+
+        async with listener:
+            await listener.serve(greet)
+
+    @handler
+    async def whoami(self, delay: float = 0.0) -> list[int]:
+        await anyio.sleep(delay)
+        index, size = os.environ["STARTABLE_REPLICA"], os.environ["STARTABLE_REPLICAS"]
+        return [os.getpid(), int(index), int(size)]

@@ -98,8 +98,8 @@ def _show_output(manager: ServicesManager, reporter: Reporter) -> None:
     """Send each service's output to `reporter`, those created at run time too."""
 
     def show(node: ServiceNode) -> None:
-        if node.container is not None:  # read at each start, by the controller it makes
-            node.container.on_output = functools.partial(reporter.output, node.name)
+        for container in node.containers:  # read at each start, by the controller it makes
+            container.on_output = functools.partial(reporter.output, node.name)
 
     for node in manager.nodes.values():
         show(node)

@@ -868,3 +868,18 @@ def test_a_bad_listen_is_refused_naming_the_key(tmp_path: Path, value: str, prob
     error = refused(tmp_path, f"{KV}listen = {value}\n")
     assert error.key == "services.kv.listen"
     assert problem in error.problem
+
+
+def test_replicas_makes_a_pool(tmp_path: Path) -> None:
+    (spec,) = load_cluster(write(tmp_path, f"{KV}replicas = 4\n")).services
+    assert spec.replicas == 4
+    for value, problem in [
+        ("0", "must be positive, not 0"),
+        ("-2", "must be positive"),
+        ("2.5", "expected an integer"),
+        ('"4"', "expected an integer"),
+        ("1000", "a pool has 256 replicas at most, not 1000"),
+    ]:
+        error = refused(tmp_path, f"{KV}replicas = {value}\n")
+        assert error.key == "services.kv.replicas"
+        assert problem in error.problem, error.problem

@@ -18,7 +18,7 @@ import fcntl
 import os
 import socket
 import stat
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 
 import attrs
 
@@ -107,6 +107,24 @@ def bind_listener(address: ListenAddress, *, backlog: int = 1024) -> socket.sock
         sock.close()
         raise ClusterError(f"cannot listen on {address}: {exc.strerror or exc}") from None
     return sock
+
+
+def bind_all(addresses: Sequence[ListenAddress]) -> tuple[ListenSocket, ...]:
+    """Bind every address (each socket named after its address); none is left
+    bound if one fails.
+
+    Raises:
+        ClusterError: as `bind_listener`, for the first that fails.
+    """
+    bound: list[ListenSocket] = []
+    try:
+        for address in addresses:
+            bound.append(ListenSocket(address.name, bind_listener(address)))
+    except BaseException:
+        for listener in bound:
+            listener.socket.close()
+        raise
+    return tuple(bound)
 
 
 def check_socket_name(name: object) -> str:

@@ -28,7 +28,7 @@ from .._errors import DependencyCycleError, ServiceDefinitionError
 from .._names import check_entry, check_name, entry_file
 from .._process.listen import MAX_LISTEN, ListenAddress
 from .._sandbox.permissions import Permissions
-from .services import RestartPolicy, ServiceSpec, check_graph
+from .services import MAX_REPLICAS, RestartPolicy, ServiceSpec, check_graph
 
 _T = TypeVar("_T")
 
@@ -61,6 +61,7 @@ _SERVICE_KEYS: Final = (
     "permissions",
     "timeouts",
     "listen",
+    "replicas",
 )
 _MODES: Final = ("never", "on-failure", "always")
 _ON_EXIT: Final = ("continue", "stop")
@@ -291,6 +292,9 @@ def _service(services: _Table, name: str) -> ServiceSpec:
             options[option] = timeouts.number(key, positive=True)
     may_create_services = table.boolean("may_create_services")
     listen = _listen(table)
+    replicas = table.integer("replicas", positive=True)
+    if replicas is not None and replicas > MAX_REPLICAS:
+        raise table.error(f"a pool has {MAX_REPLICAS} replicas at most, not {replicas}", "replicas")
     restart, permissions = _restart(table), _permissions(table)
     if table.check_environment:  # once the values are known to be right
         _check_here(table, entry, code, env, cwd or table.directory, options.get("python"))
@@ -305,6 +309,7 @@ def _service(services: _Table, name: str) -> ServiceSpec:
         "may_create_services": may_create_services,
         "container_options": _present(options),
         "listen": listen,
+        "replicas": replicas,
     }
     return table.build(ServiceSpec, name=name, **_present(fields))
 

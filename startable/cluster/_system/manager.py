@@ -22,7 +22,7 @@ from .._errors import (
 from .directory import LocalDirectory
 from .launch import Report, closure, launch_in_order
 from .node import ServiceNode
-from .runners import runner_for
+from .pool import runner_for
 from .services import ServiceSpec, check_graph
 from .supervisor import Supervisor
 

@@ -97,6 +97,17 @@ class ServiceNode:
         return runner.container if isinstance(runner, ContainerRunner) else None
 
     @property
+    def containers(self) -> tuple[ServiceContainer, ...]:
+        """Its containers: one for a service in a child process, one per replica for
+        a pool (`replicas`), none for a service in this process."""
+        service = self.runner.service
+        if isinstance(service, ServiceContainer):
+            return (service,)
+        if isinstance(service, tuple):
+            return tuple(c for c in service if isinstance(c, ServiceContainer))
+        return ()
+
+    @property
     def service(self) -> object | None:
         """The object running now (or last): the container, or what `spec.factory` returned."""
         return self.runner.service

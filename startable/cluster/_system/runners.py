@@ -22,7 +22,7 @@ from .._data.router import LocalLink, Outbox, Router
 from .._ipc.port import ConnectionPort, from_socket
 from .._process.container import ServiceContainer
 from .._process.failfast import FailFast
-from .._process.listen import ListenSocket, bind_listener
+from .._process.listen import ListenSocket, bind_all
 from .._process.remote import ENV_DATA_PORT, ENV_SERVICE
 from .services import ServiceSpec
 
@@ -89,13 +89,6 @@ class Runner(Protocol):
         """Let go of what it keeps across restarts (listening sockets); called
         once the service is stopped for good (destroyed, or its manager stopped)."""
         ...
-
-
-def runner_for(spec: ServiceSpec, router: Router) -> InProcessRunner | ContainerRunner:
-    """The runner `spec` asks for: a container for an `entry`, this process for a `factory`."""
-    if spec.entry is not None:
-        return ContainerRunner(spec, router)
-    return InProcessRunner(spec, router)
 
 
 class InProcessRunner:
@@ -191,17 +184,8 @@ class ContainerRunner:
 
     def _listen(self) -> None:
         """Bind `spec.listen` once: the sockets stay bound across restarts."""
-        if self.container.listeners or not self.spec.listen:
-            return
-        bound: list[ListenSocket] = []
-        try:
-            for address in self.spec.listen:
-                bound.append(ListenSocket(address.name, bind_listener(address)))
-        except BaseException:
-            for listener in bound:
-                listener.socket.close()
-            raise
-        self.container.listeners = tuple(bound)
+        if not self.container.listeners and self.spec.listen:
+            self.container.listeners = bind_all(self.spec.listen)
 
     async def start(self, node: Startable) -> None:
         name = self.spec.name

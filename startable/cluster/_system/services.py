@@ -65,6 +65,10 @@ def _names(instance: object, attribute: attrs.Attribute[Any], value: tuple[str, 
         check_name(name)
 
 
+#: Replicas one service may have at most.
+MAX_REPLICAS = 256
+
+
 def _as_addresses(addresses: Iterable[ListenAddress | str]) -> tuple[ListenAddress, ...]:
     if isinstance(addresses, str):
         raise TypeError(f"listen is a list of addresses, not the string {addresses!r}")
@@ -105,6 +109,10 @@ class ServiceSpec:
             manager binds once, before the service's first start, and keeps
             bound across its restarts; its process gets them at descriptors
             3, 4... as socket activation passes them (`listen_sockets`).
+        replicas: how many processes run it (a pool when more than one): each
+            replica is reached under the service's name, a request goes to
+            the one with the fewest requests waiting, and one that stops on
+            its own is restarted by `restart` while the others serve.
     """
 
     name: str = attrs.field(validator=lambda _, __, value: check_name(value))
@@ -122,6 +130,7 @@ class ServiceSpec:
     )
     on_output: Callable[[OutputLine], object] | None = None
     listen: tuple[ListenAddress, ...] = attrs.field(default=(), converter=_as_addresses)
+    replicas: int = attrs.field(default=1, validator=number(at_least=1, integer=True))
 
     def __attrs_post_init__(self) -> None:
         problem = self._problem()
@@ -143,10 +152,11 @@ class ServiceSpec:
             or self.cwd
             or self.on_output is not None
             or self.listen
+            or self.replicas != 1
         ):
             return (
-                "code, permissions, env, cwd, on_output and listen are for services in a "
-                "child process (entry)"
+                "code, permissions, env, cwd, on_output, listen and replicas are for "
+                "services in a child process (entry)"
             )
         factory: object = self.factory
         if factory is not None and not callable(factory):
@@ -154,6 +164,8 @@ class ServiceSpec:
         permissions: object = self.permissions
         if permissions is not None and not isinstance(permissions, Permissions):
             return f"permissions must be a Permissions, not {permissions!r}"
+        if self.replicas > MAX_REPLICAS:
+            return f"a pool has {MAX_REPLICAS} replicas at most, not {self.replicas}"
         if len(self.listen) > MAX_LISTEN:
             return f"it may listen on {MAX_LISTEN} addresses at most, not {len(self.listen)}"
         if len({str(a) for a in self.listen}) != len(self.listen):

@@ -1,0 +1,157 @@
+"""Pools: a service run as N replicas, each a process of its own (real processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import anyio
+import pytest
+
+import startable
+from startable import State
+from startable.cluster import (
+    EscalationError,
+    RestartPolicy,
+    ServiceDefinitionError,
+    ServiceNode,
+    ServicesManager,
+    ServiceSpec,
+    this_service,
+)
+
+from .. import specs
+
+#: Every test here spawns child processes (`-m "not processes"` skips them).
+pytestmark = [pytest.mark.anyio, pytest.mark.processes]
+
+QUICK = RestartPolicy(mode="always", backoff=0.05, max_backoff=0.05, intensity=50)
+
+
+class Front:
+    """In the manager's process, depends on the pool and asks it who it is."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        pass
+
+    async def ask(self) -> list[int]:
+        result: list[int] = await this_service().request("web", "whoami")
+        return result
+
+
+def pool(replicas: int = 3, **fields: object) -> ServiceSpec:
+    fields.setdefault("restart", QUICK)
+    return specs.process(
+        "web", "tests.plane_services:Replica", replicas=replicas, listen=["127.0.0.1:0"], **fields
+    )
+
+
+async def replaced(node: ServiceNode, index: int, victim: int | None) -> None:
+    """Until replica `index`, whose process `victim` was killed, runs a new one."""
+    replica = node.runner.replicas[index]  # type: ignore[attr-defined]
+    lifecycle = startable.of(replica)
+    if replica.pid == victim:  # not noticed yet
+        await lifecycle.wait_state(State.STOPPING, State.STOPPED)
+    await lifecycle.wait_state(State.STARTED)
+
+
+async def greeting(address: tuple[str, int]) -> int:
+    async with await anyio.connect_tcp(*address) as client:
+        return int((await client.receive()).decode())
+
+
+async def test_a_pool_starts_every_replica_and_spreads_requests() -> None:
+    manager = ServicesManager([pool(3)])
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            node = manager["web"]
+            assert startable.of(node).state is State.STARTED
+            containers = node.containers
+            assert containers == node.service and len(containers) == 3
+            pids = {container.pid for container in containers}
+            assert len(pids) == 3 and None not in pids
+            answers: list[list[int]] = []
+
+            async def ask() -> None:
+                answers.append(await manager.client.request("web", "whoami", 0.2))
+
+            async with anyio.create_task_group() as group:  # in flight together
+                for _ in range(9):
+                    group.start_soon(ask)
+            # least outstanding: three each, and every replica knows its place
+            assert sorted(answers) == sorted([pid, i, 3] for pid, i, _ in answers)
+            by_pid = {pid: index for pid, index, _ in answers}
+            assert set(by_pid) == pids and sorted(by_pid.values()) == [0, 1, 2]
+            assert all([a[0] for a in answers].count(pid) == 3 for pid in pids)
+
+
+async def test_a_killed_replica_is_replaced_while_the_pool_and_its_dependents_run() -> None:
+    front = ServiceSpec(name="front", factory=Front, depends_on=["web"])
+    manager = ServicesManager([pool(2), front])
+    events: list[str] = []
+    manager.subscribe(lambda event: events.append(f"{event.service} {event.kind}"))
+    with anyio.fail_after(90):
+        async with startable.running(manager):
+            node = manager["web"]
+            (listener,) = node.listeners
+            address = listener.socket.getsockname()
+            for _ in range(5):  # five kills in a row
+                victim = node.service[0].pid
+                os.kill(victim, signal.SIGKILL)
+                served = [await greeting(address) for _ in range(10)]  # never refused
+                assert victim not in served
+                await replaced(node, 0, victim)
+            assert startable.of(node).state is State.STARTED
+            assert startable.of(manager["front"]).state is State.STARTED
+            front_service = manager["front"].service
+            assert isinstance(front_service, Front)
+            pid, _, size = await manager.client.request("web", "whoami")
+            assert size == 2 and pid in {c.pid for c in node.service}
+        assert not any(e.startswith("front ") and "stopped" in e for e in events[:-2])
+    assert node.listeners == ()
+
+
+async def test_a_replica_that_cannot_start_fails_the_pool_start() -> None:
+    spec = pool(3, env={"STARTABLE_TEST_FAIL_REPLICA": "1"}, restart=RestartPolicy(mode="never"))
+    manager = ServicesManager([spec])
+    with anyio.fail_after(60):
+        async with startable.open_owner():
+            with pytest.raises(Exception, match="replica 1 cannot start"):
+                await startable.of(manager).start()
+    node = manager["web"]
+    assert startable.of(node).state is State.STOPPED
+    for container in node.service:  # none left running
+        assert startable.of(container).state in (State.READY, State.STOPPED)
+        assert container.controller is None or container.controller.returncode is not None
+
+
+async def test_a_pool_restarted_too_often_escalates() -> None:
+    storm = RestartPolicy(mode="always", backoff=0.01, max_backoff=0.01, intensity=2, period=60)
+    manager = ServicesManager([pool(2, restart=storm)])
+    with anyio.fail_after(60):
+        async with startable.open_owner():
+            await startable.of(manager).start()
+            node = manager["web"]
+            for kill in range(3):
+                victim = node.service[0].pid
+                os.kill(victim, signal.SIGKILL)  # type: ignore[arg-type]
+                if kill < 2:  # within the policy: reforked
+                    await replaced(node, 0, victim)
+            await startable.of(node).wait_state(State.STOPPED)  # the third: past it
+            reason = startable.of(node).statistics().stop_reason
+            assert isinstance(reason, EscalationError)
+            assert "web#0 failed 3 times within 60s" in str(reason)
+            await startable.of(manager).stop()
+
+
+def test_replicas_are_checked_as_the_spec_is_made() -> None:
+    assert ServiceSpec(name="web", entry="a.b:C", replicas=4).replicas == 4
+    with pytest.raises(ValueError, match=r"ServiceSpec\.replicas must be at least 1"):
+        ServiceSpec(name="web", entry="a.b:C", replicas=0)
+    with pytest.raises(TypeError, match=r"ServiceSpec\.replicas must be an integer"):
+        ServiceSpec(name="web", entry="a.b:C", replicas=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ServiceDefinitionError, match="256 replicas at most"):
+        ServiceSpec(name="web", entry="a.b:C", replicas=1000)
+    with pytest.raises(ServiceDefinitionError, match="replicas are for services in a child"):
+        ServiceSpec(name="web", factory=Front, replicas=2)
