@@ -307,7 +307,9 @@ def test_listen_is_checked_as_the_spec_is_made() -> None:
     assert [str(a) for a in spec.listen] == ["127.0.0.1:8000", "[::1]:8000"]
     with pytest.raises(ServiceDefinitionError, match="an address is listed twice in listen"):
         ServiceSpec(name="web", entry="a.b:C", listen=["127.0.0.1:1", "127.0.0.1:1"])
-    with pytest.raises(ServiceDefinitionError, match="listen and replicas are for services in a child"):
+    with pytest.raises(
+        ServiceDefinitionError, match="listen and replicas are for services in a child"
+    ):
         ServiceSpec(name="web", factory=object, listen=["127.0.0.1:1"])
     with pytest.raises(ValueError, match="bad listen address '8000'"):
         ServiceSpec(name="web", entry="a.b:C", listen=["8000"])

@@ -149,6 +149,9 @@ class PoolRunner:
         for replica in self.replicas:
             replica.held = False
             replica.failures.clear()
+        # Open before the replicas start: one that is STARTED and dies while the
+        # others still start is reforked too (a failed start is not reported).
+        supervisor.open()
         failed: list[Exception] = []
 
         async def start(replica: Replica, group: anyio.abc.TaskGroup) -> None:
@@ -164,7 +167,6 @@ class PoolRunner:
                 group.start_soon(start, replica, group)
         if failed:
             raise failed[0]  # (the raw stop stops those that did start)
-        supervisor.open()  # from now on, a replica that stops is reforked
 
     async def _restart(self, replica: Replica) -> None:
         node, supervisor = self._node, self._supervisor
