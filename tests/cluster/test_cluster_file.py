@@ -883,3 +883,11 @@ def test_replicas_makes_a_pool(tmp_path: Path) -> None:
         error = refused(tmp_path, f"{KV}replicas = {value}\n")
         assert error.key == "services.kv.replicas"
         assert problem in error.problem, error.problem
+
+
+def test_limit_bounds_a_pool_without_replicas(tmp_path: Path) -> None:
+    (spec,) = load_cluster(write(tmp_path, f"{KV}replicas = 2\nlimit = 2.5\n")).services
+    assert (spec.replicas, spec.limit) == (2, 2.5)
+    for value in ("0", "-1", "nan", "inf", '"60"'):
+        error = refused(tmp_path, f"{KV}limit = {value}\n")
+        assert error.key == "services.kv.limit", value

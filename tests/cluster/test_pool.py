@@ -17,6 +17,7 @@ from startable.cluster import (
     ServiceNode,
     ServicesManager,
     ServiceSpec,
+    ServiceUnavailable,
     this_service,
 )
 
@@ -143,6 +144,39 @@ async def test_a_pool_restarted_too_often_escalates() -> None:
             assert isinstance(reason, EscalationError)
             assert "web#0 failed 3 times within 60s" in str(reason)
             await startable.of(manager).stop()
+
+
+async def test_a_pool_with_no_live_replica_past_its_limit_fails() -> None:
+    slow = RestartPolicy(mode="always", backoff=120, max_backoff=120)  # none comes back in time
+    manager = ServicesManager([pool(2, restart=slow, limit=0.5)])
+    with anyio.fail_after(60):
+        async with startable.open_owner():
+            await startable.of(manager).start()
+            node = manager["web"]
+            victims = [container.pid for container in node.containers]
+            for victim in victims:
+                os.kill(victim, signal.SIGKILL)  # type: ignore[arg-type]
+            await startable.of(node).wait_state(State.STOPPED)
+            reason = startable.of(node).statistics().stop_reason
+            assert str(reason) == "pool 'web' had no live replica for 0.5s"
+            with pytest.raises(ServiceUnavailable, match="not STARTED"):
+                await manager.client.request("web", "whoami")
+            await startable.of(manager).stop()
+
+
+async def test_one_live_replica_is_enough_to_keep_the_pool() -> None:
+    slow = RestartPolicy(mode="always", backoff=120, max_backoff=120)
+    manager = ServicesManager([pool(2, restart=slow, limit=0.2)])
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            node = manager["web"]
+            first, second = node.containers
+            os.kill(first.pid, signal.SIGKILL)  # type: ignore[arg-type]
+            await startable.of(node.runner.replicas[0]).wait_state(State.STOPPED)  # type: ignore[attr-defined]
+            for _ in range(5):  # the live one answers; the pool stays
+                pid, _, _ = await manager.client.request("web", "whoami", 0.1)
+                assert pid == second.pid
+            assert startable.of(node).state is State.STARTED
 
 
 def test_replicas_are_checked_as_the_spec_is_made() -> None:

@@ -62,6 +62,7 @@ _SERVICE_KEYS: Final = (
     "timeouts",
     "listen",
     "replicas",
+    "limit",
 )
 _MODES: Final = ("never", "on-failure", "always")
 _ON_EXIT: Final = ("continue", "stop")
@@ -293,6 +294,7 @@ def _service(services: _Table, name: str) -> ServiceSpec:
     may_create_services = table.boolean("may_create_services")
     listen = _listen(table)
     replicas = table.integer("replicas", positive=True)
+    limit = table.number("limit", positive=True)
     if replicas is not None and replicas > MAX_REPLICAS:
         raise table.error(f"a pool has {MAX_REPLICAS} replicas at most, not {replicas}", "replicas")
     restart, permissions = _restart(table), _permissions(table)
@@ -310,6 +312,7 @@ def _service(services: _Table, name: str) -> ServiceSpec:
         "container_options": _present(options),
         "listen": listen,
         "replicas": replicas,
+        "limit": limit,
     }
     return table.build(ServiceSpec, name=name, **_present(fields))
 

@@ -28,6 +28,7 @@ import attrs
 
 from ... import Startable, State, as_raw_start, as_raw_stop, of
 from .._data.router import Router
+from .._errors import ClusterError
 from .._process.container import ServiceContainer
 from .._process.failfast import FailFast
 from .._process.listen import ListenSocket, bind_all
@@ -78,6 +79,7 @@ class Replica:
     async def _start(self) -> None:
         self.runner.container.listeners = self.pool.listeners  # shared, never bound here
         await self.runner.start(of(self))
+        self.pool.revived += 1
 
     @as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
@@ -88,6 +90,7 @@ class Replica:
 
         def stopped(reason: BaseException | None) -> None:
             supervisor.report(self, reason)
+            self.pool.check_empty()
 
         await self._starting.start(node, of(self), stopped)
 
@@ -106,6 +109,8 @@ class PoolRunner:
         self.size = spec.replicas
         self.replicas = [Replica(self, index) for index in range(self.size)]
         self.listeners: tuple[ListenSocket, ...] = ()
+        #: How many times a replica became STARTED (the pool's `limit` watches it).
+        self.revived = 0
         self._node: Startable | None = None
         self._supervisor: Supervisor[Replica] | None = None
 
@@ -167,6 +172,22 @@ class PoolRunner:
                 group.start_soon(start, replica, group)
         if failed:
             raise failed[0]  # (the raw stop stops those that did start)
+
+    def check_empty(self) -> None:
+        """A replica is stopping: with none left STARTED, give them `spec.limit`."""
+        node = self._node
+        if node is not None and node.state is STARTED and self.live == 0:
+            node.start_soon(self._within_limit, self.revived)
+
+    async def _within_limit(self, revived: int) -> None:
+        await anyio.sleep(self.spec.limit)
+        node = self._node
+        if node is not None and node.state is STARTED and self.revived == revived:
+            node.stop_nowait(
+                ClusterError(
+                    f"pool {self.spec.name!r} had no live replica for {self.spec.limit:g}s"
+                )
+            )
 
     async def _restart(self, replica: Replica) -> None:
         node, supervisor = self._node, self._supervisor

@@ -113,6 +113,9 @@ class ServiceSpec:
             replica is reached under the service's name, a request goes to
             the one with the fewest requests waiting, and one that stops on
             its own is restarted by `restart` while the others serve.
+        limit: for a pool, the seconds it may go without a live replica:
+            if none is STARTED again by then, the pool stops with a
+            `ClusterError` (a failure: cascade and escalation apply).
     """
 
     name: str = attrs.field(validator=lambda _, __, value: check_name(value))
@@ -131,6 +134,7 @@ class ServiceSpec:
     on_output: Callable[[OutputLine], object] | None = None
     listen: tuple[ListenAddress, ...] = attrs.field(default=(), converter=_as_addresses)
     replicas: int = attrs.field(default=1, validator=number(at_least=1, integer=True))
+    limit: float = attrs.field(default=60.0, validator=number(above=0))
 
     def __attrs_post_init__(self) -> None:
         problem = self._problem()
