@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -38,7 +40,13 @@ import psutil
 from _report import Best, Row, arguments, report
 
 import startable
-from startable.cluster import ProcessOptions, ServiceContainer
+from startable.cluster import (
+    ProcessOptions,
+    RestartPolicy,
+    ServiceContainer,
+    ServicesManager,
+    ServiceSpec,
+)
 from startable.cluster._ipc.wire import FrameCodec, FrameReader
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +76,45 @@ async def spawn_containers(count: int) -> float:
         for container in containers:
             await startable.of(container).stop()
     return elapsed
+
+
+def pool_spec(replicas: int) -> ServiceSpec:
+    return ServiceSpec(
+        name="pool",
+        entry="NoOp",
+        code=NOOP_CODE,
+        replicas=replicas,
+        container_options=QUIET,
+        restart=RestartPolicy(mode="always", backoff=0, max_backoff=0, intensity=10_000),
+    )
+
+
+async def spawn_pool(replicas: int) -> float:
+    """Seconds from the start of a manager to its pool of `replicas` STARTED."""
+    manager = ServicesManager([pool_spec(replicas)])
+    async with startable.open_owner():
+        began = time.perf_counter()
+        await startable.of(manager).start()
+        elapsed = time.perf_counter() - began
+        await startable.of(manager).stop()
+    return elapsed
+
+
+async def reforks(times: int) -> list[float]:
+    """Seconds from a SIGKILL of a replica to its replacement STARTED, `times` over."""
+    manager = ServicesManager([pool_spec(2)])
+    found: list[float] = []
+    async with startable.running(manager):
+        replica = manager["pool"].runner.replicas[0]  # type: ignore[attr-defined]
+        lifecycle = startable.of(replica)
+        for _ in range(times):
+            victim = replica.pid
+            began = time.perf_counter()
+            os.kill(victim, signal.SIGKILL)
+            await lifecycle.wait_state(startable.State.STOPPING, startable.State.STOPPED)
+            await lifecycle.wait_state(startable.State.STARTED)
+            found.append(time.perf_counter() - began)
+    return found
 
 
 def spawn_bare(count: int) -> float:
@@ -248,11 +295,15 @@ def main() -> int:
 
     figures = Best()
     keep = figures.keep
+    refork_times: list[float] = []
 
     for _ in range(rounds):
         for count in (1, 16):
             keep(f"spawn {count} containers", anyio.run(spawn_containers, count, backend="trio"))
             keep(f"spawn {count} bare", spawn_bare(count))
+        keep("spawn a pool of 8", anyio.run(spawn_pool, 8, backend="trio"))
+        keep("spawn 8 bare", spawn_bare(8))
+        refork_times.extend(anyio.run(reforks, 5 if args.quick else 20, backend="trio"))
         keep("port round trip", anyio.run(port_round_trip, trips, backend="trio"))
         keep("raw echo round trip", anyio.run(raw_echo_round_trip, trips, backend="trio"))
         keep(
@@ -276,6 +327,27 @@ def main() -> int:
                 ours / bare <= 1.5,
             )
         )
+    ours, bare = figures["spawn a pool of 8"], figures["spawn 8 bare"]
+    rows.append(
+        (
+            "spawn to STARTED, a pool of 8 replicas",
+            f"{ours * 1000:.0f} ms vs 8 bare pythons {bare * 1000:.0f} ms",
+            f"{ours / bare:.2f}x",
+            ours / bare <= 1.5,
+        )
+    )
+    refork_times.sort()
+    median = statistics.median(refork_times)
+    p99 = refork_times[min(len(refork_times) - 1, int(len(refork_times) * 0.99))]
+    rows.append(
+        (
+            "  (for context) refork: SIGKILL to STARTED",
+            f"median {median * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms "
+            f"({len(refork_times)} kills); one bare python {figures['spawn 1 bare'] * 1000:.0f} ms",
+            f"{median / figures['spawn 1 bare']:.2f}x",
+            None,
+        )
+    )
     port, echo, floor, pipe = (
         figures["port round trip"],
         figures["raw echo round trip"],
