@@ -127,5 +127,6 @@ class Replica:
     @handler
     async def whoami(self, delay: float = 0.0) -> list[int]:
         await anyio.sleep(delay)
-        index, size = os.environ["STARTABLE_REPLICA"], os.environ["STARTABLE_REPLICAS"]
-        return [os.getpid(), int(index), int(size)]
+        me = this_service()
+        assert me.replica == int(os.environ["STARTABLE_REPLICA"])
+        return [os.getpid(), me.replica, me.replicas]

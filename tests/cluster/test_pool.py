@@ -13,6 +13,7 @@ from startable import State
 from startable.cluster import (
     EscalationError,
     RestartPolicy,
+    ServiceClient,
     ServiceDefinitionError,
     ServiceNode,
     ServicesManager,
@@ -189,3 +190,15 @@ def test_replicas_are_checked_as_the_spec_is_made() -> None:
         ServiceSpec(name="web", entry="a.b:C", replicas=1000)
     with pytest.raises(ServiceDefinitionError, match="replicas are for services in a child"):
         ServiceSpec(name="web", factory=Front, replicas=2)
+
+
+def test_a_replica_reads_its_place_and_refuses_a_bad_one() -> None:
+    from startable.cluster._process.remote import _place_in_pool
+
+    assert _place_in_pool({}) == (0, 1)
+    assert _place_in_pool({"STARTABLE_REPLICA": "2", "STARTABLE_REPLICAS": "3"}) == (2, 3)
+    for index, size in [("3", "3"), ("-1", "3"), ("9" * 5000, "9" * 5000), ("x", "2"), ("٣", "9")]:
+        place = {"STARTABLE_REPLICA": index, "STARTABLE_REPLICAS": size}
+        assert _place_in_pool(place) == (0, 1), (index, size)
+    with pytest.raises(ValueError, match="replica 3 of a pool of 3"):
+        ServiceClient("web", None, replica=3, replicas=3)  # type: ignore[arg-type]

@@ -116,12 +116,19 @@ class ServiceClient:
 
     Attributes:
         name: the service's name (empty for the manager's own client).
+        replica: which replica of its pool this process is (0 to
+            `replicas` - 1; 0 for a service that is not a pool).
+        replicas: how many replicas its pool has (1: not a pool).
         events_dropped: events not delivered because a subscription's buffer
             was full.
     """
 
-    def __init__(self, name: str, link: Link) -> None:
+    def __init__(self, name: str, link: Link, *, replica: int = 0, replicas: int = 1) -> None:
+        if not 0 <= replica < replicas:
+            raise ValueError(f"replica {replica} of a pool of {replicas}")
         self.name = name
+        self.replica = replica
+        self.replicas = replicas
         self.events_dropped = 0
         self._link = link
         self._target: object | None = None

@@ -28,6 +28,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, NoReturn, TypeAlias
 
 import anyio
@@ -69,6 +70,8 @@ ENV_PORT = "STARTABLE_PORT_FD"
 ENV_PARENT = "STARTABLE_PARENT_PID"
 ENV_DATA_PORT = "STARTABLE_DATA_FD"  # the data plane's socket, when the manager gives one
 ENV_SERVICE = "STARTABLE_SERVICE"  # the service's name in its cluster
+ENV_REPLICA = "STARTABLE_REPLICA"  # a pool's replica: its index...
+ENV_REPLICAS = "STARTABLE_REPLICAS"  # ...and the pool's size
 
 #: The remote's side of the control port, and the queue of what it is to send on it.
 ControlPort: TypeAlias = ConnectionPort[ToRemote]
@@ -234,7 +237,8 @@ async def _serve(
     if data is not None:  # its link to the other services (the controller never sees it)
         name = os.environ.get(ENV_SERVICE, "")
         data_port = from_socket(data, receives=AnyMessage, name=f"{name} data port")
-        client = ServiceClient(name, PortLink(data_port))
+        replica, replicas = _place_in_pool(os.environ)
+        client = ServiceClient(name, PortLink(data_port), replica=replica, replicas=replicas)
         set_process_client(client)
     outbox, pending = anyio.create_memory_object_stream[FromRemote](10_000)
     code = EXIT_OK
@@ -256,6 +260,19 @@ async def _serve(
             outbox.close()  # the forwarder sends what is left, then returns
         await of(port).stop()
     return code
+
+
+def _place_in_pool(environ: Mapping[str, str]) -> tuple[int, int]:
+    """This process's replica index and its pool's size (0 and 1: not a pool)."""
+    index, size = environ.get(ENV_REPLICA, "0"), environ.get(ENV_REPLICAS, "1")
+    numbers = all(n.isascii() and n.isdigit() and len(n) <= 4 for n in (index, size))
+    if numbers and int(index) < int(size):
+        return int(index), int(size)
+    print(
+        f"startable: bad {ENV_REPLICA}={index[:20]!r}, {ENV_REPLICAS}={size[:20]!r}",
+        file=sys.stderr,
+    )
+    return 0, 1
 
 
 async def _forward(pending: Pending, port: ControlPort) -> None:

@@ -32,15 +32,13 @@ from .._errors import ClusterError
 from .._process.container import ServiceContainer
 from .._process.failfast import FailFast
 from .._process.listen import ListenSocket, bind_all
+from .._process.remote import ENV_REPLICA, ENV_REPLICAS
 from .runners import ContainerRunner, InProcessRunner
 from .services import RestartPolicy, ServiceSpec
 from .supervisor import Decision, Supervisor
 
 logger = logging.getLogger("startable.cluster")
 STARTED = State.STARTED
-#: A replica's index (0 to N-1) and its pool's size, in its environment.
-ENV_REPLICA = "STARTABLE_REPLICA"
-ENV_REPLICAS = "STARTABLE_REPLICAS"
 
 
 class Replica:
