@@ -48,7 +48,7 @@ class Replicated:
             return "refused", f"{caller!r} may not call {callee!r}"
         return None
 
-    def create_refusal(self, source: str | None) -> str | None:
+    def create_refusal(self, source: str) -> str | None:
         return None if source == "maker" else f"{source!r} may not create services"
 
     def create(self, parent: str, create: Create, answer: Callable[[Reply], None]) -> None:

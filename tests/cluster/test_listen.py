@@ -26,7 +26,13 @@ from startable.cluster import (
     ServiceSpec,
     bind_listener,
 )
-from startable.cluster._process.listen import MAX_LISTEN, parse_environment
+from startable.cluster._process.listen import (
+    ENV_LISTEN,
+    ENV_LISTEN_NAMES,
+    MAX_LISTEN,
+    parse_environment,
+    place_listeners,
+)
 
 from .. import specs
 
@@ -315,3 +321,25 @@ def test_listen_is_checked_as_the_spec_is_made() -> None:
         ServiceSpec(name="web", entry="a.b:C", listen=["8000"])
     with pytest.raises(TypeError, match=r"not the string '127\.0\.0\.1:1'"):
         ServiceSpec(name="web", entry="a.b:C", listen="127.0.0.1:1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {ENV_LISTEN: "x", ENV_LISTEN_NAMES: "web"},
+        {ENV_LISTEN: "9" * 20, ENV_LISTEN_NAMES: "web"},
+        {ENV_LISTEN: "", ENV_LISTEN_NAMES: ""},
+        {ENV_LISTEN: "7,8", ENV_LISTEN_NAMES: "web"},
+        {ENV_LISTEN: "7,7", ENV_LISTEN_NAMES: "a:b"},
+        {ENV_LISTEN: ",".join(["7"] * (MAX_LISTEN + 1)), ENV_LISTEN_NAMES: "a"},
+    ],
+)
+def test_the_remote_refuses_listeners_it_cannot_place(environ: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match=ENV_LISTEN):
+        place_listeners(dict(environ), keep=())
+
+
+def test_no_listeners_leaves_the_environment_alone() -> None:
+    environ = {"OTHER": "1"}
+    place_listeners(environ, keep=("OTHER",))
+    assert environ == {"OTHER": "1"}

@@ -57,8 +57,10 @@ class Directory(Protocol):
         """
         ...
 
-    def create_refusal(self, source: str | None) -> str | None:
-        """Why `source` may not create a service now; None: it may."""
+    def create_refusal(self, source: str) -> str | None:
+        """Why service `source` may not create a service now; None: it may.
+
+        (The operator, which is no service, is refused by the router.)"""
         ...
 
     def create(self, parent: str, create: Create, answer: Callable[[Reply], None]) -> None:

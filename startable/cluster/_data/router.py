@@ -13,6 +13,7 @@ stops reading holds up nobody else).
 
 from __future__ import annotations
 
+import enum
 import itertools
 import logging
 import time
@@ -54,6 +55,15 @@ MAX_IN_FLIGHT = 4096
 #: Topics one client may be subscribed to at once; past that a new
 #: subscription is refused (`RequestRefused`).
 MAX_TOPICS = 1024
+
+
+class _Detached(enum.Enum):
+    """The name of an endpoint that is not attached (distinct from None, the operator's)."""
+
+    DETACHED = enum.auto()
+
+
+_DETACHED = _Detached.DETACHED
 
 
 class _Forwarded:
@@ -178,9 +188,9 @@ class Router:
         Messages from an endpoint that is not attached (any more) are dropped:
         nothing could reach it with an answer.
         """
-        if origin not in self._names:
+        source = self._names.get(origin, _DETACHED)
+        if source is _DETACHED:
             return
-        source = self._names[origin]
         if isinstance(message, Create):
             refusal = self._create_refusal(source)
             if refusal is not None:  # (the permission first: one without it learns nothing else)
@@ -245,7 +255,11 @@ class Router:
         callee = call.service
         refusal = self.directory.call_refusal(source, callee)
         if refusal is None:
-            chosen = pick(self.directory.endpoints(callee), self.policy, self._outstanding)
+            endpoints = self.directory.endpoints(callee)
+            if len(endpoints) == 1:  # (the common case needs no pick)
+                chosen = [endpoints[0]]
+            else:
+                chosen = pick(endpoints, self.policy, self._outstanding)
             if not chosen:
                 refusal = (
                     "unavailable",

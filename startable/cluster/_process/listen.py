@@ -251,13 +251,15 @@ def place_listeners(environ: MutableMapping[str, str], keep: tuple[str, ...]) ->
     Raises:
         ValueError: the variables are malformed (a controller of another
             version, or not a controller at all).
+        OSError: a descriptor they name is not open.
     """
     given = environ.pop(ENV_LISTEN, None)
     names_text = environ.pop(ENV_LISTEN_NAMES, None)
     if given is None:
         return
     parts = given.split(",")
-    if not 0 < len(parts) <= MAX_LISTEN or not all(p.isascii() and p.isdigit() for p in parts):
+    numbers = all(p.isascii() and p.isdigit() and len(p) <= 9 for p in parts)
+    if not 0 < len(parts) <= MAX_LISTEN or not numbers:
         raise ValueError(f"{ENV_LISTEN} lists descriptors, not {given[:40]!r}")
     sources = [int(part) for part in parts]
     names = (names_text or "").split(":")
@@ -273,7 +275,7 @@ def place_listeners(environ: MutableMapping[str, str], keep: tuple[str, ...]) ->
 
     for variable in keep:
         own = environ.get(variable)
-        if own is not None and own.isdigit() and int(own) in places:
+        if own is not None and own.isascii() and own.isdigit() and int(own) in places:
             environ[variable] = str(away(int(own)))
     sources = [away(fd) if fd in places else fd for fd in sources]
     for place, fd in zip(places, sources, strict=True):

@@ -186,7 +186,7 @@ def main() -> NoReturn:
     _die_with_parent()
     try:  # first: the listeners go to 3, 4... before anything opens a descriptor
         place_listeners(os.environ, keep=(ENV_PORT, ENV_DATA_PORT))
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         print(f"startable: {exc}", file=sys.stderr)
         sys.exit(EXIT_SETUP)
     fd = os.environ.pop(ENV_PORT, None)

@@ -75,8 +75,8 @@ class LocalDirectory:
             return "unavailable", f"service {callee!r} is not STARTED (it is {state.name})"
         return None
 
-    def create_refusal(self, source: str | None) -> str | None:
-        parent = self.cluster.nodes.get(source) if source is not None else None
+    def create_refusal(self, source: str) -> str | None:
+        parent = self.cluster.nodes.get(source)
         if parent is None:
             return "only a service can create a child service"
         if not parent.spec.may_create_services:

@@ -100,12 +100,7 @@ class ServiceNode:
     def containers(self) -> tuple[ServiceContainer, ...]:
         """Its containers: one for a service in a child process, one per replica for
         a pool (`replicas`), none for a service in this process."""
-        service = self.runner.service
-        if isinstance(service, ServiceContainer):
-            return (service,)
-        if isinstance(service, tuple):
-            return tuple(c for c in service if isinstance(c, ServiceContainer))
-        return ()
+        return self.runner.containers
 
     @property
     def service(self) -> object | None:

@@ -115,14 +115,16 @@ class PoolRunner:
     # -- what the node reads ----------------------------------------------------------
 
     @property
-    def service(self) -> tuple[ServiceContainer, ...]:
+    def containers(self) -> tuple[ServiceContainer, ...]:
         """The replicas' containers, in index order."""
         return tuple(replica.container for replica in self.replicas)
 
+    service = containers
+
     @property
     def pid(self) -> int | None:
-        """The pid of its first replica that runs."""
-        return next((r.pid for r in self.replicas if r.pid is not None), None)
+        """The pid of its first replica that is STARTED (None: none is)."""
+        return next((r.pid for r in self.replicas if of(r).state is STARTED), None)
 
     @property
     def live(self) -> int:

@@ -3,9 +3,10 @@
 A `ServiceNode` keeps what is the same for every service: the order of
 starts and stops, the cascade, availability. How the service runs is its
 runner's: in this process (`InProcessRunner`), in a child process of its
-own (`ContainerRunner`); later a pool of replicas, or "on another host".
-`runner_for` picks one from the spec. A new way to run a service is a new
-class with the `Runner` methods, and one more case in `runner_for`.
+own (`ContainerRunner`), as a pool of replicas (`pool.PoolRunner`); later
+"on another host". `pool.runner_for` picks one from the spec. A new way to
+run a service is a new class with the `Runner` methods, and one more case
+in `runner_for`.
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ class Runner(Protocol):
         ...
 
     @property
+    def containers(self) -> tuple[ServiceContainer, ...]:
+        """The containers it runs the service in (none in this process)."""
+        ...
+
+    @property
     def listeners(self) -> tuple[ListenSocket, ...]:
         """The listening sockets it keeps for the service (`spec.listen`, once bound)."""
         ...
@@ -106,6 +112,8 @@ class InProcessRunner:
         self.pid: int | None = None
         self.events_dropped = 0  # its subscriptions count their own
         self.backlog = 0
+        self.containers: tuple[ServiceContainer, ...] = ()
+        self.listeners: tuple[ListenSocket, ...] = ()  # (`listen` is for containers)
 
     async def start(self, node: Startable) -> None:
         assert self.spec.factory is not None
@@ -117,8 +125,6 @@ class InProcessRunner:
             self.service = self.spec.factory()
             client.serve(self.service)
             await of(self.service).start(node.stop)
-
-    listeners: tuple[ListenSocket, ...] = ()  # (`listen` is for containers)
 
     def release(self) -> None:
         pass  # it keeps nothing across restarts
@@ -156,6 +162,7 @@ class ContainerRunner:
         self._port: ConnectionPort[AnyMessage] | None = None
         self._outbox: Outbox | None = None
         self._starting = FailFast()  # failing as soon as the container's start fails
+        self._bound: tuple[ListenSocket, ...] = ()  # what it bound itself (and closes)
 
     @property
     def service(self) -> ServiceContainer:
@@ -174,18 +181,25 @@ class ContainerRunner:
         return 0 if self._outbox is None else len(self._outbox)
 
     @property
+    def containers(self) -> tuple[ServiceContainer, ...]:
+        return (self.container,)
+
+    @property
     def listeners(self) -> tuple[ListenSocket, ...]:
         return self.container.listeners
 
     def release(self) -> None:
-        listeners, self.container.listeners = self.container.listeners, ()
-        for listener in listeners:
+        """Close the sockets it bound (not those given to its container by a pool)."""
+        bound, self._bound = self._bound, ()
+        if self.container.listeners == bound:
+            self.container.listeners = ()
+        for listener in bound:
             listener.socket.close()
 
     def _listen(self) -> None:
         """Bind `spec.listen` once: the sockets stay bound across restarts."""
-        if not self.container.listeners and self.spec.listen:
-            self.container.listeners = bind_all(self.spec.listen)
+        if not self._bound and self.spec.listen:
+            self._bound = self.container.listeners = bind_all(self.spec.listen)
 
     async def start(self, node: Startable) -> None:
         name = self.spec.name
