@@ -19,11 +19,11 @@ stays open across reforks. See docs/explanation/pools.md.
 
 from __future__ import annotations
 
+import graphlib
 import logging
 from collections import deque
 
 import anyio
-import anyio.abc
 import attrs
 
 from ... import Startable, State, as_raw_start, as_raw_stop, of
@@ -33,6 +33,7 @@ from .._process.container import ServiceContainer
 from .._process.failfast import FailFast
 from .._process.listen import ListenSocket, bind_all
 from .._process.remote import ENV_REPLICA, ENV_REPLICAS
+from .launch import Report, launch_in_order
 from .runners import ContainerRunner, InProcessRunner
 from .services import RestartPolicy, ServiceSpec
 from .supervisor import Decision, Supervisor
@@ -157,21 +158,23 @@ class PoolRunner:
         # Open before the replicas start: one that is STARTED and dies while the
         # others still start is reforked too (a failed start is not reported).
         supervisor.open()
-        failed: list[Exception] = []
 
-        async def start(replica: Replica, group: anyio.abc.TaskGroup) -> None:
+        async def start(replica: Replica, report: Report[Replica]) -> None:
             try:
                 await replica.start_in(node, supervisor)
             except Exception as exc:
-                exc.add_note(f"while starting replica {replica.name}")
-                failed.append(exc)
-                group.cancel_scope.cancel()  # the first failure fails the pool's start
+                report.send_nowait((replica, exc))
+            else:
+                report.send_nowait((replica, None))
 
-        async with anyio.create_task_group() as group:  # all at once
-            for replica in self.replicas:
-                group.start_soon(start, replica, group)
-        if failed:
-            raise failed[0]  # (the raw stop stops those that did start)
+        # All at once (no replica waits for another), as the manager launches services.
+        failed = await launch_in_order(
+            graphlib.TopologicalSorter(dict.fromkeys(self.replicas, ())), start
+        )
+        if failed:  # the first fails the pool's start (the raw stop stops those that started)
+            replica, error = failed[0]
+            error.add_note(f"while starting replica {replica.name}")
+            raise error
 
     def check_empty(self) -> None:
         """A replica is stopping: with none left STARTED, give them `spec.limit`."""
