@@ -104,25 +104,47 @@ class Api:
 
 
 class Replica:
-    """A replica of a pool: says who it is, and serves the shared port."""
+    """A replica of a pool: says who it is, and serves the shared port.
+
+    It stops gracefully: it stops accepting as its stop begins (an on_stopping
+    hook), and its raw stop waits for the connections it accepted.
+    """
 
     @startable.as_raw_start
     async def _start(self) -> None:
         from startable.cluster import listen_sockets
 
-        for given in listen_sockets():
-            listener = await anyio.abc.SocketListener.from_socket(given.socket)
+        flag = os.environ.get("STARTABLE_TEST_FAIL_IF", "")
+        if flag and await anyio.Path(flag).exists():
+            raise RuntimeError(f"{flag} exists")
+        self._accepting = anyio.CancelScope()
+        self._served = anyio.Event()
+        startable.of(self).add_on_stopping(lambda _: self._accepting.cancel())
+        given = listen_sockets()
+        for found in given:
+            listener = await anyio.abc.SocketListener.from_socket(found.socket)
             startable.of(self).start_soon(self._serve, listener)
+        if not given:
+            self._served.set()
         if os.environ.get("STARTABLE_TEST_FAIL_REPLICA") == os.environ["STARTABLE_REPLICA"]:
             raise RuntimeError(f"replica {os.environ['STARTABLE_REPLICA']} cannot start")
 
     async def _serve(self, listener: anyio.abc.SocketListener) -> None:
         async def greet(client: anyio.abc.SocketStream) -> None:
             async with client:
+                await anyio.sleep(float(os.environ.get("STARTABLE_TEST_GREET_DELAY", "0")))
                 await client.send(f"{os.getpid()}\n".encode())
 
-        async with listener:
-            await listener.serve(greet)
+        async with listener, anyio.create_task_group() as connections:
+            with self._accepting:  # cancelled as the stop begins: no new connection
+                await listener.serve(greet, task_group=connections)
+        self._served.set()  # (the task group waited for the connections it had)
+
+    @startable.as_raw_stop
+    async def _stop(self) -> None:
+        self._accepting.cancel()  # (a failed start calls no on_stopping hook)
+        with anyio.move_on_after(10):
+            await self._served.wait()
 
     @handler
     async def whoami(self, delay: float = 0.0) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import anyio
 import pytest
@@ -11,6 +12,7 @@ import pytest
 import startable
 from startable import State
 from startable.cluster import (
+    ClusterError,
     EscalationError,
     RestartPolicy,
     ServiceClient,
@@ -208,3 +210,125 @@ def test_a_replica_reads_its_place_and_refuses_a_bad_one() -> None:
         assert _place_in_pool(place) == (0, 1), (index, size)
     with pytest.raises(ValueError, match="replica 3 of a pool of 3"):
         ServiceClient("web", None, replica=3, replicas=3)  # type: ignore[arg-type]
+
+
+async def test_a_reload_replaces_every_replica_and_no_client_sees_a_failure() -> None:
+    front = ServiceSpec(name="front", factory=Front, depends_on=["web"])
+    manager = ServicesManager([pool(2, env={"STARTABLE_TEST_GREET_DELAY": "0.02"}), front])
+    with anyio.fail_after(90):
+        async with startable.running(manager):
+            node = manager["web"]
+            (listener,) = node.listeners
+            address = listener.socket.getsockname()
+            before = {container.pid for container in node.containers}
+            failures: list[BaseException] = []
+            served = requested = 0
+            reloaded = anyio.Event()
+
+            async def connect() -> None:  # the shared port, a connection after another
+                nonlocal served
+                while not reloaded.is_set():
+                    try:
+                        await greeting(address)
+                        served += 1
+                    except Exception as exc:
+                        failures.append(exc)
+
+            async def request() -> None:  # the data plane, through the pool's dependent
+                nonlocal requested
+                while not reloaded.is_set():
+                    try:
+                        await manager.client.request("web", "whoami", 0.05)
+                        requested += 1
+                    except Exception as exc:
+                        failures.append(exc)
+
+            async with anyio.create_task_group() as group:
+                for _ in range(4):
+                    group.start_soon(connect)
+                    group.start_soon(request)
+                await manager.reload("web")
+                reloaded.set()
+            assert failures == []
+            assert served > 0 and requested > 0
+            after = {container.pid for container in node.containers}
+            assert len(after) == 2 and not after & before  # every process is new
+            assert node.listeners == (listener,)  # the same socket, never closed
+            assert startable.of(node).state is State.STARTED and node.restarts == 0
+            assert startable.of(manager["front"]).state is State.STARTED
+
+
+async def test_a_reload_stops_at_a_replica_that_cannot_start(tmp_path: Path) -> None:
+    flag = tmp_path / "fail"
+    manager = ServicesManager([pool(2, env={"STARTABLE_TEST_FAIL_IF": str(flag)})])
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            node = manager["web"]
+            before = [container.pid for container in node.containers]
+            flag.touch()  # from now on a new replica fails its start
+            with pytest.raises(ClusterError, match=r"cannot reload pool 'web': replica web#0 "):
+                await manager.reload("web")
+            assert [container.pid for container in node.containers] == before  # kept
+            assert startable.of(node).state is State.STARTED
+            pid, _, _ = await manager.client.request("web", "whoami")
+            assert pid in before
+
+
+async def test_a_pool_scales_up_and_down_and_a_retired_replica_finishes_its_requests() -> None:
+    manager = ServicesManager([pool(2)])
+    with anyio.fail_after(90):
+        async with startable.running(manager):
+            node = manager["web"]
+            await manager.scale("web", 4)
+            assert len({c.pid for c in node.containers}) == 4
+            answers: list[list[int]] = []
+
+            async def ask() -> None:
+                answers.append(await manager.client.request("web", "whoami", 0.2))
+
+            async with anyio.create_task_group() as group:  # in flight together: spread
+                for _ in range(8):
+                    group.start_soon(ask)
+            assert {index for _, index, _ in answers} == {0, 1, 2, 3}
+            assert {size for _, index, size in answers if index >= 2} == {4}  # (new ones)
+            slow: list[list[int]] = []
+
+            async def ask_slowly() -> None:
+                slow.append(await manager.client.request("web", "whoami", 1.0))
+
+            async with anyio.create_task_group() as group:
+                for _ in range(4):  # one on each replica (least outstanding)
+                    group.start_soon(ask_slowly)
+                await anyio.sleep(0.2)  # (let them reach their replicas)
+                gone = node.containers[1:]
+                await manager.scale("web", 1)  # three retired while they answer
+            assert len(slow) == 4 and {index for _, index, _ in slow} == {0, 1, 2, 3}
+            assert len(node.containers) == 1
+            for container in gone:
+                assert startable.of(container).state is State.STOPPED
+                assert container.controller is None or container.controller.returncode == 0
+            for _ in range(3):
+                _, index, _ = await manager.client.request("web", "whoami")
+                assert index == 0
+
+
+async def test_reload_and_scale_are_refused_with_the_reason() -> None:
+    store = specs.process("store", "tests.plane_services:Store")
+    manager = ServicesManager([pool(2), store])
+    with pytest.raises(ClusterError, match="is not STARTED"):
+        await manager.reload("web")
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            with pytest.raises(ClusterError, match="'store' is not a pool"):
+                await manager.reload("store")
+            with pytest.raises(KeyError, match="no service named 'nope'"):
+                await manager.scale("nope", 2)
+            for size, kind in [
+                (0, ValueError),
+                (257, ValueError),
+                (2.5, TypeError),
+                (True, TypeError),
+            ]:
+                with pytest.raises(kind, match="pool"):
+                    await manager.scale("web", size)  # type: ignore[arg-type]
+            assert len(manager["web"].containers) == 2

@@ -114,6 +114,7 @@ class Router:
         self._subscribed: dict[Endpoint, set[str]] = {}
         self._in_flight: dict[str | None, int] = {}
         self._outstanding: dict[Endpoint, int] = {}
+        self._drained: dict[Endpoint, anyio.Event] = {}  # withdrawn, with requests still owed
         self._forwarded: dict[int, _Forwarded] = {}
         self._ids = itertools.count(1)
 
@@ -126,6 +127,27 @@ class Router:
     def attached(self, endpoint: Endpoint) -> bool:
         """Whether `endpoint` is attached (and so its messages are handled)."""
         return endpoint in self._names
+
+    def withdraw(self, endpoint: Endpoint) -> anyio.Event:
+        """Give `endpoint` no new request: it stays attached to answer those it has.
+
+        Returns:
+            An event set once it owes no answer (at once if it owes none), or
+            once it is detached.
+        """
+        drained = anyio.Event()
+        name = self._names.get(endpoint)
+        if name is not None:
+            self.directory.unregister(name, endpoint)
+        if self._outstanding.get(endpoint, 0) > 0:
+            self._drained[endpoint] = drained
+        else:
+            drained.set()
+        return drained
+
+    def outstanding(self, endpoint: Endpoint) -> int:
+        """How many requests `endpoint` was given and has not answered yet."""
+        return self._outstanding.get(endpoint, 0)
 
     def topics_of(self, name: str | None) -> set[str]:
         """The topics the clients of `name` are subscribed to."""
@@ -155,6 +177,9 @@ class Router:
             else:
                 self._forget(rid)
         self._outstanding.pop(endpoint, None)
+        drained = self._drained.pop(endpoint, None)
+        if drained is not None:
+            drained.set()
 
     def _unsubscribe(self, topic: str, endpoint: Endpoint) -> None:
         subscribers = self.topics.get(topic)
@@ -172,7 +197,11 @@ class Router:
             self._in_flight[forwarded.caller_name] -= 1
             callee = forwarded.callee
             if callee in self._outstanding:
-                self._outstanding[callee] -= 1
+                left = self._outstanding[callee] = self._outstanding[callee] - 1
+                if not left and self._drained:
+                    drained = self._drained.pop(callee, None)
+                    if drained is not None:
+                        drained.set()
         return forwarded
 
     def fail(self, rid: int, kind: str, message: str, error: ErrorInfo | None = None) -> None:

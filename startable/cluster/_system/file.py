@@ -63,6 +63,7 @@ _SERVICE_KEYS: Final = (
     "listen",
     "replicas",
     "limit",
+    "drain",
 )
 _MODES: Final = ("never", "on-failure", "always")
 _ON_EXIT: Final = ("continue", "stop")
@@ -295,6 +296,7 @@ def _service(services: _Table, name: str) -> ServiceSpec:
     listen = _listen(table)
     replicas = table.integer("replicas", positive=True)
     limit = table.number("limit", positive=True)
+    drain = table.number("drain", positive=True)
     if replicas is not None and replicas > MAX_REPLICAS:
         raise table.error(f"a pool has {MAX_REPLICAS} replicas at most, not {replicas}", "replicas")
     restart, permissions = _restart(table), _permissions(table)
@@ -313,6 +315,7 @@ def _service(services: _Table, name: str) -> ServiceSpec:
         "listen": listen,
         "replicas": replicas,
         "limit": limit,
+        "drain": drain,
     }
     return table.build(ServiceSpec, name=name, **_present(fields))
 

@@ -22,7 +22,7 @@ from .._errors import (
 from .directory import LocalDirectory
 from .launch import Report, closure, launch_in_order
 from .node import ServiceNode
-from .pool import runner_for
+from .pool import PoolRunner, runner_for
 from .services import ServiceSpec, check_graph
 from .supervisor import Supervisor
 
@@ -40,16 +40,20 @@ class ServiceEvent:
     Attributes:
         service: the service's name.
         kind: `"created"`, `"destroyed"`, `"moved"` (its state changed),
-            `"restarting"` (a restart is scheduled, after `delay`) or
-            `"escalated"` (it failed too often: the manager is stopping).
+            `"restarting"` (a restart is scheduled, after `delay`; of one
+            replica of a pool when `replica` is set) or `"escalated"` (it
+            failed too often: the manager is stopping).
         change: for `"moved"`, the move.
         delay: for `"restarting"`, the seconds before the restart.
+        replica: for a pool's `"restarting"`, the index of the replica that
+            is reforked (the pool itself stays STARTED); None otherwise.
     """
 
     service: str
     kind: Literal["created", "destroyed", "moved", "restarting", "escalated"]
     change: StateChange | None = None
     delay: float | None = None
+    replica: int | None = None
 
 
 class ServicesManager:
@@ -175,6 +179,9 @@ class ServicesManager:
             except Exception:
                 logger.exception("a ServicesManager subscriber failed on %r", event)
 
+    def _replica_restarting(self, name: str, replica: int, delay: float) -> None:
+        self._emit(ServiceEvent(name, "restarting", delay=delay, replica=replica))
+
     def _moved(self, name: str, change: StateChange) -> None:
         if self._observers:  # most moves of most managers have nobody to tell
             self._emit(ServiceEvent(name, "moved", change))
@@ -219,7 +226,9 @@ class ServicesManager:
     def _add(self, spec: ServiceSpec, parent: str | None) -> ServiceNode:
         dependencies = tuple(self.nodes[d] for d in spec.depends_on)
         owner = self.nodes[parent] if parent is not None else None
-        node = ServiceNode(spec, self, dependencies, runner_for(spec, self.router), owner)
+        notify = functools.partial(self._replica_restarting, spec.name)
+        runner = runner_for(spec, self.router, notify)
+        node = ServiceNode(spec, self, dependencies, runner, owner)
         for dependency in dependencies:
             dependency.dependents.append(node)
         if owner is not None:
@@ -324,6 +333,51 @@ class ServicesManager:
         await of(node).stop()
         if node.stop_error is not None:
             raise node.stop_error
+
+    # -- pools --------------------------------------------------------------------
+
+    def pools(self) -> list[str]:
+        """The names of the services that run as pools (`replicas` > 1), in order."""
+        return [name for name, node in self.nodes.items() if isinstance(node.runner, PoolRunner)]
+
+    def _pool(self, name: str) -> PoolRunner:
+        runner = self[name].runner
+        if not isinstance(runner, PoolRunner):
+            raise ClusterError(
+                f"service {name!r} is not a pool: give it replicas = 2 or more to reload "
+                "or scale it"
+            )
+        return runner
+
+    async def reload(self, name: str) -> None:
+        """Replace every replica of the pool `name` by a new process, one at a time.
+
+        Each new replica is STARTED before the one it replaces is retired
+        (it gets no new request, and `spec.drain` seconds to answer those it
+        has), so the pool serves throughout and its sockets stay open; its
+        dependents are not touched. See `PoolRunner.reload`.
+
+        Raises:
+            KeyError: there is no such service.
+            ClusterError: it is not a pool, not STARTED, or a new replica
+                failed to start (the reload stops there).
+        """
+        await self._as_manager(self._pool(name).reload)
+
+    async def scale(self, name: str, replicas: int) -> None:
+        """Give the pool `name` this many replicas (1 to `MAX_REPLICAS`), now.
+
+        New replicas are started together; when there are fewer, the
+        highest indices are retired as a reload retires them.
+
+        Raises:
+            KeyError: there is no such service.
+            TypeError, ValueError: `replicas` is not an integer from 1 to
+                `MAX_REPLICAS`.
+            ClusterError: it is not a pool, not STARTED, or a new replica
+                failed to start.
+        """
+        await self._as_manager(self._pool(name).scale, replicas)
 
     async def _start_with_cascade(self, node: ServiceNode, supervised: bool = False) -> None:
         """Start `node`, then what its cascade stopped (the nodes that wait for it)."""

@@ -14,7 +14,14 @@ intensity the pool escalates: its node stops with an `EscalationError`, and
 the manager's rules take over). The node stays STARTED, and its dependents
 untouched, while replicas come and go. The addresses in `listen` are bound
 once by the pool and given to every replica (socket activation), so the port
-stays open across reforks. See docs/explanation/pools.md.
+stays open across reforks.
+
+While it runs, `reload` replaces the replicas one at a time (the new one
+STARTED, then the old one retired), and `scale` adds or retires replicas. A
+replica is *retired* gracefully: the router gives it no new request, it is
+given `spec.drain` seconds to answer those it has, and then it is stopped
+(its service's own stop, with the core's drain). See
+docs/explanation/pools.md.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import graphlib
 import logging
 from collections import deque
+from collections.abc import Callable, Sequence
 
 import anyio
 import attrs
@@ -35,17 +43,20 @@ from .._process.listen import ListenSocket, bind_all
 from .._process.remote import ENV_REPLICA, ENV_REPLICAS
 from .launch import Report, launch_in_order
 from .runners import ContainerRunner, InProcessRunner
-from .services import RestartPolicy, ServiceSpec
+from .services import MAX_REPLICAS, RestartPolicy, ServiceSpec
 from .supervisor import Decision, Supervisor
 
 logger = logging.getLogger("startable.cluster")
 STARTED = State.STARTED
+#: What a pool tells its owner of a replica: the replica's index and the delay
+#: before its restart (the only thing it tells today: `"restarting"`).
+ReplicaNotice = Callable[[int, float], None]
 
 
 class Replica:
     """One replica of a pool: its process, restarted by the pool's supervisor."""
 
-    def __init__(self, pool: PoolRunner, index: int) -> None:
+    def __init__(self, pool: PoolRunner, index: int, size: int) -> None:
         self.pool = pool
         self.index = index
         #: `web#2`: the pool's name and the replica's index.
@@ -54,7 +65,8 @@ class Replica:
         self.restarts = 0
         self.last_error: BaseException | None = None
         self.failures: deque[float] = deque()
-        env = {**pool.spec.env, ENV_REPLICA: str(index), ENV_REPLICAS: str(pool.size)}
+        # `size`: the pool's size when the replica is made (what it reads as `replicas`).
+        env = {**pool.spec.env, ENV_REPLICA: str(index), ENV_REPLICAS: str(size)}
         spec = attrs.evolve(pool.spec, env=env, listen=(), replicas=1)  # type: ignore[arg-type]
         self.runner = ContainerRunner(spec, pool.router)
         self._starting = FailFast()
@@ -100,18 +112,36 @@ class Replica:
 class PoolRunner:
     """Runs a service as `spec.replicas` replicas (a `Runner`)."""
 
-    def __init__(self, spec: ServiceSpec, router: Router) -> None:
+    def __init__(
+        self, spec: ServiceSpec, router: Router, notify: ReplicaNotice | None = None
+    ) -> None:
         assert spec.entry is not None
         assert spec.replicas > 1
         self.spec = spec
         self.router = router
-        self.size = spec.replicas
-        self.replicas = [Replica(self, index) for index in range(self.size)]
+        #: Its replicas, in index order (`scale` changes how many).
+        self.replicas = [Replica(self, index, spec.replicas) for index in range(spec.replicas)]
+        #: Replicas being retired (replaced by a reload, or scaled away), until stopped.
+        self.retiring: set[Replica] = set()
         self.listeners: tuple[ListenSocket, ...] = ()
         #: How many times a replica became STARTED (the pool's `limit` watches it).
         self.revived = 0
+        self._notice = notify
         self._node: Startable | None = None
         self._supervisor: Supervisor[Replica] | None = None
+        self._changing: anyio.Lock | None = None  # one reload or scale at a time
+
+    @property
+    def size(self) -> int:
+        """How many replicas it has (STARTED or not)."""
+        return len(self.replicas)
+
+    @property
+    def restarts(self) -> int:
+        """How many times its replicas were restarted (reforks), all told."""
+        return self._restarted + sum(replica.restarts for replica in self.replicas)
+
+    _restarted = 0  # by replicas it no longer has
 
     # -- what the node reads ----------------------------------------------------------
 
@@ -148,7 +178,7 @@ class PoolRunner:
         supervisor = self._supervisor = Supervisor(
             node,
             restart=self._restart,
-            is_member=lambda replica: replica.pool is self,
+            is_member=lambda replica: replica in self.replicas,
             notify=self._notify,
             on_exit="stop",  # a replica that stops for good ends the pool
         )
@@ -158,6 +188,18 @@ class PoolRunner:
         # Open before the replicas start: one that is STARTED and dies while the
         # others still start is reforked too (a failed start is not reported).
         supervisor.open()
+        failed = await self._launch(self.replicas)
+        if failed:  # the first fails the pool's start (the raw stop stops those that started)
+            replica, error = failed[0]
+            error.add_note(f"while starting replica {replica.name}")
+            raise error
+
+    async def _launch(self, replicas: Sequence[Replica]) -> list[tuple[Replica, Exception]]:
+        """Start `replicas` all at once (none waits for another, as the manager
+        launches services); the ones that failed, with why, first failure first."""
+        node, supervisor = self._node, self._supervisor
+        assert node is not None
+        assert supervisor is not None
 
         async def start(replica: Replica, report: Report[Replica]) -> None:
             try:
@@ -167,14 +209,7 @@ class PoolRunner:
             else:
                 report.send_nowait((replica, None))
 
-        # All at once (no replica waits for another), as the manager launches services.
-        failed = await launch_in_order(
-            graphlib.TopologicalSorter(dict.fromkeys(self.replicas, ())), start
-        )
-        if failed:  # the first fails the pool's start (the raw stop stops those that started)
-            replica, error = failed[0]
-            error.add_note(f"while starting replica {replica.name}")
-            raise error
+        return await launch_in_order(graphlib.TopologicalSorter(dict.fromkeys(replicas, ())), start)
 
     def check_empty(self) -> None:
         """A replica is stopping: with none left STARTED, give them `spec.limit`."""
@@ -205,17 +240,127 @@ class PoolRunner:
     def _notify(self, name: str, decision: Decision, delay: float | None) -> None:
         if decision == "restarting":
             logger.info("%s: restarting in %.2gs", name, delay or 0)
+            replica = next((r for r in self.replicas if r.name == name), None)
+            if self._notice is not None and replica is not None:
+                self._notice(replica.index, delay or 0.0)
         else:
             logger.error("%s: restarted too often: the pool escalates", name)
 
     async def stop(self, err: BaseException | None) -> None:
         if self._supervisor is not None:
             self._supervisor.close()
-        for replica in self.replicas:
+        every = [*self.replicas, *self.retiring]
+        for replica in every:
             replica.held = True
         async with anyio.create_task_group() as group:
-            for replica in self.replicas:
+            for replica in every:
                 group.start_soon(replica.stop_in, err)
+
+    # -- at run time: reload and scale ----------------------------------------------
+
+    def _running(self, what: str) -> None:
+        """Refuse `what` unless the pool is STARTED."""
+        node = self._node
+        if node is None or node.state is not STARTED:
+            state = node.state.name if node is not None else "READY"
+            raise ClusterError(f"cannot {what} pool {self.spec.name!r}: it is {state}")
+
+    def _lock(self) -> anyio.Lock:
+        if self._changing is None:
+            self._changing = anyio.Lock()
+        return self._changing
+
+    async def reload(self) -> None:
+        """Replace every replica by a new process, one at a time.
+
+        For each index in turn: a new replica is started and, once it is
+        STARTED and reachable, the old one is retired (no new request, up to
+        `spec.drain` seconds to answer those it has, then stopped). So at
+        least as many replicas as the pool has are STARTED throughout, and
+        the listening sockets never close. One reload or scale runs at a
+        time; a second waits for the first.
+
+        Raises:
+            ClusterError: the pool is not STARTED, or a new replica failed
+                to start (the reload stops there: the replicas not yet
+                replaced keep running; the error's cause says why).
+        """
+        self._running("reload")
+        async with self._lock():
+            for index in range(len(self.replicas)):
+                self._running("reload")  # (a failure may have stopped it meanwhile)
+                old = self.replicas[index]
+                new = Replica(self, index, len(self.replicas))
+                await self._start_new([new], "reload")
+                self.replicas[index] = new
+                self._restarted += old.restarts
+                await self._retire(old)
+
+    async def scale(self, size: int) -> None:
+        """Grow or shrink the pool to `size` replicas.
+
+        New replicas take the next indices and start at once, together;
+        the pool returns once they are STARTED. Shrinking retires the
+        highest indices (as `reload` retires a replica). Replicas that
+        stay keep the pool size they started with (`this_service().replicas`).
+
+        Raises:
+            ValueError: `size` is not an integer from 1 to `MAX_REPLICAS`.
+            ClusterError: the pool is not STARTED, or a new replica failed
+                to start (those that failed are removed; the pool keeps the
+                others).
+        """
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"a pool's size is an integer, not {size!r}")
+        if not 1 <= size <= MAX_REPLICAS:
+            raise ValueError(f"a pool has 1 to {MAX_REPLICAS} replicas, not {size}")
+        self._running("scale")
+        async with self._lock():
+            self._running("scale")
+            have = len(self.replicas)
+            if size > have:
+                new = [Replica(self, index, size) for index in range(have, size)]
+                self.replicas.extend(new)  # members from now: a refork applies to them
+                await self._start_new(new, f"scale to {size}")
+            elif size < have:
+                gone = self.replicas[size:]
+                del self.replicas[size:]
+                self._restarted += sum(replica.restarts for replica in gone)
+                async with anyio.create_task_group() as group:
+                    for replica in gone:
+                        group.start_soon(self._retire, replica)
+
+    async def _start_new(self, new: Sequence[Replica], what: str) -> None:
+        """Start `new` (at once, together); a failure is a ClusterError, and the
+        replicas that failed are stopped and no longer the pool's."""
+        self._running(what)
+        failed = await self._launch(new)
+        if not failed:
+            return
+        for replica, _ in failed:
+            replica.held = True
+            if replica in self.replicas:
+                self.replicas.remove(replica)
+            await replica.stop_in(None)
+        replica, error = failed[0]
+        raise ClusterError(
+            f"cannot {what} pool {self.spec.name!r}: replica {replica.name} failed to start "
+            f"({type(error).__name__}: {error})"
+        ) from error
+
+    async def _retire(self, replica: Replica) -> None:
+        """No new request for `replica`; let it answer those it has (`spec.drain`), then stop it."""
+        replica.held = True
+        self.retiring.add(replica)
+        try:
+            with anyio.move_on_after(self.spec.drain):
+                await replica.runner.withdraw().wait()
+            try:
+                await replica.stop_in(None)
+            except Exception as exc:  # it is stopped all the same (signalled: ForcedStop)
+                logger.warning("%s: retired, but did not stop cleanly: %s", replica.name, exc)
+        finally:
+            self.retiring.discard(replica)
 
     def _listen(self) -> None:
         """Bind `spec.listen` once, for every replica, across reforks."""
@@ -228,11 +373,14 @@ class PoolRunner:
             listener.socket.close()
 
 
-def runner_for(spec: ServiceSpec, router: Router) -> InProcessRunner | ContainerRunner | PoolRunner:
-    """The runner `spec` asks for: a pool for `replicas > 1`, a container for an
-    `entry`, this process for a `factory`."""
+def runner_for(
+    spec: ServiceSpec, router: Router, notify: ReplicaNotice | None = None
+) -> InProcessRunner | ContainerRunner | PoolRunner:
+    """The runner `spec` asks for: a pool for `replicas > 1` (telling `notify`
+    of its replicas' restarts), a container for an `entry`, this process for
+    a `factory`."""
     if spec.replicas > 1:
-        return PoolRunner(spec, router)
+        return PoolRunner(spec, router, notify)
     if spec.entry is not None:
         return ContainerRunner(spec, router)
     return InProcessRunner(spec, router)

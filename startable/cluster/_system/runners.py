@@ -15,6 +15,8 @@ import logging
 import socket
 from typing import Protocol
 
+import anyio
+
 from ... import Startable, State, of
 from .._data.client import ServiceClient, serving_as
 from .._data.contract import AnyMessage
@@ -187,6 +189,16 @@ class ContainerRunner:
     @property
     def listeners(self) -> tuple[ListenSocket, ...]:
         return self.container.listeners
+
+    def withdraw(self) -> anyio.Event:
+        """Route no new request to it; the event is set once it owes no answer
+        (the requests it was given are answered, or it is gone)."""
+        outbox = self._outbox
+        if outbox is None or not self.router.attached(outbox):
+            done = anyio.Event()
+            done.set()
+            return done
+        return self.router.withdraw(outbox)
 
     def release(self) -> None:
         """Close the sockets it bound (not those given to its container by a pool)."""

@@ -116,6 +116,10 @@ class ServiceSpec:
         limit: for a pool, the seconds it may go without a live replica:
             if none is STARTED again by then, the pool stops with a
             `ClusterError` (a failure: cascade and escalation apply).
+        drain: for a pool, the seconds a replica that is being replaced
+            (`reload`, or `scale` down) is given to answer the requests it was
+            given: it gets no new one, and is stopped once it owes none, or
+            when these pass.
     """
 
     name: str = attrs.field(validator=lambda _, __, value: check_name(value))
@@ -135,6 +139,7 @@ class ServiceSpec:
     listen: tuple[ListenAddress, ...] = attrs.field(default=(), converter=_as_addresses)
     replicas: int = attrs.field(default=1, validator=number(at_least=1, integer=True))
     limit: float = attrs.field(default=60.0, validator=number(above=0))
+    drain: float = attrs.field(default=10.0, validator=number(above=0))
 
     def __attrs_post_init__(self) -> None:
         problem = self._problem()
