@@ -168,3 +168,16 @@ class Chatty:
     @startable.as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
         pass
+
+
+class PoolMember:
+    """A replica of a pool: says which one it is when it starts and when it stops."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        me = this_service()
+        print(f"replica {me.replica} of {me.replicas} up (pid {os.getpid()})", flush=True)
+
+    @startable.as_raw_stop
+    async def _stop(self, err: BaseException | None) -> None:
+        print(f"replica {this_service().replica} down (pid {os.getpid()})", flush=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import attrs
 from rich import box
@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import State, of
-from ..cluster import ServiceNode
+from ..cluster import Resources, ServiceNode
 from ..program import Phase
 from ._humanise import (
     colour_of,
@@ -32,6 +32,7 @@ _STATE_STYLES = {
     State.STOPPING: "yellow",
     State.STOPPED: "dim",
 }
+RUNNING = (State.STARTING, State.STARTED, State.STOPPING)
 #: Below this many columns for it, the last errors go under the table, one a line.
 _ERROR_WIDTH = 40
 
@@ -106,25 +107,65 @@ class _ServiceTable:
         if error_width is not None:
             table.add_column("last error", no_wrap=True, max_width=error_width)
         for node in self.nodes:
-            running = of(node).state in (State.STARTING, State.STARTED, State.STOPPING)
-            samples = node.container.resources if node.container is not None and running else []
-            sample = samples[-1] if samples else None
-            pid = node.pid if running else None
-            uptime = node.uptime
-            cells: list[RenderableType] = [
+            running = of(node).state in RUNNING
+            replicas = node.replicas
+            state = _state_cell(node)
+            if replicas:  # a pool: live of desired, and a row per replica below
+                live = sum(of(replica).state is State.STARTED for replica in replicas)
+                state.append(f" {live}/{len(replicas)}")
+            container = node.container if running else None
+            self._row(
+                table,
+                error_width,
                 Text(escape(node.name), style=self._colour(node)),
-                _state_cell(node),
-                str(pid) if pid is not None else "-",
-                f"{sample.cpu_percent:.1f}%" if sample is not None else "-",
-                format_bytes(sample.rss) if sample is not None else "-",
-                str(node.restarts),
-                format_duration(uptime) if uptime is not None else "-",
-            ]
-            if error_width is not None:
-                error = short_error(node.last_error) if node.last_error is not None else ""
-                cells.append(Text(error, style="red", no_wrap=True, overflow="ellipsis"))
-            table.add_row(*cells)
+                state,
+                node.pid if running and not replicas else None,  # (a pool: below)
+                container.resources if container is not None else [],
+                node.restarts,
+                node.uptime,
+                node.last_error,
+            )
+            for replica in replicas:
+                lifecycle = of(replica)
+                self._row(
+                    table,
+                    error_width,
+                    Text(f" #{replica.index}", style=self._colour(node)),
+                    Text(lifecycle.state.name, style=_STATE_STYLES[lifecycle.state]),
+                    replica.pid if lifecycle.state in RUNNING else None,
+                    replica.container.resources if lifecycle.state in RUNNING else [],
+                    replica.restarts,
+                    replica.uptime,
+                    replica.last_error,
+                )
         return table
+
+    @staticmethod
+    def _row(
+        table: Table,
+        error_width: int | None,
+        name: Text,
+        state: Text,
+        pid: int | None,
+        samples: Sequence[Resources],
+        restarts: int,
+        uptime: float | None,
+        last_error: BaseException | None,
+    ) -> None:
+        sample = samples[-1] if samples else None
+        cells: list[RenderableType] = [
+            name,
+            state,
+            str(pid) if pid is not None else "-",
+            f"{sample.cpu_percent:.1f}%" if sample is not None else "-",
+            format_bytes(sample.rss) if sample is not None else "-",
+            str(restarts),
+            format_duration(uptime) if uptime is not None else "-",
+        ]
+        if error_width is not None:
+            error = short_error(last_error) if last_error is not None else ""
+            cells.append(Text(error, style="red", no_wrap=True, overflow="ellipsis"))
+        table.add_row(*cells)
 
 
 _HINTS: dict[Phase, str] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 import textwrap
 from typing import Literal
@@ -18,12 +19,20 @@ import anyio
 import attrs
 from rich.logging import RichHandler
 
-from .. import of
-from ..cluster import ServiceDefinitionError, ServiceNode, ServicesManager, load_cluster
+from .. import State, of
+from ..cluster import (
+    ClusterError,
+    ServiceDefinitionError,
+    ServiceNode,
+    ServicesManager,
+    load_cluster,
+)
 from ..program import EXIT_FAILED, EXIT_FORCED, EXIT_OK, EXIT_USAGE, Phase, drive
 from ._humanise import describe_error, service_colours
 from ._output import escape, nonblocking_std_streams
 from ._reporters import LiveReporter, PlainReporter, Reporter
+
+STARTED = State.STARTED
 
 
 def up(path: str, *, backend: Literal["trio", "asyncio"] = "trio", live: bool | None = None) -> int:
@@ -98,8 +107,7 @@ def _show_output(manager: ServicesManager, reporter: Reporter) -> None:
     """Send each service's output to `reporter`, those created at run time too."""
 
     def show(node: ServiceNode) -> None:
-        for container in node.containers:  # read at each start, by the controller it makes
-            container.on_output = functools.partial(reporter.output, node.name)
+        node.set_output(functools.partial(reporter.output, node.name))
 
     for node in manager.nodes.values():
         show(node)
@@ -114,22 +122,65 @@ async def serve(manager: ServicesManager, reporter: Reporter, stop_timeout: floa
 
     A first SIGINT or SIGTERM stops it (abandoning the start if it is still
     starting), in at most `stop_timeout` seconds; a second SIGINT forces it.
+    While it runs, SIGHUP reloads every pool and SIGTTIN / SIGTTOU give each
+    pool one replica more / less.
 
     Returns:
         The exit code, as `up` describes it.
     """
     unsubscribe = manager.subscribe(functools.partial(reporter.event, manager))
     try:
-        async with reporter.showing(manager):
+        async with reporter.showing(manager), anyio.create_task_group() as operating:
             narrator = _Narrator(manager, reporter)
+            operating.start_soon(_operate, manager, narrator)
             code = await drive(of(manager), narrator, label=manager.name, stop_timeout=stop_timeout)
-            if code == EXIT_OK and manager.failed:  # it stopped cleanly, but not all had run
-                for exited in manager.failed.values():
-                    narrator.say("a service had failed", error=exited)
-                code = EXIT_FAILED
-            return code
+            operating.cancel_scope.cancel()
+        if code == EXIT_OK and manager.failed:  # it stopped cleanly, but not all had run
+            for exited in manager.failed.values():
+                narrator.say("a service had failed", error=exited)
+            code = EXIT_FAILED
+        return code
     finally:
         unsubscribe()
+
+
+#: What the operator's signals do to every pool while the cluster runs.
+POOL_SIGNALS = {signal.SIGHUP: "reload", signal.SIGTTIN: "grow", signal.SIGTTOU: "shrink"}
+
+
+async def _operate(manager: ServicesManager, narrator: _Narrator) -> None:
+    """SIGHUP reloads every pool; SIGTTIN and SIGTTOU give each one replica more
+    or less (never fewer than one). One at a time, in the order they came."""
+    with anyio.open_signal_receiver(*POOL_SIGNALS) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            pools = manager.pools()
+            if of(manager).state is not STARTED or not pools:
+                why = "it is not running" if pools else "it has no pool"
+                narrator.say(f"{name} received: ignored ({manager.name}: {why})")
+                continue
+            for pool in pools:
+                await _change(manager, narrator, pool, POOL_SIGNALS[signal.Signals(signum)], name)
+
+
+async def _change(
+    manager: ServicesManager, narrator: _Narrator, pool: str, what: str, signame: str
+) -> None:
+    size = len(manager[pool].containers)
+    try:
+        if what == "reload":
+            narrator.say(f"{signame} received: reloading {pool} ({size} replicas, one by one)")
+            await manager.reload(pool)
+            narrator.say(f"{pool}: reloaded")
+        else:
+            target = size + 1 if what == "grow" else size - 1
+            if target < 1:
+                narrator.say(f"{signame} received: {pool} keeps its one replica")
+                return
+            narrator.say(f"{signame} received: {pool} from {size} to {target} replicas")
+            await manager.scale(pool, target)
+    except (ClusterError, ValueError) as exc:  # the cluster goes on; the operator is told
+        narrator.say(f"{signame}: {pool} could not {what}", error=exc)
 
 
 @attrs.define

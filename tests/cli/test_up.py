@@ -210,6 +210,36 @@ async def test_the_table_shows_pid_cpu_and_memory_of_a_process() -> None:
     ), row
 
 
+async def test_a_pool_is_one_row_with_a_row_per_replica_under_it() -> None:
+    spec = ServiceSpec(
+        name="web",
+        entry="tests.up_services:PoolMember",
+        cwd=str(ROOT),
+        env={"PYTHONPATH": str(ROOT)},
+        replicas=2,
+        restart=RestartPolicy(backoff=30, max_backoff=30),  # the killed one stays down
+        container_options={"resources_interval": 0.05},
+    )
+    manager = ServicesManager([spec], name="demo")
+    node = manager["web"]
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            first, second = node.replicas
+            while not second.container.resources:  # noqa: ASYNC110 - sampled in another process
+                await anyio.sleep(0.05)
+            os.kill(first.pid, signal.SIGKILL)  # type: ignore[arg-type]
+            await startable.of(first).wait_state(State.STOPPED)
+            console = Console(record=True, width=120)
+            console.print(render(manager.nodes.values(), title="demo", phase="running"))
+            pid = second.pid
+    lines = [" ".join(line.split()) for line in console.export_text().splitlines()]
+    at = next(i for i, line in enumerate(lines) if line.startswith("web "))
+    pool, zero, one = lines[at : at + 3]
+    assert re.fullmatch(r"web STARTED 1/2 - - - 0 \d+s", pool), pool
+    assert re.fullmatch(r"#0 STOPPED - - - 0 - RemoteExited: .*", zero), zero
+    assert re.fullmatch(rf"#1 STARTED {pid} \d+\.\d% \d+\.\d [KMG]iB 0 \d+s", one), one
+
+
 def test_live_output_lines_are_prefixed_and_keep_their_colours() -> None:
     console = Console(record=True, width=80, force_terminal=True)
     reporter = LiveReporter(5, {"db": "cyan"}, console)
@@ -782,3 +812,30 @@ async def test_a_service_spec_entry_can_name_a_file_outside_sys_path(tmp_path: P
         async with startable.running(manager):
             await heard.wait()
     assert said == ["hello from talk"]
+
+
+@trio_only
+async def test_sighup_reloads_the_pools_and_ttin_ttou_scale_them(tmp_path: Path) -> None:
+    path = cluster_file(tmp_path, service("web", "PoolMember", extra="replicas = 2"))
+    with anyio.fail_after(90):
+        async with up(path) as cli:
+            await cli.wait_for("demo: 1 services STARTED")
+            first = set(re.findall(r"replica \d of 2 up \(pid (\d+)\)", cli.out))
+            assert len(first) == 2, cli.out
+            cli.process.send_signal(signal.SIGHUP)
+            await cli.wait_for("web: reloaded")
+            cli.process.send_signal(signal.SIGTTIN)
+            await cli.wait_for("replica 2 of 3 up")
+            cli.process.send_signal(signal.SIGTTOU)
+            await cli.wait_for("replica 2 down")
+            cli.process.send_signal(signal.SIGINT)
+            code = await cli.finish()
+    assert code == 0, (cli.out, cli.err)
+    assert "SIGHUP received: reloading web (2 replicas, one by one)" in cli.out
+    assert "SIGTTIN received: web from 2 to 3 replicas" in cli.out
+    assert "SIGTTOU received: web from 3 to 2 replicas" in cli.out
+    ups = re.findall(r"web \| replica (\d) of (\d) up \(pid (\d+)\)", cli.out)
+    # two first, two from the reload (new processes, their output shown), one from TTIN
+    assert len(ups) == 5 and len({pid for _, _, pid in ups}) == 5, cli.out
+    for pid in first:
+        assert f"down (pid {pid})" in cli.out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 import anyio
@@ -13,7 +14,9 @@ from ... import Hook, State, as_raw_start, as_raw_stop, of
 from .._data.client import ServiceClient
 from .._errors import ClusterError, DependencyStopped
 from .._process.container import ServiceContainer
+from .._process.controller import OutputLine
 from .._process.listen import ListenSocket
+from .pool import PoolRunner, Replica
 from .runners import ContainerRunner, InProcessRunner, Runner
 from .services import RestartPolicy, ServiceSpec
 
@@ -101,6 +104,20 @@ class ServiceNode:
         """Its containers: one for a service in a child process, one per replica for
         a pool (`replicas`), none for a service in this process."""
         return self.runner.containers
+
+    @property
+    def replicas(self) -> tuple[Replica, ...]:
+        """The replicas of a pool (`spec.replicas` > 1), in index order; empty for
+        any other service. A reload or `scale` changes them."""
+        runner = self.runner
+        return tuple(runner.replicas) if isinstance(runner, PoolRunner) else ()
+
+    def set_output(self, callback: Callable[[OutputLine], object] | None) -> None:
+        """Give each line its processes write (an `OutputLine`) to `callback`,
+        from their next start on: every replica of a pool, those a reload or
+        `scale` starts later too. A service in this process has no output of
+        its own."""
+        self.runner.set_output(callback)
 
     @property
     def service(self) -> object | None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import graphlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -38,6 +39,7 @@ from ... import Startable, State, as_raw_start, as_raw_stop, of
 from .._data.router import Router
 from .._errors import ClusterError
 from .._process.container import ServiceContainer
+from .._process.controller import OutputLine
 from .._process.failfast import FailFast
 from .._process.listen import ListenSocket, bind_all
 from .._process.remote import ENV_REPLICA, ENV_REPLICAS
@@ -54,7 +56,19 @@ ReplicaNotice = Callable[[int, float], None]
 
 
 class Replica:
-    """One replica of a pool: its process, restarted by the pool's supervisor."""
+    """One replica of a pool: its process, restarted by the pool's supervisor.
+
+    Read them through `ServiceNode.replicas`; `startable.of(replica)` is its
+    lifecycle (STARTED while its process serves).
+
+    Attributes:
+        name: `web#2`: the pool's name and the replica's index.
+        index: its place in the pool, from 0 (what its process reads as
+            `this_service().replica`).
+        restarts: how many times the pool restarted it (reforks).
+        last_error: why it last stopped on its own, or failed to start.
+        started_at: when it was last STARTED (`time.monotonic()`), while it is.
+    """
 
     def __init__(self, pool: PoolRunner, index: int, size: int) -> None:
         self.pool = pool
@@ -65,9 +79,10 @@ class Replica:
         self.restarts = 0
         self.last_error: BaseException | None = None
         self.failures: deque[float] = deque()
+        self.started_at: float | None = None
         # `size`: the pool's size when the replica is made (what it reads as `replicas`).
         env = {**pool.spec.env, ENV_REPLICA: str(index), ENV_REPLICAS: str(size)}
-        spec = attrs.evolve(pool.spec, env=env, listen=(), replicas=1)  # type: ignore[arg-type]
+        spec = attrs.evolve(pool.spec, env=env, listen=(), replicas=1, on_output=pool.on_output)  # type: ignore[arg-type]
         self.runner = ContainerRunner(spec, pool.router)
         self._starting = FailFast()
 
@@ -84,16 +99,26 @@ class Replica:
 
     @property
     def pid(self) -> int | None:
+        """Its process's pid while it runs."""
         return self.runner.pid
+
+    @property
+    def uptime(self) -> float | None:
+        """Seconds since it was last STARTED (None when it is not)."""
+        if self.started_at is None or of(self).state is not STARTED:
+            return None
+        return time.monotonic() - self.started_at
 
     @as_raw_start
     async def _start(self) -> None:
         self.runner.container.listeners = self.pool.listeners  # shared, never bound here
         await self.runner.start(of(self))
+        self.started_at = time.monotonic()
         self.pool.revived += 1
 
     @as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
+        self.started_at = None
         await self.runner.stop(err)
 
     async def start_in(self, node: Startable, supervisor: Supervisor[Replica]) -> None:
@@ -119,6 +144,8 @@ class PoolRunner:
         assert spec.replicas > 1
         self.spec = spec
         self.router = router
+        #: What its replicas' output lines go to (`set_output`).
+        self.on_output = spec.on_output
         #: Its replicas, in index order (`scale` changes how many).
         self.replicas = [Replica(self, index, spec.replicas) for index in range(spec.replicas)]
         #: Replicas being retired (replaced by a reload, or scaled away), until stopped.
@@ -135,13 +162,6 @@ class PoolRunner:
     def size(self) -> int:
         """How many replicas it has (STARTED or not)."""
         return len(self.replicas)
-
-    @property
-    def restarts(self) -> int:
-        """How many times its replicas were restarted (reforks), all told."""
-        return self._restarted + sum(replica.restarts for replica in self.replicas)
-
-    _restarted = 0  # by replicas it no longer has
 
     # -- what the node reads ----------------------------------------------------------
 
@@ -293,7 +313,6 @@ class PoolRunner:
                 new = Replica(self, index, len(self.replicas))
                 await self._start_new([new], "reload")
                 self.replicas[index] = new
-                self._restarted += old.restarts
                 await self._retire(old)
 
     async def scale(self, size: int) -> None:
@@ -325,7 +344,6 @@ class PoolRunner:
             elif size < have:
                 gone = self.replicas[size:]
                 del self.replicas[size:]
-                self._restarted += sum(replica.restarts for replica in gone)
                 async with anyio.create_task_group() as group:
                     for replica in gone:
                         group.start_soon(self._retire, replica)
@@ -361,6 +379,11 @@ class PoolRunner:
                 logger.warning("%s: retired, but did not stop cleanly: %s", replica.name, exc)
         finally:
             self.retiring.discard(replica)
+
+    def set_output(self, callback: Callable[[OutputLine], object] | None) -> None:
+        self.on_output = callback
+        for replica in self.replicas:
+            replica.runner.set_output(callback)
 
     def _listen(self) -> None:
         """Bind `spec.listen` once, for every replica, across reforks."""

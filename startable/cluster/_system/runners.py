@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 from typing import Protocol
 
 import anyio
@@ -24,6 +25,7 @@ from .._data.link import PortLink
 from .._data.router import LocalLink, Outbox, Router
 from .._ipc.port import ConnectionPort, from_socket
 from .._process.container import ServiceContainer
+from .._process.controller import OutputLine
 from .._process.failfast import FailFast
 from .._process.listen import ListenSocket, bind_all
 from .._process.remote import ENV_DATA_PORT, ENV_SERVICE
@@ -98,6 +100,11 @@ class Runner(Protocol):
         once the service is stopped for good (destroyed, or its manager stopped)."""
         ...
 
+    def set_output(self, callback: Callable[[OutputLine], object] | None) -> None:
+        """Give each line its processes write to `callback`, from their next
+        start on (processes it makes later too); nothing in this process."""
+        ...
+
 
 class InProcessRunner:
     """Runs what `spec.factory` returns in this process, its client linked
@@ -130,6 +137,9 @@ class InProcessRunner:
 
     def release(self) -> None:
         pass  # it keeps nothing across restarts
+
+    def set_output(self, callback: Callable[[OutputLine], object] | None) -> None:
+        pass  # it has no process of its own
 
     async def stop(self, err: BaseException | None) -> None:
         try:
@@ -189,6 +199,9 @@ class ContainerRunner:
     @property
     def listeners(self) -> tuple[ListenSocket, ...]:
         return self.container.listeners
+
+    def set_output(self, callback: Callable[[OutputLine], object] | None) -> None:
+        self.container.on_output = callback
 
     def withdraw(self) -> anyio.Event:
         """Route no new request to it; the event is set once it owes no answer
