@@ -48,6 +48,8 @@ def describe_event(manager: ServicesManager, event: ServiceEvent) -> str:
             said += [f"ended by {forced}"] if forced is not None else []
             text += f" ({'; '.join(said)})"
         return text
+    if event.kind == "restarting" and event.replica is not None:
+        return f"{name}: replica #{event.replica} restarting in {event.delay or 0:g}s"
     if event.kind == "restarting":
         return f"{name}: restarting in {event.delay or 0:g}s"
     if event.kind == "escalated":

@@ -94,6 +94,12 @@ async def test_a_killed_replica_is_replaced_while_the_pool_and_its_dependents_ru
     front = ServiceSpec(name="front", factory=Front, depends_on=["web"])
     manager = ServicesManager([pool(2), front])
     front_moves: list[State] = []
+    reforks: list[tuple[str, int | None]] = []
+    manager.subscribe(
+        lambda event: (
+            reforks.append((event.service, event.replica)) if event.kind == "restarting" else None
+        )
+    )
     manager.subscribe(
         lambda event: (
             front_moves.append(event.change.current)
@@ -119,6 +125,7 @@ async def test_a_killed_replica_is_replaced_while_the_pool_and_its_dependents_ru
             pid, _, size = await manager.client.request("web", "whoami")
             assert size == 2 and pid in {c.pid for c in node.service}
             assert front_moves == [State.STARTING, State.STARTED]  # never cascaded
+            assert reforks == [("web", 0)] * 5  # each told, with the replica
     assert node.listeners == ()
 
 
