@@ -152,3 +152,14 @@ class Replica:
         me = this_service()
         assert me.replica == int(os.environ["STARTABLE_REPLICA"])
         return [os.getpid(), me.replica, me.replicas]
+
+    @handler
+    async def fails_on(self, replica: int, delay: float = 0.0) -> int:
+        """Its replica index; replica `replica` raises, or (with `delay`) takes that long."""
+        me = this_service().replica
+        if me == replica:
+            if delay:
+                await anyio.sleep(delay)
+            else:
+                raise LookupError(f"replica {me} has no such thing")
+        return me

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 from .._util import fixup_module_metadata as _fixup_module_metadata
 
 if _TYPE_CHECKING:
+    from ._data.client import Answer as Answer
     from ._data.client import ServiceClient as ServiceClient
     from ._data.client import this_service as this_service
     from ._data.contract import DEFAULT_DEADLINE as DEFAULT_DEADLINE
@@ -74,11 +75,16 @@ if _TYPE_CHECKING:
     from ._system.manager import ServiceEvent as ServiceEvent
     from ._system.manager import ServicesManager as ServicesManager
     from ._system.node import ServiceNode as ServiceNode
+    from ._system.pool import Replica as Replica
+    from ._system.services import MAX_REPLICAS as MAX_REPLICAS
     from ._system.services import RestartPolicy as RestartPolicy
     from ._system.services import ServiceSpec as ServiceSpec
 
 #: Where each public name is defined, relative to this package.
 _WHERE: dict[str, str] = {
+    "MAX_REPLICAS": "._system.services",
+    "Replica": "._system.pool",
+    "Answer": "._data.client",
     "ServiceClient": "._data.client",
     "this_service": "._data.client",
     "DEFAULT_DEADLINE": "._data.contract",
@@ -143,9 +149,11 @@ __all__ = (
     "MAX_DEADLINE",
     "MAX_IN_FLIGHT",
     "MAX_LISTEN",
+    "MAX_REPLICAS",
     "MAX_TOPICS",
     "NAME_RULE",
     "OUTBOX_CAPACITY",
+    "Answer",
     "AuthenticationError",
     "ClusterError",
     "ClusterFile",
@@ -171,6 +179,7 @@ __all__ = (
     "ProcessOptions",
     "RemoteError",
     "RemoteExited",
+    "Replica",
     "RequestError",
     "RequestRefused",
     "RequestTimeout",

@@ -10,8 +10,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import pytest
+from msgspec.structs import replace
 
-from startable.cluster._data.contract import AnyMessage, Call, Create, Event, Reply, Subscribe
+from startable.cluster._data.contract import (
+    AnyMessage,
+    Call,
+    Create,
+    Event,
+    Reply,
+    Subscribe,
+    problem,
+)
 from startable.cluster._data.directory import Directory, Endpoint, Pick, Refusal, pick
 from startable.cluster._data.router import Router
 
@@ -196,3 +205,73 @@ def test_creation_is_asked_of_the_directory_after_its_permission(setup: tuple) -
     assert isinstance(refused, Reply) and refused.message == "'api' may not create services"
     (created,) = maker.got
     assert isinstance(created, Reply) and created.kind == ""
+
+
+def test_a_request_to_all_is_a_fan_out_then_a_part_from_each_instance() -> None:
+    directory = Replicated()
+    router = Router(directory)
+    caller, zero, one = Inbox("api"), Inbox("web 0"), Inbox("web 1")
+    router.attach("api", caller)
+    router.attach("web", zero, 0)
+    router.attach("web", one, 1)
+    router.handle(caller, replace(call(7), pick="all"))
+    assert caller.got == [Reply(7, [0, 1], kind="fan-out")]
+    (to_zero,), (to_one,) = zero.got, one.got
+    assert isinstance(to_zero, Call) and isinstance(to_one, Call)
+    assert to_zero.pick == to_one.pick == ""  # each instance sees a plain request
+    router.handle(one, Reply(to_one.id, value="one"))
+    router.handle(zero, Reply(to_one.id, value="not asked"))  # only the asked one answers
+    router.detach(zero)  # gone before it answered: its own part fails
+    assert caller.got[1:] == [
+        Reply(7, "one", part=1),
+        Reply(7, kind="unavailable", message="service 'web' stopped before it answered", part=0),
+    ]
+    router.handle(caller, replace(call(8), pick="random"))
+    assert len(one.got) == 2  # the only one left
+
+
+def test_a_bad_pick_or_part_breaks_the_contract(setup: tuple) -> None:
+    router, _, caller, _, _ = setup
+    router.handle(caller, replace(call(9), pick="everyone"))
+    (refused,) = caller.got
+    assert isinstance(refused, Reply) and refused.kind == "invalid"
+    assert "a pick is one of" in refused.message
+    for bad in (
+        Reply(1, kind="fan-out", value=[0, 0]),
+        Reply(1, kind="fan-out", value="all"),
+        Reply(1, kind="fan-out", value=[-1]),
+        Reply(1, part=-2),
+        Reply(1, part=1 << 40),
+    ):
+        assert problem(bad) is not None, bad
+
+
+@pytest.mark.anyio
+async def test_a_request_to_all_ends_at_its_deadline_with_the_silent_ones_timed_out() -> None:
+    import anyio
+
+    import startable
+    from startable.cluster import RequestTimeout, ServiceClient
+    from startable.cluster._data.router import LocalLink
+
+    directory = Replicated()
+    router = Router(directory)
+    zero, silent = Inbox("web 0"), Inbox("web 1")
+    router.attach("web", zero, 0)
+    router.attach("web", silent, 1)
+    client = ServiceClient("api", LocalLink(router, "api"))
+    with anyio.fail_after(10):
+        async with startable.running(client), anyio.create_task_group() as group:
+
+            async def answer_zero() -> None:
+                while not zero.got:
+                    await anyio.lowlevel.checkpoint()
+                (asked,) = zero.got
+                assert isinstance(asked, Call)
+                router.handle(zero, Reply(asked.id, value="zero"))
+
+            group.start_soon(answer_zero)
+            answers = await client.request_all("web", "get", deadline=0.2)
+    assert [(a.replica, a.value) for a in answers] == [(0, "zero"), (1, None)]
+    assert isinstance(answers[1].error, RequestTimeout)
+    assert "replica 1 did not answer within the deadline of 0.2s" in str(answers[1].error)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from startable import State
 from startable.cluster import (
     ClusterError,
     EscalationError,
+    RemoteError,
+    RequestTimeout,
     RestartPolicy,
     ServiceClient,
     ServiceDefinitionError,
@@ -339,3 +342,45 @@ async def test_reload_and_scale_are_refused_with_the_reason() -> None:
                 with pytest.raises(kind, match="pool"):
                     await manager.scale("web", size)  # type: ignore[arg-type]
             assert len(manager["web"].containers) == 2
+
+
+async def test_a_request_to_all_replicas_gets_each_ones_answer_or_error() -> None:
+    store = specs.process("store", "tests.plane_services:Store")
+    manager = ServicesManager([pool(3), store])
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            client = manager.client
+            answers = await client.request_all("web", "fails_on", 1)
+            assert [answer.replica for answer in answers] == [0, 1, 2]
+            assert [answer.value for answer in answers] == [0, None, 2]
+            assert answers[0].ok and answers[0].result() == 0 and not answers[1].ok
+            assert isinstance(answers[1].error, RemoteError)
+            assert "LookupError: replica 1 has no such thing" in str(answers[1].error)
+            with pytest.raises(RemoteError):
+                answers[1].result()
+            # one that does not answer in time is a timeout of its own; the call ends
+            slow = await client.request_all("web", "fails_on", 2, 30.0, deadline=0.5)
+            assert [answer.value for answer in slow] == [0, 1, None]
+            assert isinstance(slow[2].error, RequestTimeout)
+            # (whichever comes first: the replica's own timeout, or the caller's deadline)
+            assert re.search(
+                r"ran past the caller's deadline|replica 2 did not answer within the deadline",
+                str(slow[2].error),
+            )
+            # a service that is not a pool answers as one replica
+            (single,) = await client.request_all("store", "get", "nothing")
+            assert single.replica == 0 and single.ok and single.value is None
+            with pytest.raises(ServiceUnavailable, match="no service named 'nope'"):
+                await client.request_all("nope", "fails_on", 0)
+
+
+async def test_a_request_can_go_to_a_replica_at_random() -> None:
+    manager = ServicesManager([pool(3)])
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            hit = {
+                (await manager.client.request("web", "whoami", pick="random"))[1] for _ in range(40)
+            }
+            assert len(hit) > 1  # one by one, least outstanding would always pick the same
+            with pytest.raises(ValueError, match="pick is 'least-outstanding' or 'random'"):
+                await manager.client.request("web", "whoami", pick="all")  # type: ignore[arg-type]

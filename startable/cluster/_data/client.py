@@ -19,9 +19,10 @@ import inspect
 import itertools
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import anyio
+import attrs
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -96,11 +97,56 @@ def set_process_client(client: ServiceClient | None) -> None:
 
 
 class _Waiter:
-    __slots__ = ("done", "reply")
+    """What one request waits for: a reply; or for a request to all, its parts."""
 
-    def __init__(self) -> None:
+    __slots__ = ("done", "instances", "parts", "reply")
+
+    def __init__(self, gathering: bool = False) -> None:
         self.done = anyio.Event()
         self.reply: Reply | None = None
+        self.instances: list[int] | None = None  # from the fan-out, for a request to all
+        self.parts: dict[int, Reply] | None = {} if gathering else None
+
+    def take(self, reply: Reply) -> None:
+        parts = self.parts
+        if parts is None or (reply.part < 0 and reply.kind != "fan-out"):
+            self.reply = reply  # the answer (or why there is none)
+            self.done.set()
+            return
+        if reply.kind == "fan-out":
+            self.instances = list(reply.value)
+        elif self.instances is None or reply.part in self.instances:
+            parts[reply.part] = reply
+        if self.instances is not None and all(i in parts for i in self.instances):
+            self.done.set()
+
+
+@attrs.frozen
+class Answer:
+    """One instance's answer to a request sent to all (`ServiceClient.request_all`).
+
+    Attributes:
+        replica: which instance answered (a pool's replica index).
+        value: what its handler returned (None if it failed).
+        error: why it did not (a `RemoteError` if the handler raised, a
+            `RequestError` otherwise: `RequestTimeout` if it did not answer
+            within the deadline); None if it answered.
+    """
+
+    replica: int
+    value: Any = None
+    error: Exception | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether it answered (`error` is None)."""
+        return self.error is None
+
+    def result(self) -> Any:
+        """Its value, or raise its error."""
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 class ServiceClient:
@@ -188,6 +234,7 @@ class ServiceClient:
         method: str,
         *args: Any,
         deadline: float = DEFAULT_DEADLINE,
+        pick: Literal["least-outstanding", "random"] = "least-outstanding",
         **kwargs: Any,
     ) -> Any:
         """Call `method(*args, **kwargs)` on `service`; its result.
@@ -200,6 +247,9 @@ class ServiceClient:
             deadline: seconds to wait for the answer: 10 by default, more
                 than 0 and at most `MAX_DEADLINE` (a day). The callee's
                 handler is cancelled when it passes.
+            pick: which replica of a pool gets it: the one with the fewest
+                requests waiting for it (the oldest on a tie), or one at
+                `"random"`. (`request_all` asks every one.)
 
         Raises:
             RemoteError: the handler raised; it carries the remote traceback.
@@ -215,20 +265,84 @@ class ServiceClient:
                 the data plane's contract (another version's client, or a
                 peer that bypasses this one).
         """
-        reply = await self._ask(
-            Call(next(self._ids), service, method, args, kwargs, deadline),
-            deadline,
-            service,
-            method,
-        )
+        if pick not in _PICKS:
+            raise ValueError(f"pick is 'least-outstanding' or 'random', not {pick!r}")
+        call = Call(next(self._ids), service, method, args, kwargs, deadline, pick=_PICKS[pick])
+        reply = await self._ask(call, deadline, service, method)
         return reply.value
+
+    @assert_state()
+    async def request_all(
+        self,
+        service: str,
+        method: str,
+        *args: Any,
+        deadline: float = DEFAULT_DEADLINE,
+        **kwargs: Any,
+    ) -> list[Answer]:
+        """Call `method(*args, **kwargs)` on every replica of `service` at once.
+
+        Each replica STARTED now gets the request. The call returns when all
+        have answered, or when `deadline` passes: a replica that has not
+        answered by then is an `Answer` whose error is `RequestTimeout`. One
+        replica's failure is its own `Answer`, never an exception for the
+        whole call. A service that is not a pool answers as one replica.
+
+        Returns:
+            One `Answer` per replica, by replica index.
+
+        Raises:
+            RequestRefused, ServiceUnavailable, MalformedRequest: the
+                request reached no replica (as for `request`).
+            RequestTimeout: not even the list of replicas came back in time.
+            TypeError, ValueError: as for `request`.
+        """
+        call = Call(next(self._ids), service, method, args, kwargs, deadline, pick="all")
+        waiter = await self._wait(call, deadline, service, method, gathering=True)
+        if waiter.instances is None:
+            raise self._failure(waiter, service, method, deadline)
+        parts = waiter.parts or {}
+        answers = []
+        for instance in sorted(waiter.instances):
+            part = parts.get(instance)
+            if part is None:
+                late = RequestTimeout(
+                    f"{service}.{method}: replica {instance} did not answer within the "
+                    f"deadline of {deadline:g}s",
+                    service,
+                    method,
+                )
+                answers.append(Answer(instance, error=late))
+                continue
+            error = _error_of(part, service, method)
+            answers.append(Answer(instance, None if error else part.value, error))
+        return answers
 
     async def _ask(
         self, message: Call | Subscribe | Create, deadline: float, service: str, method: str
     ) -> Reply:
+        waiter = await self._wait(message, deadline, service, method)
+        reply = waiter.reply
+        if reply is None:
+            raise self._failure(waiter, service, method, deadline)
+        error = _error_of(reply, service, method)
+        if error is not None:
+            raise error
+        return reply
+
+    async def _wait(
+        self,
+        message: Call | Subscribe | Create,
+        deadline: float,
+        service: str,
+        method: str,
+        *,
+        gathering: bool = False,
+    ) -> _Waiter:
+        """Send `message`; wait for its answer, or its parts, at most `deadline` seconds."""
         if (why := deadline_problem(deadline)) is not None:
             raise ValueError(f"{service}.{method}: {why}" if service else why)
-        waiter = self._waiting[message.id] = _Waiter()
+        waiter = self._waiting[message.id] = _Waiter(gathering)
         try:
             with anyio.move_on_after(deadline):
                 try:
@@ -239,26 +353,26 @@ class ServiceClient:
                 await waiter.done.wait()
         finally:
             del self._waiting[message.id]
-        reply = waiter.reply
-        if reply is None:
-            if waiter.done.is_set():
-                raise ServiceUnavailable(
-                    f"{self.name or 'the manager'} lost its link to the cluster before "
-                    f"{service} answered",
-                    service,
-                    method,
-                )
-            raise RequestTimeout(
-                f"{service}.{method}: no answer within the deadline of {deadline:g}s",
+        return waiter
+
+    def _failure(self, waiter: _Waiter, service: str, method: str, deadline: float) -> Exception:
+        """Why a request that ended without its answer has none."""
+        if waiter.reply is not None:  # (a request to all that reached no replica)
+            error = _error_of(waiter.reply, service, method)
+            assert error is not None
+            return error
+        if waiter.done.is_set():
+            return ServiceUnavailable(
+                f"{self.name or 'the manager'} lost its link to the cluster before "
+                f"{service} answered",
                 service,
                 method,
             )
-        if reply.kind == "":
-            return reply
-        if reply.kind == "error" and reply.error is not None:
-            raise RemoteError(reply.error, f"in {service}.{method}")
-        failure = FAILURES.get(reply.kind, RequestError)
-        raise failure(reply.message, service, method)
+        return RequestTimeout(
+            f"{service}.{method}: no answer within the deadline of {deadline:g}s",
+            service,
+            method,
+        )
 
     # -- events ------------------------------------------------------------------------
 
@@ -369,8 +483,7 @@ class ServiceClient:
         if isinstance(message, Reply):
             waiter = self._waiting.get(message.id)
             if waiter is not None:  # else: the caller gave up already
-                waiter.reply = message
-                waiter.done.set()
+                waiter.take(message)
         elif isinstance(message, Call):
             of(self).start_soon(self._answer, message)
         elif isinstance(message, Event):
@@ -419,6 +532,20 @@ class ServiceClient:
                 return Reply(call.id, kind="error", error=ErrorInfo.of(exc))
             return Reply(call.id, result)
         return _failed(call, "timeout", f"{self.name}.{call.method} ran past the caller's deadline")
+
+
+#: `request(pick=...)`, as a `Call` says it.
+_PICKS: Mapping[str, str] = {"least-outstanding": "", "random": "random"}
+
+
+def _error_of(reply: Reply, service: str, method: str) -> Exception | None:
+    """What a failed `reply` means to the caller (None: it did not fail)."""
+    if reply.kind == "":
+        return None
+    if reply.kind == "error" and reply.error is not None:
+        return RemoteError(reply.error, f"in {service}.{method}")
+    failure = FAILURES.get(reply.kind, RequestError)
+    return failure(reply.message, service, method)
 
 
 def _failed(call: Call, kind: str, message: str) -> Reply:

@@ -39,6 +39,12 @@ MAX_DEADLINE: Final = 86_400.0
 MAX_NAME_LENGTH: Final = 255
 #: Ids are positive and fit in 63 bits.
 MAX_ID: Final = (1 << 63) - 1
+#: Instances of one service (the replicas of a pool) are numbered below this.
+MAX_INSTANCES: Final = 1 << 16
+#: `Call.pick`: which of the callee's instances get the request. Empty: the
+#: router's own policy (the fewest requests waiting); `"random"`: one at
+#: random; `"all"`: every one (answered in parts, see `Reply`).
+PICKS: Final = ("", "random", "all")
 
 
 class DataMessage(msgspec.Struct, frozen=True, tag_field="t", array_like=True):
@@ -49,7 +55,8 @@ class Call(DataMessage, tag="call", frozen=True):
     """Run `method(*args, **kwargs)` of `service`; answered by a `Reply` with the same id.
 
     `caller` is filled by the router (empty: the operator, not a service).
-    `timeout` is the time the caller still waits, in seconds.
+    `timeout` is the time the caller still waits, in seconds. `pick` is one
+    of `PICKS`.
     """
 
     id: int
@@ -59,9 +66,11 @@ class Call(DataMessage, tag="call", frozen=True):
     kwargs: dict[str, Any] = {}
     timeout: float = DEFAULT_DEADLINE
     caller: str = ""
+    pick: str = ""
 
 
-#: `Reply.kind`: how a request failed (empty: it did not; `"error"`: the handler raised).
+#: `Reply.kind`: how a request failed (empty: it did not; `"error"`: the handler raised;
+#: `"fan-out"` is no failure, see `Reply`).
 FAILURES: Mapping[str, type[RequestError]] = {
     "refused": RequestRefused,
     "unavailable": ServiceUnavailable,
@@ -76,6 +85,11 @@ class Reply(DataMessage, tag="reply", frozen=True):
 
     `kind` is empty on success, `"error"` when the handler raised (`error`
     holds it), or a key of `FAILURES` (`message` says why).
+
+    A request sent to every instance (`Call.pick == "all"`) is answered in
+    parts: first a reply of kind `"fan-out"` whose `value` lists the
+    instances it went to, then one reply per instance, its `part` the
+    instance's number. Any other reply has `part` -1.
     """
 
     id: int
@@ -83,6 +97,7 @@ class Reply(DataMessage, tag="reply", frozen=True):
     kind: str = ""
     message: str = ""
     error: ErrorInfo | None = None
+    part: int = -1
 
 
 class Event(DataMessage, tag="event", frozen=True):
@@ -123,7 +138,7 @@ AnyMessage: TypeAlias = Call | Reply | Event | Subscribe | Unsubscribe | Create
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[AnyMessage] = msgspec.msgpack.Decoder(AnyMessage)
-_REPLY_KINDS: Final = frozenset({"", "error", *FAILURES})
+_REPLY_KINDS: Final = frozenset({"", "error", "fan-out", *FAILURES})
 _ENV_NAME: Final = re.compile(r"[^=\0]+")
 
 
@@ -168,6 +183,17 @@ def _service_problem(value: str, what: str) -> str | None:
     return None
 
 
+def _instances_problem(value: object) -> str | None:
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_INSTANCES
+        or not all(type(i) is int and 0 <= i < MAX_INSTANCES for i in value)
+        or len(set(value)) != len(value)
+    ):
+        return "a fan-out lists distinct instance numbers"
+    return None
+
+
 def _env_problem(env: Mapping[str, str]) -> str | None:
     for name, value in env.items():
         if _ENV_NAME.fullmatch(name) is None:
@@ -192,10 +218,17 @@ def problem(message: AnyMessage) -> str | None:
             or _name_problem(message.service, "the callee's name")
             or _name_problem(message.method, "a handler's name")
             or deadline_problem(message.timeout, "a request's deadline")
+            or (
+                None if message.pick in PICKS else f"a pick is one of {PICKS}, not {message.pick!r}"
+            )
         )
     if isinstance(message, Reply):
         if message.kind not in _REPLY_KINDS:
             return f"a reply's kind is one of {sorted(_REPLY_KINDS)}, not {message.kind!r}"
+        if not -1 <= message.part < MAX_INSTANCES:
+            return f"a reply's part is -1 or an instance below {MAX_INSTANCES}, not {message.part}"
+        if message.kind == "fan-out" and _instances_problem(message.value) is not None:
+            return _instances_problem(message.value)
         return _id_problem(message.id)
     if isinstance(message, Event | Unsubscribe):
         return _name_problem(message.topic, "a topic")

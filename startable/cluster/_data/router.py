@@ -67,7 +67,7 @@ _DETACHED = _Detached.DETACHED
 
 
 class _Forwarded:
-    __slots__ = ("callee", "callee_name", "caller", "caller_id", "caller_name", "expires")
+    __slots__ = ("callee", "callee_name", "caller", "caller_id", "caller_name", "expires", "part")
 
     def __init__(
         self,
@@ -77,6 +77,7 @@ class _Forwarded:
         callee: Endpoint,
         callee_name: str,
         expires: float,
+        part: int,
     ) -> None:
         self.caller = caller
         self.caller_name = caller_name
@@ -84,6 +85,7 @@ class _Forwarded:
         self.callee = callee
         self.callee_name = callee_name
         self.expires = expires
+        self.part = part  # -1, or the callee's instance in a fan-out
 
 
 class Router:
@@ -111,6 +113,7 @@ class Router:
         #: Messages refused as malformed, by the service that sent them.
         self.malformed: dict[str | None, int] = {}
         self._names: dict[Endpoint, str | None] = {}
+        self._instances: dict[Endpoint, int] = {}
         self._subscribed: dict[Endpoint, set[str]] = {}
         self._in_flight: dict[str | None, int] = {}
         self._outstanding: dict[Endpoint, int] = {}
@@ -118,9 +121,14 @@ class Router:
         self._forwarded: dict[int, _Forwarded] = {}
         self._ids = itertools.count(1)
 
-    def attach(self, name: str | None, endpoint: Endpoint) -> None:
-        """`endpoint` reaches a client of `name` (None: the operator's) from now on."""
+    def attach(self, name: str | None, endpoint: Endpoint, instance: int = 0) -> None:
+        """`endpoint` reaches a client of `name` (None: the operator's) from now on.
+
+        `instance` numbers it among the endpoints of `name` (a pool's replica
+        index); a request to all of them is answered in parts by that number.
+        """
         self._names[endpoint] = name
+        self._instances[endpoint] = instance
         if name is not None:
             self.directory.register(name, endpoint)
 
@@ -166,6 +174,7 @@ class Router:
         if endpoint not in self._names:
             return
         name = self._names.pop(endpoint)
+        self._instances.pop(endpoint, None)
         if name is not None:
             self.directory.unregister(name, endpoint)
         for topic in self._subscribed.pop(endpoint, ()):
@@ -208,7 +217,9 @@ class Router:
         """The request the router forwarded as `rid` will get no answer: tell its caller."""
         forwarded = self._forget(rid)
         if forwarded is not None:
-            reply = Reply(forwarded.caller_id, kind=kind, message=message, error=error)
+            reply = Reply(
+                forwarded.caller_id, kind=kind, message=message, error=error, part=forwarded.part
+            )
             forwarded.caller.put(reply)
 
     def handle(self, origin: Endpoint, message: AnyMessage) -> None:
@@ -234,7 +245,7 @@ class Router:
             forwarded = self._forwarded.get(message.id)
             if forwarded is not None and forwarded.callee is origin:  # only the callee answers
                 self._forget(message.id)
-                forwarded.caller.put(replace(message, id=forwarded.caller_id))
+                forwarded.caller.put(replace(message, id=forwarded.caller_id, part=forwarded.part))
         elif isinstance(message, Event):
             event = replace(message, source=source or "")
             for endpoint in self.topics.get(message.topic, ()):  # `put` subscribes no one
@@ -285,10 +296,13 @@ class Router:
         refusal = self.directory.call_refusal(source, callee)
         if refusal is None:
             endpoints = self.directory.endpoints(callee)
-            if len(endpoints) == 1:  # (the common case needs no pick)
+            if call.pick == "all":
+                chosen = list(endpoints)
+            elif len(endpoints) == 1:  # (the common case needs no pick)
                 chosen = [endpoints[0]]
             else:
-                chosen = pick(endpoints, self.policy, self._outstanding)
+                policy = Pick.RANDOM if call.pick == "random" else self.policy
+                chosen = pick(endpoints, policy, self._outstanding)
             if not chosen:
                 refusal = (
                     "unavailable",
@@ -298,21 +312,38 @@ class Router:
             origin.put(Reply(call.id, kind=refusal[0], message=refusal[1]))
             return
         in_flight = self._in_flight.get(source, 0)
-        if in_flight >= MAX_IN_FLIGHT:
+        if in_flight + len(chosen) > MAX_IN_FLIGHT:
             message = f"{MAX_IN_FLIGHT} requests of this service wait for answers already"
             origin.put(Reply(call.id, kind="unavailable", message=message))
             return
         now = time.monotonic()
+        if call.pick == "all":  # the parts to expect, then a part from each
+            instances = [self._instances.get(endpoint, 0) for endpoint in chosen]
+            origin.put(Reply(call.id, instances, kind="fan-out"))
+            for endpoint, instance in zip(chosen, instances, strict=True):
+                self._forward(origin, source, call, endpoint, now, instance)
+        else:
+            self._forward(origin, source, call, chosen[0], now, -1)
+
+    def _forward(
+        self,
+        origin: Endpoint,
+        source: str | None,
+        call: Call,
+        endpoint: Endpoint,
+        now: float,
+        part: int,
+    ) -> None:
         rid = next(self._ids)
         if rid % SWEEP_EVERY == 0:  # callees that never answered, long after their callers left
             for late in [r for r, f in self._forwarded.items() if f.expires < now]:
                 self._forget(late)
-        endpoint = chosen[0]
         expires = now + call.timeout + GRACE
-        self._forwarded[rid] = _Forwarded(origin, source, call.id, endpoint, callee, expires)
-        self._in_flight[source] = in_flight + 1
+        callee = call.service
+        self._forwarded[rid] = _Forwarded(origin, source, call.id, endpoint, callee, expires, part)
+        self._in_flight[source] = self._in_flight.get(source, 0) + 1
         self._outstanding[endpoint] = self._outstanding.get(endpoint, 0) + 1
-        if not endpoint.put(replace(call, id=rid, caller=source or "")):
+        if not endpoint.put(replace(call, id=rid, caller=source or "", pick="")):
             message = (
                 f"service {callee!r} is not keeping up: {OUTBOX_CAPACITY} messages "
                 "wait for it already"

@@ -83,7 +83,7 @@ class Replica:
         # `size`: the pool's size when the replica is made (what it reads as `replicas`).
         env = {**pool.spec.env, ENV_REPLICA: str(index), ENV_REPLICAS: str(size)}
         spec = attrs.evolve(pool.spec, env=env, listen=(), replicas=1, on_output=pool.on_output)  # type: ignore[arg-type]
-        self.runner = ContainerRunner(spec, pool.router)
+        self.runner = ContainerRunner(spec, pool.router, index)
         self._starting = FailFast()
 
     def __repr__(self) -> str:

@@ -155,12 +155,16 @@ class InProcessRunner:
 
 class ContainerRunner:
     """Runs the service in a `ServiceContainer` (a new child process on every
-    start), its data plane on a socket of its own that this runner sets up."""
+    start), its data plane on a socket of its own that this runner sets up.
 
-    def __init__(self, spec: ServiceSpec, router: Router) -> None:
+    `instance` numbers it among the endpoints of its name (a replica's index).
+    """
+
+    def __init__(self, spec: ServiceSpec, router: Router, instance: int = 0) -> None:
         assert spec.entry is not None
         self.spec = spec
         self.router = router
+        self.instance = instance
         self.container = ServiceContainer(
             spec.entry,
             code=spec.code,
@@ -234,7 +238,7 @@ class ContainerRunner:
         self._port = port = from_socket(ours, receives=AnyMessage, name=f"{name} data port")
         await of(port).start()
         self._outbox = outbox = Outbox(self.router, PortLink(port))
-        self.router.attach(name, outbox)
+        self.router.attach(name, outbox, self.instance)
         node.start_soon(outbox.pump)
         node.start_soon(self._relay, port, outbox)
         await self._starting.start(node, of(self.container), node.stop)
