@@ -40,6 +40,11 @@ class Store:
         return self.data.get(key)
 
     @handler
+    async def role(self) -> bool:
+        """Whether it holds the singleton role (a service that is no pool always does)."""
+        return this_service().singleton
+
+    @handler
     async def put(self, key: str, value: object) -> None:
         self.data[key] = value
 
@@ -163,3 +168,14 @@ class Replica:
             else:
                 raise LookupError(f"replica {me} has no such thing")
         return me
+
+    @handler
+    async def role(self) -> bool:
+        """Whether this replica holds its pool's singleton role."""
+        return this_service().singleton
+
+    @handler
+    async def wait_role(self) -> int:
+        """Its index, once it holds the role."""
+        await this_service().wait_singleton()
+        return this_service().replica

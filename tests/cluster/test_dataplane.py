@@ -161,7 +161,7 @@ async def test_only_handlers_can_be_called(method: str) -> None:
     manager, _ = cluster()
     with anyio.fail_after(10):
         async with startable.running(manager):
-            known = r"its handlers: fail, get, large, pid, put, seen, slow"
+            known = r"its handlers: fail, get, large, pid, put, role, seen, slow"
             with pytest.raises(HandlerNotFound, match=known):
                 await manager.client.request("store", method)
 

@@ -384,3 +384,41 @@ async def test_a_request_can_go_to_a_replica_at_random() -> None:
             assert len(hit) > 1  # one by one, least outstanding would always pick the same
             with pytest.raises(ValueError, match="pick is 'least-outstanding' or 'random'"):
                 await manager.client.request("web", "whoami", pick="all")  # type: ignore[arg-type]
+
+
+async def test_one_replica_holds_the_singleton_role_and_it_moves_only_when_its_holder_exits() -> (
+    None
+):
+    store = specs.process("store", "tests.plane_services:Store")
+    manager = ServicesManager([pool(3), store])
+    with anyio.fail_after(90):
+        async with startable.running(manager):
+            node, client = manager["web"], manager.client
+
+            async def holders() -> list[int]:
+                answers = await client.request_all("web", "role")
+                held = [answer.replica for answer in answers if answer.value]
+                assert len(held) <= 1, answers  # never two at once
+                return held
+
+            async def held_by_other_than(former: int | None) -> int:
+                while (held := await holders()) in ([former], []):  # noqa: ASYNC110 - told in a moment, in another process
+                    await anyio.sleep(0.01)
+                return held[0]
+
+            assert await held_by_other_than(None) == 0  # the lowest index, once all started
+            (alone,) = await client.request_all("store", "role")  # not a pool: holds it
+            assert alone.value is True
+            holder = 0
+            for _ in range(3):  # the holder dies: another gets it, once it is gone
+                victim = node.replicas[holder].pid
+                os.kill(victim, signal.SIGKILL)  # type: ignore[arg-type]
+                new = await held_by_other_than(holder)
+                assert node.replicas[new].pid != victim
+                await replaced(node, holder, victim)
+                holder = new
+            assert await holders() == [holder]  # the reforked ones did not take it back
+            # wait_singleton returns in the holder only
+            waited = await client.request_all("web", "wait_role", deadline=0.5)
+            assert [answer.value for answer in waited if answer.ok] == [holder]
+            assert sum(isinstance(answer.error, RequestTimeout) for answer in waited) == 2

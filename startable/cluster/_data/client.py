@@ -164,17 +164,28 @@ class ServiceClient:
         name: the service's name (empty for the manager's own client).
         replica: which replica of its pool this process is (0 to
             `replicas` - 1; 0 for a service that is not a pool).
-        replicas: how many replicas its pool has (1: not a pool).
+        replicas: how many replicas its pool had when this one started (1:
+            not a pool).
         events_dropped: events not delivered because a subscription's buffer
             was full.
     """
 
-    def __init__(self, name: str, link: Link, *, replica: int = 0, replicas: int = 1) -> None:
+    def __init__(
+        self,
+        name: str,
+        link: Link,
+        *,
+        replica: int = 0,
+        replicas: int = 1,
+        singleton: bool = True,
+    ) -> None:
         if not 0 <= replica < replicas:
             raise ValueError(f"replica {replica} of a pool of {replicas}")
         self.name = name
         self.replica = replica
         self.replicas = replicas
+        self._singleton = singleton
+        self._singleton_given: anyio.Event | None = None
         self.events_dropped = 0
         self._link = link
         self._target: object | None = None
@@ -189,6 +200,38 @@ class ServiceClient:
     def serve(self, target: object) -> None:
         """Answer requests with `target`'s handlers (the service object)."""
         self._target = target
+
+    # -- the singleton role ------------------------------------------------------------
+
+    @property
+    def singleton(self) -> bool:
+        """Whether this process holds its pool's singleton role now.
+
+        A pool gives the role to one live replica at a time, for the work that
+        only one process should do (a scheduler, a cache warmer). The holder
+        keeps it until its process exits; only then does the pool give it to
+        another (the lowest index that is STARTED), so no two processes ever
+        hold it. A service that is not a pool always holds it.
+        """
+        return self._singleton
+
+    async def wait_singleton(self) -> None:
+        """Return once this process holds its pool's singleton role (see `singleton`).
+
+        Bound it as any wait; the role, once held, is held until the process ends.
+        """
+        if self._singleton:
+            return
+        if self._singleton_given is None:
+            self._singleton_given = anyio.Event()
+        await self._singleton_given.wait()
+
+    def hold_singleton(self) -> None:
+        """This process holds the singleton role from now on: called by its
+        remote, when the pool says so."""
+        self._singleton = True
+        if self._singleton_given is not None:
+            self._singleton_given.set()
 
     # -- lifecycle ----------------------------------------------------------------
 

@@ -173,8 +173,12 @@ class Ping(Message, tag="ping", frozen=True):
     payload: bytes
 
 
+class Role(Message, tag="role", frozen=True):
+    """The process now holds its pool's singleton role, until it exits."""
+
+
 FromRemote: TypeAlias = RemoteReady | Protected | StateChanged | Uncaught | Resources | Pong
-ToRemote: TypeAlias = RunEntry | CloseRequest | Ping
+ToRemote: TypeAlias = RunEntry | CloseRequest | Ping | Role
 
 
 def problem(message: FromRemote) -> str | None:

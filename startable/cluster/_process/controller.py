@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -16,7 +17,7 @@ from typing import Literal
 import anyio
 import attrs
 
-from ... import State, __version__, as_raw_start, as_raw_stop, assert_state, of
+from ... import State, StateError, __version__, as_raw_start, as_raw_stop, assert_state, of
 from .._errors import (
     ClusterError,
     ForcedStop,
@@ -36,6 +37,7 @@ from .._ipc.messages import (
     Protected,
     RemoteReady,
     Resources,
+    Role,
     RunEntry,
     StateChanged,
     Uncaught,
@@ -488,6 +490,16 @@ class ServiceController:
         finally:
             self._pings.pop(payload, None)
         return time.perf_counter() - began
+
+    async def give_role(self) -> None:
+        """Tell the remote that its process holds its pool's singleton role.
+
+        Nothing is sent once the remote is gone (the role then goes to another).
+        """
+        port = self._port
+        if port is not None and of(port).state is STARTED:
+            with contextlib.suppress(ClusterError, StateError):  # (it ended meanwhile)
+                await port.send(Role())
 
     def _release_pings(self) -> None:
         """Wake every ping still waiting: the remote will not answer any more."""

@@ -54,6 +54,7 @@ from .._ipc.messages import (
     Protected,
     RemoteReady,
     Resources,
+    Role,
     RunEntry,
     StateChanged,
     ToRemote,
@@ -238,7 +239,11 @@ async def _serve(
         name = os.environ.get(ENV_SERVICE, "")
         data_port = from_socket(data, receives=AnyMessage, name=f"{name} data port")
         replica, replicas = _place_in_pool(os.environ)
-        client = ServiceClient(name, PortLink(data_port), replica=replica, replicas=replicas)
+        # A replica of a pool holds the singleton role only once the pool gives it.
+        singleton = ENV_REPLICA not in os.environ
+        client = ServiceClient(
+            name, PortLink(data_port), replica=replica, replicas=replicas, singleton=singleton
+        )
         set_process_client(client)
     outbox, pending = anyio.create_memory_object_stream[FromRemote](10_000)
     code = EXIT_OK
@@ -352,7 +357,7 @@ async def _run(
 
     lifecycle.subscribe(report)
     ending = _Ending()
-    tasks.start_soon(_listen, port, ending)  # a close request is heard during the start too
+    tasks.start_soon(_listen, port, ending, client)  # a close request is heard during the start too
     try:
         # An owner of its own: the stop of an abandoned start runs in a task of
         # it, and if that stop fails, the error comes out here to be reported.
@@ -407,7 +412,7 @@ async def _lifetime(
     return code
 
 
-async def _listen(port: ControlPort, ending: _Ending) -> None:
+async def _listen(port: ControlPort, ending: _Ending, client: ServiceClient | None) -> None:
     dropped = 0
     while True:
         try:
@@ -430,6 +435,8 @@ async def _listen(port: ControlPort, ending: _Ending) -> None:
             return
         if isinstance(message, Ping):
             await port.send(Pong(message.payload))
+        elif isinstance(message, Role) and client is not None:
+            client.hold_singleton()
 
 
 def _controller_gone() -> NoReturn:

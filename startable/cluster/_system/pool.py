@@ -119,7 +119,10 @@ class Replica:
     @as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
         self.started_at = None
-        await self.runner.stop(err)
+        try:
+            await self.runner.stop(err)
+        finally:  # its process is gone: the role can go to another
+            self.pool.role_released(self)
 
     async def start_in(self, node: Startable, supervisor: Supervisor[Replica]) -> None:
         """Start it in a task of `node`'s cycle; a stop on its own goes to `supervisor`."""
@@ -129,6 +132,7 @@ class Replica:
             self.pool.check_empty()
 
         await self._starting.start(node, of(self), stopped)
+        self.pool.give_role()
 
     async def stop_in(self, err: BaseException | None) -> None:
         await self._starting.stop(of(self), err)
@@ -150,6 +154,8 @@ class PoolRunner:
         self.replicas = [Replica(self, index, spec.replicas) for index in range(spec.replicas)]
         #: Replicas being retired (replaced by a reload, or scaled away), until stopped.
         self.retiring: set[Replica] = set()
+        #: The replica that holds the singleton role (None: none does now).
+        self.holder: Replica | None = None
         self.listeners: tuple[ListenSocket, ...] = ()
         #: How many times a replica became STARTED (the pool's `limit` watches it).
         self.revived = 0
@@ -157,6 +163,7 @@ class PoolRunner:
         self._node: Startable | None = None
         self._supervisor: Supervisor[Replica] | None = None
         self._changing: anyio.Lock | None = None  # one reload or scale at a time
+        self._giving = False  # the role is given from the end of the start to the stop
 
     @property
     def size(self) -> int:
@@ -209,6 +216,9 @@ class PoolRunner:
         # others still start is reforked too (a failed start is not reported).
         supervisor.open()
         failed = await self._launch(self.replicas)
+        if not failed:  # every replica is STARTED: the role goes to the first
+            self._giving = True
+            self.give_role()
         if failed:  # the first fails the pool's start (the raw stop stops those that started)
             replica, error = failed[0]
             error.add_note(f"while starting replica {replica.name}")
@@ -230,6 +240,28 @@ class PoolRunner:
                 report.send_nowait((replica, None))
 
         return await launch_in_order(graphlib.TopologicalSorter(dict.fromkeys(replicas, ())), start)
+
+    # -- the singleton role -----------------------------------------------------------
+
+    def give_role(self) -> None:
+        """If no process holds the role, give it to the STARTED replica with the
+        lowest index (from the end of the pool's start to its stop)."""
+        node = self._node
+        if self.holder is not None or not self._giving or node is None:
+            return
+        for replica in self.replicas:
+            controller = replica.container.controller
+            if of(replica).state is STARTED and controller is not None:
+                self.holder = replica
+                logger.info("%s holds the singleton role", replica.name)
+                node.start_soon(controller.give_role)
+                return
+
+    def role_released(self, replica: Replica) -> None:
+        """`replica`'s process has exited: if it held the role, another gets it."""
+        if self.holder is replica:
+            self.holder = None
+            self.give_role()
 
     def check_empty(self) -> None:
         """A replica is stopping: with none left STARTED, give them `spec.limit`."""
@@ -267,6 +299,7 @@ class PoolRunner:
             logger.error("%s: restarted too often: the pool escalates", name)
 
     async def stop(self, err: BaseException | None) -> None:
+        self._giving = False
         if self._supervisor is not None:
             self._supervisor.close()
         every = [*self.replicas, *self.retiring]
