@@ -891,3 +891,23 @@ def test_limit_bounds_a_pool_without_replicas(tmp_path: Path) -> None:
     for value in ("0", "-1", "nan", "inf", '"60"'):
         error = refused(tmp_path, f"{KV}limit = {value}\n")
         assert error.key == "services.kv.limit", value
+
+
+def test_drain_bounds_what_a_retired_replica_is_given(tmp_path: Path) -> None:
+    (spec,) = load_cluster(write(tmp_path, f"{KV}replicas = 2\ndrain = 0.5\n")).services
+    assert spec.drain == 0.5
+    (default,) = load_cluster(write(tmp_path, f"{KV}replicas = 2\n")).services
+    assert default.drain == 10.0
+    for value in ("0", "-1", "nan", "inf", '"10"'):
+        error = refused(tmp_path, f"{KV}drain = {value}\n")
+        assert error.key == "services.kv.drain", value
+
+
+def test_on_thread_error_says_whether_a_thread_error_stops_the_service(tmp_path: Path) -> None:
+    (spec,) = load_cluster(write(tmp_path, f'{KV}on_thread_error = "stop"\n')).services
+    assert spec.container_options.on_thread_error == "stop"
+    (default,) = load_cluster(write(tmp_path, KV)).services
+    assert default.container_options.on_thread_error == "report"
+    for value in ('"ignore"', "1", '""'):
+        error = refused(tmp_path, f"{KV}on_thread_error = {value}\n")
+        assert error.key == "services.kv.on_thread_error", value

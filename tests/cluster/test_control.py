@@ -269,6 +269,42 @@ async def test_a_thread_that_raises_never_blocks_the_thread_that_joins_it() -> N
     assert "raiser: joined" in [line.text for line in container.output]
 
 
+async def test_a_thread_error_is_logged_and_the_service_runs_on_or_stops_as_told(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def raiser(policy: str) -> ServiceContainer:
+        return ServiceContainer(
+            "tests.remote_services:ThreadRaiser",
+            cwd=str(ROOT),
+            name=f"agent-{policy}",
+            options=ProcessOptions(resources_interval=0, on_thread_error=policy),  # type: ignore[arg-type]
+        )
+
+    reporting, stopping = raiser("report"), raiser("stop")
+    with anyio.fail_after(30):
+        async with startable.running(reporting):
+            controller = reporting.controller
+            assert controller is not None
+            while controller.thread_errors < 1:  # the report comes after the start
+                await controller.ping()
+            assert startable.of(reporting).state is State.STARTED  # it runs on
+        async with startable.open_owner():
+            try:  # its thread fails during its start: the report may come before it ends, or after
+                await startable.of(stopping).start()
+            except RemoteError as exc:
+                error: BaseException | None = exc
+            else:
+                await startable.of(stopping).wait_state(State.STOPPED)
+                error = startable.of(stopping).statistics().stop_reason
+    assert isinstance(error, RemoteError) and error.where == "thread worker-0", error
+    assert "RuntimeError: thread 0 failed" in str(error)
+    logged = [r.getMessage() for r in caplog.records if "an error ended a thread" in r.getMessage()]
+    assert any(m.startswith("agent-report:") and "it runs on (1 so far)" in m for m in logged)
+    assert any(m.startswith("agent-stop:") and m.endswith("stopping it") for m in logged)
+    with pytest.raises(ValueError, match="on_thread_error"):
+        ProcessOptions(on_thread_error="ignore")  # type: ignore[arg-type]
+
+
 async def test_what_a_remote_reports_is_bounded() -> None:
     threads = ERRORS_KEPT + 20
     container = ServiceContainer(

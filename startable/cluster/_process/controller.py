@@ -52,7 +52,7 @@ from .remote import ENV_PARENT, ENV_PORT
 from .spawn import ChildProcess, read_lines, spawn
 
 logger = logging.getLogger("startable.cluster")
-STARTED, STOPPING = State.STARTED, State.STOPPING
+STARTING, STARTED, STOPPING = State.STARTING, State.STARTED, State.STOPPING
 #: How many of a remote's uncaught errors a controller keeps (the newest);
 #: the others are counted in `ServiceController.errors_dropped`.
 ERRORS_KEPT = 100
@@ -156,6 +156,9 @@ class ServiceController:
         self.errors: deque[RemoteError] = deque(maxlen=ERRORS_KEPT)
         #: Uncaught errors reported beyond those kept.
         self.errors_dropped = 0
+        #: Errors that ended a thread of the service (see `ProcessOptions.on_thread_error`).
+        self.thread_errors = 0
+        self._thread_error: RemoteError | None = None
         #: Messages from the remote that were dropped: unreadable, or holding bad values.
         self.messages_dropped = 0
         self.ladder: list[StopStep] = []
@@ -198,6 +201,7 @@ class ServiceController:
     async def _start(self) -> None:
         self._ready, self._started, self._ended = anyio.Event(), anyio.Event(), anyio.Event()
         self._broke = anyio.Event()
+        self._thread_error = None
         self._output_done = {"stdout": anyio.Event(), "stderr": anyio.Event()}
         ours, theirs = socket.socketpair()
         # Unbuffered, so that output arrives line by line as it is written.
@@ -255,6 +259,8 @@ class ServiceController:
                 f"{self.name}: the remote did not start within {self.options.ready_timeout:g}s: "
                 + self._what_came()
             )
+        if self._thread_error is not None:  # during the start, with on_thread_error = "stop"
+            raise self._thread_error
 
     async def _until(self, event: anyio.Event, otherwise: str) -> None:
         """Wait for `event`; raise at once if the remote ends, or breaks the protocol, first."""
@@ -447,12 +453,28 @@ class ServiceController:
             self.errors.append(error)
             if message.where == "raw stop":
                 self._stop_error = error
+            elif message.where.startswith("thread "):
+                self._thread_failed(error)
         elif isinstance(message, Resources):
             self.resources.append(message)
         elif isinstance(message, Pong):
             waiting = self._pings.pop(message.payload, None)
             if waiting is not None:
                 waiting.set()
+
+    def _thread_failed(self, error: RemoteError) -> None:
+        """A thread of the service ended with `error`: log it, and stop if the options say so."""
+        self.thread_errors += 1
+        count = self.thread_errors
+        state = of(self).state
+        stopping = self.options.on_thread_error == "stop" and state in (STARTING, STARTED)
+        if stopping or count & (count - 1) == 0:  # 1st, 2nd, 4th...: a flood cannot fill the log
+            what = "stopping it" if stopping else f"it runs on ({count} so far)"
+            logger.warning("%s: an error ended a thread: %s; %s", self.name, error, what)
+        if stopping and state is STARTED:
+            of(self).stop_nowait(error)
+        elif stopping and self._thread_error is None:  # its start fails with it
+            self._thread_error = error
 
     def retire(self) -> None:
         """Keep only what is worth keeping of an incarnation that has ended.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 import attrs
 
@@ -28,6 +29,12 @@ class ProcessOptions:
         output_lines: how many lines of output to keep.
         resources_interval: seconds between resource samples (0: none).
         resources_history: how many resource samples to keep.
+        on_thread_error: what an error that ends a thread of the service
+            means: `"report"` (the default: it is logged, kept in the
+            controller's `errors`, and the service runs on, as an agent that
+            alerts and stays up should) or `"stop"` (the service stops with
+            it, a failure its restart policy answers). An error in a task of
+            the service's lifecycle always stops it: that is the core's rule.
 
     Raises:
         ValueError: a number out of range (not positive, not finite), naming
@@ -45,6 +52,9 @@ class ProcessOptions:
     output_lines: int = attrs.field(default=1000, validator=number(at_least=1, integer=True))
     resources_interval: float = attrs.field(default=1.0, validator=number(at_least=0))
     resources_history: int = attrs.field(default=60, validator=number(at_least=1, integer=True))
+    on_thread_error: Literal["report", "stop"] = attrs.field(
+        default="report", validator=attrs.validators.in_(("report", "stop"))
+    )
 
     @classmethod
     def of(cls, options: ProcessOptions | Mapping[str, object] | None) -> ProcessOptions:

@@ -64,8 +64,10 @@ _SERVICE_KEYS: Final = (
     "replicas",
     "limit",
     "drain",
+    "on_thread_error",
 )
 _MODES: Final = ("never", "on-failure", "always")
+_ON_THREAD_ERROR: Final = ("report", "stop")
 _ON_EXIT: Final = ("continue", "stop")
 #: The keys of `[services.<name>.timeouts]`, and the container options they set.
 _TIMEOUTS: Final = {"ready": "ready_timeout", "close": "close_timeout", "term": "term_timeout"}
@@ -287,6 +289,15 @@ def _service(services: _Table, name: str) -> ServiceSpec:
             raise table.error("a path cannot hold a NUL character", "python")
         # A bare name is looked up on $PATH; a path is relative to the file.
         options["python"] = python if os.sep not in python else table.resolve(python, "python")
+    on_thread_error = table.string("on_thread_error")
+    if on_thread_error is not None:
+        if on_thread_error not in _ON_THREAD_ERROR:
+            choices = ", ".join(repr(m) for m in _ON_THREAD_ERROR)
+            raise table.error(
+                f"expected one of {choices}, found {_describe(on_thread_error)}",
+                "on_thread_error",
+            )
+        options["on_thread_error"] = on_thread_error
     timeouts = table.table("timeouts")
     if timeouts is not None:
         timeouts.check_keys(_TIMEOUTS)
