@@ -139,6 +139,13 @@ def _parser() -> argparse.ArgumentParser:
         help="one line per event instead of the live table (the default when stdout "
         "is not a terminal)",
     )
+    up.add_argument(
+        "--dev",
+        action="store_true",
+        help="dev mode: each pool runs one replica, reloaded when a Python file of its "
+        "entry's source directory changes ([cluster] reload_delay of quiet first; "
+        "needs watchfiles: pip install 'startable[dev]')",
+    )
     return parser
 
 
@@ -148,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "up":
         from ._up import up  # rich and the cluster layer, only for this command
 
-        return up(args.file, backend=args.backend, live=args.live)
+        return up(args.file, backend=args.backend, live=args.live, dev=args.dev)
     configure_logging(args.log_level)  # before the import: it may log
     try:
         obj = load_target(args.target)

@@ -16,6 +16,7 @@ import textwrap
 from typing import Literal
 
 import anyio
+import anyio.abc
 import attrs
 from rich.logging import RichHandler
 
@@ -35,7 +36,13 @@ from ._reporters import LiveReporter, PlainReporter, Reporter
 STARTED = State.STARTED
 
 
-def up(path: str, *, backend: Literal["trio", "asyncio"] = "trio", live: bool | None = None) -> int:
+def up(
+    path: str,
+    *,
+    backend: Literal["trio", "asyncio"] = "trio",
+    live: bool | None = None,
+    dev: bool = False,
+) -> int:
     """Run the cluster described by the file at `path` until SIGINT or SIGTERM.
 
     While it runs, stdout and stderr are `Outlet`s: a reader that stops
@@ -46,6 +53,9 @@ def up(path: str, *, backend: Literal["trio", "asyncio"] = "trio", live: bool | 
         backend: the anyio backend.
         live: a live table (True) or one line per event (False); by default
             live when stdout is a terminal.
+        dev: dev mode: each pool runs one replica, never reforked, and is
+            reloaded when a Python file under its entry's source directory
+            changes (after the file's `reload_delay` of quiet).
 
     Returns:
         The exit code: 0 when everything stopped cleanly after a signal (or
@@ -64,7 +74,17 @@ def up(path: str, *, backend: Literal["trio", "asyncio"] = "trio", live: bool | 
         return EXIT_USAGE
     if live is None:
         live = sys.stdout.isatty()
-    order = [spec.name for spec in cluster.services]
+    services = list(cluster.services)
+    watching: Watching | None = None
+    if dev:
+        from ._dev import dev_services, missing, watched_directories
+
+        if (why := missing()) is not None:
+            print(f"startable: error: {why}", file=sys.stderr)
+            return EXIT_USAGE
+        services = dev_services(services)
+        watching = Watching(watched_directories(services), cluster.reload_delay)
+    order = [spec.name for spec in services]
     width = max((len(name) for name in order), default=0)
     root = logging.getLogger()
     level = root.level
@@ -85,10 +105,12 @@ def up(path: str, *, backend: Literal["trio", "asyncio"] = "trio", live: bool | 
             root.setLevel(logging.WARNING)
             try:
                 manager = ServicesManager(
-                    cluster.services, name=cluster.name, on_service_exit=cluster.on_service_exit
+                    services, name=cluster.name, on_service_exit=cluster.on_service_exit
                 )
                 _show_output(manager, reporter)
-                return anyio.run(serve, manager, reporter, cluster.stop_timeout, backend=backend)
+                return anyio.run(
+                    serve, manager, reporter, cluster.stop_timeout, watching, backend=backend
+                )
             finally:
                 root.removeHandler(handler)
                 root.setLevel(level)
@@ -117,13 +139,27 @@ def _show_output(manager: ServicesManager, reporter: Reporter) -> None:
     )
 
 
-async def serve(manager: ServicesManager, reporter: Reporter, stop_timeout: float) -> int:
+@attrs.frozen
+class Watching:
+    """What dev mode watches: each pool's source directory, and the quiet before a reload."""
+
+    directories: dict[str, str]
+    delay: float
+
+
+async def serve(
+    manager: ServicesManager,
+    reporter: Reporter,
+    stop_timeout: float,
+    watching: Watching | None = None,
+) -> int:
     """Start `manager`, wait for a signal or for it to stop on its own, stop it.
 
     A first SIGINT or SIGTERM stops it (abandoning the start if it is still
     starting), in at most `stop_timeout` seconds; a second SIGINT forces it.
     While it runs, SIGHUP reloads every pool and SIGTTIN / SIGTTOU give each
-    pool one replica more / less.
+    pool one replica more / less; with `watching` (dev mode), a pool is
+    reloaded when its source changes.
 
     Returns:
         The exit code, as `up` describes it.
@@ -133,7 +169,11 @@ async def serve(manager: ServicesManager, reporter: Reporter, stop_timeout: floa
         async with reporter.showing(manager), anyio.create_task_group() as operating:
             narrator = _Narrator(manager, reporter)
             operating.start_soon(_operate, manager, narrator)
+            stop_watching = anyio.Event()
+            if watching is not None:
+                _watch(operating, manager, narrator, watching, stop_watching)
             code = await drive(of(manager), narrator, label=manager.name, stop_timeout=stop_timeout)
+            stop_watching.set()  # (the watcher's thread sees it within a step)
             operating.cancel_scope.cancel()
         if code == EXIT_OK and manager.failed:  # it stopped cleanly, but not all had run
             for exited in manager.failed.values():
@@ -142,6 +182,24 @@ async def serve(manager: ServicesManager, reporter: Reporter, stop_timeout: floa
         return code
     finally:
         unsubscribe()
+
+
+def _watch(
+    group: anyio.abc.TaskGroup,
+    manager: ServicesManager,
+    narrator: _Narrator,
+    watching: Watching,
+    stop: anyio.Event,
+) -> None:
+    from ._dev import reload_on_change
+
+    directories = watching.directories
+    if not directories:
+        narrator.say("dev mode: no pool has source files to watch")
+        return
+    for pool, directory in directories.items():
+        narrator.say(f"dev mode: {pool} reloads when a .py file under {directory} changes")
+    group.start_soon(reload_on_change, manager, narrator, directories, watching.delay, stop)
 
 
 #: What the operator's signals do to every pool while the cluster runs.

@@ -72,6 +72,7 @@ if _TYPE_CHECKING:
     from ._system.file import ClusterFileError as ClusterFileError
     from ._system.file import load_cluster as load_cluster
     from ._system.file import parse_cluster as parse_cluster
+    from ._system.file import source_directory as source_directory
     from ._system.manager import ServiceEvent as ServiceEvent
     from ._system.manager import ServicesManager as ServicesManager
     from ._system.node import ServiceNode as ServiceNode
@@ -82,6 +83,7 @@ if _TYPE_CHECKING:
 
 #: Where each public name is defined, relative to this package.
 _WHERE: dict[str, str] = {
+    "source_directory": "._system.file",
     "MAX_REPLICAS": "._system.services",
     "Replica": "._system.pool",
     "Answer": "._data.client",
@@ -204,6 +206,7 @@ __all__ = (
     "load_cluster",
     "parse_cluster",
     "port_pair",
+    "source_directory",
     "this_service",
 )
 

@@ -839,3 +839,55 @@ async def test_sighup_reloads_the_pools_and_ttin_ttou_scale_them(tmp_path: Path)
     assert len(ups) == 5 and len({pid for _, _, pid in ups}) == 5, cli.out
     for pid in first:
         assert f"down (pid {pid})" in cli.out
+
+
+DEV_APP = """
+import os
+
+import startable
+from startable.cluster import this_service
+
+VERSION = {version}
+
+
+class Web:
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        me = this_service()
+        print(f"web version {{VERSION}} up: replica {{me.replica}} of {{me.replicas}}", flush=True)
+
+
+class Agent:
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        print(f"agent up (pid {{os.getpid()}})", flush=True)
+"""
+
+
+@trio_only
+async def test_dev_mode_runs_one_replica_and_reloads_it_once_for_two_quick_saves(
+    tmp_path: Path,
+) -> None:
+    app = tmp_path / "devapp.py"
+    app.write_text(DEV_APP.format(version=1))
+    path = tmp_path / "dev.toml"
+    path.write_text(
+        '[cluster]\nname = "demo"\nreload_delay = 1.0\n'
+        '[services.agent]\nentry = "devapp:Agent"\n'
+        '[services.web]\nentry = "devapp:Web"\ndepends_on = ["agent"]\nreplicas = 3\n'
+    )
+    with anyio.fail_after(60):
+        async with up(path, "--dev") as cli:
+            await cli.wait_for("demo: 2 services STARTED")
+            assert f"dev mode: web reloads when a .py file under {tmp_path} changes" in cli.out
+            app.write_text(DEV_APP.format(version=2))  # two saves within the delay...
+            app.write_text(DEV_APP.format(version=3))
+            await cli.wait_for("web: reloaded")  # ...one reload
+            await cli.wait_for("web version 3 up")
+            cli.process.send_signal(signal.SIGINT)
+            code = await cli.finish()
+    assert code == 0, (cli.out, cli.err)
+    assert re.search(r"^web +\| web version 1 up: replica 0 of 1$", cli.out, re.M)  # one replica
+    assert "version 2 up" not in cli.out
+    assert cli.out.count("changed: reloading web") == 1
+    assert cli.out.count("agent up") == 1  # not a pool: never reloaded

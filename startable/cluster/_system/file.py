@@ -34,6 +34,8 @@ _T = TypeVar("_T")
 
 #: The bound on stopping everything when the file does not give one, in seconds.
 DEFAULT_STOP_TIMEOUT: Final = 30.0
+#: `[cluster] reload_delay`: the quiet, in seconds, before `startable up --dev` reloads.
+DEFAULT_RELOAD_DELAY: Final = 0.5
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _MEMORY = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*")
@@ -65,6 +67,7 @@ _SERVICE_KEYS: Final = (
     "limit",
     "drain",
     "on_thread_error",
+    "pool",
 )
 _MODES: Final = ("never", "on-failure", "always")
 _ON_THREAD_ERROR: Final = ("report", "stop")
@@ -125,6 +128,9 @@ class ClusterFile:
         stop_timeout: the bound on stopping everything, in seconds.
         on_service_exit: what a service that stopped on its own for good
             means, `"continue"` or `"stop"` (see `ServicesManager`).
+        reload_delay: under `startable up --dev`, the seconds of quiet after
+            a source file changes before the pools are reloaded (two saves
+            within it make one reload).
     """
 
     name: str
@@ -133,6 +139,7 @@ class ClusterFile:
     services: tuple[ServiceSpec, ...] = attrs.field(converter=_specs)
     stop_timeout: float = DEFAULT_STOP_TIMEOUT
     on_service_exit: Literal["continue", "stop"] = "continue"
+    reload_delay: float = DEFAULT_RELOAD_DELAY
 
 
 def load_cluster(path: str | os.PathLike[str], *, check_environment: bool = True) -> ClusterFile:
@@ -215,11 +222,12 @@ def _parse(
     root = _Table(shown, directory, (), document, check_environment=check_environment)
     root.check_keys(("cluster", "services"))
     cluster = root.table("cluster") or root.empty("cluster")
-    cluster.check_keys(("name", "stop_timeout", "on_service_exit"))
+    cluster.check_keys(("name", "stop_timeout", "on_service_exit", "reload_delay"))
     name = cluster.string("name")
     if name is None:
         name = os.path.splitext(os.path.basename(absolute))[0] or "cluster"
     stop_timeout = cluster.number("stop_timeout", positive=True)
+    reload_delay = cluster.number("reload_delay", positive=True)
     on_exit = cluster.string("on_service_exit") or "continue"
     if on_exit not in _ON_EXIT:
         choices = ", ".join(repr(choice) for choice in _ON_EXIT)
@@ -246,6 +254,7 @@ def _parse(
         services=specs,
         stop_timeout=DEFAULT_STOP_TIMEOUT if stop_timeout is None else stop_timeout,
         on_service_exit=on_exit,  # type: ignore[arg-type]  # one of _ON_EXIT
+        reload_delay=DEFAULT_RELOAD_DELAY if reload_delay is None else reload_delay,
     )
 
 
@@ -306,6 +315,7 @@ def _service(services: _Table, name: str) -> ServiceSpec:
     may_create_services = table.boolean("may_create_services")
     listen = _listen(table)
     replicas = table.integer("replicas", positive=True)
+    pool = table.boolean("pool")
     limit = table.number("limit", positive=True)
     drain = table.number("drain", positive=True)
     if replicas is not None and replicas > MAX_REPLICAS:
@@ -325,6 +335,7 @@ def _service(services: _Table, name: str) -> ServiceSpec:
         "container_options": _present(options),
         "listen": listen,
         "replicas": replicas,
+        "pool": pool,
         "limit": limit,
         "drain": drain,
     }
@@ -396,17 +407,55 @@ def _child_path(cwd: str, env: Mapping[str, str]) -> list[str]:
 
 def _findable(module: str, path: list[str]) -> bool:
     """Whether `module` can be imported from `path`; imports nothing (not even its packages)."""
-    top, *rest = module.split(".")
+    top = module.partition(".")[0]
     if top in sys.builtin_module_names or importlib.machinery.FrozenImporter.find_spec(top):
-        return not rest
+        return "." not in module
+    return _find(module, path) is not None
+
+
+def _find(module: str, path: list[str]) -> importlib.machinery.ModuleSpec | None:
+    """Where `module` would be imported from on `path` (it imports nothing)."""
+    top, *rest = module.split(".")
     spec = importlib.machinery.PathFinder.find_spec(top, path)
     name = top
     for part in rest:
         if spec is None or spec.submodule_search_locations is None:
-            return False
+            return None
         name += "." + part
         spec = importlib.machinery.PathFinder.find_spec(name, list(spec.submodule_search_locations))
-    return spec is not None
+    return spec
+
+
+def source_directory(spec: ServiceSpec) -> str | None:
+    """The directory that holds the code of a service's entry, found without importing it.
+
+    For `package.module:Attr`, the top-level package's directory (the module
+    may import its siblings); for a top-level module or a `path.py:Attr`
+    entry, the file's directory. None when there is none to watch: the
+    entry's `code` is given as text, the module is not found from the
+    service's `cwd` and `PYTHONPATH`, or it is installed (under this
+    Python's prefix).
+    """
+    if spec.entry is None or spec.code is not None:
+        return None
+    cwd = spec.cwd or os.getcwd()
+    file = entry_file(spec.entry)
+    if file is not None:
+        return os.path.dirname(os.path.abspath(os.path.join(cwd, file)))
+    module = spec.entry.rpartition(":")[0]
+    found = _find(module.partition(".")[0], _child_path(cwd, spec.env))
+    if found is None:
+        return None
+    if found.origin is not None and found.has_location:  # a package's __init__.py, or a module
+        directory = os.path.dirname(os.path.abspath(found.origin))
+    elif found.submodule_search_locations:  # a namespace package
+        directory = os.path.abspath(next(iter(found.submodule_search_locations)))
+    else:
+        return None
+    prefixes = {os.path.abspath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    if any(os.path.commonpath([directory, prefix]) == prefix for prefix in prefixes):
+        return None  # installed (a virtual environment's prefix is this one)
+    return directory
 
 
 def _env(service: _Table) -> dict[str, str]:

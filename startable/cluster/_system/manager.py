@@ -337,15 +337,15 @@ class ServicesManager:
     # -- pools --------------------------------------------------------------------
 
     def pools(self) -> list[str]:
-        """The names of the services that run as pools (`replicas` > 1), in order."""
+        """The names of the services that run as pools (`replicas` > 1, or `pool`), in order."""
         return [name for name, node in self.nodes.items() if isinstance(node.runner, PoolRunner)]
 
     def _pool(self, name: str) -> PoolRunner:
         runner = self[name].runner
         if not isinstance(runner, PoolRunner):
             raise ClusterError(
-                f"service {name!r} is not a pool: give it replicas = 2 or more to reload "
-                "or scale it"
+                f"service {name!r} is not a pool: give it replicas = 2 or more (or "
+                "pool = true) to reload or scale it"
             )
         return runner
 

@@ -82,7 +82,14 @@ class Replica:
         self.started_at: float | None = None
         # `size`: the pool's size when the replica is made (what it reads as `replicas`).
         env = {**pool.spec.env, ENV_REPLICA: str(index), ENV_REPLICAS: str(size)}
-        spec = attrs.evolve(pool.spec, env=env, listen=(), replicas=1, on_output=pool.on_output)  # type: ignore[arg-type]
+        spec = attrs.evolve(
+            pool.spec,
+            env=env,  # type: ignore[arg-type]
+            listen=(),
+            replicas=1,
+            pool=False,
+            on_output=pool.on_output,
+        )
         self.runner = ContainerRunner(spec, pool.router, index)
         self._starting = FailFast()
 
@@ -145,7 +152,7 @@ class PoolRunner:
         self, spec: ServiceSpec, router: Router, notify: ReplicaNotice | None = None
     ) -> None:
         assert spec.entry is not None
-        assert spec.replicas > 1
+        assert spec.is_pool
         self.spec = spec
         self.router = router
         #: What its replicas' output lines go to (`set_output`).
@@ -432,10 +439,10 @@ class PoolRunner:
 def runner_for(
     spec: ServiceSpec, router: Router, notify: ReplicaNotice | None = None
 ) -> InProcessRunner | ContainerRunner | PoolRunner:
-    """The runner `spec` asks for: a pool for `replicas > 1` (telling `notify`
-    of its replicas' restarts), a container for an `entry`, this process for
-    a `factory`."""
-    if spec.replicas > 1:
+    """The runner `spec` asks for: a pool (`spec.is_pool`, telling `notify` of
+    its replicas' restarts), a container for an `entry`, this process for a
+    `factory`."""
+    if spec.is_pool:
         return PoolRunner(spec, router, notify)
     if spec.entry is not None:
         return ContainerRunner(spec, router)

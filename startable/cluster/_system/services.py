@@ -113,6 +113,8 @@ class ServiceSpec:
             replica is reached under the service's name, a request goes to
             the one with the fewest requests waiting, and one that stops on
             its own is restarted by `restart` while the others serve.
+        pool: run it as a pool even with one replica, so that `reload` and
+            `scale` apply to it (a service with `replicas` > 1 is a pool).
         limit: for a pool, the seconds it may go without a live replica:
             if none is STARTED again by then, the pool stops with a
             `ClusterError` (a failure: cascade and escalation apply).
@@ -138,8 +140,14 @@ class ServiceSpec:
     on_output: Callable[[OutputLine], object] | None = None
     listen: tuple[ListenAddress, ...] = attrs.field(default=(), converter=_as_addresses)
     replicas: int = attrs.field(default=1, validator=number(at_least=1, integer=True))
+    pool: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     limit: float = attrs.field(default=60.0, validator=number(above=0))
     drain: float = attrs.field(default=10.0, validator=number(above=0))
+
+    @property
+    def is_pool(self) -> bool:
+        """Whether it runs as a pool (`replicas` > 1, or `pool`)."""
+        return self.pool or self.replicas > 1
 
     def __attrs_post_init__(self) -> None:
         problem = self._problem()
@@ -162,9 +170,10 @@ class ServiceSpec:
             or self.on_output is not None
             or self.listen
             or self.replicas != 1
+            or self.pool
         ):
             return (
-                "code, permissions, env, cwd, on_output, listen and replicas are for "
+                "code, permissions, env, cwd, on_output, listen, replicas and pool are for "
                 "services in a child process (entry)"
             )
         factory: object = self.factory
