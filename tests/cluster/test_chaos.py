@@ -1,4 +1,5 @@
-"""Chaos: SIGKILL a random service of the shop example 50 times while requests flow.
+"""Chaos: SIGKILL a random service of the shop example 50 times while requests flow;
+and a hundred random SIGKILLs of a pool's replicas and of the agent it depends on.
 
 After every kill: the services that depend on the victim (directly or not)
 stopped before it finished stopping, each with a reason naming the victim;
@@ -9,6 +10,7 @@ behind, and the system ends STARTED.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -29,6 +31,7 @@ from startable.cluster import (
     ServiceEvent,
     ServiceNode,
     ServicesManager,
+    ServiceSpec,
     load_cluster,
 )
 
@@ -37,7 +40,9 @@ from ..waiting import until
 #: Every test here spawns child processes (`-m "not processes"` skips them).
 pytestmark = [pytest.mark.anyio, pytest.mark.processes]
 SHOP = Path(__file__).resolve().parents[2] / "examples" / "shop" / "shop.toml"
+ROOT = Path(__file__).resolve().parents[2]
 KILLS = 50
+POOL_KILLS = 100
 DEADLINE = 1.0
 
 
@@ -155,4 +160,75 @@ async def test_fifty_kills_while_requests_flow() -> None:
     assert overdue == [0]
     assert answered[0] > 0
     for pid in pids:  # no orphans: every process of every incarnation is gone
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", pid
+
+
+async def test_a_hundred_kills_of_replicas_and_their_agent_while_requests_flow() -> None:
+    """A pool of three behind an agent; replicas and the agent are SIGKILLed at random."""
+    never_give_up = RestartPolicy(intensity=10 * POOL_KILLS, backoff=0)
+    agent = ServiceSpec(
+        name="agent",
+        entry="tests.plane_services:Store",
+        cwd=str(ROOT),
+        restart=never_give_up,
+        container_options={"resources_interval": 0},
+    )
+    web = ServiceSpec(
+        name="web",
+        entry="tests.plane_services:Replica",
+        cwd=str(ROOT),
+        depends_on=["agent"],
+        replicas=3,
+        listen=["127.0.0.1:0"],
+        restart=never_give_up,
+        container_options={"resources_interval": 0},
+    )
+    manager = ServicesManager([agent, web], name="pool-chaos")
+    rng = random.Random(11)
+    pids: set[int] = set()
+    answered, failed, overdue, twice = [0], [0], [0], [0]
+
+    async def traffic() -> None:
+        while True:
+            with anyio.move_on_after(DEADLINE + 10) as hung:
+                try:
+                    await manager.client.request("web", "whoami", deadline=DEADLINE)
+                    answers = await manager.client.request_all("web", "role", deadline=DEADLINE)
+                    if sum(answer.value is True for answer in answers) > 1:
+                        twice[0] += 1  # two holders of the singleton role at once
+                    answered[0] += 1
+                except ClusterError:
+                    failed[0] += 1
+            if hung.cancelled_caught:
+                overdue[0] += 1
+            await anyio.sleep(0.005)
+
+    def live() -> list[int]:
+        found = [manager["agent"].pid, *(c.pid for c in manager["web"].containers)]
+        return [pid for pid in found if pid is not None]
+
+    def everything_started() -> bool:
+        replicas = manager["web"].replicas
+        return all(
+            startable.of(node).state is State.STARTED for node in manager.nodes.values()
+        ) and all(startable.of(replica).state is State.STARTED for replica in replicas)
+
+    with anyio.fail_after(600):  # a bound against hangs only
+        async with startable.running(manager), anyio.create_task_group() as group:
+            group.start_soon(traffic)
+            for _ in range(POOL_KILLS):
+                while not (running := live()):  # noqa: ASYNC110 - processes of their own
+                    await anyio.sleep(0.01)
+                pids.update(running)
+                with contextlib.suppress(ProcessLookupError):  # (it may have just ended)
+                    os.kill(rng.choice(running), signal.SIGKILL)
+                await anyio.sleep(rng.uniform(0.0, 0.15))
+            await until(manager, everything_started)
+            pids.update(live())
+            group.cancel_scope.cancel()
+            pid, _, size = await manager.client.request("web", "whoami")
+            assert size == 3 and pid in live()
+    assert overdue == [0] and twice == [0]
+    assert answered[0] > 0
+    for pid in pids:  # no orphans
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", pid
