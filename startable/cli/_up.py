@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import sys
 import textwrap
@@ -253,6 +254,12 @@ class _Narrator:
         if phase == "running":
             count = len(self.manager.nodes)
             self.reporter.say(f"{self.manager.name}: {count} services STARTED (Ctrl-C to stop)")
+            pools = self.manager.pools()
+            if pools:
+                self.reporter.say(
+                    f"pools {', '.join(pools)}: kill -HUP {os.getpid()} reloads them, "
+                    "-TTIN / -TTOU adds / retires a replica"
+                )
 
     def say(self, text: str, *, failed: bool = False, error: BaseException | None = None) -> None:
         if error is not None:

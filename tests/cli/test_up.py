@@ -542,6 +542,25 @@ async def test_the_shop_can_be_driven_from_python(
     assert "stopped: STOPPED" in out
 
 
+async def test_the_pool_example_reloads_and_scales_without_a_failed_request(
+    anyio_backend: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    drive = ROOT / "examples" / "pool" / "drive.py"
+    spec = importlib.util.spec_from_file_location("pool_drive", drive)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with anyio.fail_after(120):
+        await module.main()
+    out = capsys.readouterr().out
+    assert "one answer: hello from the pool" in out
+    assert "replicas answering: [0, 1, 2, 3]" in out
+    assert "reload: every process new: True; failed requests: 0" in out
+    assert "served during the reload: some" in out
+    assert "after scale to 2: 2 replicas" in out
+    assert "stopped: STOPPED" in out
+
+
 @trio_only
 async def test_a_service_created_at_run_time_shows_its_output_under_its_own_name(
     tmp_path: Path,
@@ -831,6 +850,7 @@ async def test_sighup_reloads_the_pools_and_ttin_ttou_scale_them(tmp_path: Path)
             cli.process.send_signal(signal.SIGINT)
             code = await cli.finish()
     assert code == 0, (cli.out, cli.err)
+    assert f"pools web: kill -HUP {cli.process.pid} reloads them" in cli.out
     assert "SIGHUP received: reloading web (2 replicas, one by one)" in cli.out
     assert "SIGTTIN received: web from 2 to 3 replicas" in cli.out
     assert "SIGTTOU received: web from 3 to 2 replicas" in cli.out
