@@ -26,6 +26,9 @@ from ..cluster import RestartPolicy, ServicesManager, ServiceSpec, source_direct
 from ..program import Narrator
 
 STARTED = State.STARTED
+#: watchfiles gives a batch once no change has come for this long (milliseconds),
+#: which counts in the quiet before a reload.
+STEP_MS = 20
 
 
 def missing() -> str | None:
@@ -86,7 +89,7 @@ async def watch(
     paths = sorted(set(directories))
     async with send:
         async for batch in watchfiles.awatch(
-            *paths, watch_filter=watchfiles.PythonFilter(), stop_event=stop, step=20
+            *paths, watch_filter=watchfiles.PythonFilter(), stop_event=stop, step=STEP_MS
         ):
             send.send_nowait({path for _, path in batch})
 
@@ -106,7 +109,8 @@ async def reload_on_change(
     send, receive = anyio.create_memory_object_stream[set[str]](math.inf)
     async with anyio.create_task_group() as watching:
         watching.start_soon(watch, directories.values(), send, stop)
-        async for changed in quiet_batches(receive, delay):
+        # A batch comes STEP_MS after its last change: that is quiet already.
+        async for changed in quiet_batches(receive, max(delay - STEP_MS / 1000, 0.0)):
             for pool, directory in directories.items():
                 touched = sorted(p for p in changed if _holds(directory, p))
                 if touched:
