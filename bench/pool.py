@@ -13,7 +13,9 @@
    under `startable up --dev`'s watcher, against reload_delay plus one spawn
    of a replica (a scale from 1 to 2, measured in the same run). Bar: <= 1x.
 3. Memory: the RSS of one replica of a pool of 4, against a bare interpreter
-   with anyio and trio imported (context for the zygote, not built yet).
+   with anyio and trio imported (for context); and the memory a replica
+   forked from its zygote (`preload`) does not share with other processes
+   (USS), against a cold replica's. Bar: <= 0.5x.
 
 Needs `wrk` on $PATH (Debian: apt install wrk) for the first part, which is
 skipped without it. Figures are the best of several rounds, interleaved.
@@ -195,12 +197,19 @@ async def dev_reload(delay: float) -> tuple[float, float]:
 # -- memory ------------------------------------------------------------------------
 
 
-async def replica_rss() -> int:
-    manager = ServicesManager(pool_cluster(4), name="bench")
+async def replica_memory(preload: bool) -> tuple[int, int]:
+    """The RSS and the USS (memory no other process shares) of the lightest
+    replica of a pool of 4, cold or forked from its zygote."""
+    specs = [
+        attrs.evolve(spec, preload=preload) if spec.name == "web" else spec
+        for spec in pool_cluster(4)
+    ]
+    manager = ServicesManager(specs, name="bench")
     async with startable.running(manager):
         await anyio.sleep(0.5)
         pids = [c.pid for c in manager["web"].containers if c.pid is not None]
-        return min(psutil.Process(pid).memory_info().rss for pid in pids)
+        found = [psutil.Process(pid).memory_full_info() for pid in pids]
+        return min(m.rss for m in found), min(m.uss for m in found)
 
 
 def bare_rss() -> int:
@@ -233,7 +242,10 @@ def main() -> int:
         reload, spawn = anyio.run(dev_reload, delay, backend="trio")
         best.keep("reload", reload)
         best.keep("spawn", spawn)
-        best.keep("rss", anyio.run(replica_rss, backend="trio"))
+        rss, uss = anyio.run(replica_memory, False, backend="trio")
+        best.keep("rss", rss)
+        best.keep("uss", uss)
+        best.keep("forked uss", anyio.run(replica_memory, True, backend="trio")[1])
         best.keep("bare_rss", bare_rss())
 
     rows: list[Row] = []
@@ -275,6 +287,15 @@ def main() -> int:
             f"{best['rss'] / 2**20:.1f} MiB vs {best['bare_rss'] / 2**20:.1f} MiB",
             f"{best['rss'] / best['bare_rss']:.2f}x",
             None,
+        )
+    )
+    rows.append(
+        (
+            "memory of a replica forked from its zygote vs a cold one",
+            f"USS {best['forked uss'] / 2**20:.1f} MiB vs {best['uss'] / 2**20:.1f} MiB "
+            "(memory not shared with another process)",
+            f"{best['forked uss'] / best['uss']:.2f}x",
+            best["forked uss"] / best["uss"] <= 0.5,
         )
     )
     missed = report("bench/pool.py", rounds, args.quick, rows)

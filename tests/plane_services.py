@@ -179,3 +179,25 @@ class Replica:
         """Its index, once it holds the role."""
         await this_service().wait_singleton()
         return this_service().replica
+
+    @handler
+    async def write(self, path: str) -> str:
+        """Try to write `path`: "written", or the refusal."""
+        try:
+            with open(path, "w") as file:  # noqa: ASYNC230 - a one-line file, on purpose
+                file.write("x")
+        except OSError as exc:
+            return f"refused: {type(exc).__name__}"
+        return "written"
+
+    @handler
+    async def fork(self) -> str:
+        """Try to fork: "forked", or the refusal."""
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            return f"refused: {type(exc).__name__}"
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)  # noqa: ASYNC222 - a child that exits at once
+        return "forked"

@@ -30,7 +30,11 @@ LAYERS = (
     "cli",
 )
 #: `_errors` and `_names` are one layer (the lowest of the cluster).
-SAME_LAYER = {"cluster._names": "cluster._errors", "cluster._child": "cluster._process"}
+SAME_LAYER = {
+    "cluster._names": "cluster._errors",
+    "cluster._child": "cluster._process",
+    "cluster._zygote": "cluster._process",
+}
 #: The one import circle allowed: the core's deferred import (inside a function).
 ALLOWED_CIRCLES = [{"startable._markers", "startable._startable"}]
 

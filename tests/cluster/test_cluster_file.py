@@ -911,3 +911,12 @@ def test_on_thread_error_says_whether_a_thread_error_stops_the_service(tmp_path:
     for value in ('"ignore"', "1", '""'):
         error = refused(tmp_path, f"{KV}on_thread_error = {value}\n")
         assert error.key == "services.kv.on_thread_error", value
+
+
+def test_preload_forks_a_pools_replicas_from_a_zygote(tmp_path: Path) -> None:
+    (spec,) = load_cluster(write(tmp_path, f"{KV}replicas = 2\npreload = true\n")).services
+    assert spec.preload
+    error = refused(tmp_path, f"{KV}preload = true\n")
+    assert "preload is for pools" in error.problem
+    error = refused(tmp_path, f'{KV}replicas = 2\npreload = "yes"\n')
+    assert error.key == "services.kv.preload"

@@ -314,7 +314,7 @@ def test_listen_is_checked_as_the_spec_is_made() -> None:
     with pytest.raises(ServiceDefinitionError, match="an address is listed twice in listen"):
         ServiceSpec(name="web", entry="a.b:C", listen=["127.0.0.1:1", "127.0.0.1:1"])
     with pytest.raises(
-        ServiceDefinitionError, match="listen, replicas and pool are for services in a child"
+        ServiceDefinitionError, match="pool and preload are for services in a child"
     ):
         ServiceSpec(name="web", factory=object, listen=["127.0.0.1:1"])
     with pytest.raises(ValueError, match="bad listen address '8000'"):

@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import anyio
+import psutil
 import pytest
 
 import startable
@@ -15,6 +16,7 @@ from startable import State
 from startable.cluster import (
     ClusterError,
     EscalationError,
+    Permissions,
     RemoteError,
     RequestTimeout,
     RestartPolicy,
@@ -206,7 +208,9 @@ def test_replicas_are_checked_as_the_spec_is_made() -> None:
         ServiceSpec(name="web", entry="a.b:C", replicas=2.5)  # type: ignore[arg-type]
     with pytest.raises(ServiceDefinitionError, match="256 replicas at most"):
         ServiceSpec(name="web", entry="a.b:C", replicas=1000)
-    with pytest.raises(ServiceDefinitionError, match="replicas are for services in a child"):
+    with pytest.raises(
+        ServiceDefinitionError, match="pool and preload are for services in a child"
+    ):
         ServiceSpec(name="web", factory=Front, replicas=2)
 
 
@@ -422,3 +426,78 @@ async def test_one_replica_holds_the_singleton_role_and_it_moves_only_when_its_h
             waited = await client.request_all("web", "wait_role", deadline=0.5)
             assert [answer.value for answer in waited if answer.ok] == [holder]
             assert sum(isinstance(answer.error, RequestTimeout) for answer in waited) == 2
+
+
+def family(pid: int) -> list[int]:
+    """`pid` and every process under it."""
+    try:
+        process = psutil.Process(pid)
+        return [pid, *(child.pid for child in process.children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return []
+
+
+async def test_a_preloading_pool_forks_every_replica_from_its_zygote(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    spec = pool(
+        3,
+        preload=True,
+        permissions=Permissions(network=True),  # writes nowhere: the zygote applies it
+    )
+    manager = ServicesManager([spec])
+    seen: set[int] = set()
+    with anyio.fail_after(90):
+        async with startable.running(manager):
+            node = manager["web"]
+            zygote = node.runner.zygote  # type: ignore[attr-defined]
+            assert zygote is not None and zygote.pid is not None
+            pids = {container.pid for container in node.containers}
+            assert {psutil.Process(pid).ppid() for pid in pids} == {zygote.pid}  # (forked)
+            seen |= pids | {zygote.pid}
+            answers = await manager.client.request_all("web", "whoami")
+            assert [answer.value[1:] for answer in answers] == [[0, 3], [1, 3], [2, 3]]
+            refusals = await manager.client.request_all("web", "write", str(outside))
+            assert [answer.value for answer in refusals] == ["refused: PermissionError"] * 3
+            forks = await manager.client.request_all("web", "fork")  # only the zygote forks
+            assert [answer.value for answer in forks] == ["refused: PermissionError"] * 3
+            controller = node.containers[0].controller
+            assert controller is not None and controller.mechanisms == zygote.mechanisms
+            assert any(m.startswith("audit hook") for m in zygote.mechanisms)
+            # a replica killed is forked again from the same zygote; the port serves on
+            (listener,) = node.listeners
+            victim = node.containers[0].pid
+            os.kill(victim, signal.SIGKILL)  # type: ignore[arg-type]
+            assert victim not in [await greeting(listener.socket.getsockname()) for _ in range(5)]
+            await replaced(node, 0, victim)
+            assert psutil.Process(node.containers[0].pid).ppid() == zygote.pid  # type: ignore[arg-type]
+            assert node.containers[0].incarnations[-2].returncode == -signal.SIGKILL
+            # a reload preloads the new code in a new zygote, and the old one ends
+            await manager.reload("web")
+            new = node.runner.zygote  # type: ignore[attr-defined]
+            assert new is not zygote and new.pid != zygote.pid
+            assert {psutil.Process(c.pid).ppid() for c in node.containers} == {new.pid}  # type: ignore[arg-type]
+            assert not family(zygote.pid)
+            seen |= {c.pid for c in node.containers} | {new.pid}  # type: ignore[misc]
+    assert not outside.exists()
+    for pid in seen:  # no orphans
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", pid
+
+
+async def test_a_pool_whose_zygote_dies_fails() -> None:
+    manager = ServicesManager([pool(2, preload=True)])
+    with anyio.fail_after(60):
+        async with startable.open_owner():
+            await startable.of(manager).start()
+            node = manager["web"]
+            zygote = node.runner.zygote  # type: ignore[attr-defined]
+            os.kill(zygote.pid, signal.SIGKILL)
+            await startable.of(node).wait_state(State.STOPPED)
+            reason = startable.of(node).statistics().stop_reason
+            assert str(reason) == "the zygote of pool 'web' ended: no replica can be forked"
+            await startable.of(manager).stop()
+
+
+def test_preload_is_for_pools() -> None:
+    with pytest.raises(ServiceDefinitionError, match="preload is for pools"):
+        ServiceSpec(name="web", entry="a.b:C", preload=True)
+    assert ServiceSpec(name="web", entry="a.b:C", replicas=2, preload=True).preload

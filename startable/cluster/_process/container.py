@@ -14,6 +14,7 @@ from .controller import OutputLine, ServiceController
 from .failfast import FailFast
 from .listen import ListenSocket
 from .options import ProcessOptions
+from .zygote import Zygote
 
 
 class ServiceContainer:
@@ -88,6 +89,9 @@ class ServiceContainer:
         #: Listening sockets every incarnation gets (socket activation); this
         #: container never closes them: their owner does.
         self.listeners = tuple(listeners)
+        #: The fork server each incarnation is forked from (None: each is a new
+        #: interpreter); set by a pool that preloads (`preload = true`).
+        self.zygote: Zygote | None = None
         #: The controllers of past incarnations, newest last (the current one
         #: too): `history` at most, each past one retired (see
         #: `ServiceController.retire`).
@@ -122,6 +126,7 @@ class ServiceContainer:
             sockets=sockets,
             options=self.options,
             listeners=self.listeners,
+            zygote=self.zygote,
         )
         for past in self.incarnations:
             past.retire()

@@ -49,7 +49,8 @@ from .._sandbox.permissions import Permissions
 from .listen import ENV_LISTEN, ENV_LISTEN_NAMES, ListenSocket
 from .options import ProcessOptions
 from .remote import ENV_PARENT, ENV_PORT
-from .spawn import ChildProcess, read_lines, spawn
+from .spawn import ProcessBase, read_lines, spawn
+from .zygote import Zygote
 
 logger = logging.getLogger("startable.cluster")
 STARTING, STARTED, STOPPING = State.STARTING, State.STARTED, State.STOPPING
@@ -135,8 +136,11 @@ class ServiceController:
         name: str | None = None,
         sockets: Mapping[str, socket.socket] | None = None,
         listeners: Sequence[ListenSocket] = (),
+        zygote: Zygote | None = None,
     ) -> None:
         self.entry = entry
+        #: The pool's fork server its process is forked from (None: it is spawned).
+        self.zygote = zygote
         self._sockets = dict(sockets or {})
         #: Listening sockets its process gets at 3, 4... (socket activation).
         self.listeners = tuple(listeners)
@@ -164,7 +168,7 @@ class ServiceController:
         self.ladder: list[StopStep] = []
         self.mechanisms: tuple[str, ...] = ()
         self.remote_state: State | None = None
-        self.process: ChildProcess | None = None
+        self.process: ProcessBase | None = None
         self.returncode: int | None = None
         self._port: ConnectionPort[FromRemote] | None = None
         self._broken: ClusterError | None = None  # the control port can no longer be trusted
@@ -204,29 +208,9 @@ class ServiceController:
         self._thread_error = None
         self._output_done = {"stdout": anyio.Event(), "stderr": anyio.Event()}
         ours, theirs = socket.socketpair()
-        # Unbuffered, so that output arrives line by line as it is written.
-        environ: Mapping[str, str] = os.environ if self.options.inherit_env else {}
-        env = {**environ, "PYTHONUNBUFFERED": "1", **self.env}
-        env[ENV_PORT] = str(theirs.fileno())
-        env[ENV_PARENT] = str(os.getpid())
-        passed = [theirs.fileno()]
         inherited, self._sockets = self._sockets, {}
-        for variable, inherit in inherited.items():
-            env[variable] = str(inherit.fileno())
-            passed.append(inherit.fileno())
-        if self.listeners:  # the remote moves them to 3, 4...; they stay open here
-            fds = [listener.socket.fileno() for listener in self.listeners]
-            env[ENV_LISTEN] = ",".join(map(str, fds))
-            env[ENV_LISTEN_NAMES] = ":".join(listener.name for listener in self.listeners)
-            passed.extend(fds)
         try:
-            self.process = await spawn(
-                [self.python, "-m", "startable.cluster._child"],
-                pass_fds=passed,
-                env=env,
-                cwd=self.cwd,
-                label=self.name if NAME_RULE.fullmatch(self.name) else "service",
-            )
+            self.process = await self._launch(theirs, inherited)
         except BaseException:
             ours.close()  # no process, no port: nothing else would close it
             raise
@@ -237,10 +221,8 @@ class ServiceController:
         self._port = from_socket(ours, receives=FromRemote, name=f"{self.name} control port")
         await of(self._port).start()
         lifecycle = of(self)
-        assert self.process.popen.stdout is not None
-        assert self.process.popen.stderr is not None
-        lifecycle.start_soon(self._read_output, "stdout", self.process.popen.stdout.fileno())
-        lifecycle.start_soon(self._read_output, "stderr", self.process.popen.stderr.fileno())
+        lifecycle.start_soon(self._read_output, "stdout", self.process.stdout)
+        lifecycle.start_soon(self._read_output, "stderr", self.process.stderr)
         lifecycle.start_soon(self._watch_exit)
         lifecycle.start_soon(self._receive)
         with anyio.move_on_after(self.options.ready_timeout) as waiting:
@@ -261,6 +243,40 @@ class ServiceController:
             )
         if self._thread_error is not None:  # during the start, with on_thread_error = "stop"
             raise self._thread_error
+
+    async def _launch(
+        self, theirs: socket.socket, inherited: Mapping[str, socket.socket]
+    ) -> ProcessBase:
+        """Its process: spawned, or forked from its pool's zygote; `theirs` and the
+        `inherited` sockets are given to it (the caller closes its own copies)."""
+        fds = {ENV_PORT: theirs.fileno()}
+        fds.update((variable, inherit.fileno()) for variable, inherit in inherited.items())
+        listening = [listener.socket.fileno() for listener in self.listeners]
+        names = ":".join(listener.name for listener in self.listeners)
+        label = self.name if NAME_RULE.fullmatch(self.name) else "service"
+        if self.zygote is not None:
+            # Its own environment on top of the zygote's (which is the pool's);
+            # the listeners are moved to 3, 4... by the remote, as when spawned.
+            env = dict(self.env)
+            if self.listeners:
+                env[ENV_LISTEN_NAMES] = names
+            given = [*fds.items(), *((ENV_LISTEN, fd) for fd in listening)]
+            return await self.zygote.fork(env, given, label)
+        # Unbuffered, so that output arrives line by line as it is written.
+        environ: Mapping[str, str] = os.environ if self.options.inherit_env else {}
+        env = {**environ, "PYTHONUNBUFFERED": "1", **self.env}
+        env.update((name, str(fd)) for name, fd in fds.items())
+        env[ENV_PARENT] = str(os.getpid())
+        if self.listeners:  # the remote moves them to 3, 4...; they stay open here
+            env[ENV_LISTEN] = ",".join(map(str, listening))
+            env[ENV_LISTEN_NAMES] = names
+        return await spawn(
+            [self.python, "-m", "startable.cluster._child"],
+            pass_fds=[*fds.values(), *listening],
+            env=env,
+            cwd=self.cwd,
+            label=label,
+        )
 
     async def _until(self, event: anyio.Event, otherwise: str) -> None:
         """Wait for `event`; raise at once if the remote ends, or breaks the protocol, first."""
@@ -329,7 +345,7 @@ class ServiceController:
             if self._port is not None:
                 await of(self._port).stop()
 
-    async def _ladder(self, process: ChildProcess, err: BaseException | None) -> None:
+    async def _ladder(self, process: ProcessBase, err: BaseException | None) -> None:
         port = self._port
         if port is not None and of(port).state is STARTED:
             self.ladder.append(StopStep("close request", time.time()))

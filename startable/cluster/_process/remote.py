@@ -22,6 +22,7 @@ import ctypes
 import importlib
 import importlib.machinery
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -49,6 +50,7 @@ from .._ipc.messages import (
     CloseRequest,
     ErrorInfo,
     FromRemote,
+    PermissionSpec,
     Ping,
     Pong,
     Protected,
@@ -73,6 +75,8 @@ ENV_DATA_PORT = "STARTABLE_DATA_FD"  # the data plane's socket, when the manager
 ENV_SERVICE = "STARTABLE_SERVICE"  # the service's name in its cluster
 ENV_REPLICA = "STARTABLE_REPLICA"  # a pool's replica: its index...
 ENV_REPLICAS = "STARTABLE_REPLICAS"  # ...and the pool's size
+#: Set in a replica forked by a pool's zygote: the permission mechanisms it applied.
+ENV_PRELOADED = "STARTABLE_PRELOADED"
 
 #: The remote's side of the control port, and the queue of what it is to send on it.
 ControlPort: TypeAlias = ConnectionPort[ToRemote]
@@ -88,7 +92,8 @@ EXIT_ENTRY = 3  # the entry could not be loaded
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """Die with the parent (the manager, or a pool's zygote), which must still be there."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -184,7 +189,7 @@ def _load(request: RunEntry) -> object:
 
 
 def main() -> NoReturn:
-    _die_with_parent()
+    die_with_parent()
     try:  # first: the listeners go to 3, 4... before anything opens a descriptor
         place_listeners(os.environ, keep=(ENV_PORT, ENV_DATA_PORT))
     except (ValueError, OSError) as exc:
@@ -206,17 +211,42 @@ def main() -> NoReturn:
         os._exit(EXIT_OK)  # asked to stop before anything started
     if not isinstance(request, RunEntry):
         channel.fail(f"the controller's first message was {type(request).__name__}, not run")
-    mechanisms: tuple[str, ...] = ()
-    if request.permissions is not None:
-        _warm_up(request)
-        paths = [] if request.code is not None else _code_paths(request.entry)
-        mechanisms = apply(request.permissions, paths)
+    preloaded = os.environ.pop(ENV_PRELOADED, None)
+    if preloaded is not None:  # forked by a zygote that applied them already
+        mechanisms = _preloaded(preloaded)
+    else:
+        mechanisms = prepare(
+            request.entry, request.code, request.permissions, request.resources_interval
+        )
     code = anyio.run(_serve, sock, data, request, mechanisms, backend="trio")
     end_own_descendants()  # nothing the service started outlives it
     sys.exit(code)
 
 
-def _warm_up(request: RunEntry) -> None:
+def _preloaded(text: str) -> tuple[str, ...]:
+    """The mechanisms a zygote says it applied (a JSON list of strings)."""
+    try:
+        found = json.loads(text)
+    except ValueError:
+        found = None
+    if not isinstance(found, list) or not all(isinstance(m, str) for m in found):
+        return ("applied by the zygote",)
+    return tuple(found)
+
+
+def prepare(
+    entry: str, code: str | None, permissions: PermissionSpec | None, resources_interval: float
+) -> tuple[str, ...]:
+    """Apply `permissions` to this process (after warming up what needs it); the
+    mechanisms applied."""
+    if permissions is None:
+        return ()
+    _warm_up(resources_interval)
+    paths = [] if code is not None else _code_paths(entry)
+    return apply(permissions, paths)
+
+
+def _warm_up(resources_interval: float) -> None:
     """Import and initialise what this process needs before the sandbox closes.
 
     Trio probes the system when it is first imported (it looks for the
@@ -224,7 +254,7 @@ def _warm_up(request: RunEntry) -> None:
     in a temporary directory); a sandboxed process could not.
     """
     anyio.run(anyio.lowlevel.checkpoint, backend="trio")
-    if request.resources_interval > 0:
+    if resources_interval > 0:
         import psutil
 
         psutil.Process().cpu_percent(None)

@@ -45,29 +45,42 @@ def _executor() -> concurrent.futures.ThreadPoolExecutor:
         return _spawner
 
 
-class ChildProcess:
-    """A running child: its pid, its pidfd, its output pipes, and its exit."""
+class ProcessBase:
+    """A running child process: its pid, its pidfd, its output pipes, and its exit.
 
-    def __init__(self, popen: subprocess.Popen[bytes], cgroup: Cgroup | None = None) -> None:
-        self.popen = popen
-        self.pid = popen.pid
-        self.pidfd = os.pidfd_open(popen.pid)
+    `ChildProcess` is one this process spawned and reaps; a pool's zygote
+    forks others (`zygote.ForkedProcess`), which it reaps.
+    """
+
+    def __init__(
+        self, pid: int, pidfd: int, stdout: int, stderr: int, cgroup: Cgroup | None = None
+    ) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        #: The read ends of its stdout and stderr (non-blocking).
+        self.stdout = stdout
+        self.stderr = stderr
         #: The cgroup holding it and all it starts (None where none could be made).
         self.cgroup = cgroup
         self.returncode: int | None = None
         self._exited = anyio.Event()
+
+    async def _reap(self) -> int:
+        """Its exit code, once it has exited (and what it left in its group is ended)."""
+        raise NotImplementedError
+
+    def _alive(self) -> bool:
+        """Whether it has not exited yet (so its pid is still its own)."""
+        return self.returncode is None
 
     async def wait(self) -> int:
         """Wait for the child to exit (the first caller reaps it); its return code."""
         if self.returncode is None:
             await anyio.wait_readable(self.pidfd)
             if self.returncode is None:
-                # Not reaped yet, its pid (and so its group id) is still ours: end what
-                # it left in its group now, never once the pid could be someone else's.
-                self._kill_group(signal.SIGKILL)
-                if self.cgroup is not None:  # and what it left anywhere else
+                if self.cgroup is not None:  # what it left anywhere
                     self.cgroup.kill()
-                self.returncode = self.popen.wait()  # it has exited: this does not block
+                self.returncode = await self._reap()
                 self._exited.set()
         return self.returncode
 
@@ -75,26 +88,27 @@ class ChildProcess:
         await self._exited.wait()
 
     def signal(self, signum: int) -> None:
-        """Send `signum` to the child's process group, until the child is reaped.
+        """Send `signum` to the child's process group, while the child lives.
 
         The child leads its group, so this reaches what it started too; once
-        it has been reaped, nothing is sent (its pid could be reused).
+        it has exited, nothing is sent to its group (its pid could be reused).
         """
-        if self.returncode is None:
-            try:
-                left_its_group = os.getpgid(self.pid) != self.pid
-            except ProcessLookupError:
-                return
-            if left_its_group:  # it moved itself elsewhere: reach it through its pidfd
-                signal.pidfd_send_signal(self.pidfd, signum)
-            self._kill_group(signum)
-            # What it started in sessions of their own, too: its cgroup holds them
-            # all; without one, its tree does (the remote adopts orphans).
-            descendants = self.cgroup.members() if self.cgroup is not None else tree(self.pid)
-            for pid in descendants:
-                if pid != self.pid:
-                    with contextlib.suppress(OSError):
-                        os.kill(pid, signum)
+        if not self._alive():
+            return
+        try:
+            left_its_group = os.getpgid(self.pid) != self.pid
+        except ProcessLookupError:
+            return
+        if left_its_group:  # it moved itself elsewhere: reach it through its pidfd
+            signal.pidfd_send_signal(self.pidfd, signum)
+        self._kill_group(signum)
+        # What it started in sessions of their own, too: its cgroup holds them
+        # all; without one, its tree does (the remote adopts orphans).
+        descendants = self.cgroup.members() if self.cgroup is not None else tree(self.pid)
+        for pid in descendants:
+            if pid != self.pid:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signum)
 
     def _kill_group(self, signum: int) -> None:
         try:
@@ -104,9 +118,10 @@ class ChildProcess:
 
     async def aclose(self) -> None:
         """Release its pipes, its pidfd, and its cgroup once empty (waiting up to 2 s)."""
-        for stream in (self.popen.stdout, self.popen.stderr):
-            if stream is not None:
-                stream.close()
+        for fd in (self.stdout, self.stderr):
+            if fd >= 0:
+                os.close(fd)
+        self.stdout = self.stderr = -1
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
@@ -116,6 +131,27 @@ class ChildProcess:
                 cgroup.kill()
                 while not cgroup.remove():  # not empty yet: wait for what was killed to end
                     await _all_ended(cgroup.members())
+
+
+class ChildProcess(ProcessBase):
+    """A child this process spawned (`spawn`), and reaps."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], cgroup: Cgroup | None = None) -> None:
+        assert popen.stdout is not None
+        assert popen.stderr is not None
+        # The pipes are ours to close, by their descriptors (the file objects are dropped).
+        stdout, stderr = os.dup(popen.stdout.fileno()), os.dup(popen.stderr.fileno())
+        popen.stdout.close()
+        popen.stderr.close()
+        popen.stdout = popen.stderr = None
+        super().__init__(popen.pid, os.pidfd_open(popen.pid), stdout, stderr, cgroup)
+        self.popen = popen
+
+    async def _reap(self) -> int:
+        # Not reaped yet, its pid (and so its group id) is still ours: end what
+        # it left in its group now, never once the pid could be someone else's.
+        self._kill_group(signal.SIGKILL)
+        return self.popen.wait()  # it has exited: this does not block
 
 
 async def _all_ended(pids: Sequence[int]) -> None:
@@ -169,10 +205,10 @@ async def spawn(
         if cgroup is not None:
             cgroup.remove()
         raise
-    for stream in (popen.stdout, popen.stderr):
-        assert stream is not None
-        os.set_blocking(stream.fileno(), False)
-    return ChildProcess(popen, tracked)
+    child = ChildProcess(popen, tracked)
+    for fd in (child.stdout, child.stderr):
+        os.set_blocking(fd, False)
+    return child
 
 
 async def read_lines(fileno: int, *, limit: int = 65536) -> AsyncIterator[str]:

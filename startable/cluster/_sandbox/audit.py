@@ -126,6 +126,17 @@ def _where(path: object, dir_fd: object, kind: _Kind) -> tuple[str, ...]:
     return (entry, os.path.realpath(name)) if kind == "object" else (entry,)
 
 
+#: The one process that may fork whatever the grants: a pool's zygote, once it
+#: has preloaded (what it forks are replicas, held to the same restrictions).
+_FORKERS: set[int] = set()
+
+
+def allow_forks_here() -> None:
+    """Let this process (not those it starts) call `os.fork` despite the hook."""
+    _FORKERS.clear()
+    _FORKERS.add(os.getpid())
+
+
 def audit_hook(
     spec: PermissionSpec, check_opens: bool, readable: tuple[str, ...]
 ) -> Callable[[str, tuple[Any, ...]], None]:
@@ -154,7 +165,7 @@ def audit_hook(
         elif event == "fcntl.ioctl" and args[1] in _SET_FLAGS_IOCTLS:
             check_writes(event, args, ((0, None, "object"),))
         elif event in _PROCESS_EVENTS:
-            if not spec.subprocesses:
+            if not spec.subprocesses and not (event == "os.fork" and os.getpid() in _FORKERS):
                 raise _refuse(f"start processes ({event})")
         elif event in _NETWORK_EVENTS:
             if not spec.network:

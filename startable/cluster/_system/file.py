@@ -68,6 +68,7 @@ _SERVICE_KEYS: Final = (
     "drain",
     "on_thread_error",
     "pool",
+    "preload",
 )
 _MODES: Final = ("never", "on-failure", "always")
 _ON_THREAD_ERROR: Final = ("report", "stop")
@@ -316,6 +317,7 @@ def _service(services: _Table, name: str) -> ServiceSpec:
     listen = _listen(table)
     replicas = table.integer("replicas", positive=True)
     pool = table.boolean("pool")
+    preload = table.boolean("preload")
     limit = table.number("limit", positive=True)
     drain = table.number("drain", positive=True)
     if replicas is not None and replicas > MAX_REPLICAS:
@@ -336,6 +338,7 @@ def _service(services: _Table, name: str) -> ServiceSpec:
         "listen": listen,
         "replicas": replicas,
         "pool": pool,
+        "preload": preload,
         "limit": limit,
         "drain": drain,
     }

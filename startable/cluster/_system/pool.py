@@ -42,7 +42,8 @@ from .._process.container import ServiceContainer
 from .._process.controller import OutputLine
 from .._process.failfast import FailFast
 from .._process.listen import ListenSocket, bind_all
-from .._process.remote import ENV_REPLICA, ENV_REPLICAS
+from .._process.remote import ENV_REPLICA, ENV_REPLICAS, ENV_SERVICE
+from .._process.zygote import Zygote
 from .launch import Report, launch_in_order
 from .runners import ContainerRunner, InProcessRunner
 from .services import MAX_REPLICAS, RestartPolicy, ServiceSpec
@@ -88,6 +89,7 @@ class Replica:
             listen=(),
             replicas=1,
             pool=False,
+            preload=False,
             on_output=pool.on_output,
         )
         self.runner = ContainerRunner(spec, pool.router, index)
@@ -119,6 +121,7 @@ class Replica:
     @as_raw_start
     async def _start(self) -> None:
         self.runner.container.listeners = self.pool.listeners  # shared, never bound here
+        self.runner.container.zygote = self.pool.zygote  # forked from it, if it preloads
         await self.runner.start(of(self))
         self.started_at = time.monotonic()
         self.pool.revived += 1
@@ -163,6 +166,9 @@ class PoolRunner:
         self.retiring: set[Replica] = set()
         #: The replica that holds the singleton role (None: none does now).
         self.holder: Replica | None = None
+        #: Its fork server, while it runs (`spec.preload`).
+        self.zygote: Zygote | None = None
+        self._former: list[Zygote] = []  # replaced by a reload that did not finish
         self.listeners: tuple[ListenSocket, ...] = ()
         #: How many times a replica became STARTED (the pool's `limit` watches it).
         self.revived = 0
@@ -209,6 +215,8 @@ class PoolRunner:
     async def start(self, node: Startable) -> None:
         self._node = node
         self._listen()
+        if self.spec.preload:
+            self.zygote = await self._zygote(node)
         supervisor = self._supervisor = Supervisor(
             node,
             restart=self._restart,
@@ -312,9 +320,49 @@ class PoolRunner:
         every = [*self.replicas, *self.retiring]
         for replica in every:
             replica.held = True
-        async with anyio.create_task_group() as group:
-            for replica in every:
-                group.start_soon(replica.stop_in, err)
+        try:
+            async with anyio.create_task_group() as group:
+                for replica in every:
+                    group.start_soon(replica.stop_in, err)
+        finally:  # its replicas are gone: so may its zygotes be
+            zygotes = [*self._former, *([self.zygote] if self.zygote else [])]
+            self.zygote, self._former = None, []
+            for zygote in zygotes:
+                await zygote.aclose()
+
+    async def _zygote(self, node: Startable) -> Zygote:
+        """Start a fork server for the replicas (`spec.preload`); once it ends
+        on its own, no replica can be forked, and the pool fails."""
+        spec = self.spec
+        assert spec.entry is not None
+        options = spec.container_options
+        zygote = Zygote(
+            spec.entry,
+            code=spec.code,
+            permissions=spec.permissions.to_spec() if spec.permissions is not None else None,
+            env={**spec.env, ENV_SERVICE: spec.name},
+            cwd=spec.cwd,
+            name=spec.name,
+            python=options.python,
+            resources_interval=options.resources_interval,
+            inherit_env=options.inherit_env,
+        )
+
+        def ended() -> None:
+            if self.zygote is zygote and node.state in (State.STARTING, STARTED):
+                node.stop_nowait(
+                    ClusterError(
+                        f"the zygote of pool {spec.name!r} ended: no replica can be forked"
+                    )
+                )
+
+        zygote.on_end = ended
+        try:
+            await zygote.start(node.start_soon)
+        except BaseException:
+            await zygote.aclose()
+            raise
+        return zygote
 
     # -- at run time: reload and scale ----------------------------------------------
 
@@ -347,6 +395,11 @@ class PoolRunner:
         """
         self._running("reload")
         async with self._lock():
+            former = self.zygote
+            if former is not None:  # new code: a new zygote preloads it
+                assert self._node is not None
+                self.zygote = await self._zygote(self._node)
+                self._former.append(former)  # its replicas are its children: kept till gone
             for index in range(len(self.replicas)):
                 self._running("reload")  # (a failure may have stopped it meanwhile)
                 old = self.replicas[index]
@@ -354,6 +407,9 @@ class PoolRunner:
                 await self._start_new([new], "reload")
                 self.replicas[index] = new
                 await self._retire(old)
+            if former is not None:  # every replica it forked is retired
+                self._former.remove(former)
+                await former.aclose()
 
     async def scale(self, size: int) -> None:
         """Grow or shrink the pool to `size` replicas.

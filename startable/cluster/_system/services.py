@@ -115,6 +115,11 @@ class ServiceSpec:
             its own is restarted by `restart` while the others serve.
         pool: run it as a pool even with one replica, so that `reload` and
             `scale` apply to it (a service with `replicas` > 1 is a pool).
+        preload: for a pool, fork its replicas from a *zygote*: one process
+            that applies the permissions and imports the entry's module once
+            (`"package.module:Attr"` entries; a file or `code` is loaded in
+            each replica), so that a replica costs a fork instead of a new
+            interpreter. See docs/explanation/pools.md.
         limit: for a pool, the seconds it may go without a live replica:
             if none is STARTED again by then, the pool stops with a
             `ClusterError` (a failure: cascade and escalation apply).
@@ -141,6 +146,7 @@ class ServiceSpec:
     listen: tuple[ListenAddress, ...] = attrs.field(default=(), converter=_as_addresses)
     replicas: int = attrs.field(default=1, validator=number(at_least=1, integer=True))
     pool: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    preload: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     limit: float = attrs.field(default=60.0, validator=number(above=0))
     drain: float = attrs.field(default=10.0, validator=number(above=0))
 
@@ -171,10 +177,11 @@ class ServiceSpec:
             or self.listen
             or self.replicas != 1
             or self.pool
+            or self.preload
         ):
             return (
-                "code, permissions, env, cwd, on_output, listen, replicas and pool are for "
-                "services in a child process (entry)"
+                "code, permissions, env, cwd, on_output, listen, replicas, pool and preload "
+                "are for services in a child process (entry)"
             )
         factory: object = self.factory
         if factory is not None and not callable(factory):
@@ -182,6 +189,8 @@ class ServiceSpec:
         permissions: object = self.permissions
         if permissions is not None and not isinstance(permissions, Permissions):
             return f"permissions must be a Permissions, not {permissions!r}"
+        if self.preload and not self.is_pool:
+            return "preload is for pools: give it replicas = 2 or more, or pool = true"
         if self.replicas > MAX_REPLICAS:
             return f"a pool has {MAX_REPLICAS} replicas at most, not {self.replicas}"
         if len(self.listen) > MAX_LISTEN:
