@@ -62,6 +62,22 @@ RUN_BY_CLI = {"hello.py"}
 SYNC_MAIN = {"race_testing.py"}
 
 
+def test_the_race_testing_how_to_shows_what_the_example_prints() -> None:
+    """The docs quote the example's whole output: a change to the checker that
+    changes it must change the docs too."""
+    text = (ROOT / "docs" / "how-to" / "race-testing.md").read_text()
+    start = text.index("```text\nrace found in BuggyCounter:") + len("```text\n")
+    quoted = text[start : text.index("```", start)]
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "race_testing.py")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    assert result.stdout == quoted
+
+
 def test_every_example_is_covered() -> None:
     on_disk = {path.name for path in EXAMPLES.glob("*.py")}
     assert on_disk == set(EXPECTED) | RUN_BY_CLI
