@@ -275,3 +275,30 @@ async def test_a_request_to_all_ends_at_its_deadline_with_the_silent_ones_timed_
     assert [(a.replica, a.value) for a in answers] == [(0, "zero"), (1, None)]
     assert isinstance(answers[1].error, RequestTimeout)
     assert "replica 1 did not answer within the deadline of 0.2s" in str(answers[1].error)
+
+
+def test_a_service_may_have_max_in_flight_requests_waiting_and_no_more() -> None:
+    from startable.cluster import MAX_IN_FLIGHT
+
+    directory = Replicated()
+    router = Router(directory)
+    caller, zero, one = Inbox("api"), Inbox("web 0"), Inbox("web 1")
+    router.attach("api", caller)
+    router.attach("web", zero, 0)
+    router.attach("web", one, 1)
+    for rid in range(1, MAX_IN_FLIGHT):
+        router.handle(caller, call(rid))
+    assert caller.got == [] and len(zero.got) + len(one.got) == MAX_IN_FLIGHT - 1
+    router.handle(caller, replace(call(MAX_IN_FLIGHT), pick="all"))  # two more: refused whole
+    (refused,) = caller.got
+    assert isinstance(refused, Reply) and refused.kind == "unavailable"
+    assert f"{MAX_IN_FLIGHT} requests of this service wait for answers" in refused.message
+    assert len(zero.got) + len(one.got) == MAX_IN_FLIGHT - 1  # nothing of it was sent
+    router.handle(caller, call(MAX_IN_FLIGHT + 1))  # the last one that fits
+    router.handle(caller, call(MAX_IN_FLIGHT + 2))
+    assert [r.kind for r in caller.got if isinstance(r, Reply)] == ["unavailable"] * 2
+    first = zero.got[0]
+    assert isinstance(first, Call)
+    router.handle(zero, Reply(first.id, value="done"))  # one answered: room for one more
+    router.handle(caller, call(MAX_IN_FLIGHT + 3))
+    assert len(zero.got) + len(one.got) == MAX_IN_FLIGHT + 1

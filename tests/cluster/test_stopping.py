@@ -96,6 +96,20 @@ async def test_a_forced_stop_is_said_and_makes_the_managers_stop_fail() -> None:
     assert (hang.ended_by, hang.stop_error) == ("SIGKILL", forced.value)
     assert (ok.ended_by, ok.stop_error) == ("close request", None)
     assert all(startable.of(node).state is State.STOPPED for node in manager.nodes.values())
+    # and the table of `startable up` says how each ended
+    from rich.console import Console
+
+    from startable.cli._table import render
+
+    console = Console(record=True, width=120)
+    console.print(render(manager.nodes.values(), title="demo", phase="stopped"))
+    rows = {
+        line.split()[0]: " ".join(line.split())
+        for line in console.export_text().splitlines()
+        if line.split()
+    }
+    assert rows["hang"].startswith("hang STOPPED (SIGKILL) -")
+    assert rows["ok"].startswith("ok STOPPED -")
 
 
 async def test_stop_service_says_when_it_had_to_signal() -> None:
