@@ -201,3 +201,24 @@ class Replica:
             os._exit(0)
         os.waitpid(pid, 0)  # noqa: ASYNC222 - a child that exits at once
         return "forked"
+
+    @handler
+    async def pidfds(self) -> int:
+        """How many pidfds this process holds (a replica should hold none)."""
+        found = 0
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                found += os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[pidfd]"
+            except OSError:
+                pass
+        return found
+
+    @handler
+    async def read(self, path: str) -> str:
+        """Try to read `path`: "read", or the refusal."""
+        try:
+            with open(path) as file:  # noqa: ASYNC230 - a small file, on purpose
+                file.read(1)
+        except OSError as exc:
+            return f"refused: {type(exc).__name__}"
+        return "read"

@@ -17,6 +17,7 @@ from startable.cluster import (
     ClusterError,
     EscalationError,
     Permissions,
+    landlock_abi,
     RemoteError,
     RequestTimeout,
     RestartPolicy,
@@ -471,6 +472,17 @@ async def test_a_preloading_pool_forks_every_replica_from_its_zygote(tmp_path: P
             await replaced(node, 0, victim)
             assert psutil.Process(node.containers[0].pid).ppid() == zygote.pid  # type: ignore[arg-type]
             assert node.containers[0].incarnations[-2].returncode == -signal.SIGKILL
+            held = await manager.client.request_all("web", "pidfds")  # none of its siblings'
+            assert [(answer.error, answer.value) for answer in held] == [(None, 0)] * 3
+            # a replica reads its own /proc, not another process's (the zygote's neither;
+            # where Landlock is: the audit hook alone lets a replica read /proc)
+            for path in (
+                ()
+                if not landlock_abi()
+                else (f"/proc/{os.getpid()}/environ", f"/proc/{zygote.pid}/environ")
+            ):
+                peeks = await manager.client.request_all("web", "read", path)
+                assert [answer.value for answer in peeks] == ["refused: PermissionError"] * 3
             # a reload preloads the new code in a new zygote, and the old one ends
             await manager.reload("web")
             new = node.runner.zygote  # type: ignore[attr-defined]

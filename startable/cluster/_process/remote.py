@@ -65,7 +65,7 @@ from .._ipc.messages import (
 from .._ipc.port import ConnectionPort, from_socket
 from .._ipc.wire import FrameCodec, FrameReader
 from .._names import entry_file
-from .._sandbox.permissions import apply
+from .._sandbox.permissions import apply, narrow_to_this_process
 from .descendants import become_subreaper, end_own_descendants
 from .listen import place_listeners
 
@@ -212,8 +212,11 @@ def main() -> NoReturn:
     if not isinstance(request, RunEntry):
         channel.fail(f"the controller's first message was {type(request).__name__}, not run")
     preloaded = os.environ.pop(ENV_PRELOADED, None)
-    if preloaded is not None:  # forked by a zygote that applied them already
+    if preloaded is not None:  # forked by a zygote that applied them already...
         mechanisms = _preloaded(preloaded)
+        if request.permissions is not None:  # ...but for its own /proc/<pid>
+            paths = [] if request.code is not None else _code_paths(request.entry)
+            narrow_to_this_process(request.permissions, paths)
     else:
         mechanisms = prepare(
             request.entry, request.code, request.permissions, request.resources_interval
@@ -235,15 +238,20 @@ def _preloaded(text: str) -> tuple[str, ...]:
 
 
 def prepare(
-    entry: str, code: str | None, permissions: PermissionSpec | None, resources_interval: float
+    entry: str,
+    code: str | None,
+    permissions: PermissionSpec | None,
+    resources_interval: float,
+    *,
+    forks: bool = False,
 ) -> tuple[str, ...]:
     """Apply `permissions` to this process (after warming up what needs it); the
-    mechanisms applied."""
+    mechanisms applied. `forks`: for a zygote (see `permissions.apply`)."""
     if permissions is None:
         return ()
     _warm_up(resources_interval)
     paths = [] if code is not None else _code_paths(entry)
-    return apply(permissions, paths)
+    return apply(permissions, paths, forks=forks)
 
 
 def _warm_up(resources_interval: float) -> None:

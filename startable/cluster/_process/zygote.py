@@ -284,6 +284,7 @@ class Zygote:
         """The exit code of the replica `pid`, once the zygote has reaped it."""
         event = self._exited.setdefault(pid, anyio.Event())
         await event.wait()
+        self._exited.pop(pid, None)
         return self._exits.pop(pid, -signal.SIGKILL)
 
     async def _read(self) -> None:
@@ -393,7 +394,7 @@ def _preload(sock: socket.socket) -> tuple[str, ...]:
     if not isinstance(preload, Preload):
         raise ClusterError(f"the manager's first message was {preload!r}, not preload")
     mechanisms = remote.prepare(
-        preload.entry, preload.code, preload.permissions, preload.resources_interval
+        preload.entry, preload.code, preload.permissions, preload.resources_interval, forks=True
     )
     _import_entry(preload)
     return mechanisms
@@ -423,7 +424,7 @@ def _fork_on_request(sock: socket.socket, mechanisms: tuple[str, ...]) -> NoRetu
                     for fd in fds:
                         os.close(fd)
                     continue  # not a fork request it can act on: dropped
-                pid = _fork(sock, selector, request, fds, mechanisms)
+                pid = _fork(sock, selector, request, fds, mechanisms, children)
                 pidfd = os.pidfd_open(pid)
                 children[pidfd] = pid
                 selector.register(pidfd, selectors.EVENT_READ)
@@ -457,6 +458,7 @@ def _fork(
     request: Fork,
     fds: list[int],
     mechanisms: tuple[str, ...],
+    children: Mapping[int, int],
 ) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
@@ -469,6 +471,8 @@ def _fork(
     try:
         selector.close()
         sock.close()
+        for pidfd in children:  # its siblings' are not its business
+            os.close(pidfd)
         *given, stdout, stderr = fds
         os.dup2(stdout, 1)
         os.dup2(stderr, 2)

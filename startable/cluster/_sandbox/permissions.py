@@ -140,7 +140,9 @@ def resolver_paths() -> tuple[str, ...]:
     return tuple(path for path in _RESOLVER_FILES if os.path.exists(path))
 
 
-def apply(spec: PermissionSpec, code_paths: Iterable[str] = ()) -> tuple[str, ...]:
+def apply(
+    spec: PermissionSpec, code_paths: Iterable[str] = (), *, forks: bool = False
+) -> tuple[str, ...]:
     """Restrict this process as `spec` says; returns what was applied, in words.
 
     Must run before any thread is started: Landlock and seccomp restrict the
@@ -149,6 +151,10 @@ def apply(spec: PermissionSpec, code_paths: Iterable[str] = ()) -> tuple[str, ..
     capabilities (dropping the bounding set needs `CAP_SETPCAP`), then
     `no_new_privs`, which Landlock and seccomp require of a process without
     `CAP_SYS_ADMIN`; the audit hook last.
+
+    With `forks` (a pool's zygote), Landlock lets it read all of `/proc`,
+    so that the processes it forks can read their own `/proc/<pid>`; each
+    of them narrows that again with `narrow_to_this_process`.
 
     Raises:
         OSError: if the kernel refuses a mechanism it says it has.
@@ -174,11 +180,8 @@ def apply(spec: PermissionSpec, code_paths: Iterable[str] = ()) -> tuple[str, ..
         if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0):
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
         applied.append("no_new_privs")
-    readable = (*python_paths(), *code_paths, *spec.read, f"/proc/{os.getpid()}", "/dev/null")
-    if spec.subprocesses:
-        readable += program_paths()  # the kernel reads a program to run it
-    if spec.network:
-        readable += resolver_paths()  # a name lookup reads them
+    code_paths = tuple(code_paths)
+    readable = _readable(spec, code_paths, "/proc" if forks else f"/proc/{os.getpid()}")
     abi = landlock_abi()
     if abi:
         applied.append(
@@ -197,6 +200,27 @@ def apply(spec: PermissionSpec, code_paths: Iterable[str] = ()) -> tuple[str, ..
     sys.addaudithook(audit_hook(spec, check_opens=not abi, readable=readable))
     applied.append("audit hook: " + ", ".join(guarded))
     return tuple(applied)
+
+
+def _readable(spec: PermissionSpec, code_paths: Iterable[str], proc: str) -> tuple[str, ...]:
+    readable = (*python_paths(), *code_paths, *spec.read, proc, "/dev/null")
+    if spec.subprocesses:
+        readable += program_paths()  # the kernel reads a program to run it
+    if spec.network:
+        readable += resolver_paths()  # a name lookup reads them
+    return readable
+
+
+def narrow_to_this_process(spec: PermissionSpec, code_paths: Iterable[str] = ()) -> str | None:
+    """In a process forked by a zygote (`apply(..., forks=True)`): a second
+    Landlock domain, the same as the zygote's but for `/proc`, of which it
+    may read only its own `/proc/<pid>`. Domains stack: each access must be
+    allowed by both. Returns what it applied (None: no Landlock here)."""
+    abi = landlock_abi()
+    if not abi:
+        return None
+    readable = _readable(spec, code_paths, f"/proc/{os.getpid()}")
+    return _landlock.restrict(abi, readable, spec.write, spec.network, spec.subprocesses)
 
 
 def _kept_capabilities(spec: PermissionSpec) -> frozenset[int]:
