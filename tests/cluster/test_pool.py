@@ -17,7 +17,6 @@ from startable.cluster import (
     ClusterError,
     EscalationError,
     Permissions,
-    landlock_abi,
     RemoteError,
     RequestTimeout,
     RestartPolicy,
@@ -27,6 +26,7 @@ from startable.cluster import (
     ServicesManager,
     ServiceSpec,
     ServiceUnavailable,
+    landlock_abi,
     this_service,
 )
 
