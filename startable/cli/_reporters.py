@@ -41,7 +41,10 @@ def describe_event(manager: ServicesManager, event: ServiceEvent) -> str:
         forced = (
             forced_signal(node) if node is not None and change.current is State.STOPPED else None
         )
-        if change.current is State.STARTED and node is not None and node.pid is not None:
+        if change.current is State.STARTED and node is not None and node.replicas:
+            pids = ", ".join(str(r.pid) for r in node.replicas if r.pid is not None)
+            text += f" ({len(node.replicas)} replicas: pids {pids})"
+        elif change.current is State.STARTED and node is not None and node.pid is not None:
             text += f" (pid {node.pid})"
         elif change.reason is not None or forced is not None:
             said = [short_error(change.reason)] if change.reason is not None else []

@@ -23,7 +23,6 @@ from rich.logging import RichHandler
 
 from .. import State, of
 from ..cluster import (
-    ClusterError,
     ServiceDefinitionError,
     ServiceNode,
     ServicesManager,
@@ -209,7 +208,10 @@ POOL_SIGNALS = {signal.SIGHUP: "reload", signal.SIGTTIN: "grow", signal.SIGTTOU:
 
 async def _operate(manager: ServicesManager, narrator: _Narrator) -> None:
     """SIGHUP reloads every pool; SIGTTIN and SIGTTOU give each one replica more
-    or less (never fewer than one). One at a time, in the order they came."""
+    or less (never fewer than one). One at a time, in the order they came.
+    A cluster without pools leaves the three signals alone."""
+    if not manager.pools():  # a hangup ends it as it ends any program, then
+        return
     with anyio.open_signal_receiver(*POOL_SIGNALS) as signals:
         async for signum in signals:
             name = signal.Signals(signum).name
@@ -238,7 +240,7 @@ async def _change(
                 return
             narrator.say(f"{signame} received: {pool} from {size} to {target} replicas")
             await manager.scale(pool, target)
-    except (ClusterError, ValueError) as exc:  # the cluster goes on; the operator is told
+    except Exception as exc:  # the cluster goes on; the operator is told
         narrator.say(f"{signame}: {pool} could not {what}", error=exc)
 
 

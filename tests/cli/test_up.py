@@ -851,6 +851,7 @@ async def test_sighup_reloads_the_pools_and_ttin_ttou_scale_them(tmp_path: Path)
             code = await cli.finish()
     assert code == 0, (cli.out, cli.err)
     assert f"pools web: kill -HUP {cli.process.pid} reloads them" in cli.out
+    assert re.search(r"^web: STARTED \(2 replicas: pids \d+, \d+\)$", cli.out, re.M), cli.out
     assert "SIGHUP received: reloading web (2 replicas, one by one)" in cli.out
     assert "SIGTTIN received: web from 2 to 3 replicas" in cli.out
     assert "SIGTTOU received: web from 3 to 2 replicas" in cli.out

@@ -302,3 +302,22 @@ def test_a_service_may_have_max_in_flight_requests_waiting_and_no_more() -> None
     router.handle(zero, Reply(first.id, value="done"))  # one answered: room for one more
     router.handle(caller, call(MAX_IN_FLIGHT + 3))
     assert len(zero.got) + len(one.got) == MAX_IN_FLIGHT + 1
+
+
+def test_a_callee_cannot_announce_a_fan_out() -> None:
+    from startable.cluster._data.client import _Waiter
+
+    router = Router(Replicated())
+    caller, zero, one = Inbox("api"), Inbox("web 0"), Inbox("web 1")
+    router.attach("api", caller)
+    router.attach("web", zero, 0)
+    router.attach("web", one, 1)
+    router.handle(caller, replace(call(7), pick="all"))
+    (to_zero,) = zero.got
+    router.handle(zero, Reply(to_zero.id, [], kind="fan-out"))  # a forged list of replicas
+    waiter = _Waiter(gathering=True)
+    for reply in caller.got:
+        waiter.take(reply)
+    waiter.take(Reply(7, [5], kind="fan-out", part=0))  # and a second one is not taken
+    assert not waiter.done.is_set() and waiter.instances == [0, 1]
+    assert router.malformed == {"web": 1}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -513,3 +514,65 @@ def test_preload_is_for_pools() -> None:
     with pytest.raises(ServiceDefinitionError, match="preload is for pools"):
         ServiceSpec(name="web", entry="a.b:C", preload=True)
     assert ServiceSpec(name="web", entry="a.b:C", replicas=2, preload=True).preload
+
+
+async def test_a_request_to_all_during_a_reload_gets_one_answer_per_replica() -> None:
+    manager = ServicesManager([pool(2)])
+    with anyio.fail_after(90):
+        async with startable.running(manager):
+            outcomes: list[list[tuple[int, bool]]] = []
+            done = anyio.Event()
+
+            async def ask() -> None:  # (a new replica is attached before it is STARTED)
+                while not done.is_set():
+                    answers = await manager.client.request_all("web", "whoami", deadline=5.0)
+                    outcomes.append([(answer.replica, answer.ok) for answer in answers])
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(ask)
+                await manager.reload("web")
+                done.set()
+            assert outcomes and all(o == [(0, True), (1, True)] for o in outcomes), outcomes
+
+
+@pytest.mark.parametrize("preload", [False, True])
+async def test_a_manager_stopped_during_a_reload_leaves_no_process(preload: bool) -> None:
+    me = psutil.Process()
+    manager = ServicesManager([pool(2, preload=preload)])
+    with anyio.fail_after(60):
+        async with startable.open_owner():
+            await startable.of(manager).start()
+            node = manager["web"]
+
+            async def reload() -> None:
+                with contextlib.suppress(ClusterError):  # (it is stopped under it)
+                    await manager.reload("web")
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(reload)
+                await startable.of(node.replicas[0]).wait_state(State.STOPPING)  # retiring
+                await startable.of(manager).stop()
+    assert startable.of(manager).state is State.STOPPED
+    left = [p for p in me.children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+    assert left == []
+
+
+async def test_failed_reloads_leave_no_zygote_behind(tmp_path: Path) -> None:
+    flag = tmp_path / "fail"
+    manager = ServicesManager([pool(2, preload=True, env={"STARTABLE_TEST_FAIL_IF": str(flag)})])
+    with anyio.fail_after(90):
+        async with startable.running(manager):
+            runner = manager["web"].runner
+            zygotes = [runner.zygote.pid]  # type: ignore[attr-defined]
+            flag.touch()
+            for _ in range(3):
+                with pytest.raises(ClusterError):
+                    await manager.reload("web")
+                zygotes.append(runner.zygote.pid)  # type: ignore[attr-defined]
+            flag.unlink()
+            await manager.reload("web")
+            current = runner.zygote.pid  # type: ignore[attr-defined]
+            for pid in zygotes:  # every former one has ended
+                assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+            parents = {psutil.Process(c.pid).ppid() for c in manager["web"].containers}  # type: ignore[arg-type]
+            assert parents == {current}

@@ -114,7 +114,8 @@ class _Waiter:
             self.done.set()
             return
         if reply.kind == "fan-out":
-            self.instances = list(reply.value)
+            if reply.part == -1 and self.instances is None:  # the router's, once
+                self.instances = list(reply.value)
         elif self.instances is None or reply.part in self.instances:
             parts[reply.part] = reply
         if self.instances is not None and all(i in parts for i in self.instances):
@@ -325,7 +326,9 @@ class ServiceClient:
     ) -> list[Answer]:
         """Call `method(*args, **kwargs)` on every replica of `service` at once.
 
-        Each replica STARTED now gets the request. The call returns when all
+        Each replica attached now gets the request (STARTED, or starting
+        again after a refork; during a reload, the replica that is being
+        replaced, not the one replacing it). The call returns when all
         have answered, or when `deadline` passes: a replica that has not
         answered by then is an `Answer` whose error is `RequestTimeout`. One
         replica's failure is its own `Answer`, never an exception for the

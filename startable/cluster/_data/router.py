@@ -241,6 +241,8 @@ class Router:
             self._malformed(origin, source, message, why)
         elif isinstance(message, Call):
             self._call(origin, source, message)
+        elif isinstance(message, Reply) and message.kind == "fan-out":
+            self._malformed(origin, source, message, "only the router announces a fan-out")
         elif isinstance(message, Reply):
             forwarded = self._forwarded.get(message.id)
             if forwarded is not None and forwarded.callee is origin:  # only the callee answers
@@ -296,8 +298,14 @@ class Router:
         refusal = self.directory.call_refusal(source, callee)
         if refusal is None:
             endpoints = self.directory.endpoints(callee)
-            if call.pick == "all":
-                chosen = list(endpoints)
+            if call.pick == "all":  # one endpoint per instance: the oldest (a reload's
+                seen: set[int] = set()  # new replica is attached before it is STARTED)
+                chosen = []
+                for endpoint in endpoints:
+                    instance = self._instances.get(endpoint, 0)
+                    if instance not in seen:
+                        seen.add(instance)
+                        chosen.append(endpoint)
             elif len(endpoints) == 1:  # (the common case needs no pick)
                 chosen = [endpoints[0]]
             else:

@@ -107,8 +107,8 @@ class ServiceNode:
 
     @property
     def replicas(self) -> tuple[Replica, ...]:
-        """The replicas of a pool (`spec.replicas` > 1), in index order; empty for
-        any other service. A reload or `scale` changes them."""
+        """The replicas of a pool (`spec.is_pool`), in index order; empty for any
+        other service. A reload or `scale` changes them."""
         runner = self.runner
         return tuple(runner.replicas) if isinstance(runner, PoolRunner) else ()
 

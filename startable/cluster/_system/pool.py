@@ -164,6 +164,8 @@ class PoolRunner:
         self.replicas = [Replica(self, index, spec.replicas) for index in range(spec.replicas)]
         #: Replicas being retired (replaced by a reload, or scaled away), until stopped.
         self.retiring: set[Replica] = set()
+        #: Replicas a reload is starting, until they take their place.
+        self.joining: set[Replica] = set()
         #: The replica that holds the singleton role (None: none does now).
         self.holder: Replica | None = None
         #: Its fork server, while it runs (`spec.preload`).
@@ -220,7 +222,7 @@ class PoolRunner:
         supervisor = self._supervisor = Supervisor(
             node,
             restart=self._restart,
-            is_member=lambda replica: replica in self.replicas,
+            is_member=lambda replica: replica in self.replicas or replica in self.joining,
             notify=self._notify,
             on_exit="stop",  # a replica that stops for good ends the pool
         )
@@ -303,6 +305,9 @@ class PoolRunner:
         except Exception as exc:  # it failed again: the policy decides what next
             replica.last_error = exc
             supervisor.report(replica, exc)
+            return
+        if replica.held or replica not in self.replicas:  # retired while it restarted
+            await replica.stop_in(None)
 
     def _notify(self, name: str, decision: Decision, delay: float | None) -> None:
         if decision == "restarting":
@@ -317,7 +322,7 @@ class PoolRunner:
         self._giving = False
         if self._supervisor is not None:
             self._supervisor.close()
-        every = [*self.replicas, *self.retiring]
+        every = list(dict.fromkeys([*self.replicas, *self.joining, *self.retiring]))
         for replica in every:
             replica.held = True
         try:
@@ -407,9 +412,11 @@ class PoolRunner:
                 await self._start_new([new], "reload")
                 self.replicas[index] = new
                 await self._retire(old)
-            if former is not None:  # every replica it forked is retired
-                self._former.remove(former)
-                await former.aclose()
+            # every replica is now forked from self.zygote: the former ones
+            # (this reload's, and those of reloads that failed) have no child left
+            stale, self._former = self._former, []
+            for zygote in stale:
+                await zygote.aclose()
 
     async def scale(self, size: int) -> None:
         """Grow or shrink the pool to `size` replicas.
@@ -448,7 +455,11 @@ class PoolRunner:
         """Start `new` (at once, together); a failure is a ClusterError, and the
         replicas that failed are stopped and no longer the pool's."""
         self._running(what)
-        failed = await self._launch(new)
+        self.joining.update(new)  # the pool's from now: reforked, and stopped with it
+        try:
+            failed = await self._launch(new)
+        finally:
+            self.joining.difference_update(new)
         if not failed:
             return
         for replica, _ in failed:
@@ -458,8 +469,8 @@ class PoolRunner:
             await replica.stop_in(None)
         replica, error = failed[0]
         raise ClusterError(
-            f"cannot {what} pool {self.spec.name!r}: replica {replica.name} failed to start "
-            f"({type(error).__name__}: {error})"
+            f"cannot {what} pool {self.spec.name!r}: replica {replica.name} failed to "
+            f"start: {type(error).__name__}: {error}"
         ) from error
 
     async def _retire(self, replica: Replica) -> None:
