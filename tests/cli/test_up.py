@@ -526,15 +526,20 @@ async def test_the_shop_example_runs_serves_and_stops_in_reverse(anyio_backend: 
     assert any(line.startswith("kv     | kv: closing with ") for line in lines), cli.out
 
 
-async def test_the_shop_can_be_driven_from_python(
-    anyio_backend: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    spec = importlib.util.spec_from_file_location("shop_drive", SHOP.with_name("drive.py"))
+async def drive(script: Path) -> None:
+    """Run the `main()` of an example's drive script, in this process."""
+    spec = importlib.util.spec_from_file_location(f"drive_{script.parent.name}", script)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    await module.main()
+
+
+async def test_the_shop_can_be_driven_from_python(
+    anyio_backend: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with anyio.fail_after(120):
-        await module.main()
+        await drive(SHOP.with_name("drive.py"))
     out = capsys.readouterr().out
     assert "read: {'value': 'hello', 'hit': False}" in out
     assert "again: {'value': 'hello', 'hit': True}" in out
@@ -545,13 +550,8 @@ async def test_the_shop_can_be_driven_from_python(
 async def test_the_pool_example_reloads_and_scales_without_a_failed_request(
     anyio_backend: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    drive = ROOT / "examples" / "pool" / "drive.py"
-    spec = importlib.util.spec_from_file_location("pool_drive", drive)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     with anyio.fail_after(120):
-        await module.main()
+        await drive(ROOT / "examples" / "pool" / "drive.py")
     out = capsys.readouterr().out
     assert "one answer: hello from the pool" in out
     assert "replicas answering: [0, 1, 2, 3]" in out

@@ -89,6 +89,16 @@ def setup() -> tuple[Router, Replicated, Inbox, Inbox, Inbox]:
     return router, directory, caller, one, two
 
 
+def numbered() -> tuple[Router, Inbox, Inbox, Inbox]:
+    """A router, a caller, and two instances of "web" numbered 0 and 1."""
+    router = Router(Replicated())
+    caller, zero, one = Inbox("api"), Inbox("web 0"), Inbox("web 1")
+    router.attach("api", caller)
+    router.attach("web", zero, 0)
+    router.attach("web", one, 1)
+    return router, caller, zero, one
+
+
 def test_both_directories_implement_the_protocol() -> None:
     from startable.cluster._system.directory import LocalDirectory
     from startable.cluster._system.manager import ServicesManager
@@ -208,12 +218,7 @@ def test_creation_is_asked_of_the_directory_after_its_permission(setup: tuple) -
 
 
 def test_a_request_to_all_is_a_fan_out_then_a_part_from_each_instance() -> None:
-    directory = Replicated()
-    router = Router(directory)
-    caller, zero, one = Inbox("api"), Inbox("web 0"), Inbox("web 1")
-    router.attach("api", caller)
-    router.attach("web", zero, 0)
-    router.attach("web", one, 1)
+    router, caller, zero, one = numbered()
     router.handle(caller, replace(call(7), pick="all"))
     assert caller.got == [Reply(7, [0, 1], kind="fan-out")]
     (to_zero,), (to_one,) = zero.got, one.got
@@ -280,12 +285,7 @@ async def test_a_request_to_all_ends_at_its_deadline_with_the_silent_ones_timed_
 def test_a_service_may_have_max_in_flight_requests_waiting_and_no_more() -> None:
     from startable.cluster import MAX_IN_FLIGHT
 
-    directory = Replicated()
-    router = Router(directory)
-    caller, zero, one = Inbox("api"), Inbox("web 0"), Inbox("web 1")
-    router.attach("api", caller)
-    router.attach("web", zero, 0)
-    router.attach("web", one, 1)
+    router, caller, zero, one = numbered()
     for rid in range(1, MAX_IN_FLIGHT):
         router.handle(caller, call(rid))
     assert caller.got == [] and len(zero.got) + len(one.got) == MAX_IN_FLIGHT - 1
@@ -307,11 +307,7 @@ def test_a_service_may_have_max_in_flight_requests_waiting_and_no_more() -> None
 def test_a_callee_cannot_announce_a_fan_out() -> None:
     from startable.cluster._data.client import _Waiter
 
-    router = Router(Replicated())
-    caller, zero, one = Inbox("api"), Inbox("web 0"), Inbox("web 1")
-    router.attach("api", caller)
-    router.attach("web", zero, 0)
-    router.attach("web", one, 1)
+    router, caller, zero, _ = numbered()
     router.handle(caller, replace(call(7), pick="all"))
     (to_zero,) = zero.got
     router.handle(zero, Reply(to_zero.id, [], kind="fan-out"))  # a forged list of replicas

@@ -292,11 +292,20 @@ class Zygote:
             while True:
                 message, fds = await self._receive()
                 if isinstance(message, Forked) and len(fds) == 1:
-                    self._forked.append((message.pid, fds[0]))
+                    # The pid is the pidfd's, not what the zygote says: code of
+                    # the service's runs in it, and could name another process.
+                    pid = _pid_of(fds[0])
+                    if pid is None:
+                        os.close(fds[0])
+                        continue
+                    self._exited.setdefault(pid, anyio.Event())  # (it may end at once)
+                    self._forked.append((pid, fds[0]))
                     self._answer.set()
-                elif isinstance(message, Exited):
-                    self._exits[message.pid] = message.code
-                    self._exited.setdefault(message.pid, anyio.Event()).set()
+                elif isinstance(message, Exited) and message.pid in self._exited:
+                    # Only a replica it forked; a code a process can exit with.
+                    code = message.code if -256 < message.code < 256 else -signal.SIGKILL
+                    self._exits[message.pid] = code
+                    self._exited[message.pid].set()
                 else:
                     for fd in fds:
                         os.close(fd)
@@ -361,6 +370,19 @@ class Zygote:
         for _, pidfd in self._forked:
             os.close(pidfd)
         self._forked.clear()
+
+
+def _pid_of(pidfd: int) -> int | None:
+    """The pid a pidfd refers to (None: not a pidfd of a live process)."""
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd}") as info:
+            for line in info:
+                if line.startswith("Pid:"):
+                    pid = int(line.split()[1])
+                    return pid if pid > 0 else None
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 # -- the zygote's side --------------------------------------------------------------

@@ -19,6 +19,7 @@ from .._process.listen import ListenSocket
 from .pool import PoolRunner, Replica
 from .runners import ContainerRunner, InProcessRunner, Runner
 from .services import RestartPolicy, ServiceSpec
+from .supervisor import uptime
 
 logger = logging.getLogger("startable.cluster")
 READY, STARTED, STOPPED = State.READY, State.STARTED, State.STOPPED
@@ -175,9 +176,7 @@ class ServiceNode:
     @property
     def uptime(self) -> float | None:
         """Seconds since it was last STARTED (None when it is not)."""
-        if self.started_at is None or of(self).state is not STARTED:
-            return None
-        return time.monotonic() - self.started_at
+        return uptime(self, self.started_at)
 
     # -- lifecycle ----------------------------------------------------------------
 

@@ -47,7 +47,7 @@ from .._process.zygote import Zygote
 from .launch import Report, launch_in_order
 from .runners import ContainerRunner, InProcessRunner
 from .services import MAX_REPLICAS, RestartPolicy, ServiceSpec
-from .supervisor import Decision, Supervisor
+from .supervisor import Decision, Supervisor, uptime
 
 logger = logging.getLogger("startable.cluster")
 STARTED = State.STARTED
@@ -114,9 +114,7 @@ class Replica:
     @property
     def uptime(self) -> float | None:
         """Seconds since it was last STARTED (None when it is not)."""
-        if self.started_at is None or of(self).state is not STARTED:
-            return None
-        return time.monotonic() - self.started_at
+        return uptime(self, self.started_at)
 
     @as_raw_start
     async def _start(self) -> None:

@@ -35,6 +35,14 @@ STARTING, STARTED, STOPPED = State.STARTING, State.STARTED, State.STOPPED
 Decision = Literal["restarting", "escalated"]
 
 
+def uptime(member: object, started_at: float | None) -> float | None:
+    """Seconds since `member` (a lifecycle) was last STARTED at `started_at`
+    (`time.monotonic()`); None when it is not STARTED."""
+    if started_at is None or of(member).state is not STARTED:
+        return None
+    return time.monotonic() - started_at
+
+
 class Member(Protocol):
     """What a supervisor needs of a member (a `ServiceNode`, a replica): it
     is a lifecycle, with these."""
