@@ -320,3 +320,43 @@ def test_the_hook_lets_the_kernel_answer_first_and_follows_descriptors(
         "remove-symlink": "done",
     }
     unchanged(outside)
+
+
+HOOK_SOCKETS = """
+import socket, sys
+from startable.cluster._ipc.messages import PermissionSpec
+from startable.cluster._sandbox.audit import audit_hook
+listener = socket.create_server(("127.0.0.1", 0))  # (before the hook: given to the service)
+peer = socket.create_connection(listener.getsockname())
+ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+sys.addaudithook(audit_hook(PermissionSpec(), False, ()))
+for name, call in [
+    ("new-inet-socket", lambda: socket.socket(socket.AF_INET)),
+    ("accept-on-a-given-listener", lambda: listener.accept()),
+    ("adopt-a-descriptor", lambda: socket.socket(fileno=listener.fileno()).detach()),
+    ("sendto-inet", lambda: peer.sendto(b"x", listener.getsockname())),
+    ("sendmsg-inet", lambda: peer.sendmsg([b"x"])),
+    ("sendmsg-unix", lambda: socket.send_fds(ours, [b"x"], [0])),
+]:
+    try:
+        call()
+        print(name, "done")
+    except OSError as exc:
+        print(name, type(exc).__name__)
+"""
+
+
+def test_the_hook_refuses_new_network_sockets_not_those_held_or_unix_sends() -> None:
+    """Without `network`: a listener the service was given accepts (as seccomp lets it),
+    and a send on a unix socket is local; a new inet socket or an inet send is refused."""
+    result = subprocess.run(
+        [sys.executable, "-c", HOOK_SOCKETS], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert dict(line.split(" ", 1) for line in result.stdout.splitlines()) == {
+        "new-inet-socket": "PermissionError",
+        "accept-on-a-given-listener": "done",
+        "adopt-a-descriptor": "done",
+        "sendto-inet": "PermissionError",
+        "sendmsg-inet": "PermissionError",
+        "sendmsg-unix": "done",
+    }

@@ -576,3 +576,18 @@ async def test_failed_reloads_leave_no_zygote_behind(tmp_path: Path) -> None:
                 assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
             parents = {psutil.Process(c.pid).ppid() for c in manager["web"].containers}  # type: ignore[arg-type]
             assert parents == {current}
+
+
+@pytest.mark.parametrize("preload", [False, True])
+async def test_a_pool_without_network_serves_its_given_port(preload: bool) -> None:
+    # Without `network` a replica accepts on the listener it was given (no new
+    # socket); a zygote sends on its own unix socket.
+    manager = ServicesManager([pool(2, preload=preload, permissions=Permissions())])
+    with anyio.fail_after(60):
+        async with startable.running(manager):
+            node = manager["web"]
+            answers = await manager.client.request_all("web", "whoami")
+            assert [answer.value[1:] for answer in answers] == [[0, 2], [1, 2]]
+            (listener,) = node.listeners
+            pids = {container.pid for container in node.containers}
+            assert await greeting(listener.socket.getsockname()) in pids

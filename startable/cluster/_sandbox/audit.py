@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any, Final, Literal
 
@@ -100,6 +101,23 @@ def _local(family: int, kind: int) -> bool:
     return family == socket.AF_UNIX and (kind == -1 or kind & 0xF in _UNIX_TYPES)
 
 
+def _adopted() -> bool:
+    """Whether the socket being made is for a descriptor this process holds already
+    (`accept`, `socket(fileno=...)`): no new socket, as seccomp sees it."""
+    caller = sys._getframe(2)  # (the hook's caller: the Python socket.__init__)
+    return caller.f_code is _SOCKET_INIT and caller.f_locals.get("fileno") is not None
+
+
+_SOCKET_INIT: Final = socket.socket.__init__.__code__
+
+
+def _unix_send(event: str, args: tuple[Any, ...]) -> bool:
+    """Whether `event` sends on a unix socket (local, as seccomp lets it be)."""
+    if event not in ("socket.sendmsg", "socket.sendto") or not args:
+        return False
+    return isinstance(args[0], socket.socket) and args[0].family == socket.AF_UNIX
+
+
 def _where(path: object, dir_fd: object, kind: _Kind) -> tuple[str, ...]:
     """The absolute paths a call on `path` (relative to `dir_fd`) would change."""
     if isinstance(path, int):  # a descriptor: what it has open
@@ -168,11 +186,11 @@ def audit_hook(
             if not spec.subprocesses and not (event == "os.fork" and os.getpid() in _FORKERS):
                 raise _refuse(f"start processes ({event})")
         elif event in _NETWORK_EVENTS:
-            if not spec.network:
+            if not spec.network and not _unix_send(event, args):
                 raise _refuse(f"use the network ({event})")
         elif event == "socket.__new__":  # (socket, family, type, proto); -1 for a descriptor
             family, kind = args[1], args[2]
-            if not spec.network and not _local(family, kind):
+            if not spec.network and not _local(family, kind) and not _adopted():
                 raise _refuse(f"use the network (a socket of family {family}, type {kind})")
         elif check_opens and event == "open" and isinstance(args[0], (str, bytes)):
             path = os.path.join(os.path.realpath(os.fsdecode(args[0])), "")
