@@ -11,6 +11,11 @@ import anyio.abc
 import startable
 from startable.cluster import Event, handler, this_service
 
+if (_slow := os.environ.get("STARTABLE_TEST_SLOW_IMPORT_IF", "")) and os.path.exists(_slow):
+    import time
+
+    time.sleep(2)  # a slow preload (in a pool's zygote)
+
 
 class Store:
     """A key-value store; it also records the events published on "orders"."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol, TextIO
 
@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.text import Text
 
 from .. import State
-from ..cluster import OutputLine, ServiceEvent, ServicesManager
+from ..cluster import OutputLine, ServiceEvent, ServicesManager, ServiceSpec
 from ..program import Phase
 from ._humanise import colour_of, forced_signal, in_order, short_error
 from ._output import coloured_line, escape, output_line
@@ -26,6 +26,19 @@ from ._table import render
 
 _REFRESH = 0.5  # seconds between two frames of the live display
 _TICKS_PER_FRAME = 5  # output is printed this many times per frame
+
+
+def label(service: str, line: OutputLine) -> str:
+    """Who wrote `line`: the service, and which replica of a pool (`web#2`)."""
+    return service if line.replica is None else f"{service}#{line.replica}"
+
+
+def label_width(services: Sequence[ServiceSpec]) -> int:
+    """How wide the labels of `services`' output are (a pool's replicas' at its size)."""
+    return max(
+        (len(s.name) + (len(f"#{s.replicas - 1}") if s.is_pool else 0) for s in services),
+        default=0,
+    )
 
 
 def describe_event(manager: ServicesManager, event: ServiceEvent) -> str:
@@ -96,7 +109,9 @@ class PlainReporter:
         self._write(self.out, describe_event(manager, event))
 
     def output(self, service: str, line: OutputLine) -> None:
-        self._write(self.out, f"{escape(service):<{self.width}} | {output_line(line.text)}")
+        self._write(
+            self.out, f"{escape(label(service, line)):<{self.width}} | {output_line(line.text)}"
+        )
 
     def say(self, text: str, *, error: bool = False) -> None:
         self._write(self.err if error else self.out, escape(text, newlines=True))
@@ -147,7 +162,9 @@ class LiveReporter:
             self._print(Text(describe_event(manager, event), style="yellow"))
 
     def output(self, service: str, line: OutputLine) -> None:
-        prefix = Text(f"{escape(service):<{self.width}}", style=colour_of(service, self.colours))
+        prefix = Text(
+            f"{escape(label(service, line)):<{self.width}}", style=colour_of(service, self.colours)
+        )
         if line.stream == "stderr":
             prefix.append(" ┃ ", style="dim red")
         else:

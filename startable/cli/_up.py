@@ -31,7 +31,7 @@ from ..cluster import (
 from ..program import EXIT_FAILED, EXIT_FORCED, EXIT_OK, EXIT_USAGE, Phase, drive
 from ._humanise import describe_error, service_colours
 from ._output import escape, nonblocking_std_streams
-from ._reporters import LiveReporter, PlainReporter, Reporter
+from ._reporters import LiveReporter, PlainReporter, Reporter, label_width
 
 STARTED = State.STARTED
 
@@ -85,7 +85,7 @@ def up(
         services = dev_services(services)
         watching = Watching(watched_directories(services), cluster.reload_delay)
     order = [spec.name for spec in services]
-    width = max((len(name) for name in order), default=0)
+    width = label_width(services)
     root = logging.getLogger()
     level = root.level
     try:

@@ -855,9 +855,10 @@ async def test_sighup_reloads_the_pools_and_ttin_ttou_scale_them(tmp_path: Path)
     assert "SIGHUP received: reloading web (2 replicas, one by one)" in cli.out
     assert "SIGTTIN received: web from 2 to 3 replicas" in cli.out
     assert "SIGTTOU received: web from 3 to 2 replicas" in cli.out
-    ups = re.findall(r"web \| replica (\d) of (\d) up \(pid (\d+)\)", cli.out)
+    ups = re.findall(r"web#(\d) +\| replica (\d) of (\d) up \(pid (\d+)\)", cli.out)
     # two first, two from the reload (new processes, their output shown), one from TTIN
-    assert len(ups) == 5 and len({pid for _, _, pid in ups}) == 5, cli.out
+    assert len(ups) == 5 and len({pid for *_, pid in ups}) == 5, cli.out
+    assert all(label == index for label, index, *_ in ups), cli.out  # (which replica wrote it)
     for pid in first:
         assert f"down (pid {pid})" in cli.out
 
@@ -908,7 +909,7 @@ async def test_dev_mode_runs_one_replica_and_reloads_it_once_for_two_quick_saves
             cli.process.send_signal(signal.SIGINT)
             code = await cli.finish()
     assert code == 0, (cli.out, cli.err)
-    assert re.search(r"^web +\| web version 1 up: replica 0 of 1$", cli.out, re.M)  # one replica
+    assert re.search(r"^web#0 +\| web version 1 up: replica 0 of 1$", cli.out, re.M)  # one replica
     assert "version 2 up" not in cli.out
     assert cli.out.count("changed: reloading web") == 1
     assert cli.out.count("agent up") == 1  # not a pool: never reloaded

@@ -360,3 +360,31 @@ def test_the_hook_refuses_new_network_sockets_not_those_held_or_unix_sends() -> 
         "sendmsg-inet": "PermissionError",
         "sendmsg-unix": "done",
     }
+
+
+def test_forks_are_granted_once_and_never_to_a_fork() -> None:
+    """What a zygote forks runs the service's code: it cannot grant itself forks again."""
+    code = """
+import os, sys
+from startable.cluster._ipc.messages import PermissionSpec
+from startable.cluster._sandbox.audit import audit_hook, allow_forks_here
+sys.addaudithook(audit_hook(PermissionSpec(), False, ()))
+allow_forks_here()
+pid = os.fork()
+if pid == 0:
+    try:
+        allow_forks_here()
+        os._exit(3)
+    except PermissionError:
+        pass
+    try:
+        os.fork()
+        os._exit(4)
+    except PermissionError:
+        os._exit(0)
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "0", result.stderr

@@ -591,3 +591,29 @@ async def test_a_pool_without_network_serves_its_given_port(preload: bool) -> No
             (listener,) = node.listeners
             pids = {container.pid for container in node.containers}
             assert await greeting(listener.socket.getsockname()) in pids
+
+
+async def test_a_manager_stopped_while_a_reload_preloads_leaves_no_zygote(tmp_path: Path) -> None:
+    flag = tmp_path / "slow"
+    me = psutil.Process()
+    env = {"STARTABLE_TEST_SLOW_IMPORT_IF": str(flag)}
+    manager = ServicesManager([pool(2, preload=True, env=env)])
+    with anyio.fail_after(60):
+        async with startable.open_owner():
+            await startable.of(manager).start()
+            runner = manager["web"].runner
+            first = runner.zygote  # type: ignore[attr-defined]
+            flag.touch()  # the next zygote takes a while to import the entry
+
+            async def reload() -> None:
+                with pytest.raises(ClusterError):  # (stopped under it)
+                    await manager.reload("web")
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(reload)
+                while len(runner._zygotes) < 2:  # type: ignore[attr-defined]  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+                await startable.of(manager).stop()
+            assert runner.zygote is None and first.pid is not None  # type: ignore[attr-defined]
+    left = [p for p in me.children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+    assert left == []

@@ -92,6 +92,9 @@ class ServiceContainer:
         #: The fork server each incarnation is forked from (None: each is a new
         #: interpreter); set by a pool that preloads (`preload = true`).
         self.zygote: Zygote | None = None
+        #: The index of the pool's replica it runs (None: not a pool's); set by
+        #: the pool, and given in every `OutputLine`.
+        self.replica: int | None = None
         #: The controllers of past incarnations, newest last (the current one
         #: too): `history` at most, each past one retired (see
         #: `ServiceController.retire`).
@@ -127,6 +130,7 @@ class ServiceContainer:
             options=self.options,
             listeners=self.listeners,
             zygote=self.zygote,
+            replica=self.replica,
         )
         for past in self.incarnations:
             past.retire()

@@ -70,6 +70,8 @@ class OutputLine:
     stream: Literal["stdout", "stderr"]
     text: str
     time: float
+    #: The index of the pool's replica that wrote it (None: not a pool's).
+    replica: int | None = None
 
 
 @attrs.frozen
@@ -121,6 +123,8 @@ class ServiceController:
         listeners: listening sockets the child gets as systemd's socket
             activation gives them (descriptors 3, 4..., `LISTEN_FDS`; see
             `listen_sockets`). They stay open here, for the next incarnation.
+        zygote: the pool's fork server to fork its process from (None: spawn it).
+        replica: the index of the pool's replica it runs (None: not a pool's).
     """
 
     def __init__(
@@ -137,8 +141,11 @@ class ServiceController:
         sockets: Mapping[str, socket.socket] | None = None,
         listeners: Sequence[ListenSocket] = (),
         zygote: Zygote | None = None,
+        replica: int | None = None,
     ) -> None:
         self.entry = entry
+        #: The index of the pool's replica it runs (None: not a pool's), in its output lines.
+        self.replica = replica
         #: The pool's fork server its process is forked from (None: it is spawned).
         self.zygote = zygote
         self._sockets = dict(sockets or {})
@@ -374,7 +381,7 @@ class ServiceController:
     async def _read_output(self, stream: Literal["stdout", "stderr"], fileno: int) -> None:
         try:
             async for text in read_lines(fileno):
-                line = OutputLine(stream, text, time.time())
+                line = OutputLine(stream, text, time.time(), self.replica)
                 self.output.append(line)
                 if self.on_output is not None:
                     self.on_output(line)

@@ -86,16 +86,17 @@ class Failed(ZygoteMessage, tag="failed", frozen=True):
 class Fork(ZygoteMessage, tag="fork", frozen=True):
     """Fork a replica. Descriptors come with the packet: `fds` names the
     environment variable each one is given in (in order); stdout and stderr
-    are the last two."""
+    are the last two. `seq` numbers the request (its answer says it)."""
 
+    seq: int
     env: dict[str, str]
     fds: tuple[str, ...]
 
 
 class Forked(ZygoteMessage, tag="forked", frozen=True):
-    """A replica was forked (its pidfd comes with the packet)."""
+    """The replica of request `seq` was forked (its pidfd comes with the packet)."""
 
-    pid: int
+    seq: int
 
 
 class Exited(ZygoteMessage, tag="exited", frozen=True):
@@ -176,9 +177,9 @@ class Zygote:
         self._sock: socket.socket | None = None
         self._exits: dict[int, int] = {}
         self._exited: dict[int, anyio.Event] = {}
-        self._forked: list[tuple[int, int]] = []
-        self._forking = anyio.Lock()
-        self._answer = anyio.Event()
+        self._seq = 0
+        # Fork requests waiting for their answer: seq -> (set on it, the pid and pidfd).
+        self._asked: dict[int, tuple[anyio.Event, list[tuple[int, int]]]] = {}
         #: Set once its process has ended (it forks no more).
         self.ended = anyio.Event()
         #: Called once, when it ends on its own (it forks no more).
@@ -213,8 +214,13 @@ class Zygote:
         self._sock = ours
         start_soon(self._drain_output, self._process.stdout)
         start_soon(self._drain_output, self._process.stderr)
-        await self._send(Preload(self.entry, self.code, self.permissions, self.resources_interval))
-        answer, _ = await self._receive()
+        try:
+            await self._send(
+                Preload(self.entry, self.code, self.permissions, self.resources_interval)
+            )
+            answer, _ = await self._receive()
+        except anyio.ClosedResourceError:
+            raise ClusterError(f"{self.name}: the zygote was closed while it preloaded") from None
         if isinstance(answer, Failed):
             raise RemoteError(answer.error, "preloading the entry")
         if not isinstance(answer, Preloaded):
@@ -250,8 +256,8 @@ class Zygote:
         err_read, err_write = os.pipe()
         cgroup = Cgroup.make(label)
         try:
-            request = Fork(dict(env), tuple(name for name, _ in fds))
-            pid, pidfd = await self._ask(request, [*(fd for _, fd in fds), out_write, err_write])
+            names = tuple(name for name, _ in fds)
+            pid, pidfd = await self._ask(env, names, [*(fd for _, fd in fds), out_write, err_write])
         except BaseException:
             for fd in (out_read, err_read):
                 os.close(fd)
@@ -261,31 +267,52 @@ class Zygote:
         finally:
             os.close(out_write)
             os.close(err_write)
-        tracked = cgroup if cgroup is not None and cgroup.add(pid) else None
+        # Until its pidfd says it exited, the zygote has not reaped it: the pid is
+        # still its own (not another process's) when it joins the cgroup.
+        alive = not select.select([pidfd], [], [], 0)[0]
+        tracked = cgroup if cgroup is not None and alive and cgroup.add(pid) else None
         if cgroup is not None and tracked is None:
             cgroup.remove()
-        self._exited.setdefault(pid, anyio.Event())
         for fd in (out_read, err_read):
             os.set_blocking(fd, False)
         return ForkedProcess(self, pid, pidfd, out_read, err_read, tracked)
 
-    async def _ask(self, request: Fork, fds: Sequence[int]) -> tuple[int, int]:
-        """Send one fork request; the new process's pid and pidfd."""
-        async with self._forking:  # one fork at a time: answers come in order
-            self._answer = anyio.Event()
-            await self._send(request, fds)
+    async def _ask(
+        self, env: Mapping[str, str], names: tuple[str, ...], fds: Sequence[int]
+    ) -> tuple[int, int]:
+        """Send one fork request; the new process's pid and pidfd.
+
+        A request given up (cancelled, timed out) is answered all the same,
+        later: the process forked for it is killed then (see `_read`).
+        """
+        self._seq += 1
+        seq = self._seq
+        answered, answer = self._asked[seq] = anyio.Event(), []
+        try:
+            await self._send(Fork(seq, dict(env), names), fds)
             with anyio.fail_after(30):
-                await self._answer.wait()
-            if not self._forked:
-                raise ClusterError(f"{self.name}: its zygote ended while forking")
-            return self._forked.pop()
+                await answered.wait()
+        except BaseException as exc:
+            for _, pidfd in answer:  # answered, but given up: no one will watch it
+                _kill(pidfd)
+            if isinstance(exc, anyio.ClosedResourceError):
+                raise ClusterError(f"{self.name}: its zygote ended while forking") from None
+            raise
+        finally:
+            del self._asked[seq]
+        if not answer:
+            raise ClusterError(f"{self.name}: its zygote ended while forking")
+        return answer[0]
 
     async def exit_code(self, pid: int) -> int:
         """The exit code of the replica `pid`, once the zygote has reaped it."""
         event = self._exited.setdefault(pid, anyio.Event())
-        await event.wait()
-        self._exited.pop(pid, None)
-        return self._exits.pop(pid, -signal.SIGKILL)
+        try:
+            await event.wait()
+            return self._exits.get(pid, -signal.SIGKILL)
+        finally:  # (given up: a later report of it is dropped)
+            self._exited.pop(pid, None)
+            self._exits.pop(pid, None)
 
     async def _read(self) -> None:
         try:
@@ -295,12 +322,13 @@ class Zygote:
                     # The pid is the pidfd's, not what the zygote says: code of
                     # the service's runs in it, and could name another process.
                     pid = _pid_of(fds[0])
-                    if pid is None:
-                        os.close(fds[0])
+                    asked = self._asked.get(message.seq)
+                    if pid is None or asked is None or asked[0].is_set():
+                        _kill(fds[0])  # a request given up (or no answer to one)
                         continue
                     self._exited.setdefault(pid, anyio.Event())  # (it may end at once)
-                    self._forked.append((pid, fds[0]))
-                    self._answer.set()
+                    asked[1].append((pid, fds[0]))
+                    asked[0].set()
                 elif isinstance(message, Exited) and message.pid in self._exited:
                     # Only a replica it forked; a code a process can exit with.
                     code = message.code if -256 < message.code < 256 else -signal.SIGKILL
@@ -309,11 +337,12 @@ class Zygote:
                 else:
                     for fd in fds:
                         os.close(fd)
-        except (ClusterError, OSError):
-            pass
+        except (ClusterError, OSError, anyio.ClosedResourceError):
+            pass  # (closed: by aclose)
         finally:
             self.ended.set()
-            self._answer.set()
+            for answered, _ in self._asked.values():
+                answered.set()
             for event in self._exited.values():
                 event.set()
             if self._sock is not None and self.on_end is not None:  # (not by aclose)
@@ -321,7 +350,8 @@ class Zygote:
 
     async def _send(self, message: ZygoteMessage, fds: Sequence[int] = ()) -> None:
         sock = self._sock
-        assert sock is not None
+        if sock is None:
+            raise ClusterError(f"{self.name}: the zygote was closed")
         data = _encoder.encode(message)
         while True:
             try:
@@ -332,7 +362,8 @@ class Zygote:
 
     async def _receive(self) -> tuple[AnyZygoteMessage, list[int]]:
         sock = self._sock
-        assert sock is not None
+        if sock is None:
+            raise ClusterError(f"{self.name}: the zygote was closed")
         while True:
             try:
                 data, fds, _, _ = socket.recv_fds(sock, MAX_PACKET, 1)
@@ -354,6 +385,7 @@ class Zygote:
         """End the zygote (its replicas are stopped first, by their controllers)."""
         sock, self._sock = self._sock, None
         if sock is not None:
+            anyio.notify_closing(sock)  # (its reader, and a fork waiting to send, end)
             sock.close()  # it sees the end of its socket, and exits
         process, self._process = self._process, None
         if process is not None:
@@ -367,9 +399,13 @@ class Zygote:
             for fd in (process.stdout, process.stderr):
                 anyio.notify_closing(fd)
             await process.aclose()
-        for _, pidfd in self._forked:
-            os.close(pidfd)
-        self._forked.clear()
+
+
+def _kill(pidfd: int) -> None:
+    """Kill the process of `pidfd` (its zygote reaps it) and close the pidfd."""
+    with contextlib.suppress(OSError):
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    os.close(pidfd)
 
 
 def _pid_of(pidfd: int) -> int | None:
@@ -452,7 +488,7 @@ def _fork_on_request(sock: socket.socket, mechanisms: tuple[str, ...]) -> NoRetu
                 selector.register(pidfd, selectors.EVENT_READ)
                 ours = os.dup(pidfd)
                 try:
-                    socket.send_fds(sock, [_encoder.encode(Forked(pid))], [ours])
+                    socket.send_fds(sock, [_encoder.encode(Forked(request.seq))], [ours])
                 finally:
                     os.close(ours)
             else:  # a replica has exited: end what is left in its group, then reap it
@@ -484,6 +520,7 @@ def _fork(
 ) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
+    parent = os.getpid()  # (read after the fork, it could be a reaper's: the zygote may be gone)
     pid = os.fork()
     if pid:
         for fd in fds:
@@ -507,13 +544,15 @@ def _fork(
             values.setdefault(name, []).append(str(fd))
         os.environ.update((name, ",".join(fds)) for name, fds in values.items())
         os.environ[ENV_PRELOADED] = json.dumps(list(mechanisms))
-        os.environ[ENV_PARENT] = str(os.getppid())
+        os.environ[ENV_PARENT] = str(parent)
         from . import remote
 
         remote.main()
-    except SystemExit as exit:
-        code = exit.code if isinstance(exit.code, int) else 1
-        os._exit(code)
+    except SystemExit as exit:  # as the interpreter exits for it
+        if exit.code is None or isinstance(exit.code, int):
+            os._exit(exit.code or 0)
+        print(exit.code, file=sys.stderr, flush=True)
+        os._exit(1)
     except BaseException:
         import traceback
 

@@ -150,8 +150,17 @@ _FORKERS: set[int] = set()
 
 
 def allow_forks_here() -> None:
-    """Let this process (not those it starts) call `os.fork` despite the hook."""
-    _FORKERS.clear()
+    """Let this process (not those it starts) call `os.fork` despite the hook.
+
+    Once per interpreter, and so never in what it forks: a replica, which
+    runs the service's code, cannot grant itself forks by calling it again.
+
+    Raises:
+        PermissionError: it was called before, here or in a process this one
+            was forked from.
+    """
+    if _FORKERS:
+        raise _refuse("grant itself forks: they were granted to its zygote only")
     _FORKERS.add(os.getpid())
 
 

@@ -93,6 +93,7 @@ class Replica:
             on_output=pool.on_output,
         )
         self.runner = ContainerRunner(spec, pool.router, index)
+        self.runner.container.replica = index  # (its output lines say which replica)
         self._starting = FailFast()
 
     def __repr__(self) -> str:
@@ -168,7 +169,9 @@ class PoolRunner:
         self.holder: Replica | None = None
         #: Its fork server, while it runs (`spec.preload`).
         self.zygote: Zygote | None = None
-        self._former: list[Zygote] = []  # replaced by a reload that did not finish
+        # Every zygote it started and has not closed: the current one, those a
+        # reload is starting or replaced (their replicas are their children).
+        self._zygotes: list[Zygote] = []
         self.listeners: tuple[ListenSocket, ...] = ()
         #: How many times a replica became STARTED (the pool's `limit` watches it).
         self.revived = 0
@@ -328,8 +331,7 @@ class PoolRunner:
                 for replica in every:
                     group.start_soon(replica.stop_in, err)
         finally:  # its replicas are gone: so may its zygotes be
-            zygotes = [*self._former, *([self.zygote] if self.zygote else [])]
-            self.zygote, self._former = None, []
+            zygotes, self._zygotes, self.zygote = self._zygotes, [], None
             for zygote in zygotes:
                 await zygote.aclose()
 
@@ -360,10 +362,14 @@ class PoolRunner:
                 )
 
         zygote.on_end = ended
+        self._zygotes.append(zygote)  # (a stop while it preloads closes it too)
         try:
             await zygote.start(node.start_soon)
         except BaseException:
-            await zygote.aclose()
+            with anyio.CancelScope(shield=True):
+                await zygote.aclose()
+            if zygote in self._zygotes:
+                self._zygotes.remove(zygote)
             raise
         return zygote
 
@@ -398,11 +404,11 @@ class PoolRunner:
         """
         self._running("reload")
         async with self._lock():
-            former = self.zygote
-            if former is not None:  # new code: a new zygote preloads it
+            if self.zygote is not None:  # new code: a new zygote preloads it
                 assert self._node is not None
-                self.zygote = await self._zygote(self._node)
-                self._former.append(former)  # its replicas are its children: kept till gone
+                zygote = await self._zygote(self._node)
+                self._running("reload")  # (stopped while it preloaded: the stop closed it)
+                self.zygote = zygote  # the former: its replicas are its children, kept till gone
             for index in range(len(self.replicas)):
                 self._running("reload")  # (a failure may have stopped it meanwhile)
                 old = self.replicas[index]
@@ -412,7 +418,8 @@ class PoolRunner:
                 await self._retire(old)
             # every replica is now forked from self.zygote: the former ones
             # (this reload's, and those of reloads that failed) have no child left
-            stale, self._former = self._former, []
+            stale = [zygote for zygote in self._zygotes if zygote is not self.zygote]
+            self._zygotes = [zygote for zygote in self._zygotes if zygote is self.zygote]
             for zygote in stale:
                 await zygote.aclose()
 
