@@ -56,7 +56,8 @@ def describe_event(manager: ServicesManager, event: ServiceEvent) -> str:
         )
         if change.current is State.STARTED and node is not None and node.replicas:
             pids = ", ".join(str(r.pid) for r in node.replicas if r.pid is not None)
-            text += f" ({len(node.replicas)} replicas: pids {pids})"
+            plural = "s" if len(node.replicas) != 1 else ""
+            text += f" ({len(node.replicas)} replica{plural}: pid{plural} {pids})"
         elif change.current is State.STARTED and node is not None and node.pid is not None:
             text += f" (pid {node.pid})"
         elif change.reason is not None or forced is not None:

@@ -866,6 +866,8 @@ async def test_sighup_reloads_the_pools_and_ttin_ttou_scale_them(tmp_path: Path)
 DEV_APP = """
 import os
 
+import anyio
+
 import startable
 from startable.cluster import this_service
 
@@ -877,6 +879,12 @@ class Web:
     async def _start(self) -> None:
         me = this_service()
         print(f"web version {{VERSION}} up: replica {{me.replica}} of {{me.replicas}}", flush=True)
+        if VERSION == 0:  # a bug that crashes it once it runs
+            startable.of(self).start_soon(self._crash)
+
+    async def _crash(self) -> None:
+        await anyio.sleep(0.5)  # (STARTED by then)
+        os._exit(1)
 
 
 class Agent:
@@ -913,3 +921,26 @@ async def test_dev_mode_runs_one_replica_and_reloads_it_once_for_two_quick_saves
     assert "version 2 up" not in cli.out
     assert cli.out.count("changed: reloading web") == 1
     assert cli.out.count("agent up") == 1  # not a pool: never reloaded
+
+
+@trio_only
+async def test_dev_mode_starts_a_crashed_pool_again_on_the_next_save(tmp_path: Path) -> None:
+    app = tmp_path / "devapp.py"
+    app.write_text(DEV_APP.format(version=1))
+    path = tmp_path / "dev.toml"
+    path.write_text(
+        '[cluster]\nname = "demo"\nreload_delay = 0.2\n'
+        '[services.web]\nentry = "devapp:Web"\nreplicas = 2\n'
+    )
+    with anyio.fail_after(60):
+        async with up(path, "--dev") as cli:
+            await cli.wait_for("demo: 1 services STARTED")
+            app.write_text(DEV_APP.format(version=0))  # the save brings the bug in...
+            await cli.wait_for("web: STOPPED")  # ...and the replica crashes (no refork)
+            app.write_text(DEV_APP.format(version=2))  # the fix
+            await cli.wait_for("changed: starting web again")
+            await cli.wait_for("web version 2 up")
+            await cli.wait_for("web: reloaded")
+            cli.process.send_signal(signal.SIGINT)
+            code = await cli.finish()
+    assert code == 0, (cli.out, cli.err)
