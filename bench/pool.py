@@ -23,6 +23,7 @@ skipped without it. Figures are the best of several rounds, interleaved.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -257,6 +258,17 @@ def main() -> int:
                 f"{two:,.0f} vs {one:,.0f} req/s {errors['pool2']}".strip(),
                 f"{two / one:.2f}x",
                 two / one >= 1.6,
+            )
+        )
+        # On a 2-core machine the load generator takes a core: how far a second
+        # worker can scale there, shown by gunicorn under the same load.
+        g1, g2 = best["gunicorn1"], best["gunicorn2"]
+        rows.append(
+            (
+                "  (for context) gunicorn, 2 workers vs 1",
+                f"{g2:,.0f} vs {g1:,.0f} req/s, {os.cpu_count()} cores with wrk on them",
+                f"{g2 / g1:.2f}x",
+                None,
             )
         )
         for replicas in (1, 2):

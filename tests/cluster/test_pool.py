@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import signal
 from pathlib import Path
@@ -617,3 +618,47 @@ async def test_a_manager_stopped_while_a_reload_preloads_leaves_no_zygote(tmp_pa
             assert runner.zygote is None and first.pid is not None  # type: ignore[attr-defined]
     left = [p for p in me.children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
     assert left == []
+
+
+async def test_twenty_kills_while_clients_hammer_the_port_refuse_no_connection() -> None:
+    """One replica at a time is SIGKILLed while another lives: no connection is refused.
+
+    A connection that the killed process had accepted and not answered is cut
+    with it (SIGKILL leaves it no drain); every other is served.
+    """
+    manager = ServicesManager([pool(3)])
+    served, refused, cut = [0], [0], [0]
+
+    async def client(address: tuple[str, int], stop: anyio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await greeting(address)
+                served[0] += 1
+            except ConnectionRefusedError:
+                refused[0] += 1
+            except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError, ValueError):
+                cut[0] += 1
+
+    with anyio.fail_after(120):
+        async with startable.running(manager):
+            node = manager["web"]
+            (listener,) = node.listeners
+            address = listener.socket.getsockname()
+            rng = random.Random(20)
+            stop = anyio.Event()
+            async with anyio.create_task_group() as group:
+                for _ in range(4):
+                    group.start_soon(client, address, stop)
+                for _ in range(20):
+                    index = rng.randrange(3)
+                    victim = node.containers[index].pid
+                    os.kill(victim, signal.SIGKILL)  # type: ignore[arg-type]
+                    before = served[0]
+                    await replaced(node, index, victim)
+                    while served[0] < before + 10:  # noqa: ASYNC110 - served by others meanwhile
+                        await anyio.sleep(0.01)
+                stop.set()
+            assert startable.of(node).state is State.STARTED
+    assert refused == [0]
+    assert cut[0] <= 20 * 4, (served, cut)  # at most the connections each killed process held
+    assert served[0] >= 200
