@@ -50,6 +50,7 @@ EXPECTED = {
         "heard: hello from the greeter",
         "greeter: STOPPED",
     ],
+    "embedded_redis.py": ["hello from an embedded server", "after the block: STOPPED, pid None"],
     "observe.py": [
         "cycle 1: READY -> STARTING",
         "STARTED -> STOPPING because TimeoutError('the upstream did not answer')",

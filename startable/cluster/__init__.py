@@ -66,6 +66,7 @@ if _TYPE_CHECKING:
     from ._process.listen import bind_listener as bind_listener
     from ._process.listen import listen_sockets as listen_sockets
     from ._process.options import ProcessOptions as ProcessOptions
+    from ._redis.server import EmbeddedRedis as EmbeddedRedis
     from ._sandbox.permissions import Permissions as Permissions
     from ._sandbox.permissions import landlock_abi as landlock_abi
     from ._system.file import ClusterFile as ClusterFile
@@ -125,6 +126,7 @@ _WHERE: dict[str, str] = {
     "NAME_RULE": "._names",
     "ServiceContainer": "._process.container",
     "OutputLine": "._process.controller",
+    "EmbeddedRedis": "._redis.server",
     "ProcessOptions": "._process.options",
     "ListenAddress": "._process.listen",
     "ListenSocket": "._process.listen",
@@ -163,6 +165,7 @@ __all__ = (
     "ConnectionPort",
     "DependencyCycleError",
     "DependencyStopped",
+    "EmbeddedRedis",
     "ErrorInfo",
     "EscalationError",
     "Event",

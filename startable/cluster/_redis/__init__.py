@@ -1,0 +1,1 @@
+"""Redis: the registry and link of many hosts, and a server to embed (the `redis` extras)."""
