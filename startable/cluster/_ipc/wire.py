@@ -29,7 +29,8 @@ MAGIC: Final = b"STRTBL01"  # what a startable port says first; the last two byt
 DEFAULT_MAX_FRAME: Final = 1 << 20  # 1 MiB
 
 
-def _mac(key: bytes, *parts: bytes) -> bytes:
+def mac(key: bytes, *parts: bytes) -> bytes:
+    """HMAC-SHA256 under `key` of `parts`, joined."""
     return hmac.digest(key, b"".join(parts), hashlib.sha256)
 
 
@@ -69,7 +70,7 @@ class FrameCodec:
         header = HEADER.pack(size)
         if self._send_key is None:
             return header + payload
-        tag = _mac(self._send_key, _SEQUENCE.pack(self._sent), header, payload)
+        tag = mac(self._send_key, _SEQUENCE.pack(self._sent), header, payload)
         self._sent += 1
         return header + payload + tag
 
@@ -95,7 +96,7 @@ class FrameCodec:
         if self._receive_key is None:
             return body
         payload, tag = body[:-TAG_SIZE], body[-TAG_SIZE:]
-        expected = _mac(self._receive_key, _SEQUENCE.pack(self._received), header, payload)
+        expected = mac(self._receive_key, _SEQUENCE.pack(self._received), header, payload)
         if not hmac.compare_digest(tag, expected):
             raise AuthenticationError(
                 f"frame {self._received} failed authentication: "
@@ -111,7 +112,7 @@ def new_nonce() -> bytes:
 
 def proof(key: bytes, role: bytes, initiator_nonce: bytes, responder_nonce: bytes) -> bytes:
     """What a side sends to prove it holds `key` (role is b"initiator" or b"responder")."""
-    return _mac(key, b"startable proof ", role, initiator_nonce, responder_nonce)
+    return mac(key, b"startable proof ", role, initiator_nonce, responder_nonce)
 
 
 def check_proof(
@@ -124,8 +125,8 @@ def check_proof(
 
 def session_keys(key: bytes, initiator_nonce: bytes, responder_nonce: bytes) -> tuple[bytes, bytes]:
     """(initiator-to-responder key, responder-to-initiator key) for one connection."""
-    to_responder = _mac(key, b"startable session i2r ", initiator_nonce, responder_nonce)
-    to_initiator = _mac(key, b"startable session r2i ", initiator_nonce, responder_nonce)
+    to_responder = mac(key, b"startable session i2r ", initiator_nonce, responder_nonce)
+    to_initiator = mac(key, b"startable session r2i ", initiator_nonce, responder_nonce)
     return to_responder, to_initiator
 
 
