@@ -25,6 +25,7 @@ LAYERS = (
     "cluster._sandbox",
     "cluster._data",
     "cluster._process",
+    "cluster._redis",
     "cluster._system",
     "cluster",
     "cli",

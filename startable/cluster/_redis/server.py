@@ -149,15 +149,13 @@ class EmbeddedRedis:
         fixed = self.port != 0
         for _ in range(1 if fixed else 5):  # a free port may be taken before it binds
             port = self.port if fixed else _free_port()
-            try:
-                await self._run(binary, port)
-            except _PortTaken:
-                continue
-            self.port = port
-            return
+            if await self._run(binary, port):
+                self.port = port
+                return
         raise ClusterError(f"the embedded Redis could not bind a port: {self._tail()}")
 
-    async def _run(self, binary: str, port: int) -> None:
+    async def _run(self, binary: str, port: int) -> bool:
+        """Run the server on `port`; False if the port was taken."""
         assert self._directory is not None
         args = [
             "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
@@ -177,9 +175,10 @@ class EmbeddedRedis:
                         await process.aclose()
                         self._process = None
                         if any("Address already in use" in line for line in self.log):
-                            raise _PortTaken
+                            return False
                         raise ClusterError(f"the embedded Redis ended: {self._tail()}")
                     await anyio.sleep(0.01)
+            return True
         except TimeoutError:
             await self._end()
             raise ClusterError(
@@ -237,10 +236,6 @@ class EmbeddedRedis:
         """SIGKILL the server now (to test what a crash of Redis does); stop it after."""
         if self._process is not None:
             self._process.signal(signal.SIGKILL)
-
-
-class _PortTaken(Exception):
-    pass
 
 
 def _free_port() -> int:
