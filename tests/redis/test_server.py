@@ -83,3 +83,17 @@ def test_importing_startable_imports_no_redis_client() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+async def test_a_restart_kills_the_server_and_starts_an_empty_one_on_its_port(
+    redis_server: EmbeddedRedis,
+) -> None:
+    with anyio.fail_after(30):
+        before, port = redis_server.pid, redis_server.port
+        async with coredis.Redis.from_url(redis_server.url) as client:
+            await client.set("key", "value")
+        await redis_server.restart(down=0.1)
+        assert startable.of(redis_server).state is State.STARTED
+        assert redis_server.pid != before and redis_server.port == port
+        async with coredis.Redis.from_url(redis_server.url) as client:
+            assert await client.get("key") is None  # (nothing is kept)

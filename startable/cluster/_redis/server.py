@@ -233,9 +233,38 @@ class EmbeddedRedis:
         await process.aclose()
 
     def kill(self) -> None:
-        """SIGKILL the server now (to test what a crash of Redis does); stop it after."""
+        """SIGKILL the server now, as a crash would: it stops with an error."""
         if self._process is not None:
             self._process.signal(signal.SIGKILL)
+
+    async def restart(self, *, down: float = 0.0) -> None:
+        """SIGKILL the server and start a new one on the same port, `down` seconds
+        later, staying STARTED (to test what a Redis restart does to clients).
+        Nothing is kept: the new server is empty.
+
+        Raises:
+            ClusterError: it is not STARTED, or the new server did not start
+                (then it stops with that error).
+        """
+        lifecycle = of(self)
+        process = self._process
+        if lifecycle.state is not State.STARTED or process is None:
+            raise ClusterError(f"cannot restart {self!r}: it is not running")
+        self._process = None  # (its end is not a crash: the watcher lets it be)
+        process.signal(signal.SIGKILL)
+        with anyio.CancelScope(shield=True):
+            await process.exited()
+        await process.aclose()
+        await anyio.sleep(down)
+        try:
+            started = await self._run(server_binary(self.binary), self.port)
+        except ClusterError as exc:
+            lifecycle.stop_nowait(exc)
+            raise
+        if not started:
+            taken = ClusterError(f"port {self.port} was taken while the server was down")
+            lifecycle.stop_nowait(taken)
+            raise taken
 
 
 def _free_port() -> int:
