@@ -293,8 +293,9 @@ class Zygote:
             with anyio.fail_after(30):
                 await answered.wait()
         except BaseException as exc:
-            for _, pidfd in answer:  # answered, but given up: no one will watch it
+            for pid, pidfd in answer:  # answered, but given up: no one will watch it
                 _kill(pidfd)
+                self._exited.pop(pid, None)  # (its exit report is dropped)
             if isinstance(exc, anyio.ClosedResourceError):
                 raise ClusterError(f"{self.name}: its zygote ended while forking") from None
             raise

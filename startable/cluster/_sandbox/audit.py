@@ -104,7 +104,10 @@ def _local(family: int, kind: int) -> bool:
 def _adopted() -> bool:
     """Whether the socket being made is for a descriptor this process holds already
     (`accept`, `socket(fileno=...)`): no new socket, as seccomp sees it."""
-    caller = sys._getframe(2)  # (the hook's caller: the Python socket.__init__)
+    try:
+        caller = sys._getframe(2)  # (the hook's caller: the Python socket.__init__)
+    except ValueError:  # made from C, with no Python frame above
+        return False
     return caller.f_code is _SOCKET_INIT and caller.f_locals.get("fileno") is not None
 
 
