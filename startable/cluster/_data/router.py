@@ -119,17 +119,28 @@ class Router:
         self._outstanding: dict[Endpoint, int] = {}
         self._drained: dict[Endpoint, anyio.Event] = {}  # withdrawn, with requests still owed
         self._forwarded: dict[int, _Forwarded] = {}
+        self._foreign: set[Endpoint] = set()
         self._ids = itertools.count(1)
+        #: Called with every event a client of this router emits (not those
+        #: that came from another host): the link to other hosts, if any.
+        self.relay: Callable[[Event], object] | None = None
 
-    def attach(self, name: str | None, endpoint: Endpoint, instance: int = 0) -> None:
+    def attach(
+        self, name: str | None, endpoint: Endpoint, instance: int = 0, *, foreign: bool = False
+    ) -> None:
         """`endpoint` reaches a client of `name` (None: the operator's) from now on.
 
         `instance` numbers it among the endpoints of `name` (a pool's replica
         index); a request to all of them is answered in parts by that number.
+        A `foreign` endpoint stands for callers on another host: it sends
+        requests and events as `name` but is not one of its endpoints (no
+        request is routed to it), and its events are not relayed.
         """
         self._names[endpoint] = name
         self._instances[endpoint] = instance
-        if name is not None:
+        if foreign:
+            self._foreign.add(endpoint)
+        elif name is not None:
             self.directory.register(name, endpoint)
 
     def attached(self, endpoint: Endpoint) -> bool:
@@ -175,7 +186,9 @@ class Router:
             return
         name = self._names.pop(endpoint)
         self._instances.pop(endpoint, None)
-        if name is not None:
+        if endpoint in self._foreign:
+            self._foreign.discard(endpoint)
+        elif name is not None:
             self.directory.unregister(name, endpoint)
         for topic in self._subscribed.pop(endpoint, ()):
             self._unsubscribe(topic, endpoint)
@@ -204,14 +217,17 @@ class Router:
         forwarded = self._forwarded.pop(rid, None)
         if forwarded is not None:
             self._in_flight[forwarded.caller_name] -= 1
-            callee = forwarded.callee
-            if callee in self._outstanding:
-                left = self._outstanding[callee] = self._outstanding[callee] - 1
-                if not left and self._drained:
-                    drained = self._drained.pop(callee, None)
-                    if drained is not None:
-                        drained.set()
+            self._owed_less(forwarded.callee)
         return forwarded
+
+    def _owed_less(self, callee: Endpoint) -> None:
+        """`callee` owes one answer less (and is drained if it was withdrawn and owes none)."""
+        if callee in self._outstanding:
+            left = self._outstanding[callee] = self._outstanding[callee] - 1
+            if not left and self._drained:
+                drained = self._drained.pop(callee, None)
+                if drained is not None:
+                    drained.set()
 
     def fail(self, rid: int, kind: str, message: str, error: ErrorInfo | None = None) -> None:
         """The request the router forwarded as `rid` will get no answer: tell its caller."""
@@ -221,6 +237,30 @@ class Router:
                 forwarded.caller_id, kind=kind, message=message, error=error, part=forwarded.part
             )
             forwarded.caller.put(reply)
+
+    def redirect(self, rid: int, call: Call) -> None:
+        """The request forwarded as `rid` (`call`, as it was forwarded) reached nobody:
+        give it to another endpoint of its callee, or fail it if there is none.
+
+        Only for a request that no instance ran (the link knows that: no host
+        got it, or the one that did does not serve its callee now), so that
+        sending it again runs it at most once.
+        """
+        forwarded = self._forwarded.get(rid)
+        if forwarded is None:
+            return
+        endpoints = self.directory.endpoints(forwarded.callee_name)
+        others = [e for e in endpoints if e is not forwarded.callee]
+        if not others:
+            name = forwarded.callee_name
+            self.fail(rid, "unavailable", f"service {name!r} has no instance left to take it")
+            return
+        chosen = others[0] if len(others) == 1 else pick(others, self.policy, self._outstanding)[0]
+        self._owed_less(forwarded.callee)
+        forwarded.callee = chosen
+        self._outstanding[chosen] = self._outstanding.get(chosen, 0) + 1
+        if not chosen.put(call):
+            self.fail(rid, "unavailable", f"service {forwarded.callee_name!r} is not keeping up")
 
     def handle(self, origin: Endpoint, message: AnyMessage) -> None:
         """A message from the client `origin` reaches; it never waits.
@@ -252,6 +292,8 @@ class Router:
             event = replace(message, source=source or "")
             for endpoint in self.topics.get(message.topic, ()):  # `put` subscribes no one
                 endpoint.put(event)  # a full outbox drops it, and counts it
+            if self.relay is not None and origin not in self._foreign:
+                self.relay(event)
         elif isinstance(message, Subscribe):
             self._subscribe(origin, message)
         elif isinstance(message, Unsubscribe):

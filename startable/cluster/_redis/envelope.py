@@ -5,6 +5,8 @@ HMAC-SHA256 tag:
 
     [version, cluster, channel, sender, service, seq, sent_ms, body] + tag
 
+(`service` is empty for the sending host's operator, who is no service.)
+
 The tag is made under a key derived from the cluster key for this purpose
 alone (the cluster key itself signs nothing), and covers every field: the
 destination channel and the cluster too, so an envelope cannot be moved to
@@ -40,7 +42,9 @@ INSTANCE_RULE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 CHANNEL_RULE: Final = re.compile(r"[\x21-\x7e]{1,512}")
 _SEQ_LIMIT: Final = 1 << 63
 
-Reason = Literal["size", "tag", "malformed", "version", "cluster", "channel", "stale", "replay"]
+Reason = Literal[
+    "size", "tag", "malformed", "version", "cluster", "channel", "stale", "replay", "identity"
+]
 
 
 class EnvelopeRefused(ClusterError):
@@ -131,7 +135,9 @@ def open_envelope(key: bytes, data: object, *, cluster: str, channel: str, now_m
         raise EnvelopeRefused("cluster", f"for cluster {envelope.cluster!r}, not {cluster!r}")
     if envelope.channel != channel:
         raise EnvelopeRefused("channel", f"sealed for {envelope.channel!r}, came on {channel!r}")
-    if not INSTANCE_RULE.fullmatch(envelope.sender) or not NAME_RULE.fullmatch(envelope.service):
+    if not INSTANCE_RULE.fullmatch(envelope.sender) or not (
+        envelope.service == "" or NAME_RULE.fullmatch(envelope.service)
+    ):
         raise EnvelopeRefused("malformed", "its sender is not an instance id and a service name")
     if not 0 <= envelope.seq < _SEQ_LIMIT:
         raise EnvelopeRefused("malformed", f"sequence number {envelope.seq} is out of range")

@@ -68,6 +68,12 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
 return 1
 """
+# KEYS[1] the host's hash; ARGV: ttl ms, services, tag.
+_DECLARE: Final = """
+redis.call('HSET', KEYS[1], 'services', ARGV[2], 'tag', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
 # KEYS[1] the service's set; ARGV[1] the prefix of instance hashes. How many it removed.
 _SWEEP: Final = """
 local now = redis.call('TIME')
@@ -119,9 +125,18 @@ class Keys:
     def services(self) -> str:
         return f"{self.prefix}services"
 
+    def host(self, host: str) -> str:
+        """The hash of what a host says it runs (`Registry.declare`)."""
+        return f"{self.prefix}host:{host}"
+
     def inbox(self, instance: str) -> str:
-        """The channel of calls and events for `instance`."""
+        """The channel of calls and replies for `instance` (a host's link)."""
         return f"{self.prefix}to:{instance}"
+
+    @property
+    def events(self) -> str:
+        """The channel of every event emitted on any host."""
+        return f"{self.prefix}events"
 
     def config(self, service: str) -> str:
         return f"{self.prefix}cfg:{service}"
@@ -164,6 +179,7 @@ class Registry:
         self._leave = client.register_script(_LEAVE)
         self._sweep = client.register_script(_SWEEP)
         self._live = client.register_script(_LIVE)
+        self._declare = client.register_script(_DECLARE)
         #: Entries ignored by `live` since this registry was made (bad tag, bad field).
         self.ignored = 0
 
@@ -198,6 +214,41 @@ class Registry:
         """Take `instance` out of the registry (first thing in its stop)."""
         keys = [self.keys.service(service), self.keys.instance(instance)]
         await self._leave(keys=keys, args=[instance])
+
+    def _host_tag(self, host: str, services: str) -> str:
+        fields = "\x00".join((self.keys.cluster, "host", host, services))
+        return mac(self._key, fields.encode()).hex()
+
+    async def declare(self, host: str, services: Sequence[str]) -> None:
+        """Say which services `host` (a link's instance id) runs or starts, for `ttl`
+        seconds: a receiver takes a message from a service only from a host that
+        declared it (so a host cannot pose as a service it does not run)."""
+        if not INSTANCE_RULE.fullmatch(host):
+            raise ValueError(f"a host's id follows {INSTANCE_RULE.pattern}, not {host!r}")
+        for name in services:
+            if not NAME_RULE.fullmatch(name):
+                raise ValueError(f"a service's name follows {NAME_RULE.pattern}, not {name!r}")
+        listed = ",".join(sorted(set(services)))
+        tag = self._host_tag(host, listed)
+        await self._declare(keys=[self.keys.host(host)], args=[self._ttl_ms, listed, tag])
+
+    async def declared(self, host: str) -> frozenset[str] | None:
+        """The services `host` declared (None: it declared none that is still
+        valid, or its entry fails a check, which is counted in `ignored`)."""
+        if not INSTANCE_RULE.fullmatch(host):
+            return None
+        fields = _fields(await self.client.hgetall(self.keys.host(host)))
+        if not fields:
+            return None
+        listed, tag = fields.get("services"), fields.get("tag")
+        if listed is None or tag is None or tag != self._host_tag(host, listed):
+            self.ignored += 1
+            return None
+        names = frozenset(listed.split(",")) if listed else frozenset()
+        if not all(NAME_RULE.fullmatch(name) for name in names):
+            self.ignored += 1
+            return None
+        return names
 
     async def sweep(self, service: str) -> int:
         """Remove the expired instances of `service` (up to 1,000); how many."""

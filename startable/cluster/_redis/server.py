@@ -16,6 +16,7 @@ manager leaves no server behind.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -23,11 +24,13 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
 import anyio
 
 from ... import State, as_raw_start, as_raw_stop, of
 from .._errors import ClusterError
+from .._ipc.wire import mac
 from .._process.spawn import ChildProcess, read_lines, spawn
 
 #: How the child becomes the server: it dies with its parent (the signal is
@@ -265,6 +268,43 @@ class EmbeddedRedis:
             taken = ClusterError(f"port {self.port} was taken while the server was down")
             lifecycle.stop_nowait(taken)
             raise taken
+
+
+#: The `redis` values that ask for an embedded server.
+EMBEDDED: Final = re.compile(r"embedded(?://127\.0\.0\.1:(?P<port>\d{1,5}))?")
+
+
+def embedded_password(cluster_key: bytes) -> str:
+    """The password of a cluster's embedded server: derived from the cluster key, so
+    every host that has the key knows it and nobody else does."""
+    return mac(cluster_key, b"startable embedded redis password").hex()
+
+
+async def embedded(redis: str, cluster_key: bytes) -> tuple[str, EmbeddedRedis | None]:
+    """Where to connect for `redis`, and the server to start for it, if any (then
+    connect to its `url` once it is STARTED).
+
+    `"embedded"` is a new server on a free port (for one host); with a port,
+    `"embedded://127.0.0.1:PORT"`, the hosts of one machine share one server:
+    the first to come starts it there, the others find it answering. Its
+    password comes from the cluster key (`embedded_password`). Any other value
+    is a Redis URL, returned as it is.
+
+    Raises:
+        ValueError: a port out of range.
+    """
+    match = EMBEDDED.fullmatch(redis)
+    if match is None:
+        return redis, None
+    password = embedded_password(cluster_key)
+    port = int(match["port"] or 0)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"a port is from 0 to 65535, not {port}")
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
+    if port and await _answers(port):
+        return url, None  # another host of this machine started it
+    server = EmbeddedRedis(port=port, password=password)
+    return url, server
 
 
 def _free_port() -> int:

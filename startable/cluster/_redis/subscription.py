@@ -62,6 +62,9 @@ class Subscription:
             one may take to come back.
         subscribe_timeout: seconds the first subscription may take (the
             start fails past it).
+        on_loss: called with why, each time a subscription that worked is
+            lost (before it subscribes again): what was sent through it
+            may be lost. It must not block.
 
     Its start returns once subscribed; `subscribed` is set while it is (and
     cleared while it subscribes again).
@@ -76,6 +79,7 @@ class Subscription:
         probe_interval: float = 1.0,
         probe_timeout: float = 1.0,
         subscribe_timeout: float = 5.0,
+        on_loss: Callable[[str], object] | None = None,
     ) -> None:
         if not channels:
             raise ValueError("a subscription has one channel at least")
@@ -88,6 +92,7 @@ class Subscription:
         self.probe_interval = probe_interval
         self.probe_timeout = probe_timeout
         self.subscribe_timeout = subscribe_timeout
+        self.on_loss = on_loss
         self.statistics = SubscriptionStatistics()
         self.subscribed = anyio.Event()
         self._probe = b"startable-probe:" + secrets.token_hex(16).encode() + b":"
@@ -128,6 +133,8 @@ class Subscription:
             if self.subscribed.is_set():
                 self.subscribed = anyio.Event()
                 backoff = _FIRST_BACKOFF  # it had worked: try again soon
+                if self.on_loss is not None:
+                    self.on_loss(loss)
             self.statistics.last_loss = loss
             self.statistics.resubscribed += first.is_set()
             await anyio.sleep(backoff)

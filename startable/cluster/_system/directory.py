@@ -12,7 +12,7 @@ manager, and the manager does not import the router's internals.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Any, Protocol
 
 import anyio
@@ -49,6 +49,10 @@ class LocalDirectory:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self._endpoints: dict[str, list[Endpoint]] = {}
+        #: The services of other hosts that call here (a link fills it): one of
+        #: them that is not declared here (`remote = true`) may call any
+        #: service; its own host checked its `depends_on`.
+        self.foreign: Container[str] = frozenset()
 
     @property
     def name(self) -> str:
@@ -59,8 +63,9 @@ class LocalDirectory:
         if caller is not None:
             node = nodes.get(caller)
             if node is None:
-                return "refused", f"{caller!r} is not a service of {self.name}"
-            if callee not in node.spec.depends_on:
+                if caller not in self.foreign:
+                    return "refused", f"{caller!r} is not a service of {self.name}"
+            elif callee not in node.spec.depends_on:
                 declared = ", ".join(node.spec.depends_on) or "none"
                 return (
                     "refused",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import graphlib
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 import attrs
@@ -26,6 +27,12 @@ from .pool import PoolRunner, runner_for
 from .services import ServiceSpec, check_graph
 from .supervisor import Supervisor
 
+if TYPE_CHECKING:
+    from .._redis.link import RedisLink
+    from .._redis.server import EmbeddedRedis
+
+#: Where a host finds the cluster key when none is given.
+ENV_CLUSTER_KEY = "STARTABLE_CLUSTER_KEY"
 logger = logging.getLogger("startable.cluster")
 READY, STARTING, STARTED = State.READY, State.STARTING, State.STARTED
 STOPPING, STOPPED = State.STOPPING, State.STOPPED
@@ -102,6 +109,22 @@ class ServicesManager:
             messages each service sent that broke the contract).
         shutting_down: True from the start of the manager's stop until its
             next start: stops are not failures then.
+        link: its `RedisLink` to the other hosts of the cluster while it
+            runs with `redis` (None otherwise).
+
+    With `redis`, the manager is one host of a cluster of many, named `name`
+    (see docs/explanation/many-hosts.md): each of its services is
+    registered in Redis once STARTED and takes calls from the other hosts;
+    a `remote` service is one that runs on them.
+
+    Args (many hosts):
+        redis: a Redis URL (`redis://`, `rediss://`), or `"embedded"` (a
+            server of its own on a free port) or `"embedded://127.0.0.1:PORT"`
+            (the hosts of one machine share the server the first one starts).
+        cluster_key: the key every host of the cluster has (32 bytes or more;
+            a `str` is taken as UTF-8); `$STARTABLE_CLUSTER_KEY` when None.
+        host_id: this host's id in the registry (a new one when None).
+        registry_ttl: seconds an instance stays live without a heartbeat.
 
     Raises:
         ServiceDefinitionError: a bad name, a duplicate, an unknown
@@ -116,10 +139,20 @@ class ServicesManager:
         *,
         name: str = "services",
         on_service_exit: Literal["continue", "stop"] = "continue",
+        redis: str | None = None,
+        cluster_key: bytes | str | None = None,
+        host_id: str | None = None,
+        registry_ttl: float = 3.0,
     ) -> None:
         if on_service_exit not in ("continue", "stop"):
             raise ValueError(f"on_service_exit is 'continue' or 'stop', not {on_service_exit!r}")
         self.name = name
+        self.redis = redis
+        self.host_id = host_id
+        self.registry_ttl = registry_ttl
+        self._cluster_key = _cluster_key(redis, cluster_key, name)
+        self.link: RedisLink | None = None
+        self._redis_server: EmbeddedRedis | None = None
         self.on_service_exit = on_service_exit
         #: The services, by name, in creation order (dependencies first):
         #: `ServiceNode` objects, read-only (create and destroy them through
@@ -183,6 +216,14 @@ class ServicesManager:
         self._emit(ServiceEvent(name, "restarting", delay=delay, replica=replica))
 
     def _moved(self, name: str, change: StateChange) -> None:
+        link = self.link
+        if link is not None:  # in the registry once STARTED, out of it first when stopping
+            node = self.nodes.get(name)
+            if node is not None and not node.spec.remote:
+                if change.current is STARTED:
+                    link.serve(name)
+                elif change.current is STOPPING:
+                    link.withdraw(name)
         if self._observers:  # most moves of most managers have nobody to tell
             self._emit(ServiceEvent(name, "moved", change))
 
@@ -227,7 +268,9 @@ class ServicesManager:
         dependencies = tuple(self.nodes[d] for d in spec.depends_on)
         owner = self.nodes[parent] if parent is not None else None
         notify = functools.partial(self._replica_restarting, spec.name)
-        runner = runner_for(spec, self.router, notify)
+        runner = runner_for(spec, self.router, notify, lambda: self.link)
+        if self.link is not None and not spec.remote:
+            self.link.runs.add(spec.name)
         node = ServiceNode(spec, self, dependencies, runner, owner)
         for dependency in dependencies:
             dependency.dependents.append(node)
@@ -281,7 +324,32 @@ class ServicesManager:
         for node in self.nodes.values():
             node.held = False
         await of(self.client).start()
+        if self.redis is not None:
+            await self._open_link(self.redis)
         await self._start_nodes(list(self.nodes.values()))
+
+    async def _open_link(self, redis: str) -> None:
+        from .._redis.link import RedisLink
+        from .._redis.server import embedded
+
+        assert self._cluster_key is not None
+        url, server = await embedded(redis, self._cluster_key)
+        if server is not None:
+            await of(server).start(of(self).stop_nowait)  # (its crash stops the host)
+            self._redis_server = server
+            url = server.url
+        self.link = link = RedisLink(
+            url,
+            cluster=self.name,
+            key=self._cluster_key,
+            router=self.router,
+            host_id=self.host_id,
+            ttl=self.registry_ttl,
+        )
+        link.runs.update(name for name, node in self.nodes.items() if not node.spec.remote)
+        assert isinstance(self.router.directory, LocalDirectory)
+        self.router.directory.foreign = link.callers
+        await of(link).start()
 
     @as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
@@ -302,10 +370,21 @@ class ServicesManager:
                 node.runner.release()
             if of(self.client).state is STARTED:
                 await of(self.client).stop()
+            await self._close_link()
         if len(unclean) == 1:
             raise unclean[0]
         if unclean:
             raise ExceptionGroup(f"{len(unclean)} services did not stop cleanly", unclean)
+
+    async def _close_link(self) -> None:
+        link, self.link = self.link, None
+        server, self._redis_server = self._redis_server, None
+        try:
+            if link is not None and of(link).state not in (READY, STOPPED):
+                await of(link).stop()
+        finally:
+            if server is not None and of(server).state not in (READY, STOPPED):
+                await of(server).stop()
 
     # -- starting and stopping services -------------------------------------------
 
@@ -480,3 +559,27 @@ class ServicesManager:
                 node.stop_error.add_note(f"while stopping service {node.name!r}")
                 unclean.append(node.stop_error)
         report.send_nowait((node, None))
+
+
+def _cluster_key(redis: str | None, key: bytes | str | None, cluster: str) -> bytes | None:
+    """The cluster key a manager with `redis` needs (None without `redis`).
+
+    Raises:
+        ClusterError: `redis` is given and no key is, or it is too short.
+    """
+    if redis is None:
+        return None
+    if key is None:
+        key = os.environ.get(ENV_CLUSTER_KEY)
+    if key is None:
+        raise ClusterError(
+            f"{cluster} reaches other hosts through Redis and needs a cluster key: give "
+            f"cluster_key (key_file in a cluster file) or set ${ENV_CLUSTER_KEY}"
+        )
+    data = key.encode() if isinstance(key, str) else bytes(key)
+    if len(data) < 32:
+        raise ClusterError(
+            f"the cluster key of {cluster} has {len(data)} bytes; it needs 32 or more "
+            "(make one with `python -c 'import secrets; print(secrets.token_hex(32))'`)"
+        )
+    return data

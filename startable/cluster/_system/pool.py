@@ -31,6 +31,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 import attrs
@@ -44,10 +45,14 @@ from .._process.failfast import FailFast
 from .._process.listen import ListenSocket, bind_all
 from .._process.remote import ENV_REPLICA, ENV_REPLICAS, ENV_SERVICE
 from .._process.zygote import Zygote
+from .elsewhere import RemoteRunner
 from .launch import Report, launch_in_order
 from .runners import ContainerRunner, InProcessRunner
 from .services import MAX_REPLICAS, RestartPolicy, ServiceSpec
 from .supervisor import Decision, Supervisor, uptime
+
+if TYPE_CHECKING:
+    from .._redis.link import RedisLink
 
 logger = logging.getLogger("startable.cluster")
 STARTED = State.STARTED
@@ -509,11 +514,16 @@ class PoolRunner:
 
 
 def runner_for(
-    spec: ServiceSpec, router: Router, notify: ReplicaNotice | None = None
-) -> InProcessRunner | ContainerRunner | PoolRunner:
-    """The runner `spec` asks for: a pool (`spec.is_pool`, telling `notify` of
-    its replicas' restarts), a container for an `entry`, this process for a
-    `factory`."""
+    spec: ServiceSpec,
+    router: Router,
+    notify: ReplicaNotice | None = None,
+    link: Callable[[], RedisLink | None] = lambda: None,
+) -> InProcessRunner | ContainerRunner | PoolRunner | RemoteRunner:
+    """The runner `spec` asks for: another host's (`spec.remote`, through
+    `link()`), a pool (`spec.is_pool`, telling `notify` of its replicas'
+    restarts), a container for an `entry`, this process for a `factory`."""
+    if spec.remote:
+        return RemoteRunner(spec, link)
     if spec.is_pool:
         return PoolRunner(spec, router, notify)
     if spec.entry is not None:

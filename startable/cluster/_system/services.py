@@ -85,7 +85,8 @@ class ServiceSpec:
 
     Give exactly one of `entry` (run in a `ServiceContainer`: a child process
     of its own) or `factory` (run in this process; a zero-argument callable
-    returning an object with a lifecycle, called at every start).
+    returning an object with a lifecycle, called at every start), or set
+    `remote` (it runs on other hosts).
 
     Attributes:
         name: unique in its manager; see `NAME_RULE`.
@@ -123,6 +124,11 @@ class ServiceSpec:
         limit: for a pool, the seconds it may go without a live replica:
             if none is STARTED again by then, the pool stops with a
             `ClusterError` (a failure: cascade and escalation apply).
+        remote: it runs on other hosts of the cluster, not here (the manager
+            needs a `redis` link): its node is STARTED while an instance is
+            live in the registry, waiting `limit` seconds for one at each
+            start, and stops on its own when the last one is gone. Only
+            `depends_on`, `restart` and `limit` apply to it.
         drain: for a pool, the seconds a replica that is being replaced
             (`reload`, or `scale` down) is given to answer the requests it was
             given: it gets no new one, and is stopped once it owes none, or
@@ -149,6 +155,7 @@ class ServiceSpec:
     preload: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     limit: float = attrs.field(default=60.0, validator=number(above=0))
     drain: float = attrs.field(default=10.0, validator=number(above=0))
+    remote: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
     @property
     def is_pool(self) -> bool:
@@ -161,6 +168,8 @@ class ServiceSpec:
             raise ServiceDefinitionError(f"service {self.name!r}: {problem}", self.name)
 
     def _problem(self) -> str | None:
+        if self.remote:
+            return self._remote_problem()
         if (self.entry is None) == (self.factory is None):
             return "give exactly one of entry (a child process) or factory (in this process)"
         if self.entry is not None:
@@ -197,6 +206,29 @@ class ServiceSpec:
             return f"it may listen on {MAX_LISTEN} addresses at most, not {len(self.listen)}"
         if len({str(a) for a in self.listen}) != len(self.listen):
             return f"an address is listed twice in listen: {[str(a) for a in self.listen]}"
+        return self._graph_problem()
+
+    def _remote_problem(self) -> str | None:
+        local = {
+            "entry": self.entry is not None,
+            "code": self.code is not None,
+            "factory": self.factory is not None,
+            "permissions": self.permissions is not None,
+            "may_create_services": self.may_create_services,
+            "env": bool(self.env),
+            "cwd": self.cwd is not None,
+            "on_output": self.on_output is not None,
+            "listen": bool(self.listen),
+            "replicas": self.replicas != 1,
+            "pool": self.pool,
+            "preload": self.preload,
+        }
+        given = [name for name, set_ in local.items() if set_]
+        if given:
+            return f"a remote service runs on another host: {', '.join(given)} do not apply to it"
+        return self._graph_problem()
+
+    def _graph_problem(self) -> str | None:
         if self.name in self.depends_on:
             return "it depends on itself"
         if len(set(self.depends_on)) != len(self.depends_on):
