@@ -3,8 +3,9 @@
 Its node is STARTED while at least one instance of the service is live in
 the cluster's registry: its start waits for one (up to `spec.limit`
 seconds), and when the last one disappears (its expiry passed, or a call to
-it went undelivered) the node stops on its own with a `ServiceUnavailable`
-reason that names it. So its dependents start once it is live somewhere,
+it went undelivered) and none is back within the registry's ttl, the node
+stops on its own with a `ServiceUnavailable` reason that names it (requests
+to it fail at once meanwhile). So its dependents start once it is live somewhere,
 are cascaded when it is gone, and come back when its restart policy starts
 it again and it is live again. Requests to it go to its instances' endpoints,
 which the link keeps attached to the router.
@@ -42,6 +43,7 @@ class RemoteRunner:
         self._node: Startable | None = None
         self._watching: RedisLink | None = None
         self._changed = anyio.Event()
+        self._vanishing = False
         self.service: object | None = None
         self.pid: int | None = None
         self.events_dropped = 0
@@ -84,12 +86,23 @@ class RemoteRunner:
         node, link = self._node, self._watching
         if node is None or link is None or link.instances(self.spec.name):
             return
-        if node.state is State.STARTED:
-            node.stop_nowait(
-                ServiceUnavailable(
-                    f"service {self.spec.name!r}: no live instance is left on any host"
-                )
-            )
+        if node.state is State.STARTED and not self._vanishing:
+            self._vanishing = True
+            node.start_soon(self._vanish, node, link)
+
+    async def _vanish(self, node: Startable, link: RedisLink) -> None:
+        """No instance is left: stop, unless one is back within the registry's ttl
+        (a Redis restart empties the registry until every host registers again)."""
+        try:
+            with anyio.move_on_after(link.ttl):
+                while not link.instances(self.spec.name):
+                    self._changed = anyio.Event()
+                    await self._changed.wait()
+            if not link.instances(self.spec.name) and node.state is State.STARTED:
+                gone = f"service {self.spec.name!r}: no live instance is left on any host"
+                node.stop_nowait(ServiceUnavailable(gone))
+        finally:
+            self._vanishing = False
 
     async def stop(self, err: BaseException | None) -> None:
         link, self._watching = self._watching, None
