@@ -69,6 +69,7 @@ def up(
 
     try:
         cluster = load_cluster(path)
+        options = cluster.manager_options()
     except ServiceDefinitionError as exc:  # ClusterFileError among them
         print(f"startable: error: {escape(str(exc), newlines=True)}", file=sys.stderr)
         return EXIT_USAGE
@@ -104,9 +105,7 @@ def up(
             root.addHandler(handler)
             root.setLevel(logging.WARNING)
             try:
-                manager = ServicesManager(
-                    services, name=cluster.name, on_service_exit=cluster.on_service_exit
-                )
+                manager = ServicesManager(services, **options)
                 _show_output(manager, reporter)
                 return anyio.run(
                     serve, manager, reporter, cluster.stop_timeout, watching, backend=backend

@@ -920,3 +920,93 @@ def test_preload_forks_a_pools_replicas_from_a_zygote(tmp_path: Path) -> None:
     assert "preload is for pools" in error.problem
     error = refused(tmp_path, f'{KV}replicas = 2\npreload = "yes"\n')
     assert error.key == "services.kv.preload"
+
+
+# -- many hosts ------------------------------------------------------------------
+
+HOSTS = """
+[cluster]
+name = "shop"
+redis = "redis://127.0.0.1:6379/0"
+key_file = "shop.key"
+registry_ttl = 1.5
+
+[services.billing]
+remote = true
+limit = 5
+
+[services.api]
+entry = "api:Api"
+depends_on = ["billing"]
+"""
+
+
+def key_file(directory: Path, key: bytes = b"k" * 32, mode: int = 0o600) -> Path:
+    path = directory / "shop.key"
+    path.write_bytes(key + b"\n")
+    path.chmod(mode)
+    return path
+
+
+def test_a_cluster_of_many_hosts_gives_redis_its_key_and_remote_services(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_file(tmp_path)
+    cluster = load_cluster(write(tmp_path, HOSTS))
+    assert cluster.redis == "redis://127.0.0.1:6379/0"
+    assert cluster.key_file == str(tmp_path / "shop.key")
+    assert cluster.cluster_key() == b"k" * 32  # (the newline stripped)
+    billing, api = cluster.services
+    assert billing == ServiceSpec(name="billing", remote=True, limit=5)
+    assert api.depends_on == ("billing",)
+    options = cluster.manager_options()
+    assert options["redis"] == cluster.redis and options["cluster_key"] == b"k" * 32
+    assert options["registry_ttl"] == 1.5
+
+
+@pytest.mark.parametrize(
+    ("lines", "key", "fragment"),
+    [
+        ('redis = "http://x"', "cluster.redis", "expected a Redis URL"),
+        ('redis = "embedded://0.0.0.0:1"', "cluster.redis", "expected a Redis URL"),
+        ('redis = "redis://x"\nkey_file = "missing.key"', "cluster.key_file", "cannot read"),
+        ('key_file = "shop.key"', "cluster.key_file", "give redis too"),
+    ],
+)
+def test_bad_redis_settings_are_refused(
+    tmp_path: Path, lines: str, key: str, fragment: str
+) -> None:
+    key_file(tmp_path)
+    error = refused(tmp_path, f"[cluster]\n{lines}\n{KV}")
+    assert error.key == key and fragment in error.problem
+
+
+@pytest.mark.parametrize(
+    ("key", "mode", "fragment"),
+    [(b"k" * 32, 0o644, "chmod 600"), (b"short", 0o600, "32 or more")],
+)
+def test_a_key_file_others_may_read_or_too_short_is_refused(
+    tmp_path: Path, key: bytes, mode: int, fragment: str
+) -> None:
+    key_file(tmp_path, key, mode)
+    error = refused(tmp_path, HOSTS)
+    assert error.key == "cluster.key_file" and fragment in error.problem
+
+
+def test_a_remote_service_needs_redis_and_takes_no_entry(tmp_path: Path) -> None:
+    error = refused(tmp_path, "[services.billing]\nremote = true\n")
+    assert error.key == "services.billing.remote" and "redis" in error.problem
+    text = '[cluster]\nredis = "embedded"\n[services.billing]\nremote = true\nentry = "b:B"\n'
+    error = refused(tmp_path, text)
+    assert "unknown key 'entry'" in error.problem
+
+
+def test_without_key_file_the_key_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = load_cluster(write(tmp_path, f'[cluster]\nredis = "embedded"\n{KV}'))
+    monkeypatch.delenv("STARTABLE_CLUSTER_KEY", raising=False)
+    with pytest.raises(ClusterFileError, match="STARTABLE_CLUSTER_KEY"):
+        cluster.manager_options()
+    monkeypatch.setenv("STARTABLE_CLUSTER_KEY", "e" * 32)
+    assert cluster.manager_options()["cluster_key"] is None  # (the manager reads it)

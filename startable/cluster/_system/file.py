@@ -28,7 +28,7 @@ from .._errors import DependencyCycleError, ServiceDefinitionError
 from .._names import check_entry, check_name, entry_file
 from .._process.listen import MAX_LISTEN, ListenAddress
 from .._sandbox.permissions import Permissions
-from .services import MAX_REPLICAS, RestartPolicy, ServiceSpec, check_graph
+from .services import ENV_CLUSTER_KEY, MAX_REPLICAS, RestartPolicy, ServiceSpec, check_graph
 
 _T = TypeVar("_T")
 
@@ -36,6 +36,9 @@ _T = TypeVar("_T")
 DEFAULT_STOP_TIMEOUT: Final = 30.0
 #: `[cluster] reload_delay`: the quiet, in seconds, before `startable up --dev` reloads.
 DEFAULT_RELOAD_DELAY: Final = 0.5
+#: `[cluster] registry_ttl`: seconds an instance stays live without a heartbeat.
+DEFAULT_REGISTRY_TTL: Final = 3.0
+_REDIS_URL = re.compile(r"(rediss?|unix)://\S+|embedded(://127\.0\.0\.1:\d{1,5})?")
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _MEMORY = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*")
@@ -69,7 +72,19 @@ _SERVICE_KEYS: Final = (
     "on_thread_error",
     "pool",
     "preload",
+    "remote",
 )
+_CLUSTER_KEYS: Final = (
+    "name",
+    "stop_timeout",
+    "on_service_exit",
+    "reload_delay",
+    "redis",
+    "key_file",
+    "registry_ttl",
+)
+#: The keys a `remote = true` service may have.
+_REMOTE_KEYS: Final = ("remote", "depends_on", "restart", "limit")
 _MODES: Final = ("never", "on-failure", "always")
 _ON_THREAD_ERROR: Final = ("report", "stop")
 _ON_EXIT: Final = ("continue", "stop")
@@ -132,6 +147,13 @@ class ClusterFile:
         reload_delay: under `startable up --dev`, the seconds of quiet after
             a source file changes before the pools are reloaded (two saves
             within it make one reload).
+        redis: `[cluster] redis`: the Redis URL (or `"embedded"`, or
+            `"embedded://127.0.0.1:PORT"`) through which this host joins the
+            other hosts of the cluster; None for a cluster of one host.
+        key_file: `[cluster] key_file`, absolute: the file holding the
+            cluster key (`$STARTABLE_CLUSTER_KEY` when None).
+        registry_ttl: `[cluster] registry_ttl`: seconds an instance stays
+            live in the registry without a heartbeat.
     """
 
     name: str
@@ -141,6 +163,56 @@ class ClusterFile:
     stop_timeout: float = DEFAULT_STOP_TIMEOUT
     on_service_exit: Literal["continue", "stop"] = "continue"
     reload_delay: float = DEFAULT_RELOAD_DELAY
+    redis: str | None = None
+    key_file: str | None = None
+    registry_ttl: float = DEFAULT_REGISTRY_TTL
+
+    def cluster_key(self) -> bytes | None:
+        """The key in `key_file` (surrounding whitespace stripped), or None without one.
+
+        Raises:
+            ClusterFileError: it cannot be read, others may read it, or it is
+                shorter than 32 bytes.
+        """
+        if self.key_file is None:
+            return None
+        return read_key_file(self.key_file, self.path)
+
+    def manager_options(self) -> dict[str, Any]:
+        """The `ServicesManager` arguments the `[cluster]` table gives (all but the services)."""
+        options: dict[str, Any] = {"name": self.name, "on_service_exit": self.on_service_exit}
+        if self.redis is not None:
+            key = self.cluster_key()
+            if key is None and ENV_CLUSTER_KEY not in os.environ:
+                raise ClusterFileError(
+                    self.path,
+                    "a cluster of many hosts needs the cluster key: give key_file, "
+                    f"or set ${ENV_CLUSTER_KEY}",
+                    "cluster.key_file",
+                )
+            options.update(redis=self.redis, cluster_key=key, registry_ttl=self.registry_ttl)
+        return options
+
+
+def read_key_file(path: str, shown: str = "<cluster>") -> bytes:
+    """The cluster key in the file at `path`, checked (see `ClusterFile.cluster_key`)."""
+    where = "cluster.key_file"
+    try:
+        with open(path, "rb") as file:
+            mode = os.fstat(file.fileno()).st_mode
+            key = file.read(1 << 16).strip()
+    except OSError as exc:
+        why = f"cannot read the key file {path!r}: {exc.strerror}"
+        raise ClusterFileError(shown, why, where) from None
+    if mode & 0o077:
+        raise ClusterFileError(
+            shown, f"the key file {path!r} may be read by others: chmod 600 it", where
+        )
+    if len(key) < 32:
+        raise ClusterFileError(
+            shown, f"the key in {path!r} has {len(key)} bytes; a cluster key has 32 or more", where
+        )
+    return key
 
 
 def load_cluster(path: str | os.PathLike[str], *, check_environment: bool = True) -> ClusterFile:
@@ -223,13 +295,26 @@ def _parse(
     root = _Table(shown, directory, (), document, check_environment=check_environment)
     root.check_keys(("cluster", "services"))
     cluster = root.table("cluster") or root.empty("cluster")
-    cluster.check_keys(("name", "stop_timeout", "on_service_exit", "reload_delay"))
+    cluster.check_keys(_CLUSTER_KEYS)
     name = cluster.string("name")
     if name is None:
         name = os.path.splitext(os.path.basename(absolute))[0] or "cluster"
     stop_timeout = cluster.number("stop_timeout", positive=True)
     reload_delay = cluster.number("reload_delay", positive=True)
     on_exit = cluster.string("on_service_exit") or "continue"
+    redis = cluster.string("redis")
+    if redis is not None and not _REDIS_URL.fullmatch(redis):
+        raise cluster.error(
+            'expected a Redis URL (redis://, rediss://, unix://), "embedded" or '
+            f'"embedded://127.0.0.1:PORT", found {_describe(redis)}',
+            "redis",
+        )
+    key_file = cluster.path("key_file")
+    if key_file is not None and redis is None:
+        raise cluster.error("a key_file is for a cluster of many hosts: give redis too", "key_file")
+    registry_ttl = cluster.number("registry_ttl", positive=True)
+    if key_file is not None and check_environment:
+        read_key_file(key_file, shown)
     if on_exit not in _ON_EXIT:
         choices = ", ".join(repr(choice) for choice in _ON_EXIT)
         raise cluster.error(
@@ -241,6 +326,14 @@ def _parse(
     if not services.data:
         raise services.error("no services: add at least one [services.<name>] table")
     specs = [_service(services, service) for service in services.data]
+    remote = [spec.name for spec in specs if spec.remote]
+    if remote and redis is None:
+        raise services.error(
+            "a remote service runs on another host: give the cluster a redis URL",
+            remote[0],
+            "remote",
+            service=remote[0],
+        )
     try:
         check_graph(specs)
     except DependencyCycleError as exc:
@@ -256,6 +349,9 @@ def _parse(
         stop_timeout=DEFAULT_STOP_TIMEOUT if stop_timeout is None else stop_timeout,
         on_service_exit=on_exit,  # type: ignore[arg-type]  # one of _ON_EXIT
         reload_delay=DEFAULT_RELOAD_DELAY if reload_delay is None else reload_delay,
+        redis=redis,
+        key_file=key_file,
+        registry_ttl=DEFAULT_REGISTRY_TTL if registry_ttl is None else registry_ttl,
     )
 
 
@@ -267,6 +363,8 @@ def _service(services: _Table, name: str) -> ServiceSpec:
     table = services.table(name, service=name)
     assert table is not None  # TOML has no null: the key is there, so is a value
     table.check_keys(_SERVICE_KEYS)
+    if table.boolean("remote"):
+        return _remote(table, name)
     entry = table.string("entry")
     if entry is None:
         raise table.error("missing required key 'entry' (\"module:attribute\")")
@@ -280,16 +378,7 @@ def _service(services: _Table, name: str) -> ServiceSpec:
     file = entry_file(entry) if code is None else None
     if file is not None:  # relative to the cluster file, like every path in it
         entry = f"{table.resolve(file, 'entry')}:{entry.rpartition(':')[2]}"
-    depends_on = table.strings("depends_on") or []
-    for dependency in depends_on:
-        try:
-            check_name(dependency)
-        except ServiceDefinitionError as exc:
-            raise table.error(str(exc), "depends_on") from exc
-    if name in depends_on:
-        raise table.error("a service cannot depend on itself", "depends_on")
-    if len(set(depends_on)) != len(depends_on):
-        raise table.error(f"a dependency is listed twice in {depends_on}", "depends_on")
+    depends_on = _depends_on(table, name)
     env = _env(table)
     cwd = table.path("cwd")
     options: dict[str, Any] = {}
@@ -343,6 +432,32 @@ def _service(services: _Table, name: str) -> ServiceSpec:
         "drain": drain,
     }
     return table.build(ServiceSpec, name=name, **_present(fields))
+
+
+def _remote(table: _Table, name: str) -> ServiceSpec:
+    """A `remote = true` service: only its dependencies, restart policy and limit apply."""
+    table.check_keys(_REMOTE_KEYS)
+    depends_on = _depends_on(table, name)
+    fields = {
+        "depends_on": depends_on,
+        "restart": _restart(table),
+        "limit": table.number("limit", positive=True),
+    }
+    return table.build(ServiceSpec, name=name, remote=True, **_present(fields))
+
+
+def _depends_on(table: _Table, name: str) -> list[str]:
+    depends_on = table.strings("depends_on") or []
+    for dependency in depends_on:
+        try:
+            check_name(dependency)
+        except ServiceDefinitionError as exc:
+            raise table.error(str(exc), "depends_on") from exc
+    if name in depends_on:
+        raise table.error("a service cannot depend on itself", "depends_on")
+    if len(set(depends_on)) != len(depends_on):
+        raise table.error(f"a dependency is listed twice in {depends_on}", "depends_on")
+    return depends_on
 
 
 def _listen(table: _Table) -> list[ListenAddress] | None:

@@ -24,15 +24,13 @@ from .directory import LocalDirectory
 from .launch import Report, closure, launch_in_order
 from .node import ServiceNode
 from .pool import PoolRunner, runner_for
-from .services import ServiceSpec, check_graph
+from .services import ENV_CLUSTER_KEY, ServiceSpec, check_graph
 from .supervisor import Supervisor
 
 if TYPE_CHECKING:
     from .._redis.link import RedisLink
     from .._redis.server import EmbeddedRedis
 
-#: Where a host finds the cluster key when none is given.
-ENV_CLUSTER_KEY = "STARTABLE_CLUSTER_KEY"
 logger = logging.getLogger("startable.cluster")
 READY, STARTING, STARTED = State.READY, State.STARTING, State.STARTED
 STOPPING, STOPPED = State.STOPPING, State.STOPPED

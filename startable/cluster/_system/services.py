@@ -65,6 +65,8 @@ def _names(instance: object, attribute: attrs.Attribute[Any], value: tuple[str, 
         check_name(name)
 
 
+#: Where a host of a cluster of many finds the cluster key when none is given.
+ENV_CLUSTER_KEY = "STARTABLE_CLUSTER_KEY"
 #: Replicas one service may have at most.
 MAX_REPLICAS = 256
 

@@ -1,0 +1,158 @@
+"""Hosts as separate `startable up` processes, over a real Redis started by the test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+import startable
+from startable.cluster import (
+    EmbeddedRedis,
+    RequestTimeout,
+    ServicesManager,
+    ServiceSpec,
+    ServiceUnavailable,
+)
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.processes,
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning"),
+]
+KEY = "a test cluster key, long enough!!"
+TTL = 1.0
+STORE = """
+    import os
+
+    import startable
+    from startable.cluster import handler
+
+
+    class Store:
+        @startable.as_raw_start
+        async def _start(self) -> None:
+            pass
+
+        @handler
+        def pid(self) -> int:
+            return os.getppid()  # (the host: its `startable up`)
+"""
+
+
+def host_file(directory: Path, name: str, redis: str) -> Path:
+    (directory / "hoststore.py").write_text(textwrap.dedent(STORE), encoding="utf-8")
+    (directory / "shop.key").write_text(KEY, encoding="utf-8")
+    (directory / "shop.key").chmod(0o600)
+    path = directory / f"{name}.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            [cluster]
+            name = "shop"
+            redis = "{redis}"
+            key_file = "shop.key"
+            registry_ttl = {TTL}
+
+            [services.store]
+            entry = "hoststore:Store"
+            """
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+async def test_a_sigkilled_host_is_failed_over_and_no_request_outlives_its_deadline(
+    tmp_path: Path, redis_server: EmbeddedRedis
+) -> None:
+    hosts = [
+        await anyio.open_process(
+            [
+                sys.executable,
+                "-m",
+                "startable",
+                "up",
+                str(host_file(tmp_path, n, redis_server.url)),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for n in ("b", "c")
+    ]
+    caller = ServicesManager(
+        [ServiceSpec(name="store", remote=True, limit=30)],
+        name="shop",
+        redis=redis_server.url,
+        cluster_key=KEY,
+        registry_ttl=TTL,
+    )
+    outcomes: list[tuple[float, float, object]] = []  # (sent, took, pid or the error)
+    deadline = 1.5
+    try:
+        with anyio.fail_after(60):
+            async with startable.running(caller):
+                assert caller.link is not None
+                link = caller.link
+                while len(link.instances("store")) < 2:
+                    await link.refresh("store")
+                    await anyio.sleep(0.05)
+                pids = {p.pid for p in hosts}
+                stop = anyio.Event()
+
+                async def flow() -> None:
+                    while not stop.is_set():
+                        sent = time.monotonic()
+                        try:
+                            outcome: object = await caller.client.request(
+                                "store", "pid", deadline=deadline
+                            )
+                        except Exception as exc:
+                            outcome = exc
+                        outcomes.append((sent, time.monotonic() - sent, outcome))
+
+                async with anyio.create_task_group() as group:
+                    for _ in range(4):
+                        group.start_soon(flow)
+                    while sum(1 for *_, o in outcomes if o in pids) < 100:  # noqa: ASYNC110
+                        await anyio.sleep(0.01)
+                    victim = hosts[0]
+                    victim.send_signal(signal.SIGKILL)
+                    killed = time.monotonic()
+                    dead = _host_of(victim.pid)
+                    while any(i.startswith(dead) for i in link.instances("store")):  # noqa: ASYNC110
+                        await anyio.sleep(0.01)
+                    expired = time.monotonic()
+                    await anyio.sleep(1.0)  # a second of calls on the survivor
+                    stop.set()
+    finally:
+        for process in hosts:
+            if process.returncode is None:
+                process.kill()
+            with anyio.move_on_after(10, shield=True):
+                await process.wait()
+    # No request outlived its deadline (a caller's deadline is its own timer).
+    assert all(took < deadline + 0.5 for _, took, _ in outcomes)
+    # What failed was in flight at the kill (one per caller at most): it timed out, or
+    # failed at once when a call to the dead host went undelivered.
+    failed = [o for _, _, o in outcomes if isinstance(o, Exception)]
+    assert len(failed) <= 4, failed
+    assert all(isinstance(o, RequestTimeout | ServiceUnavailable) for o in failed), failed
+    # Every request sent once the dead host left the view was answered by the other one.
+    after = [o for sent, _, o in outcomes if sent >= expired]
+    assert after and all(o == hosts[1].pid for o in after), after
+    assert any(o == hosts[1].pid for sent, _, o in outcomes if killed <= sent < expired)
+
+
+def _host_of(pid: int) -> str:
+    """The start of the instance ids of the host whose `startable up` has `pid`."""
+    return f"{os.uname().nodename[:40]}.{pid}."
