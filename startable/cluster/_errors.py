@@ -215,7 +215,8 @@ class RequestError(ClusterError):
 
 class RequestRefused(RequestError, PermissionError):
     """The caller may not do this: the callee is not among its declared
-    dependencies, or it may not create services."""
+    dependencies, or it may not create services (or a retry was refused: the
+    handler is not idempotent)."""
 
 
 class ServiceUnavailable(RequestError):

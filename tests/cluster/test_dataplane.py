@@ -23,7 +23,7 @@ from startable.cluster import (
     port_pair,
     this_service,
 )
-from startable.cluster._data.contract import AnyMessage
+from startable.cluster._data.contract import AnyMessage, Call, Reply
 from startable.cluster._data.link import PortLink
 from startable.cluster._data.router import Outbox
 
@@ -62,6 +62,18 @@ class Store(plane_services.Store):
 
 
 Api = plane_services.Api
+
+
+class Inbox:
+    """An endpoint of the router that keeps the replies it is given."""
+
+    def __init__(self) -> None:
+        self.got: list[Reply] = []
+
+    def put(self, message: AnyMessage) -> bool:
+        if isinstance(message, Reply):
+            self.got.append(message)
+        return True
 
 
 def cluster() -> tuple[ServicesManager, dict[str, object]]:
@@ -289,3 +301,57 @@ async def test_an_outbox_emptied_before_its_pump_woke_goes_on_pumping() -> None:
             outbox.put(Event("kept", None, "x"))
             assert (await theirs.receive()).topic == "kept"
             group.cancel_scope.cancel()
+
+
+class Counter:
+    """Counts the runs of its handlers: one may run twice for a request, one may not."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        pass
+
+    @handler
+    def bump(self) -> int:
+        self.runs += 1
+        return self.runs
+
+    @handler(idempotent=True)
+    def read(self) -> int:
+        self.runs += 1
+        return self.runs
+
+
+async def test_a_call_sent_again_runs_once_and_gets_the_first_answer() -> None:
+    counter = Counter()
+    manager = ServicesManager([ServiceSpec(name="counter", factory=lambda: counter)])
+    with anyio.fail_after(10):
+        async with startable.running(manager):
+            inbox = Inbox()
+            manager.router.attach(None, inbox)
+
+            async def ask(rid: int, method: str, key: str, attempt: int) -> Reply:
+                manager.router.handle(inbox, Call(rid, "counter", method, key=key, attempt=attempt))
+                while not any(r.id == rid for r in inbox.got):  # noqa: ASYNC110 - a handler's task
+                    await anyio.sleep(0.01)
+                return next(r for r in inbox.got if r.id == rid)
+
+            assert (await ask(1, "bump", "k1", 0)).value == 1
+            again = await ask(2, "bump", "k1", 1)  # the same request: the same answer
+            assert again.value == 1 and again.kind == "" and counter.runs == 1
+            refused = await ask(3, "bump", "k2", 1)  # a retry it never saw: it may have run
+            assert refused.kind == "refused" and "not idempotent" in refused.message
+            assert (await ask(4, "read", "k3", 1)).value == 2  # idempotent: it runs
+            assert (await ask(5, "bump", "", 0)).value == 3  # no key: an ordinary call
+    assert counter.runs == 3
+
+
+@pytest.mark.parametrize("retries", [-1, 17, 1.5, True])
+async def test_retries_are_a_small_count(retries: object) -> None:
+    manager, _ = cluster()
+    with anyio.fail_after(10):
+        async with startable.running(manager):
+            with pytest.raises(ValueError, match="retries"):
+                await manager.client.request("store", "get", "k", retries=retries)

@@ -317,3 +317,45 @@ def test_a_callee_cannot_announce_a_fan_out() -> None:
     waiter.take(Reply(7, [5], kind="fan-out", part=0))  # and a second one is not taken
     assert not waiter.done.is_set() and waiter.instances == [0, 1]
     assert router.malformed == {"web": 1}
+
+
+def test_a_redirected_request_goes_to_another_endpoint_or_fails(setup: tuple) -> None:
+    router, _, caller, one, two = setup
+    router.handle(caller, call(1))
+    forwarded = one.got[-1]
+    assert isinstance(forwarded, Call) and router.outstanding(one) == 1
+    router.redirect(forwarded.id, forwarded)  # `one` never ran it
+    assert two.got == [forwarded] and router.outstanding(one) == 0
+    assert router.outstanding(two) == 1
+    router.handle(two, Reply(forwarded.id, "from two"))
+    assert caller.got == [Reply(1, "from two")]
+    # With no other endpoint, the caller is told at once.
+    router.detach(one)
+    router.handle(caller, call(2))
+    again = two.got[-1]
+    assert isinstance(again, Call)
+    router.redirect(again.id, again)
+    answer = caller.got[-1]
+    assert isinstance(answer, Reply) and answer.id == 2 and answer.kind == "unavailable"
+    assert "no instance left" in answer.message
+    router.redirect(12345, again)  # an id it does not know: nothing happens
+    assert router.outstanding(two) == 0
+
+
+def test_a_foreign_endpoint_calls_as_its_name_but_is_never_called_and_never_relayed(
+    setup: tuple,
+) -> None:
+    router, directory, _, one, _ = setup
+    relayed: list[Event] = []
+    router.relay = relayed.append
+    foreign = Inbox("web on another host")
+    router.attach("web", foreign, foreign=True)
+    assert foreign not in directory.endpoints("web")
+    router.handle(foreign, call(1, "web"))  # it calls as "web"
+    forwarded = one.got[-1]
+    assert isinstance(forwarded, Call) and forwarded.caller == "web"
+    router.handle(foreign, Event("t", 1))
+    router.handle(one, Event("t", 2))
+    assert [event.payload for event in relayed] == [2]  # only this host's own events go out
+    router.detach(foreign)
+    assert not router.attached(foreign) and foreign not in directory.endpoints("web")

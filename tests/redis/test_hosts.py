@@ -130,8 +130,14 @@ class Tagged:
     async def _start(self) -> None:
         pass
 
-    @handler
+    @handler(idempotent=True)
     async def hold(self, seconds: float) -> str:
+        self.held += 1
+        await anyio.sleep(seconds)
+        return self.tag
+
+    @handler
+    async def once(self, seconds: float) -> str:
         self.held += 1
         await anyio.sleep(seconds)
         return self.tag
@@ -262,3 +268,55 @@ async def test_a_redis_restart_fails_calls_in_flight_and_everything_comes_back(
                     await anyio.sleep(0.05)
             back = time.monotonic() - restarted
     assert back < 5, back  # (the design's target is 2 s; bench/redis.py measures it)
+
+
+@pytest.mark.parametrize("method", ["hold", "once"])
+async def test_a_retry_goes_to_another_host_only_for_an_idempotent_handler(
+    redis_server: EmbeddedRedis, method: str
+) -> None:
+    made: dict[str, Tagged] = {}
+
+    def tagged(tag: str) -> Tagged:
+        made[tag] = Tagged(tag)
+        return made[tag]
+
+    b, c = (
+        host(redis_server, ServiceSpec(name="store", factory=lambda t=tag: tagged(t)))
+        for tag in "bc"
+    )
+    a = host(redis_server, REMOTE_STORE)
+    hosts_by_tag = {"b": b, "c": c}
+    try:
+        with anyio.fail_after(30):
+            await of(b).start()
+            await of(c).start()
+            async with hosts(a):
+                assert a.link is not None
+                while len(a.link.instances("store")) < 2:
+                    await a.link.refresh("store")
+                    await anyio.sleep(0.05)
+                outcome: list[object] = []
+
+                async def ask() -> None:
+                    try:
+                        outcome.append(await a.client.request("store", method, 2.0, retries=2))
+                    except ServiceUnavailable as exc:
+                        outcome.append(exc)
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(ask)
+                    while not any(t.held for t in made.values()):  # noqa: ASYNC110 - a handler
+                        await anyio.sleep(0.01)
+                    running = next(tag for tag, t in made.items() if t.held)
+                    await of(hosts_by_tag[running]).stop()  # the host goes under the call
+    finally:
+        with anyio.CancelScope(shield=True):
+            for manager in (b, c):
+                await of(manager).stop()
+    other = "c" if running == "b" else "b"
+    if method == "hold":  # idempotent: run again on the other host
+        assert outcome == [other] and made[other].held == 1
+    else:  # not: the first failure, with why it was not sent again
+        (error,) = outcome
+        assert isinstance(error, ServiceUnavailable) and made[other].held == 0
+        assert any("not idempotent" in note for note in error.__notes__)

@@ -18,6 +18,8 @@ import contextvars
 import inspect
 import itertools
 import logging
+import secrets
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -25,12 +27,14 @@ import anyio
 import attrs
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from msgspec.structs import replace
 
 from ... import State, as_raw_start, as_raw_stop, assert_state, of
 from .._errors import (
     ClusterError,
     RemoteError,
     RequestError,
+    RequestRefused,
     RequestTimeout,
     ServiceUnavailable,
 )
@@ -39,6 +43,7 @@ from .contract import (
     DEFAULT_DEADLINE,
     FAILURES,
     MAX_NAME_LENGTH,
+    MAX_RETRIES,
     AnyMessage,
     Call,
     Create,
@@ -50,11 +55,15 @@ from .contract import (
     invalid,
     problem,
 )
-from .handlers import MARK, handlers
+from .handlers import IDEMPOTENT, MARK, handlers
 from .link import Link
 
 logger = logging.getLogger("startable.cluster")
 STARTED = State.STARTED
+#: Replies a client keeps for the retries of calls it answered, at most.
+MAX_ANSWERS = 4096
+#: How long past its deadline a call's reply is kept for its retries, in seconds.
+ANSWER_GRACE = 1.0
 
 #: How many undelivered events a subscription holds before it drops new ones.
 DEFAULT_EVENT_BUFFER = 1000
@@ -194,6 +203,9 @@ class ServiceClient:
         self._waiting: dict[int, _Waiter] = {}
         self._subscriptions: dict[str, list[MemoryObjectSendStream[Event]]] = {}
         self._registered: set[str] = set()  # topics the router delivers here
+        self._token = secrets.token_hex(8)  # names this client's calls across their retries
+        #: Calls with a key: until when each is kept, and its reply (or its run, in progress).
+        self._answers: OrderedDict[str, tuple[float, Reply | anyio.Event]] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"<ServiceClient {self.name or '(manager)'}: {of(self).state.name}>"
@@ -279,6 +291,7 @@ class ServiceClient:
         *args: Any,
         deadline: float = DEFAULT_DEADLINE,
         pick: Literal["least-outstanding", "random"] = "least-outstanding",
+        retries: int = 0,
         **kwargs: Any,
     ) -> Any:
         """Call `method(*args, **kwargs)` on `service`; its result.
@@ -294,6 +307,17 @@ class ServiceClient:
             pick: which replica of a pool gets it: the one with the fewest
                 requests waiting for it (the oldest on a tie), or one at
                 `"random"`. (`request_all` asks every one.)
+            retries: how many times to send it again (0 to `MAX_RETRIES`)
+                when it fails with `ServiceUnavailable` (the callee stopped
+                before it answered, the link to its host was lost, it was
+                not STARTED), within the one `deadline`, after a backoff
+                from 50 ms. A retry runs the handler again only if it is
+                marked `@handler(idempotent=True)`; one that is not refuses
+                the retry (the first failure is raised), and a callee that
+                answered the request already gives that answer again, so a
+                handler never runs twice for one request in one process.
+                (A call that reached no instance at all is sent to another
+                one in any case: nobody ran it.)
 
         Raises:
             RemoteError: the handler raised; it carries the remote traceback.
@@ -311,9 +335,41 @@ class ServiceClient:
         """
         if pick not in _PICKS:
             raise ValueError(f"pick is 'least-outstanding' or 'random', not {pick!r}")
-        call = Call(next(self._ids), service, method, args, kwargs, deadline, pick=_PICKS[pick])
-        reply = await self._ask(call, deadline, service, method)
-        return reply.value
+        if (
+            isinstance(retries, bool)
+            or not isinstance(retries, int)
+            or not 0 <= retries <= MAX_RETRIES
+        ):
+            raise ValueError(f"retries is an integer from 0 to {MAX_RETRIES}, not {retries!r}")
+        rid = next(self._ids)
+        key = f"{self._token}.{rid}" if retries else ""
+        call = Call(rid, service, method, args, kwargs, deadline, pick=_PICKS[pick], key=key)
+        if not retries:
+            return (await self._ask(call, deadline, service, method)).value
+        return await self._retrying(call, deadline, retries)
+
+    async def _retrying(self, call: Call, deadline: float, retries: int) -> Any:
+        """`call`, sent again after each `ServiceUnavailable`, `retries` times at most."""
+        started = anyio.current_time()
+        first: ServiceUnavailable | None = None
+        while True:
+            try:
+                return (await self._ask(call, call.timeout, call.service, call.method)).value
+            except ServiceUnavailable as exc:
+                first = first or exc
+                left = deadline - (anyio.current_time() - started)
+                pause = 0.05 * 2**call.attempt
+                if call.attempt >= retries or left <= pause:
+                    raise
+                await anyio.sleep(pause)
+                left -= pause
+            except RequestRefused as exc:
+                if call.attempt == 0 or first is None:
+                    raise
+                first.add_note(f"not sent again: {exc}")
+                raise first from None
+            attempt = call.attempt + 1
+            call = replace(call, id=next(self._ids), timeout=left, attempt=attempt)
 
     @assert_state()
     async def request_all(
@@ -541,7 +597,7 @@ class ServiceClient:
 
     async def _answer(self, call: Call) -> None:
         with serving_as(self):  # the handler runs as this service, whoever called it
-            reply = await self._run_handler(call)
+            reply = await (self._run_once(call) if call.key else self._run_handler(call))
         try:
             await self._send(reply)
         except (TypeError, ValueError, msgspec.EncodeError) as exc:
@@ -554,13 +610,55 @@ class ServiceClient:
         except ClusterError:
             pass  # the router is gone: nobody is waiting
 
+    async def _run_once(self, call: Call) -> Reply:
+        """Answer a call that may come more than once (it has a key): the handler runs
+        for its first attempt, or for a later one only if it is idempotent; an
+        attempt after a run gets that run's reply."""
+        answers = self._answers
+        known = answers.get(call.key)
+        if known is not None:
+            running = known[1]
+            if isinstance(running, anyio.Event):  # an attempt is running: its reply is ours
+                with anyio.move_on_after(call.timeout):
+                    await running.wait()
+                known = answers.get(call.key)
+            if known is None or not isinstance(known[1], Reply):
+                return _failed(call, "timeout", f"{self.name}.{call.method} ran past the deadline")
+            return replace(known[1], id=call.id)
+        if call.attempt > 0 and self._target is not None:
+            found = (
+                getattr(type(self._target), call.method, None) if call.method[:1] != "_" else None
+            )
+            if getattr(found, MARK, False) and not getattr(found, IDEMPOTENT, False):
+                return _failed(
+                    call,
+                    "refused",
+                    f"{self.name}.{call.method} is not idempotent: a retry could run it twice "
+                    "(mark it @handler(idempotent=True) if that does no harm)",
+                )
+        now = anyio.current_time()
+        if len(answers) >= MAX_ANSWERS:  # the past ones first, then the oldest
+            for key in [k for k, (until, _) in answers.items() if until < now] or [
+                next(iter(answers))
+            ]:
+                del answers[key]
+        running = anyio.Event()
+        answers[call.key] = (now + call.timeout + ANSWER_GRACE, running)
+        try:
+            reply = await self._run_handler(call)
+        finally:
+            running.set()
+            answers.pop(call.key, None)
+        if reply.kind in ("", "error"):  # the handler ran: a later attempt gets this
+            answers[call.key] = (now + call.timeout + ANSWER_GRACE, reply)
+        return reply
+
     async def _run_handler(self, call: Call) -> Reply:
         target = self._target
         if target is None or of(target).state is not STARTED:
             state = of(target).state.name if target is not None else "not running"
             return _failed(call, "unavailable", f"service {self.name!r} is not STARTED ({state})")
-        # Looked up on the class: a name from elsewhere never runs a property.
-        found = getattr(type(target), call.method, None) if call.method[:1] != "_" else None
+        found = _handler_of(target, call.method)
         if not getattr(found, MARK, False):
             known = ", ".join(handlers(target)) or "none"
             return _failed(
@@ -582,6 +680,13 @@ class ServiceClient:
 
 #: `request(pick=...)`, as a `Call` says it.
 _PICKS: Mapping[str, str] = {"least-outstanding": "", "random": "random"}
+
+
+def _handler_of(target: object, method: str) -> object:
+    """What `method` names on `target`'s class (None for a private name).
+
+    Looked up on the class: a name from elsewhere never runs a property."""
+    return getattr(type(target), method, None) if method[:1] != "_" else None
 
 
 def _error_of(reply: Reply, service: str, method: str) -> Exception | None:

@@ -41,6 +41,10 @@ MAX_NAME_LENGTH: Final = 255
 MAX_ID: Final = (1 << 63) - 1
 #: Instances of one service (the replicas of a pool) are numbered below this.
 MAX_INSTANCES: Final = 1 << 16
+#: The most times a request may be sent again (`request(retries=...)`).
+MAX_RETRIES: Final = 16
+#: The longest `Call.key`, in characters.
+MAX_KEY_LENGTH: Final = 128
 #: `Call.pick`: which of the callee's instances get the request. Empty: the
 #: router's own policy (the fewest requests waiting); `"random"`: one at
 #: random; `"all"`: every one (answered in parts, see `Reply`).
@@ -56,7 +60,11 @@ class Call(DataMessage, tag="call", frozen=True):
 
     `caller` is filled by the router (empty: the operator, not a service).
     `timeout` is the time the caller still waits, in seconds. `pick` is one
-    of `PICKS`.
+    of `PICKS`. A call that may be sent again (`request(retries=...)`) has a
+    `key` that names it across its attempts, and `attempt` counts them (0:
+    the first): a callee that answered the key answers a second attempt
+    with the same reply, and runs an attempt after the first only in a
+    handler marked idempotent.
     """
 
     id: int
@@ -67,6 +75,8 @@ class Call(DataMessage, tag="call", frozen=True):
     timeout: float = DEFAULT_DEADLINE
     caller: str = ""
     pick: str = ""
+    key: str = ""
+    attempt: int = 0
 
 
 #: `Reply.kind`: how a request failed (empty: it did not; `"error"`: the handler raised;
@@ -220,6 +230,16 @@ def problem(message: AnyMessage) -> str | None:
             or deadline_problem(message.timeout, "a request's deadline")
             or (
                 None if message.pick in PICKS else f"a pick is one of {PICKS}, not {message.pick!r}"
+            )
+            or (
+                None
+                if len(message.key) <= MAX_KEY_LENGTH
+                else f"a call's key has {MAX_KEY_LENGTH} characters at most"
+            )
+            or (
+                None
+                if 0 <= message.attempt <= MAX_RETRIES
+                else f"an attempt is from 0 to {MAX_RETRIES}, not {message.attempt}"
             )
         )
     if isinstance(message, Reply):
