@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import pytest
 
 import startable
@@ -156,3 +157,77 @@ async def test_a_sigkilled_host_is_failed_over_and_no_request_outlives_its_deadl
 def _host_of(pid: int) -> str:
     """The start of the instance ids of the host whose `startable up` has `pid`."""
     return f"{os.uname().nodename[:40]}.{pid}."
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "two_hosts"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def _until(process: anyio.abc.Process, marker: str, seen: list[str]) -> None:
+    assert process.stdout is not None
+    while not any(marker in line for line in "".join(seen).splitlines()):
+        chunk = await process.stdout.receive()
+        seen.append(chunk.decode(errors="replace"))
+
+
+async def test_the_tutorial_runs_as_two_startable_up_sharing_one_embedded_server(
+    tmp_path: Path,
+) -> None:
+    port = _free_port()  # (the files' port, 6390, may be taken on this machine)
+    for source in EXAMPLE.iterdir():
+        if source.suffix in (".py", ".toml"):
+            text = source.read_text(encoding="utf-8").replace("6390", str(port))
+            (tmp_path / source.name).write_text(text, encoding="utf-8")
+    env = {**os.environ, "STARTABLE_CLUSTER_KEY": "t" * 64}
+    hosts: list[anyio.abc.Process] = []
+    outputs: list[list[str]] = [[], []]
+    try:
+        with anyio.fail_after(60):
+            for name, marker, seen in (
+                ("kv.toml", "kv: STARTED", outputs[0]),
+                ("api.toml", "api: STARTED", outputs[1]),
+            ):
+                process = await anyio.open_process(
+                    [sys.executable, "-m", "startable", "up", tmp_path / name, "--no-live"],
+                    stdin=subprocess.DEVNULL,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
+                hosts.append(process)
+                await _until(process, marker, seen)
+            assert "api | api: ready; kv says hello from another host" in "".join(outputs[1])
+            for process in reversed(hosts):
+                process.send_signal(signal.SIGINT)
+                assert await process.wait() == 0
+    finally:
+        for process in hosts:
+            if process.returncode is None:
+                process.kill()
+            with anyio.move_on_after(10, shield=True):
+                await process.wait()
+
+
+def test_the_two_hosts_example_runs_in_one_program() -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE / "drive.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,  # a bound against hangs, not a speed test
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    for line in (
+        "recalled: 42",
+        "kv runs on the other host: True",
+        "here, kv is STARTED and remote",
+        "stopped: STOPPED STOPPED",
+    ):
+        assert line in result.stdout, result.stdout

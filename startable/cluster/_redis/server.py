@@ -271,7 +271,7 @@ class EmbeddedRedis:
 
 
 #: The `redis` values that ask for an embedded server.
-EMBEDDED: Final = re.compile(r"embedded(?://127\.0\.0\.1:(?P<port>\d{1,5}))?")
+EMBEDDED: Final = re.compile(r"embedded(?:://127\.0\.0\.1:(?P<port>\d{1,5}))?")
 
 
 def embedded_password(cluster_key: bytes) -> str:
