@@ -66,6 +66,8 @@ if _TYPE_CHECKING:
     from ._process.listen import bind_listener as bind_listener
     from ._process.listen import listen_sockets as listen_sockets
     from ._process.options import ProcessOptions as ProcessOptions
+    from ._redis.link import LinkStatistics as LinkStatistics
+    from ._redis.link import RedisLink as RedisLink
     from ._redis.server import EmbeddedRedis as EmbeddedRedis
     from ._sandbox.permissions import Permissions as Permissions
     from ._sandbox.permissions import landlock_abi as landlock_abi
@@ -127,6 +129,8 @@ _WHERE: dict[str, str] = {
     "ServiceContainer": "._process.container",
     "OutputLine": "._process.controller",
     "EmbeddedRedis": "._redis.server",
+    "RedisLink": "._redis.link",
+    "LinkStatistics": "._redis.link",
     "ProcessOptions": "._process.options",
     "ListenAddress": "._process.listen",
     "ListenSocket": "._process.listen",
@@ -172,6 +176,7 @@ __all__ = (
     "ForcedStop",
     "FrameError",
     "HandlerNotFound",
+    "LinkStatistics",
     "ListenAddress",
     "ListenSocket",
     "MalformedRequest",
@@ -182,6 +187,7 @@ __all__ = (
     "PortError",
     "PortStatistics",
     "ProcessOptions",
+    "RedisLink",
     "RemoteError",
     "RemoteExited",
     "Replica",
