@@ -4,6 +4,11 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Tests assert behaviour, not timing: no example fails for taking long on a busy machine.
+settings.register_profile("startable", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("startable")
 
 
 @pytest.fixture(params=["trio", "asyncio"])

@@ -33,6 +33,15 @@ async def main() -> None:
         async with startable.running(kv_host), startable.running(api_host):
             await api_host.client.request("api", "remember", "answer", 42)
             print("recalled:", await api_host.client.request("api", "recall", "answer"))
+            # The kv host's operator changes api's configuration; api, on the other
+            # host, hears of it through Redis.
+            await kv_host.client.config("api").set("greeting", "welcome")
+            with anyio.fail_after(10):
+                greeting = "hello, Ada"
+                while greeting == "hello, Ada":  # (api, in its own process, hears of it soon)
+                    greeting = await api_host.client.request("api", "greet", "Ada")
+                    await anyio.sleep(0.05)
+            print("greeted:", greeting)
             print("kv runs on the other host:", kv_host["kv"].pid is not None)
             print("here, kv is", startable.of(api_host["kv"]).state.name, "and remote")
     print("stopped:", startable.of(api_host).state.name, startable.of(kv_host).state.name)

@@ -22,8 +22,13 @@ if _TYPE_CHECKING:
     from ._data.client import Answer as Answer
     from ._data.client import ServiceClient as ServiceClient
     from ._data.client import this_service as this_service
+    from ._data.config import Config as Config
+    from ._data.config import ConfigChanges as ConfigChanges
     from ._data.contract import DEFAULT_DEADLINE as DEFAULT_DEADLINE
+    from ._data.contract import MAX_CONFIG_KEYS as MAX_CONFIG_KEYS
+    from ._data.contract import MAX_CONFIG_VALUE as MAX_CONFIG_VALUE
     from ._data.contract import MAX_DEADLINE as MAX_DEADLINE
+    from ._data.contract import ConfigChange as ConfigChange
     from ._data.contract import Event as Event
     from ._data.handlers import handler as handler
     from ._data.router import MAX_IN_FLIGHT as MAX_IN_FLIGHT
@@ -92,6 +97,11 @@ _WHERE: dict[str, str] = {
     "Answer": "._data.client",
     "ServiceClient": "._data.client",
     "this_service": "._data.client",
+    "Config": "._data.config",
+    "ConfigChanges": "._data.config",
+    "ConfigChange": "._data.contract",
+    "MAX_CONFIG_KEYS": "._data.contract",
+    "MAX_CONFIG_VALUE": "._data.contract",
     "DEFAULT_DEADLINE": "._data.contract",
     "MAX_DEADLINE": "._data.contract",
     "Event": "._data.contract",
@@ -154,6 +164,8 @@ _WHERE: dict[str, str] = {
 
 __all__ = (
     "DEFAULT_DEADLINE",
+    "MAX_CONFIG_KEYS",
+    "MAX_CONFIG_VALUE",
     "MAX_DEADLINE",
     "MAX_IN_FLIGHT",
     "MAX_LISTEN",
@@ -166,6 +178,9 @@ __all__ = (
     "ClusterError",
     "ClusterFile",
     "ClusterFileError",
+    "Config",
+    "ConfigChange",
+    "ConfigChanges",
     "ConnectionPort",
     "DependencyCycleError",
     "DependencyStopped",

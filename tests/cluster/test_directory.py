@@ -15,6 +15,7 @@ from msgspec.structs import replace
 from startable.cluster._data.contract import (
     AnyMessage,
     Call,
+    Configure,
     Create,
     Event,
     Reply,
@@ -64,6 +65,11 @@ class Replicated:
         self.created.append((parent, create.name))
         answer(Reply(create.id))
 
+    def configure(
+        self, source: str | None, service: str, message: Configure, answer: Callable[[Reply], None]
+    ) -> None:
+        answer(Reply(message.id, kind="refused", message="no configuration here"))
+
     def register(self, name: str, endpoint: Endpoint) -> None:
         self.table.setdefault(name, []).append(endpoint)
 
@@ -104,7 +110,7 @@ def test_both_directories_implement_the_protocol() -> None:
     from startable.cluster._system.manager import ServicesManager
 
     members = {name for name in vars(Directory) if not name.startswith("_")}
-    assert members >= {"call_refusal", "create", "endpoints", "register", "unregister"}
+    assert members >= {"call_refusal", "configure", "create", "endpoints", "register"}
     for directory in (Replicated(), LocalDirectory(ServicesManager())):
         assert all(hasattr(directory, name) for name in members), directory
         assert list(directory.endpoints("web")) == []

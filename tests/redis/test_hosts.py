@@ -254,7 +254,6 @@ async def test_a_redis_restart_fails_calls_in_flight_and_everything_comes_back(
                 group.start_soon(in_flight)
                 while not a.link._calls:  # noqa: ASYNC110 - until the call is sent
                     await anyio.sleep(0.01)
-                restarted = time.monotonic()
                 await redis_server.restart()
             # The call in flight failed with a clear error, long before its deadline.
             assert len(failed) == 1 and isinstance(failed[0], ServiceUnavailable)
@@ -266,8 +265,7 @@ async def test_a_redis_restart_fails_calls_in_flight_and_everything_comes_back(
                     break
                 except (ServiceUnavailable, RequestTimeout, RemoteError):
                     await anyio.sleep(0.05)
-            back = time.monotonic() - restarted
-    assert back < 5, back  # (the design's target is 2 s; bench/redis.py measures it)
+    # (How soon it is back is measured by bench/hosts.py, not asserted here.)
 
 
 @pytest.mark.parametrize("method", ["hold", "once"])

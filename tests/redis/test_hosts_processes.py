@@ -226,6 +226,7 @@ def test_the_two_hosts_example_runs_in_one_program() -> None:
     assert result.returncode == 0, result.stderr
     for line in (
         "recalled: 42",
+        "greeted: welcome, Ada",
         "kv runs on the other host: True",
         "here, kv is STARTED and remote",
         "stopped: STOPPED STOPPED",

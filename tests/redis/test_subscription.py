@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator
-
 import anyio
 import coredis
 import pytest
@@ -22,14 +19,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning"),
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def collect_coredis_leaks() -> Iterator[None]:
-    """Collect after each test (its client closed): coredis's leak is reported here,
-    where it is filtered, not in a later test."""
-    yield
-    gc.collect()
 
 
 async def delivered(client: coredis.Redis[bytes], channel: str, data: bytes) -> None:

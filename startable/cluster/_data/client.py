@@ -39,13 +39,17 @@ from .._errors import (
     ServiceUnavailable,
 )
 from .._ipc.messages import ErrorInfo
+from .._names import NAME_RULE
+from .config import Config
 from .contract import (
     DEFAULT_DEADLINE,
     FAILURES,
     MAX_NAME_LENGTH,
     MAX_RETRIES,
+    RESERVED_TOPICS,
     AnyMessage,
     Call,
+    Configure,
     Create,
     Event,
     Reply,
@@ -421,7 +425,11 @@ class ServiceClient:
         return answers
 
     async def _ask(
-        self, message: Call | Subscribe | Create, deadline: float, service: str, method: str
+        self,
+        message: Call | Subscribe | Create | Configure,
+        deadline: float,
+        service: str,
+        method: str,
     ) -> Reply:
         waiter = await self._wait(message, deadline, service, method)
         reply = waiter.reply
@@ -434,7 +442,7 @@ class ServiceClient:
 
     async def _wait(
         self,
-        message: Call | Subscribe | Create,
+        message: Call | Subscribe | Create | Configure,
         deadline: float,
         service: str,
         method: str,
@@ -511,6 +519,13 @@ class ServiceClient:
             ```
         """
         _check_topic(topic)
+        async with self._subscription(topic, buffer, deadline) as events:
+            yield events
+
+    @contextlib.asynccontextmanager
+    async def _subscription(
+        self, topic: str, buffer: int, deadline: float
+    ) -> AsyncIterator[MemoryObjectReceiveStream[Event]]:
         send, receive = anyio.create_memory_object_stream[Event](buffer)
         streams = self._subscriptions.setdefault(topic, [])
         streams.append(send)
@@ -532,6 +547,33 @@ class ServiceClient:
                         contextlib.suppress(ClusterError),
                     ):
                         await self._link.send(Unsubscribe(topic))
+
+    # -- configuration ------------------------------------------------------------------
+
+    def config(self, service: str | None = None) -> Config:
+        """The configuration of this service (or, for the manager's client, of `service`).
+
+        A small key-value store per service, kept by the manager (in Redis,
+        shared by every host, when the cluster has `redis`), whose changes
+        are announced to every watcher (`Config.watch`). A service reads and
+        changes its own only; the manager's client names the service.
+
+        Example:
+            ```python
+            config = this_service().config()
+            await config.set("greeting", "hello")
+            assert await config.get("greeting") == "hello"
+            ```
+        """
+        if service is None:
+            if not self.name:
+                raise ValueError("the manager's client names the service: config('name')")
+            service = ""
+        elif self.name and service != self.name:
+            raise ValueError(f"service {self.name!r} reaches its own configuration only")
+        elif not NAME_RULE.fullmatch(service):
+            raise ValueError(f"{service!r} is not a service name")
+        return Config(self, service)
 
     # -- children ------------------------------------------------------------------------
 
@@ -706,3 +748,5 @@ def _failed(call: Call, kind: str, message: str) -> Reply:
 def _check_topic(topic: object) -> None:
     if not isinstance(topic, str) or not 0 < len(topic) <= MAX_NAME_LENGTH:
         raise ValueError(f"a topic is a string of 1 to {MAX_NAME_LENGTH} characters, not {topic!r}")
+    if topic.startswith(RESERVED_TOPICS):
+        raise ValueError(f"topics that begin {RESERVED_TOPICS!r} are the cluster's own: {topic!r}")

@@ -49,6 +49,14 @@ MAX_KEY_LENGTH: Final = 128
 #: router's own policy (the fewest requests waiting); `"random"`: one at
 #: random; `"all"`: every one (answered in parts, see `Reply`).
 PICKS: Final = ("", "random", "all")
+#: `Configure.op`: what a configuration request does.
+CONFIG_OPS: Final = ("get", "set", "delete", "items")
+#: The most keys one service's configuration may hold.
+MAX_CONFIG_KEYS: Final = 1024
+#: The largest configuration value, in bytes once encoded (msgpack).
+MAX_CONFIG_VALUE: Final = 64 * 1024
+#: Topics that begin with this are the cluster's own: no client emits on them.
+RESERVED_TOPICS: Final = "startable."
 
 
 class DataMessage(msgspec.Struct, frozen=True, tag_field="t", array_like=True):
@@ -144,7 +152,72 @@ class Create(DataMessage, tag="create", frozen=True):
     timeout: float = 60.0
 
 
-AnyMessage: TypeAlias = Call | Reply | Event | Subscribe | Unsubscribe | Create
+class Configure(DataMessage, tag="cfg", frozen=True):
+    """Read or change a service's configuration (acknowledged by a `Reply`).
+
+    `op` is one of `CONFIG_OPS`; `service` names whose configuration (empty:
+    the sender's own); `key` is unused by `"items"`, `value` by all but
+    `"set"`. The reply's value: the key's value (`"get"`, `None` when the key
+    is unset), whether the key was there (`"delete"`), every key's value
+    (`"items"`).
+    """
+
+    id: int
+    op: str
+    service: str = ""
+    key: str = ""
+    value: Any = None
+    timeout: float = DEFAULT_DEADLINE
+
+
+class ConfigChange(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """One change of a service's configuration, as every watcher gets it.
+
+    Attributes:
+        service: whose configuration changed.
+        key: the key that was set or deleted.
+        value: its new value (None when it was deleted).
+        deleted: whether the key was deleted.
+    """
+
+    service: str
+    key: str
+    value: Any = None
+    deleted: bool = False
+
+
+#: (Made here, where its annotations resolve: the type is re-exported under
+#: another module's name, where msgspec could not evaluate them.)
+change_decoder: Final = msgspec.msgpack.Decoder(ConfigChange)
+
+
+def config_topic(service: str) -> str:
+    """The topic the router announces `service`'s configuration changes on."""
+    return f"{RESERVED_TOPICS}config.{service}"
+
+
+def config_change_problem(change: ConfigChange) -> str | None:
+    """What is wrong with `change`, from another process (None if nothing)."""
+    return (
+        _service_problem(change.service, "a configured service")
+        or _name_problem(change.key, "a configuration key")
+        or (None if not change.deleted or change.value is None else "a deleted key has no value")
+    )
+
+
+def config_value_problem(value: object) -> str | None:
+    """Why `value` cannot be a configuration value (None if it can): what msgpack
+    encodes, `MAX_CONFIG_VALUE` bytes at most."""
+    try:
+        size = len(_encoder.encode(value))
+    except (TypeError, ValueError, msgspec.EncodeError) as exc:
+        return f"a configuration value is what msgpack encodes, not {type(value).__name__} ({exc})"
+    if size > MAX_CONFIG_VALUE:
+        return f"a configuration value is {MAX_CONFIG_VALUE} bytes at most once encoded, not {size}"
+    return None
+
+
+AnyMessage: TypeAlias = Call | Reply | Event | Subscribe | Unsubscribe | Create | Configure
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[AnyMessage] = msgspec.msgpack.Decoder(AnyMessage)
@@ -254,6 +327,17 @@ def problem(message: AnyMessage) -> str | None:
         return _name_problem(message.topic, "a topic")
     if isinstance(message, Subscribe):
         return _id_problem(message.id) or _name_problem(message.topic, "a topic")
+    if isinstance(message, Configure):
+        return (
+            _id_problem(message.id)
+            or (None if message.op in CONFIG_OPS else f"a configuration op is one of {CONFIG_OPS}")
+            or (None if not message.service else _service_problem(message.service, "a service"))
+            or (
+                None if message.op == "items" else _name_problem(message.key, "a configuration key")
+            )
+            or (None if message.op != "set" else config_value_problem(message.value))
+            or deadline_problem(message.timeout, "a configuration request's deadline")
+        )
     return (
         _id_problem(message.id)
         or _service_problem(message.name, "a new service's name")
@@ -265,6 +349,9 @@ def problem(message: AnyMessage) -> str | None:
 
 def invalid(message: AnyMessage, why: str) -> Reply | None:
     """The answer to a `message` that broke the contract, if it has an id to answer."""
-    if isinstance(message, Call | Subscribe | Create) and _id_problem(message.id) is None:
+    if (
+        isinstance(message, Call | Subscribe | Create | Configure)
+        and _id_problem(message.id) is None
+    ):
         return Reply(message.id, kind="invalid", message=why)
     return None

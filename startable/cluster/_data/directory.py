@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Literal, Protocol, TypeVar
 
-from .contract import AnyMessage, Create, Reply
+from .contract import AnyMessage, Configure, Create, Reply
 
 #: Why a request may not go where it asks: the kind of the reply the caller
 #: gets (`"refused"`: it may never; `"unavailable"`: not now) and a message.
@@ -40,8 +40,8 @@ class Directory(Protocol):
     """Who exists, who may call whom, and the endpoints behind each name.
 
     Every method is synchronous and must not block: the router calls them on
-    every message. Only `create` does work that takes time, in a task of the
-    directory's own, and answers through a callback.
+    every message. Only `create` and `configure` do work that takes time, in
+    a task of the directory's own, and answer through a callback.
     """
 
     @property
@@ -69,6 +69,18 @@ class Directory(Protocol):
         Called only when `create_refusal(parent)` said it may. It returns at
         once: the work is done in a task the directory owns, and `answer` is
         not called if that task is cancelled (its owner is stopping).
+        """
+        ...
+
+    def configure(
+        self, source: str | None, service: str, message: Configure, answer: Callable[[Reply], None]
+    ) -> None:
+        """Do what `message`, from `source` (None: the operator), asks of `service`'s
+        configuration; call `answer` once.
+
+        The router has checked that `source` may (a service asks for its own;
+        the operator for any). Like `create`, it returns at once and
+        does the work in a task of its own.
         """
         ...
 

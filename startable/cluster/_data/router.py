@@ -27,13 +27,16 @@ from msgspec.structs import replace
 from .._errors import ServiceUnavailable
 from .._ipc.messages import ErrorInfo
 from .contract import (
+    RESERVED_TOPICS,
     AnyMessage,
     Call,
+    Configure,
     Create,
     Event,
     Reply,
     Subscribe,
     Unsubscribe,
+    config_topic,
     copy,
     invalid,
     problem,
@@ -288,6 +291,9 @@ class Router:
             if forwarded is not None and forwarded.callee is origin:  # only the callee answers
                 self._forget(message.id)
                 forwarded.caller.put(replace(message, id=forwarded.caller_id, part=forwarded.part))
+        elif isinstance(message, Event) and message.topic.startswith(RESERVED_TOPICS):
+            why = f"topics that begin {RESERVED_TOPICS!r} are the cluster's own: {message.topic!r}"
+            self._malformed(origin, source, message, why)
         elif isinstance(message, Event):
             event = replace(message, source=source or "")
             for endpoint in self.topics.get(message.topic, ()):  # `put` subscribes no one
@@ -298,6 +304,8 @@ class Router:
             self._subscribe(origin, message)
         elif isinstance(message, Unsubscribe):
             self._unsubscribe(message.topic, origin)
+        elif isinstance(message, Configure):
+            self._configure(origin, source, message)
         else:
             assert source is not None  # (`_create_refusal` refuses the operator)
             self.directory.create(source, message, self._answer(origin))
@@ -325,7 +333,35 @@ class Router:
             who = f"service {source!r}" if source is not None else "the manager's client"
             logger.warning("%s sent a malformed message (%d so far): %s", who, count, why)
 
+    def announce(self, topic: str, payload: object) -> None:
+        """Deliver an event of the cluster's own (`source` empty) on `topic` to its
+        subscribers here (it is not relayed to other hosts)."""
+        event = Event(topic, payload)
+        for endpoint in self.topics.get(topic, ()):
+            endpoint.put(event)
+
+    def _configure(self, origin: Endpoint, source: str | None, message: Configure) -> None:
+        whose = message.service or source
+        refusal = None
+        if whose is None:
+            refusal = "the manager's client names the service whose configuration it asks for"
+        elif source is not None and whose != source:
+            refusal = f"service {source!r} may read and change its own configuration only"
+        elif origin in self._foreign:
+            refusal = "a configuration request does not cross hosts"
+        if refusal is not None:
+            origin.put(Reply(message.id, kind="refused", message=refusal))
+            return
+        assert whose is not None
+        self.directory.configure(source, whose, message, self._answer(origin))
+
     def _subscribe(self, origin: Endpoint, message: Subscribe) -> None:
+        if message.topic.startswith(RESERVED_TOPICS):
+            source = self._names.get(origin)
+            if source is not None and message.topic != config_topic(source):
+                refusal = f"service {source!r} may not subscribe to {message.topic!r}"
+                origin.put(Reply(message.id, kind="refused", message=refusal))
+                return
         mine = self._subscribed.setdefault(origin, set())
         if message.topic not in mine and len(mine) >= MAX_TOPICS:
             refusal = f"a service may subscribe to {MAX_TOPICS} topics at most"

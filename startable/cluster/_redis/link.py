@@ -47,7 +47,15 @@ import msgspec
 from msgspec.structs import replace
 
 from ... import State, as_raw_start, as_raw_stop, of
-from .._data.contract import AnyMessage, Call, Event, Reply
+from .._data.contract import (
+    AnyMessage,
+    Call,
+    ConfigChange,
+    Event,
+    Reply,
+    change_decoder,
+    config_change_problem,
+)
 from .._data.router import GRACE, Router
 from .._errors import ClusterError
 from .._ipc.messages import ErrorInfo
@@ -221,6 +229,9 @@ class RedisLink:
         self._subscription: Subscription | None = None
         self._beat_now = anyio.Event()
         self._warned: dict[str, int] = {}
+        #: Called with each configuration change announced in the cluster
+        #: (this host's too), checked, in the order Redis stored them.
+        self.on_config: Callable[[ConfigChange], object] | None = None
 
     def __repr__(self) -> str:
         return f"<RedisLink {self.host_id} of {self.cluster}: {of(self).state.name}>"
@@ -240,7 +251,7 @@ class RedisLink:
                 await registry.declare(self.host_id, sorted(self.runs))
         except (TimeoutError, OSError, coredis.exceptions.RedisError) as exc:
             raise ClusterError(f"cannot reach Redis at {_safe(self.url)}: {exc}") from None
-        channels = [self.inbox, self.keys.events]
+        channels = [self.inbox, self.keys.events, self.keys.config_changes]
         self._subscription = Subscription(
             client,
             channels,
@@ -451,13 +462,13 @@ class RedisLink:
 
     # -- sending --------------------------------------------------------------------
 
-    def _send(self, channel: str, service: str, message: AnyMessage, rid: int = 0) -> None:
-        """Seal `message` for `channel` and queue it (`rid`: the call it is, if one).
+    def _seal(self, channel: str, service: str, body: bytes) -> bytes:
+        """`body` in an envelope for `channel`, from `service` of this host.
 
         Raises:
             ClusterError: it does not fit in an envelope.
         """
-        data = seal(
+        return seal(
             self._key,
             cluster=self.cluster,
             channel=channel,
@@ -465,10 +476,20 @@ class RedisLink:
             service=service,
             seq=next(self._seq),
             sent_ms=time.time_ns() // 1_000_000,
-            body=msgspec.msgpack.encode(message),
+            body=body,
         )
+
+    def _send(self, channel: str, service: str, message: AnyMessage, rid: int = 0) -> None:
+        """Seal `message` for `channel` and queue it (`rid`: the call it is, if one)."""
+        data = self._seal(channel, service, msgspec.msgpack.encode(message))
         self._outgoing.append((channel, data, rid))
         self._wake.set()
+
+    def announcement(self, writer: str, change: ConfigChange) -> tuple[str, bytes]:
+        """The channel and the envelope that announce `change`, made by service
+        `writer` of this host (empty: its operator); `RedisConfig` publishes it."""
+        channel = self.keys.config_changes
+        return channel, self._seal(channel, writer, msgspec.msgpack.encode(change))
 
     def _call_out(self, endpoint: RemoteEndpoint, call: Call) -> bool:
         if of(self).state is not State.STARTED:
@@ -589,6 +610,10 @@ class RedisLink:
         envelope = open_envelope(
             self._key, data, cluster=self.cluster, channel=channel, now_ms=now_ms
         )
+        if channel == self.keys.config_changes:  # (this host's own too: in Redis's order)
+            self._replays.check(envelope, now_ms)
+            await self._configured(envelope.sender, envelope.service, envelope.body)
+            return
         if envelope.sender == self.host_id:
             return  # an event of ours, back from the event channel
         self._replays.check(envelope, now_ms)
@@ -611,6 +636,25 @@ class RedisLink:
             self._reply_in(envelope.sender, envelope.service, message)
         else:
             raise EnvelopeRefused("malformed", "only calls and replies come to an inbox")
+
+    async def _configured(self, host: str, writer: str, body: bytes) -> None:
+        try:
+            change = change_decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise EnvelopeRefused(
+                "malformed", f"its body is no configuration change: {exc}"
+            ) from None
+        why = config_change_problem(change)
+        if why is not None:
+            raise EnvelopeRefused("malformed", why)
+        if writer and writer != change.service:
+            raise EnvelopeRefused(
+                "identity", f"service {writer!r} announced a change of {change.service!r}"
+            )
+        if host != self.host_id:
+            await self._check_sender(host, writer)
+        if self.on_config is not None:
+            self.on_config(change)
 
     async def _check_sender(self, host: str, service: str) -> None:
         """Refuse a message from `service` unless host `host` declared it runs it."""

@@ -139,7 +139,13 @@ class Keys:
         return f"{self.prefix}events"
 
     def config(self, service: str) -> str:
+        """The hash of `service`'s configuration (`RedisConfig`)."""
         return f"{self.prefix}cfg:{service}"
+
+    @property
+    def config_changes(self) -> str:
+        """The channel every configuration change is announced on."""
+        return f"{self.prefix}cfg-changes"
 
 
 @attrs.frozen

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 import anyio
 
 from ... import State, of
-from .._data.contract import Create, Reply
+from .._data.config import ConfigStore, apply
+from .._data.contract import Configure, Create, Reply
 from .._data.directory import Endpoint, Refusal
 from .._errors import ServiceDefinitionError
 from .._ipc.messages import ErrorInfo
@@ -41,6 +42,9 @@ class Cluster(Protocol):
     def create(self, spec: ServiceSpec, *, parent: str | None = None) -> ServiceNode: ...
 
     async def start_service(self, name: str) -> None: ...
+
+    @property
+    def config_store(self) -> ConfigStore: ...
 
 
 class LocalDirectory:
@@ -97,6 +101,28 @@ class LocalDirectory:
         node = self.cluster.nodes[parent]  # (`create_refusal` found it)
         start_soon: Callable[..., Any] = of(self.cluster).start_soon
         start_soon(self._answered, node, create, answer)
+
+    def configure(
+        self, source: str | None, service: str, message: Configure, answer: Callable[[Reply], None]
+    ) -> None:
+        store = self.cluster.config_store
+        if service not in self.cluster.nodes and not store.shared:
+            answer(
+                Reply(message.id, kind="refused", message=f"there is no service named {service!r}")
+            )
+            return
+        start_soon: Callable[..., Any] = of(self.cluster).start_soon
+        start_soon(self._configured, source or "", service, message, answer)
+
+    async def _configured(
+        self, writer: str, service: str, message: Configure, answer: Callable[[Reply], None]
+    ) -> None:
+        try:
+            reply = await apply(self.cluster.config_store, service, message, writer)
+        except Exception as exc:  # a fault of ours must not stop the manager
+            logger.exception("a configuration request of %r failed", service)
+            reply = Reply(message.id, kind="error", error=ErrorInfo.of(exc))
+        answer(reply)
 
     async def _answered(
         self, parent: ServiceNode, create: Create, answer: Callable[[Reply], None]

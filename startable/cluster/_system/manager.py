@@ -14,6 +14,8 @@ import attrs
 
 from ... import State, StateChange, as_raw_start, as_raw_stop, of
 from .._data.client import ServiceClient
+from .._data.config import ConfigStore, MemoryConfig
+from .._data.contract import ConfigChange, config_topic
 from .._data.router import LocalLink, Router
 from .._errors import (
     ClusterError,
@@ -176,6 +178,10 @@ class ServicesManager:
         #: The operator's handle on the data plane: it may call any service,
         #: emit and subscribe, while the manager is STARTED.
         self.client = ServiceClient("", LocalLink(self.router, None))
+        self._memory_config = MemoryConfig(self._config_changed)
+        #: Where the services' configuration is kept: in this process, or in
+        #: Redis while the manager has a link (`ServiceClient.config`).
+        self.config_store: ConfigStore = self._memory_config
         self.create_many(services)
 
     def __repr__(self) -> str:
@@ -209,6 +215,9 @@ class ServicesManager:
                 callback(event)
             except Exception:
                 logger.exception("a ServicesManager subscriber failed on %r", event)
+
+    def _config_changed(self, change: ConfigChange) -> None:
+        self.router.announce(config_topic(change.service), change)
 
     def _replica_restarting(self, name: str, replica: int, delay: float) -> None:
         self._emit(ServiceEvent(name, "restarting", delay=delay, replica=replica))
@@ -327,6 +336,7 @@ class ServicesManager:
         await self._start_nodes(list(self.nodes.values()))
 
     async def _open_link(self, redis: str) -> None:
+        from .._redis.config import RedisConfig
         from .._redis.link import RedisLink
         from .._redis.server import embedded
 
@@ -347,7 +357,9 @@ class ServicesManager:
         link.runs.update(name for name, node in self.nodes.items() if not node.spec.remote)
         assert isinstance(self.router.directory, LocalDirectory)
         self.router.directory.foreign = link.callers
+        link.on_config = self._config_changed
         await of(link).start()
+        self.config_store = RedisConfig(link, self._cluster_key)
 
     @as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:
@@ -376,6 +388,7 @@ class ServicesManager:
 
     async def _close_link(self) -> None:
         link, self.link = self.link, None
+        self.config_store = self._memory_config
         server, self._redis_server = self._redis_server, None
         try:
             if link is not None and of(link).state not in (READY, STOPPED):
