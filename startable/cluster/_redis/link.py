@@ -113,11 +113,12 @@ class LinkStatistics:
 class RemoteEndpoint:
     """One live instance of a service on another host, as this host's router sees it."""
 
-    __slots__ = ("host_id", "instance", "link", "service")
+    __slots__ = ("expires_ms", "host_id", "instance", "link", "service")
 
     def __init__(self, link: RedisLink, instance: Instance) -> None:
         self.link = link
         self.instance = instance.id
+        self.expires_ms = instance.expires_ms
         self.service = instance.service
         self.host_id = instance.id.rpartition(":")[0]
 
@@ -214,6 +215,10 @@ class RedisLink:
         self.inbox = self.keys.inbox(self.host_id)
         self._served: set[str] = set()
         self._views: dict[str, _View] = {}
+        #: Instances dropped from the views (no host got a call, or it did not
+        #: serve it), with the expiry the registry gave them then: one stays
+        #: out until the registry shows a later one (it beat: it is alive).
+        self._unreachable: dict[str, int] = {}
         self._calls: dict[int, _Sent] = {}
         self._peers: OrderedDict[tuple[str, str], _Peer] = OrderedDict()
         self._declared: dict[str, tuple[float, frozenset[str] | None]] = {}
@@ -428,15 +433,23 @@ class RedisLink:
         view = self._views.get(name)  # (it may have been unwatched meanwhile)
         if view is None:
             return
+        for dropped in [i for i in self._unreachable if i not in live]:
+            del self._unreachable[dropped]
+        for instance in list(live.values()):  # dropped, and has not beaten since: still out
+            if instance.expires_ms <= self._unreachable.get(instance.id, -1):
+                del live[instance.id]
         changed = False
         for gone in [i for i in view.endpoints if i not in live]:
             self.router.detach(view.endpoints.pop(gone))
             changed = True
         for instance in live.values():
-            if instance.id not in view.endpoints:
-                endpoint = view.endpoints[instance.id] = RemoteEndpoint(self, instance)
-                self.router.attach(name, endpoint)
-                changed = True
+            known = view.endpoints.get(instance.id)
+            if known is not None:
+                known.expires_ms = instance.expires_ms
+                continue
+            endpoint = view.endpoints[instance.id] = RemoteEndpoint(self, instance)
+            self.router.attach(name, endpoint)
+            changed = True
         if changed:
             self._changed(view)
 
@@ -452,10 +465,13 @@ class RedisLink:
 
     def _drop(self, endpoint: RemoteEndpoint) -> None:
         """`endpoint` does not take calls: out of this host's view until the registry
-        lists it again."""
+        says it beat again (or lists it anew)."""
         view = self._views.get(endpoint.service)
         if view is not None and view.endpoints.get(endpoint.instance) is endpoint:
             del view.endpoints[endpoint.instance]
+            if len(self._unreachable) >= MAX_PEERS:
+                self._unreachable.clear()
+            self._unreachable[endpoint.instance] = endpoint.expires_ms
             self.router.detach(endpoint)
             self._changed(view)
             self._beat_now.set()
