@@ -6,17 +6,23 @@
 from __future__ import annotations
 
 import contextlib
+import ssl
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
+import anyio.abc
 import coredis
 import msgspec
 import pytest
+import trustme
+from anyio.streams.tls import TLSStream
 
 import startable
 from startable import State, of
 from startable.cluster import (
+    ClusterError,
     DependencyStopped,
     EmbeddedRedis,
     RemoteError,
@@ -318,3 +324,57 @@ async def test_a_retry_goes_to_another_host_only_for_an_idempotent_handler(
         (error,) = outcome
         assert isinstance(error, ServiceUnavailable) and made[other].held == 0
         assert any("not idempotent" in note for note in error.__notes__)
+
+
+@contextlib.asynccontextmanager
+async def tls_in_front_of(server: EmbeddedRedis, context: ssl.SSLContext) -> AsyncIterator[int]:
+    """A TLS listener on a free port that forwards each connection to `server`
+    (the bundled valkey-server is built without TLS): its port. A connection
+    that fails (a client that does not trust it) ends alone."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+
+    async def pipe(source: anyio.abc.ByteStream, sink: anyio.abc.ByteStream) -> None:
+        async for chunk in source:
+            await sink.send(chunk)
+
+    async def forward(tcp: anyio.abc.SocketStream) -> None:
+        with contextlib.suppress(Exception):
+            async with (
+                await TLSStream.wrap(tcp, server_side=True, ssl_context=context) as client,
+                await anyio.connect_tcp("127.0.0.1", server.port) as upstream,
+                anyio.create_task_group() as group,
+            ):
+                group.start_soon(pipe, client, upstream)
+                await pipe(upstream, client)
+                group.cancel_scope.cancel()
+        await tcp.aclose()
+
+    async with listener, anyio.create_task_group() as group:
+        group.start_soon(listener.serve, forward)
+        address = listener.extra(anyio.abc.SocketAttribute.local_address)
+        yield int(address[1])
+        group.cancel_scope.cancel()
+
+
+async def test_hosts_reach_a_redis_behind_tls_with_a_password(tmp_path: Path) -> None:
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate.configure_cert(context)
+    authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    server = EmbeddedRedis(password=EmbeddedRedis.new_password())
+    with anyio.fail_after(30):
+        async with startable.running(server), tls_in_front_of(server, context) as port:
+            url = f"rediss://:{server.password}@127.0.0.1:{port}/0?ssl_ca_certs={tmp_path}/ca.pem"
+            b = ServicesManager([store()], name="shop", redis=url, cluster_key=KEY)
+            a = ServicesManager([REMOTE_STORE, api()], name="shop", redis=url, cluster_key=KEY)
+            async with hosts(b, a):
+                await a.client.request("store", "put", "k", "over TLS")
+                assert await a.client.request("api", "lookup", "k") == "over TLS"
+            # Without the password, or without trusting the certificate, no host starts.
+            for bad in (url.replace(server.password or "", "wrong"), url.split("?")[0]):
+                with pytest.raises(ClusterError, match="cannot reach Redis"):
+                    async with startable.running(
+                        ServicesManager([store()], name="shop", redis=bad, cluster_key=KEY)
+                    ):
+                        pass

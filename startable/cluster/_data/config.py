@@ -180,13 +180,13 @@ class Config:
     Values are what msgpack encodes (None, booleans, numbers, strings, bytes,
     lists and dicts of them), `MAX_CONFIG_VALUE` bytes at most; keys are 1 to
     255 characters; a service has `MAX_CONFIG_KEYS` keys at most. Each call
-    is one request to the manager, bounded by `deadline`.
+    is one request to the manager, bounded by `deadline`. A key set to None
+    reads as unset.
 
-    Raises (each method):
-        RequestRefused: the service may not (another service's
-            configuration), or a new key past the limit.
-        ServiceUnavailable: the store cannot be reached (Redis is down).
-        RequestTimeout: no answer within `deadline`.
+    Each method raises `RequestRefused` when the service may not (another
+    service's configuration, or a new key past the limit),
+    `ServiceUnavailable` when the store cannot be reached (Redis is down),
+    and `RequestTimeout` when no answer comes within `deadline`.
     """
 
     def __init__(self, client: ServiceClient, service: str) -> None:
@@ -215,7 +215,8 @@ class Config:
         """Set `key` to `value`; every watcher of this configuration is told, on every host.
 
         Raises:
-            ValueError: `value` is too large; TypeError: msgpack cannot encode it.
+            ValueError: `value` is larger than `MAX_CONFIG_VALUE` once encoded.
+            TypeError: msgpack cannot encode `value`.
         """
         _check_key(key)
         why = config_value_problem(value)

@@ -53,6 +53,7 @@ end
 return removed
 """
 T = TypeVar("T")
+_IGNORED: Final = object()
 _encoder: Final = msgspec.msgpack.Encoder()
 _decoder: Final = msgspec.msgpack.Decoder()
 
@@ -85,19 +86,19 @@ class RedisConfig:
         return mac(self._key, fields, b"\x00", data)
 
     def _value(self, service: str, key: str, stored: object) -> Any:
-        """The value in `stored`, checked (None, and counted, when it fails a check)."""
+        """The value in `stored`, checked (`_IGNORED`, and counted, when it fails a check)."""
         if not isinstance(stored, bytes) or len(stored) < TAG_SIZE:
             self.ignored += 1
-            return None
+            return _IGNORED
         tag, data = stored[:TAG_SIZE], stored[TAG_SIZE:]
         if not hmac.compare_digest(tag, self._tag(service, key, data)):
             self.ignored += 1
-            return None
+            return _IGNORED
         try:
             return _decoder.decode(data)
         except msgspec.DecodeError:
             self.ignored += 1
-            return None
+            return _IGNORED
 
     async def _run(self, script: str, service: str, args: list[Any]) -> object:
         keys = [self.link.keys.config(service)]
@@ -105,7 +106,8 @@ class RedisConfig:
 
     async def get(self, service: str, key: str) -> Any:
         stored = await _reached(self._client.hget(self.link.keys.config(service), key))
-        return None if stored is None else self._value(service, key, stored)
+        value = None if stored is None else self._value(service, key, stored)
+        return None if value is _IGNORED else value
 
     async def set(self, service: str, key: str, value: Any, writer: str = "") -> None:
         data = _encoder.encode(value)
@@ -130,7 +132,7 @@ class RedisConfig:
                 self.ignored += 1
                 continue
             value = self._value(service, key, raw)
-            if value is not None:
+            if value is not _IGNORED:
                 found[key] = value
         return found
 
