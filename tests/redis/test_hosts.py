@@ -22,6 +22,7 @@ from anyio.streams.tls import TLSStream
 import startable
 from startable import State, of
 from startable.cluster import (
+    MAX_REPLICAS,
     ClusterError,
     DependencyStopped,
     EmbeddedRedis,
@@ -34,6 +35,7 @@ from startable.cluster import (
 )
 from startable.cluster._data.contract import Call
 from startable.cluster._redis.envelope import envelope_key, seal
+from startable.cluster._redis.link import FIRST_REMOTE
 
 from .. import plane_services
 
@@ -173,6 +175,27 @@ async def test_the_least_loaded_instance_is_picked_across_three_hosts(
                     group.start_soon(call)
     # Each call went to the one with the fewest waiting: 10 each, none herded.
     assert sorted(answers) == ["b"] * 10 + ["c"] * 10 + ["d"] * 10
+
+
+async def test_a_request_to_all_reaches_one_instance_on_each_host(
+    redis_server: EmbeddedRedis,
+) -> None:
+    stores = [
+        host(redis_server, ServiceSpec(name="store", factory=lambda t=tag: Tagged(t)))
+        for tag in "bcd"
+    ]
+    a = host(redis_server, REMOTE_STORE)
+    with anyio.fail_after(20):
+        async with hosts(*stores, a):
+            assert a.link is not None
+            while len(a.link.instances("store")) < 3:
+                await a.link.refresh("store")
+                await anyio.sleep(0.05)
+            answers = await a.client.request_all("store", "hold", 0)
+    assert sorted(answer.value for answer in answers) == ["b", "c", "d"]
+    # Numbered past any replica of a pool here, by the order they were seen.
+    assert [answer.replica for answer in answers] == [FIRST_REMOTE + n for n in range(3)]
+    assert FIRST_REMOTE == MAX_REPLICAS
 
 
 async def test_forged_replayed_impersonating_and_garbage_envelopes_are_dropped_and_counted(

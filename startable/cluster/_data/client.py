@@ -140,7 +140,9 @@ class Answer:
     """One instance's answer to a request sent to all (`ServiceClient.request_all`).
 
     Attributes:
-        replica: which instance answered (a pool's replica index).
+        replica: which instance answered: a pool's replica index, or, for an
+            instance on another host (which answers as one, whatever replica
+            of its own took the call), `FIRST_REMOTE` (256) and up.
         value: what its handler returned (None if it failed).
         error: why it did not (a `RemoteError` if the handler raised, a
             `RequestError` otherwise: `RequestTimeout` if it did not answer
@@ -392,7 +394,8 @@ class ServiceClient:
         have answered, or when `deadline` passes: a replica that has not
         answered by then is an `Answer` whose error is `RequestTimeout`. One
         replica's failure is its own `Answer`, never an exception for the
-        whole call. A service that is not a pool answers as one replica.
+        whole call. A service that is not a pool answers as one replica, and
+        so does each other host that runs the service.
 
         Returns:
             One `Answer` per replica, by replica index.

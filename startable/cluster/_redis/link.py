@@ -75,6 +75,9 @@ UNSERVED: Final = "unserved"
 MAX_BATCH: Final = 256
 #: Envelopes waiting to be read at most; past that, new ones are dropped (and counted).
 MAX_INCOMING: Final = 16_384
+#: The number of the first instance of a service on another host, among its
+#: instances here (replicas are numbered below `MAX_REPLICAS`, 256).
+FIRST_REMOTE: Final = 256
 #: Foreign callers (a service on a host) remembered at once.
 MAX_PEERS: Final = 4096
 _decoder: Final = msgspec.msgpack.Decoder(AnyMessage)
@@ -113,12 +116,15 @@ class LinkStatistics:
 class RemoteEndpoint:
     """One live instance of a service on another host, as this host's router sees it."""
 
-    __slots__ = ("expires_ms", "host_id", "instance", "link", "service")
+    __slots__ = ("expires_ms", "host_id", "instance", "link", "number", "service")
 
-    def __init__(self, link: RedisLink, instance: Instance) -> None:
+    def __init__(self, link: RedisLink, instance: Instance, number: int) -> None:
         self.link = link
         self.instance = instance.id
         self.expires_ms = instance.expires_ms
+        #: Its number among the service's instances here (a request to all is
+        #: answered by that number): `FIRST_REMOTE` and up, past any replica's.
+        self.number = number
         self.service = instance.service
         self.host_id = instance.id.rpartition(":")[0]
 
@@ -447,8 +453,10 @@ class RedisLink:
             if known is not None:
                 known.expires_ms = instance.expires_ms
                 continue
-            endpoint = view.endpoints[instance.id] = RemoteEndpoint(self, instance)
-            self.router.attach(name, endpoint)
+            taken = {e.number for e in view.endpoints.values()}
+            number = next(n for n in itertools.count(FIRST_REMOTE) if n not in taken)
+            endpoint = view.endpoints[instance.id] = RemoteEndpoint(self, instance, number)
+            self.router.attach(name, endpoint, number)
             changed = True
         if changed:
             self._changed(view)
