@@ -294,7 +294,7 @@ async def test_a_redis_restart_fails_calls_in_flight_and_everything_comes_back(
                     break
                 except (ServiceUnavailable, RequestTimeout, RemoteError):
                     await anyio.sleep(0.05)
-    # (How soon it is back is measured by bench/hosts.py, not asserted here.)
+    # (How soon it is back is measured by bench/failover.py, not asserted here.)
 
 
 @pytest.mark.parametrize("method", ["hold", "once"])
