@@ -78,13 +78,18 @@ async def start_host(url: str) -> anyio.abc.Process:
     process = await anyio.open_process(
         [sys.executable, "-c", HOST, url, KEY, str(TTL)],
         stdin=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
     )
     assert process.stdout is not None
     seen = b""
-    with anyio.fail_after(30):
-        while b"ready" not in seen:
-            seen += await process.stdout.receive()
+    try:
+        with anyio.fail_after(60):
+            while b"ready" not in seen:
+                seen += await process.stdout.receive()
+    except (anyio.EndOfStream, TimeoutError):
+        process.kill()
+        await process.wait()
+        raise RuntimeError(f"a store host did not start: {seen.decode(errors='replace')}") from None
     return process
 
 

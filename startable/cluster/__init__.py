@@ -25,8 +25,10 @@ if _TYPE_CHECKING:
     from ._data.config import Config as Config
     from ._data.config import ConfigChanges as ConfigChanges
     from ._data.contract import DEFAULT_DEADLINE as DEFAULT_DEADLINE
+    from ._data.contract import MAX_CONFIG_BYTES as MAX_CONFIG_BYTES
     from ._data.contract import MAX_CONFIG_KEYS as MAX_CONFIG_KEYS
     from ._data.contract import MAX_CONFIG_VALUE as MAX_CONFIG_VALUE
+    from ._data.contract import MAX_CONFIGURING as MAX_CONFIGURING
     from ._data.contract import MAX_DEADLINE as MAX_DEADLINE
     from ._data.contract import ConfigChange as ConfigChange
     from ._data.contract import Event as Event
@@ -100,7 +102,9 @@ _WHERE: dict[str, str] = {
     "Config": "._data.config",
     "ConfigChanges": "._data.config",
     "ConfigChange": "._data.contract",
+    "MAX_CONFIG_BYTES": "._data.contract",
     "MAX_CONFIG_KEYS": "._data.contract",
+    "MAX_CONFIGURING": "._data.contract",
     "MAX_CONFIG_VALUE": "._data.contract",
     "DEFAULT_DEADLINE": "._data.contract",
     "MAX_DEADLINE": "._data.contract",
@@ -164,6 +168,8 @@ _WHERE: dict[str, str] = {
 
 __all__ = (
     "DEFAULT_DEADLINE",
+    "MAX_CONFIGURING",
+    "MAX_CONFIG_BYTES",
     "MAX_CONFIG_KEYS",
     "MAX_CONFIG_VALUE",
     "MAX_DEADLINE",

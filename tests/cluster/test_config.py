@@ -20,6 +20,7 @@ from startable.cluster import (
 from startable.cluster._data import config as config_module
 from startable.cluster._data.contract import (
     MAX_CONFIG_VALUE,
+    MAX_CONFIGURING,
     Configure,
     Event,
     Subscribe,
@@ -168,3 +169,42 @@ async def test_bad_values_and_too_many_keys_are_refused(monkeypatch: pytest.Monk
                 await config.set("d", 1)
             await config.set("a", 2)  # a key it has may change
             assert await config.items() == {"a": 2, "b": 1, "c": 1}
+
+
+async def test_a_service_holds_so_many_bytes_and_reads_copies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(config_module, "MAX_CONFIG_BYTES", 100)
+    manager = cluster()
+    with anyio.fail_after(10):
+        async with startable.running(manager):
+            config = manager.client.config("kv")
+            await config.set("a", "x" * 40)
+            await config.set("a", "y" * 90)  # (replacing a value counts the new one only)
+            with pytest.raises(RequestRefused, match="more than 100 bytes"):
+                await config.set("b", "z" * 20)
+            await config.set("a", [1])
+            listed = await config.get("a")
+            listed.append(2)  # a copy: what is stored does not change
+            assert await config.get("a") == [1]
+
+
+async def test_configuration_requests_waiting_are_bounded_per_client() -> None:
+    manager = cluster()
+    with anyio.fail_after(10):
+        async with startable.running(manager):
+            inbox = Inbox()
+            manager.router.attach("kv", inbox)
+            for n in range(1, MAX_CONFIGURING + 11):  # (all before any is answered)
+                manager.router.handle(inbox, Configure(n, "items"))
+            refused = [reply for reply in inbox.got if reply.kind == "unavailable"]
+            assert len(refused) == 10
+            assert "configuration requests of this client wait already" in refused[0].message
+            while len(inbox.got) < MAX_CONFIGURING + 10:  # noqa: ASYNC110 - the rest answer
+                await anyio.sleep(0.01)
+            assert all(reply.kind == "" for reply in inbox.got if reply not in refused)
+            # Answered, they no longer count.
+            manager.router.handle(inbox, Configure(999, "items"))
+            while inbox.got[-1].id != 999:  # noqa: ASYNC110 - answered in a task
+                await anyio.sleep(0.01)
+            assert inbox.got[-1].kind == ""

@@ -16,10 +16,12 @@ from startable.cluster import (
     ConfigChange,
     ConfigChanges,
     EmbeddedRedis,
+    RequestRefused,
     ServiceClient,
     ServicesManager,
     ServiceUnavailable,
 )
+from startable.cluster._redis import config as redis_config
 from startable.cluster._redis.config import RedisConfig
 from startable.cluster._redis.envelope import envelope_key, seal
 
@@ -42,6 +44,25 @@ def client_of(manager: ServicesManager) -> ServiceClient:
 async def next_change(changes: ConfigChanges) -> ConfigChange:
     with anyio.fail_after(5):
         return await changes.receive()
+
+
+async def test_budgets_are_kept_in_redis_too(
+    redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_config, "MAX_CONFIG_BYTES", 100)
+    monkeypatch.setattr(redis_config, "MAX_CONFIG_KEYS", 2)
+    b = host(redis_server, store())
+    with anyio.fail_after(30):
+        async with hosts(b):
+            config = client_of(b).config()
+            await config.set("a", "x" * 40)
+            await config.set("a", "y" * 90)  # (replacing a value counts the new one only)
+            with pytest.raises(RequestRefused, match="more than 100 bytes"):
+                await config.set("b", "z" * 20)
+            await config.set("b", 1)
+            with pytest.raises(RequestRefused, match="has 2 configuration keys already"):
+                await config.set("c", 1)
+            assert await config.items() == {"a": "y" * 90, "b": 1}
 
 
 async def test_a_change_on_one_host_is_seen_on_every_other(redis_server: EmbeddedRedis) -> None:
@@ -148,9 +169,14 @@ async def test_forged_values_and_announcements_are_ignored_and_counted(
 async def test_a_store_that_cannot_be_reached_fails_clearly(redis_server: EmbeddedRedis) -> None:
     b = host(redis_server, store())
     with anyio.fail_after(30):
-        async with hosts(b), anyio.create_task_group() as group:
+        async with (
+            hosts(b),
+            client_of(b).config().watch() as changes,
+            anyio.create_task_group() as group,
+        ):
             config = client_of(b).config()
             await config.set("k", 1)
+            assert await next_change(changes) == ConfigChange("store", "k", 1)
             group.start_soon(functools.partial(redis_server.restart, down=3.0))
             failure: ServiceUnavailable | None = None
             while failure is None:  # until the server is down (it is killed first)
@@ -160,6 +186,9 @@ async def test_a_store_that_cannot_be_reached_fails_clearly(redis_server: Embedd
                     failure = exc
                 await anyio.sleep(0.05)
             assert "configuration of 'store' cannot be reached" in str(failure)
+            # Once this host's subscription is back, its watchers are told to read again.
+            with anyio.fail_after(15):
+                assert await changes.receive() == ConfigChange("store", "", resync=True)
         # Back (empty, as a restarted server without persistence is).
         async with hosts(b):
             assert await client_of(b).config().get("k") is None

@@ -286,7 +286,8 @@ async def test_a_redis_restart_fails_calls_in_flight_and_everything_comes_back(
                 await redis_server.restart()
             # The call in flight failed with a clear error, long before its deadline.
             assert len(failed) == 1 and isinstance(failed[0], ServiceUnavailable)
-            assert "Redis link was lost" in str(failed[0])
+            # (whichever this host noticed first: its subscription, or the registry)
+            assert "Redis link was lost" in str(failed[0]) or "left the registry" in str(failed[0])
             # Subscriptions and registrations are back by themselves (an empty server).
             while True:
                 try:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -30,6 +30,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from .._errors import ClusterError, RequestRefused
 from .contract import (
     DEFAULT_DEADLINE,
+    MAX_CONFIG_BYTES,
     MAX_CONFIG_KEYS,
     ConfigChange,
     Configure,
@@ -48,8 +49,9 @@ class ConfigStore(Protocol):
     """Where the configuration of a cluster's services is kept.
 
     Arguments are checked before a store sees them (names, value sizes). A
-    store refuses a new key past `MAX_CONFIG_KEYS` with `RequestRefused`, and
-    raises `ClusterError` when it cannot be reached.
+    store refuses a new key past `MAX_CONFIG_KEYS`, or a write that takes a
+    service past `MAX_CONFIG_BYTES`, with `RequestRefused`, and raises
+    `ClusterError` when it cannot be reached.
     """
 
     #: Whether the store is shared with other hosts (then the operator may
@@ -85,17 +87,22 @@ class MemoryConfig:
 
     def __init__(self, on_change: Callable[[ConfigChange], object]) -> None:
         self.on_change = on_change
-        self._services: dict[str, dict[str, Any]] = {}
+        # Each value as msgpack: a read decodes a copy of its own, and what is
+        # held is what the budget counts.
+        self._services: dict[str, dict[str, bytes]] = {}
 
     async def get(self, service: str, key: str) -> Any:
-        return self._services.get(service, {}).get(key)
+        data = self._services.get(service, {}).get(key)
+        return None if data is None else _decode(data)
 
     async def set(self, service: str, key: str, value: Any, writer: str = "") -> None:
         keys = self._services.setdefault(service, {})
-        if key not in keys and len(keys) >= MAX_CONFIG_KEYS:
-            raise RequestRefused(too_many_keys(service))
-        keys[key] = msgspec.msgpack.decode(msgspec.msgpack.encode(value))  # (a copy, as sent)
-        self.on_change(ConfigChange(service, key, keys[key]))
+        data = _encode(value)
+        refusal = over_budget(service, key, len(data), {k: len(v) for k, v in keys.items()})
+        if refusal is not None:
+            raise RequestRefused(refusal)
+        keys[key] = data
+        self.on_change(ConfigChange(service, key, _decode(data)))
 
     async def delete(self, service: str, key: str, writer: str = "") -> bool:
         keys = self._services.get(service, {})
@@ -106,11 +113,33 @@ class MemoryConfig:
         return True
 
     async def items(self, service: str) -> dict[str, Any]:
-        return dict(self._services.get(service, {}))
+        return {key: _decode(data) for key, data in self._services.get(service, {}).items()}
 
 
-def too_many_keys(service: str) -> str:
-    return f"service {service!r} has {MAX_CONFIG_KEYS} configuration keys already"
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder().decode
+
+
+def over_budget(service: str, key: str, size: int, sizes: Mapping[str, int]) -> str | None:
+    """Why setting `key` to a value of `size` bytes is refused, given the sizes of the
+    values `service` holds now (None: it is not)."""
+    if key not in sizes and len(sizes) >= MAX_CONFIG_KEYS:
+        return too_many_keys(service, MAX_CONFIG_KEYS)
+    total = sum(len(k.encode()) + n for k, n in sizes.items() if k != key)
+    if total + len(key.encode()) + size > MAX_CONFIG_BYTES:
+        return too_large(service, MAX_CONFIG_BYTES)
+    return None
+
+
+def too_many_keys(service: str, limit: int) -> str:
+    return f"service {service!r} has {limit} configuration keys already"
+
+
+def too_large(service: str, limit: int) -> str:
+    return (
+        f"service {service!r} would hold more than {limit} bytes of "
+        "configuration (its keys and values)"
+    )
 
 
 async def apply(store: ConfigStore, service: str, message: Configure, writer: str = "") -> Reply:
@@ -134,9 +163,14 @@ async def apply(store: ConfigStore, service: str, message: Configure, writer: st
                 value = await store.items(service)
     except RequestRefused as exc:
         return Reply(message.id, kind="refused", message=str(exc))
-    except (ClusterError, TimeoutError) as exc:
-        why = f"the configuration of {service!r} cannot be reached: {exc or 'no answer in time'}"
+    except ClusterError as exc:
+        why = f"the configuration of {service!r} cannot be reached: {exc}"
         return Reply(message.id, kind="unavailable", message=why)
+    except TimeoutError:
+        why = f"the store of {service!r}'s configuration did not answer within the deadline" + (
+            " (the change may have been made)" if op in ("set", "delete") else ""
+        )
+        return Reply(message.id, kind="timeout", message=why)
     return Reply(message.id, value)
 
 
@@ -145,9 +179,11 @@ class ConfigChanges:
 
     Iterate it (`async for change in changes`) or call `receive`. Changes
     come in the order they were stored, from every host; a change that does
-    not decode is skipped. When more than the watch's buffer are waiting,
-    new ones are dropped (counted in the client's `events_dropped`): read
-    `items()` again if you must not miss one.
+    not decode is skipped. A change whose `resync` is True says that some may
+    have been missed (the host's link to Redis was lost and is back, or it
+    could not keep up): read `items()` again. When more than the watch's
+    buffer are waiting, new ones are dropped (counted in the client's
+    `events_dropped`), with no resync: keep up, or read `items()` now and then.
     """
 
     def __init__(self, events: MemoryObjectReceiveStream[Event]) -> None:
@@ -179,14 +215,16 @@ class Config:
 
     Values are what msgpack encodes (None, booleans, numbers, strings, bytes,
     lists and dicts of them), `MAX_CONFIG_VALUE` bytes at most; keys are 1 to
-    255 characters; a service has `MAX_CONFIG_KEYS` keys at most. Each call
-    is one request to the manager, bounded by `deadline`. A key set to None
-    reads as unset.
+    255 characters; a service has `MAX_CONFIG_KEYS` keys and `MAX_CONFIG_BYTES`
+    bytes (keys and values) at most. Each call is one request to the manager,
+    bounded by `deadline`. A key set to None reads as unset. A client has
+    `MAX_CONFIGURING` requests waiting at most.
 
     Each method raises `RequestRefused` when the service may not (another
-    service's configuration, or a new key past the limit),
-    `ServiceUnavailable` when the store cannot be reached (Redis is down),
-    and `RequestTimeout` when no answer comes within `deadline`.
+    service's configuration, a new key or a value past the limits),
+    `ServiceUnavailable` when the store cannot be reached (Redis is down) or
+    too many requests wait, and `RequestTimeout` when no answer comes within
+    `deadline` (a `set` or `delete` may have been made even so).
     """
 
     def __init__(self, client: ServiceClient, service: str) -> None:

@@ -55,6 +55,11 @@ CONFIG_OPS: Final = ("get", "set", "delete", "items")
 MAX_CONFIG_KEYS: Final = 1024
 #: The largest configuration value, in bytes once encoded (msgpack).
 MAX_CONFIG_VALUE: Final = 64 * 1024
+#: The most one service's configuration may hold, in bytes: its keys and its
+#: values once encoded (so that all of it fits in one answer).
+MAX_CONFIG_BYTES: Final = 512 * 1024
+#: Configuration requests one client may have waiting for the store at once.
+MAX_CONFIGURING: Final = 64
 #: Topics that begin with this are the cluster's own: no client emits on them.
 RESERVED_TOPICS: Final = "startable."
 
@@ -175,15 +180,19 @@ class ConfigChange(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_
 
     Attributes:
         service: whose configuration changed.
-        key: the key that was set or deleted.
+        key: the key that was set or deleted (empty for a resync).
         value: its new value (None when it was deleted).
         deleted: whether the key was deleted.
+        resync: no change, but a warning: changes may have been missed (this
+            host's link to Redis was lost and is back, or it could not keep
+            up). Read `items()` again.
     """
 
     service: str
     key: str
     value: Any = None
     deleted: bool = False
+    resync: bool = False
 
 
 #: (Made here, where its annotations resolve: the type is re-exported under
@@ -198,6 +207,10 @@ def config_topic(service: str) -> str:
 
 def config_change_problem(change: ConfigChange) -> str | None:
     """What is wrong with `change`, from another process (None if nothing)."""
+    if change.resync:
+        return _service_problem(change.service, "a configured service") or (
+            None if not change.key and not change.deleted else "a resync names no key"
+        )
     return (
         _service_problem(change.service, "a configured service")
         or _name_problem(change.key, "a configuration key")

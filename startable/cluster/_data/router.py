@@ -27,6 +27,7 @@ from msgspec.structs import replace
 from .._errors import ServiceUnavailable
 from .._ipc.messages import ErrorInfo
 from .contract import (
+    MAX_CONFIGURING,
     RESERVED_TOPICS,
     AnyMessage,
     Call,
@@ -98,7 +99,8 @@ class Router:
     before anything is done with it; one that breaks it is answered with an
     `"invalid"` reply when it has an id, and dropped (and logged) otherwise.
     What one client can make the router hold is bounded: `MAX_IN_FLIGHT`
-    requests per service, `MAX_TOPICS` subscriptions per endpoint.
+    requests per service, `MAX_TOPICS` subscriptions per endpoint,
+    `MAX_CONFIGURING` configuration requests per service.
 
     A client is known by its endpoint: `attach` it under its service's name
     (None: the operator's, which no one calls), `handle` what it sends, and
@@ -123,6 +125,7 @@ class Router:
         self._drained: dict[Endpoint, anyio.Event] = {}  # withdrawn, with requests still owed
         self._forwarded: dict[int, _Forwarded] = {}
         self._foreign: set[Endpoint] = set()
+        self._configuring: dict[str | None, int] = {}  # configuration requests not answered
         self._ids = itertools.count(1)
         #: Called with every event a client of this router emits (not those
         #: that came from another host): the link to other hosts, if any.
@@ -352,8 +355,20 @@ class Router:
         if refusal is not None:
             origin.put(Reply(message.id, kind="refused", message=refusal))
             return
+        busy = self._configuring.get(source, 0)
+        if busy >= MAX_CONFIGURING:
+            why = f"{MAX_CONFIGURING} configuration requests of this client wait already"
+            origin.put(Reply(message.id, kind="unavailable", message=why))
+            return
+        self._configuring[source] = busy + 1
+        answer = self._answer(origin)
+
+        def done(reply: Reply) -> None:
+            self._configuring[source] -= 1
+            answer(reply)
+
         assert whose is not None
-        self.directory.configure(source, whose, message, self._answer(origin))
+        self.directory.configure(source, whose, message, done)
 
     def _subscribe(self, origin: Endpoint, message: Subscribe) -> None:
         if message.topic.startswith(RESERVED_TOPICS):

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import msgspec
 
-from .._data.config import too_many_keys
-from .._data.contract import MAX_CONFIG_KEYS, ConfigChange
+from .._data.config import too_large, too_many_keys
+from .._data.contract import MAX_CONFIG_BYTES, MAX_CONFIG_KEYS, ConfigChange
 from .._errors import ClusterError, RequestRefused
 from .._ipc.wire import TAG_SIZE, mac
 
@@ -34,11 +34,23 @@ if TYPE_CHECKING:
 
     from .link import RedisLink
 
-# KEYS[1] the service's hash; ARGV: field, stored value, most keys, channel, envelope.
+# KEYS[1] the service's hash; ARGV: field, stored value, most keys, channel,
+# envelope, most bytes, tag size. -1: too many keys; -2: too many bytes (keys and
+# values, tags not counted).
 _SET: Final = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0
    and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
   return -1
+end
+local tag = tonumber(ARGV[7])
+local total = #ARGV[1] + #ARGV[2] - tag
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if field ~= ARGV[1] then
+    total = total + #field + redis.call('HSTRLEN', KEYS[1], field) - tag
+  end
+end
+if total > tonumber(ARGV[6]) then
+  return -2
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
@@ -82,8 +94,8 @@ class RedisConfig:
         return client
 
     def _tag(self, service: str, key: str, data: bytes) -> bytes:
-        fields = "\x00".join((self.link.cluster, service, key)).encode()
-        return mac(self._key, fields, b"\x00", data)
+        fields = _encoder.encode((self.link.cluster, service, key))  # (self-delimiting)
+        return mac(self._key, fields, data)
 
     def _value(self, service: str, key: str, stored: object) -> Any:
         """The value in `stored`, checked (`_IGNORED`, and counted, when it fails a check)."""
@@ -110,14 +122,29 @@ class RedisConfig:
         return None if value is _IGNORED else value
 
     async def set(self, service: str, key: str, value: Any, writer: str = "") -> None:
+        await _reached(self.link.declare())  # (a service new here is declared before it writes)
         data = _encoder.encode(value)
         stored = self._tag(service, key, data) + data
         channel, envelope = self.link.announcement(writer, ConfigChange(service, key, value))
-        args: list[Any] = [key, stored, MAX_CONFIG_KEYS, channel, envelope]
-        if await self._run(_SET, service, args) == -1:
-            raise RequestRefused(too_many_keys(service))
+        args: list[Any] = [
+            key,
+            stored,
+            MAX_CONFIG_KEYS,
+            channel,
+            envelope,
+            MAX_CONFIG_BYTES,
+            TAG_SIZE,
+        ]
+        outcome = await self._run(_SET, service, args)
+        if outcome in (-1, -2):
+            raise RequestRefused(
+                too_many_keys(service, MAX_CONFIG_KEYS)
+                if outcome == -1
+                else too_large(service, MAX_CONFIG_BYTES)
+            )
 
     async def delete(self, service: str, key: str, writer: str = "") -> bool:
+        await _reached(self.link.declare())
         change = ConfigChange(service, key, None, deleted=True)
         channel, envelope = self.link.announcement(writer, change)
         return await self._run(_DELETE, service, [key, channel, envelope]) == 1

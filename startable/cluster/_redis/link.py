@@ -240,9 +240,13 @@ class RedisLink:
         self._subscription: Subscription | None = None
         self._beat_now = anyio.Event()
         self._warned: dict[str, int] = {}
+        self._said: frozenset[str] | None = None  # what was last declared
         #: Called with each configuration change announced in the cluster
         #: (this host's too), checked, in the order Redis stored them.
         self.on_config: Callable[[ConfigChange], object] | None = None
+        #: Called when changes may have been missed: the subscription is back
+        #: after a loss, or a change was dropped (too much waiting to be read).
+        self.on_config_missed: Callable[[], object] | None = None
 
     def __repr__(self) -> str:
         return f"<RedisLink {self.host_id} of {self.cluster}: {of(self).state.name}>"
@@ -260,6 +264,7 @@ class RedisLink:
             with anyio.fail_after(5):
                 await client.ping()
                 await registry.declare(self.host_id, sorted(self.runs))
+                self._said = frozenset(self.runs)
         except (TimeoutError, OSError, coredis.exceptions.RedisError) as exc:
             raise ClusterError(f"cannot reach Redis at {_safe(self.url)}: {exc}") from None
         channels = [self.inbox, self.keys.events, self.keys.config_changes]
@@ -268,6 +273,7 @@ class RedisLink:
             channels,
             self._arrive,
             on_loss=self._lost,
+            on_back=self._config_missed,
             probe_interval=self.probe_interval,
         )
         await of(self._subscription).start()
@@ -349,10 +355,19 @@ class RedisLink:
             except Exception as exc:  # Redis is down: the beats register it again
                 self._warn("register", f"registering {name!r} failed: {exc}")
 
+    async def declare(self) -> None:
+        """Say which services this host runs now, if it has not said so since they
+        changed (before it sends as one that is new)."""
+        assert self.registry is not None
+        runs = frozenset(self.runs)
+        if runs != self._said:
+            await self.registry.declare(self.host_id, sorted(runs))
+            self._said = runs
+
     async def _join(self, name: str) -> None:
         assert self.registry is not None
         if name in self._served:
-            await self.registry.declare(self.host_id, sorted(self.runs))
+            await self.declare()
             await self.registry.register(
                 self._instance(name),
                 name,
@@ -381,6 +396,7 @@ class RedisLink:
             self._beat_now = anyio.Event()
             try:
                 await registry.declare(self.host_id, sorted(self.runs))
+                self._said = frozenset(self.runs)
                 for name in list(self._served):
                     alive = await registry.beat(self._instance(name), name, self._load(name))
                     if not alive and name in self._served:  # swept, or Redis lost it: again
@@ -439,14 +455,22 @@ class RedisLink:
         view = self._views.get(name)  # (it may have been unwatched meanwhile)
         if view is None:
             return
-        for dropped in [i for i in self._unreachable if i not in live]:
+        for dropped in [i for i in self._unreachable if _service_of(i) == name and i not in live]:
             del self._unreachable[dropped]
         for instance in list(live.values()):  # dropped, and has not beaten since: still out
             if instance.expires_ms <= self._unreachable.get(instance.id, -1):
                 del live[instance.id]
         changed = False
         for gone in [i for i in view.endpoints if i not in live]:
-            self.router.detach(view.endpoints.pop(gone))
+            endpoint = view.endpoints.pop(gone)
+            why = (
+                f"host {endpoint.host_id} left the registry of {name!r} (it stopped, or "
+                "Redis lost its entry) before it answered"
+            )
+            for rid in [r for r, sent in self._calls.items() if sent.endpoint is endpoint]:
+                del self._calls[rid]
+                self.router.fail(rid, "unavailable", why)
+            self.router.detach(endpoint)
             changed = True
         for instance in live.values():
             known = view.endpoints.get(instance.id)
@@ -599,6 +623,8 @@ class RedisLink:
         self.statistics.received += 1
         if len(self._incoming) >= MAX_INCOMING:
             self.statistics.dropped += 1
+            if channel == self.keys.config_changes:
+                self._config_missed()
             return
         self._incoming.append((channel, data))
         self._arrived.set()
@@ -661,6 +687,12 @@ class RedisLink:
         else:
             raise EnvelopeRefused("malformed", "only calls and replies come to an inbox")
 
+    def _config_missed(self) -> None:
+        """Configuration changes may have been missed (the subscription is back
+        after a loss, or one was dropped): tell whoever watches."""
+        if self.on_config_missed is not None:
+            self.on_config_missed()
+
     async def _configured(self, host: str, writer: str, body: bytes) -> None:
         try:
             change = change_decoder.decode(body)
@@ -669,8 +701,8 @@ class RedisLink:
                 "malformed", f"its body is no configuration change: {exc}"
             ) from None
         why = config_change_problem(change)
-        if why is not None:
-            raise EnvelopeRefused("malformed", why)
+        if why is not None or change.resync:
+            raise EnvelopeRefused("malformed", why or "a host announces no resync")
         if writer and writer != change.service:
             raise EnvelopeRefused(
                 "identity", f"service {writer!r} announced a change of {change.service!r}"
@@ -760,6 +792,11 @@ class RedisLink:
         count = self._warned[what] = self._warned.get(what, 0) + 1
         if count & (count - 1) == 0:
             logger.warning("%s (%s: %d so far)", message, what, count)
+
+
+def _service_of(instance: str) -> str:
+    """The service of an instance id (`<host>:<service>`)."""
+    return instance.rpartition(":")[2]
 
 
 def _safe(url: str) -> str:

@@ -65,6 +65,8 @@ class Subscription:
         on_loss: called with why, each time a subscription that worked is
             lost (before it subscribes again): what was sent through it
             may be lost. It must not block.
+        on_back: called each time it is subscribed again after a loss (what
+            was published meanwhile did not come). It must not block.
 
     Its start returns once subscribed; `subscribed` is set while it is (and
     cleared while it subscribes again).
@@ -80,6 +82,7 @@ class Subscription:
         probe_timeout: float = 1.0,
         subscribe_timeout: float = 5.0,
         on_loss: Callable[[str], object] | None = None,
+        on_back: Callable[[], object] | None = None,
     ) -> None:
         if not channels:
             raise ValueError("a subscription has one channel at least")
@@ -93,6 +96,7 @@ class Subscription:
         self.probe_timeout = probe_timeout
         self.subscribe_timeout = subscribe_timeout
         self.on_loss = on_loss
+        self.on_back = on_back
         self.statistics = SubscriptionStatistics()
         self.subscribed = anyio.Event()
         self._probe = b"startable-probe:" + secrets.token_hex(16).encode() + b":"
@@ -147,6 +151,8 @@ class Subscription:
         ):
             self._echoed = self._probes  # (what was in flight before is not awaited)
             self.subscribed.set()
+            if first.is_set() and self.on_back is not None:
+                self.on_back()
             first.set()
             group.start_soon(self._probing)
             async for message in pubsub:

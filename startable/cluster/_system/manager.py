@@ -219,6 +219,13 @@ class ServicesManager:
     def _config_changed(self, change: ConfigChange) -> None:
         self.router.announce(config_topic(change.service), change)
 
+    def _config_missed(self) -> None:
+        """Changes may have been missed: every watcher here is told to read again."""
+        prefix = config_topic("")
+        for topic in [t for t in self.router.topics if t.startswith(prefix)]:
+            service = topic[len(prefix) :]
+            self.router.announce(topic, ConfigChange(service, "", resync=True))
+
     def _replica_restarting(self, name: str, replica: int, delay: float) -> None:
         self._emit(ServiceEvent(name, "restarting", delay=delay, replica=replica))
 
@@ -358,6 +365,7 @@ class ServicesManager:
         assert isinstance(self.router.directory, LocalDirectory)
         self.router.directory.foreign = link.callers
         link.on_config = self._config_changed
+        link.on_config_missed = self._config_missed
         await of(link).start()
         self.config_store = RedisConfig(link, self._cluster_key)
 
