@@ -303,6 +303,28 @@ async def test_an_outbox_emptied_before_its_pump_woke_goes_on_pumping() -> None:
             group.cancel_scope.cancel()
 
 
+async def test_an_answer_too_large_for_a_port_is_sent_as_an_error() -> None:
+    """A reply the port refuses (from another host, where the limit is the
+    envelope's) reaches the container as an error: it would wait out its deadline."""
+    manager = ServicesManager()
+    ours, theirs = port_pair(AnyMessage)
+    outbox = Outbox(manager.router, PortLink(ours))
+    with anyio.fail_after(10):
+        async with (
+            startable.running(ours),
+            startable.running(theirs),
+            anyio.create_task_group() as group,
+        ):
+            group.start_soon(outbox.pump)
+            outbox.put(Reply(7, b"x" * 2**21))
+            outbox.put(Reply(8, "small"))
+            first, second = await theirs.receive(), await theirs.receive()
+            assert isinstance(first, Reply) and first.id == 7 and first.kind == "error"
+            assert first.error is not None and "the answer was not sent" in first.error.message
+            assert isinstance(second, Reply) and second.value == "small"
+            group.cancel_scope.cancel()
+
+
 class Counter:
     """Counts the runs of its handlers: one may run twice for a request, one may not."""
 

@@ -511,6 +511,10 @@ class Outbox:
                 except ValueError as exc:  # too large for the port (which is fine): not sent
                     if isinstance(message, Call):
                         self.router.fail(message.id, "error", "", ErrorInfo.of(exc))
+                    elif isinstance(message, Reply) and message.kind != "fan-out":
+                        # The container waits for this answer: it gets why it has none.
+                        error = ErrorInfo.of(ValueError(f"the answer was not sent: {exc}"))
+                        queue.appendleft(replace(message, value=None, kind="error", error=error))
                     else:
                         logger.warning("%s: a message was dropped: %s", self.link.port.name, exc)
         except ServiceUnavailable:
