@@ -2,13 +2,15 @@
 
 The lifecycle diagram and table are rendered from the one declaration in
 ``startable/_lifecycle.py``; the shop's dependency graph from
-``examples/shop/shop.toml``. A test fails when these files are stale.
+``examples/shop/shop.toml``; the command reference from the parser. A test
+fails when these files are stale.
 Run: ``uv run python docs/generate.py``.
 """
 
 from pathlib import Path
 
 from startable._lifecycle import render_mermaid, render_table
+from startable.cli import render_reference
 from startable.cluster import load_cluster
 from startable.cluster._system.services import render_mermaid as render_graph
 
@@ -19,3 +21,4 @@ target.mkdir(exist_ok=True)
 (target / "lifecycle-diagram.mmd").write_text(render_mermaid())
 (target / "lifecycle-table.md").write_text(render_table())
 (target / "shop-graph.mmd").write_text(render_graph(load_cluster(SHOP).services))
+(target / "cli.md").write_text(render_reference())

@@ -9,11 +9,15 @@ path to a `.py` file.
 services start in dependency order, each in a process of its own, with a live
 table of their state and their output multiplexed below it; SIGINT or SIGTERM
 stops them all, in reverse order.
+
+`startable check FILE` and `startable graph FILE` read a cluster file as `up`
+would, and print it resolved, or its dependency graph, starting nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import importlib.machinery
 import importlib.util
@@ -101,15 +105,21 @@ def seconds(text: str) -> float:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="startable", description=__doc__.split("\n\n")[0])
+def _parser(width: int | None = None) -> argparse.ArgumentParser:
+    def formatter(prog: str) -> argparse.HelpFormatter:
+        return argparse.HelpFormatter(prog, width=width)
+
+    parser = argparse.ArgumentParser(
+        prog="startable", description=__doc__.split("\n\n")[0], formatter_class=formatter
+    )
     parser.add_argument(
         "--version",
         action="version",
         version=f"%(prog)s {__version__} (Python {platform.python_version()})",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser(
+    add = functools.partial(commands.add_parser, formatter_class=formatter)
+    run = add(
         "run",
         help="run one startable object until SIGINT or SIGTERM",
         description="Start MODULE:ATTR, log its state changes, stop it on SIGINT/SIGTERM "
@@ -122,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper
     )
-    up = commands.add_parser(
+    up = add(
         "up",
         help="run the cluster a cluster file describes until SIGINT or SIGTERM",
         description="Start the services of FILE in dependency order, show their state and "
@@ -146,12 +156,58 @@ def _parser() -> argparse.ArgumentParser:
         "entry's source directory changes ([cluster] reload_delay of quiet first; "
         "needs watchfiles: pip install 'startable[dev]')",
     )
+    check = add(
+        "check",
+        help="validate a cluster file and print what up would run, starting nothing",
+        description="Read and resolve FILE as `startable up` would: print the cluster's "
+        "settings, the start order and each service. Exit code 2 when FILE cannot be used.",
+    )
+    check.add_argument("file", metavar="FILE", help="a TOML cluster file")
+    check.add_argument("--json", action="store_true", help="print it as JSON, for scripts")
+    graph = add(
+        "graph",
+        help="print the dependency graph of a cluster file",
+        description="Print the services of FILE and what each depends on: as text, by the "
+        "steps of the start order, or as a mermaid flowchart. Exit code 2 when FILE cannot "
+        "be used.",
+    )
+    graph.add_argument("file", metavar="FILE", help="a TOML cluster file")
+    graph.add_argument(
+        "--mermaid",
+        dest="output",
+        action="store_const",
+        const="mermaid",
+        default="text",
+        help="a mermaid flowchart (an arrow from each service to what it needs)",
+    )
     return parser
+
+
+def render_reference() -> str:
+    """The command reference (markdown): each command's `--help`, at 88 columns.
+
+    `docs/generate.py` writes it to `docs/_generated/cli.md`; a test keeps it current.
+    """
+    parser = _parser(width=88)
+    commands = next(
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    )
+    parts = ["```text", parser.format_help().rstrip(), "```", ""]
+    for name, command in commands.choices.items():
+        parts += [f"## `startable {name}`", "", "```text", command.format_help().rstrip(), "```"]
+        parts.append("")
+    return "\n".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `startable` command; returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.command in ("check", "graph"):
+        from . import _check
+
+        if args.command == "check":
+            return _check.check(args.file, as_json=args.json)
+        return _check.graph(args.file, output=args.output)
     if args.command == "up":
         from ._up import up  # rich and the cluster layer, only for this command
 

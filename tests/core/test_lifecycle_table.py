@@ -73,3 +73,23 @@ def test_generated_docs_are_up_to_date(name: str, render: object) -> None:
     assert path.read_text() == expected, (
         f"docs/_generated/{name} is stale; run: uv run python docs/generate.py"
     )
+
+
+def test_the_command_reference_names_every_command_and_option() -> None:
+    """docs/_generated/cli.md is argparse's help, whose layout changes between
+    Pythons: what must match is every command and every option it has."""
+    import argparse
+
+    from startable.cli import _parser
+
+    page = (GENERATED / "cli.md").read_text()
+    parser = _parser(width=88)
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in commands.choices.items():
+        assert f"## `startable {name}`" in page, f"{name}: run uv run python docs/generate.py"
+        for action in command._actions:
+            for option in action.option_strings:
+                assert option in page, f"{name} {option}: run uv run python docs/generate.py"
+            if action.help and action.help != argparse.SUPPRESS:
+                first = action.help.split()[0]
+                assert first in page
