@@ -150,6 +150,12 @@ def _parser(width: int | None = None) -> argparse.ArgumentParser:
         "is not a terminal)",
     )
     up.add_argument(
+        "--control",
+        metavar="PATH",
+        help="the control socket's path (by default one derived from the cluster's name and "
+        "file, in $XDG_RUNTIME_DIR/startable or /tmp/startable-UID)",
+    )
+    up.add_argument(
         "--dev",
         action="store_true",
         help="dev mode: each pool runs one replica, reloaded when a Python file of its "
@@ -180,6 +186,43 @@ def _parser(width: int | None = None) -> argparse.ArgumentParser:
         default="text",
         help="a mermaid flowchart (an arrow from each service to what it needs)",
     )
+    where = "the cluster file (FILE, by default ./startable.toml) or --control PATH"
+    for name, summary in (
+        ("status", "show the state of each service of a running cluster"),
+        ("logs", "show the recent output of a running cluster's services, and follow it"),
+        ("start", "start services of a running cluster, with what they need"),
+        ("stop", "stop services of a running cluster, and first what depends on them"),
+        ("restart", "stop and start services of a running cluster, their dependents too"),
+        ("down", "stop a running cluster, as Ctrl-C does, and wait until it has stopped"),
+    ):
+        operator = add(
+            name,
+            help=summary,
+            description=f"{summary[0].upper()}{summary[1:]}: through its control socket, found "
+            f"from {where}. Exit code 0 when done, 1 when the cluster refused or failed it, 2 "
+            "when there is no cluster to ask.",
+        )
+        if name in ("status", "down"):
+            operator.add_argument("args", nargs="*", metavar="FILE", help="the cluster file")
+        else:
+            required = name != "logs"
+            operator.add_argument(
+                "args",
+                nargs="+" if required else "*",
+                metavar="[FILE] SERVICE",
+                help="the cluster file (if it ends in .toml), then the services"
+                + ("" if required else " (none: all)"),
+            )
+        operator.add_argument("--control", metavar="PATH", help="the control socket's path")
+        if name == "status":
+            operator.add_argument("--json", action="store_true", help="print it as JSON")
+        if name == "logs":
+            operator.add_argument(
+                "-n", "--lines", type=int, default=10, help="recent lines to show (default 10)"
+            )
+            operator.add_argument(
+                "-f", "--follow", action="store_true", help="then follow (until Ctrl-C)"
+            )
     return parser
 
 
@@ -208,10 +251,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return _check.check(args.file, as_json=args.json)
         return _check.graph(args.file, output=args.output)
+    if args.command in ("status", "logs", "start", "stop", "restart", "down"):
+        from ._commands import run_command
+
+        return run_command(
+            args.command,
+            args.args,
+            control=args.control,
+            as_json=getattr(args, "json", False),
+            lines=getattr(args, "lines", 10),
+            follow=getattr(args, "follow", False),
+        )
     if args.command == "up":
         from ._up import up  # rich and the cluster layer, only for this command
 
-        return up(args.file, backend=args.backend, live=args.live, dev=args.dev)
+        return up(
+            args.file, backend=args.backend, live=args.live, dev=args.dev, control=args.control
+        )
     configure_logging(args.log_level)  # before the import: it may log
     try:
         obj = load_target(args.target)

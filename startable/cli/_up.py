@@ -21,14 +21,18 @@ import anyio.abc
 import attrs
 from rich.logging import RichHandler
 
+import startable
+
 from .. import State, of
 from ..cluster import (
+    OutputLine,
     ServiceDefinitionError,
     ServiceNode,
     ServicesManager,
     load_cluster,
 )
 from ..program import EXIT_FAILED, EXIT_FORCED, EXIT_OK, EXIT_USAGE, Phase, drive
+from ._control import ControlError, ControlServer, LogBuffer, default_path
 from ._humanise import describe_error, service_colours
 from ._output import escape, nonblocking_std_streams
 from ._reporters import LiveReporter, PlainReporter, Reporter, label_width
@@ -42,6 +46,7 @@ def up(
     backend: Literal["trio", "asyncio"] = "trio",
     live: bool | None = None,
     dev: bool = False,
+    control: str | None = None,
 ) -> int:
     """Run the cluster described by the file at `path` until SIGINT or SIGTERM.
 
@@ -56,6 +61,8 @@ def up(
         dev: dev mode: each pool runs one replica, never reforked, and is
             reloaded when a Python file under its entry's source directory
             changes (after the file's `reload_delay` of quiet).
+        control: the control socket's path (by default `default_path` of
+            the cluster's name and file).
 
     Returns:
         The exit code: 0 when everything stopped cleanly after a signal (or
@@ -106,9 +113,19 @@ def up(
             root.setLevel(logging.WARNING)
             try:
                 manager = ServicesManager(services, **options)
-                _show_output(manager, reporter)
+                logs = LogBuffer()
+                _show_output(manager, reporter, logs)
+                server = ControlServer(
+                    manager, control or default_path(cluster.name, cluster.path), logs
+                )
                 return anyio.run(
-                    serve, manager, reporter, cluster.stop_timeout, watching, backend=backend
+                    serve,
+                    manager,
+                    reporter,
+                    cluster.stop_timeout,
+                    watching,
+                    server,
+                    backend=backend,
                 )
             finally:
                 root.removeHandler(handler)
@@ -124,11 +141,17 @@ class _EscapingFormatter(logging.Formatter):
         return escape(super().format(record), newlines=True)
 
 
-def _show_output(manager: ServicesManager, reporter: Reporter) -> None:
-    """Send each service's output to `reporter`, those created at run time too."""
+def _show_output(manager: ServicesManager, reporter: Reporter, logs: LogBuffer) -> None:
+    """Send each service's output to `reporter` and `logs`, those created at run time too."""
 
     def show(node: ServiceNode) -> None:
-        node.set_output(functools.partial(reporter.output, node.name))
+        name = node.name
+
+        def output(line: OutputLine) -> None:
+            logs.add(name, line)
+            reporter.output(name, line)
+
+        node.set_output(output)
 
     for node in manager.nodes.values():
         show(node)
@@ -151,6 +174,7 @@ async def serve(
     reporter: Reporter,
     stop_timeout: float,
     watching: Watching | None = None,
+    control: ControlServer | None = None,
 ) -> int:
     """Start `manager`, wait for a signal or for it to stop on its own, stop it.
 
@@ -160,9 +184,35 @@ async def serve(
     pool one replica more / less; with `watching` (dev mode), a pool is
     reloaded when its source changes.
 
+    With `control`, its socket is served from before the start to after the
+    stop (`startable status` and the other commands reach it); one that
+    cannot be served (another `startable up` of the file runs) ends it with
+    exit code 2 before anything starts.
+
     Returns:
         The exit code, as `up` describes it.
     """
+    if control is None:
+        return await _serve(manager, reporter, stop_timeout, watching)
+    async with startable.open_owner():
+        try:
+            await of(control).start()
+        except (ControlError, OSError) as exc:
+            reporter.say(f"the control socket cannot be served: {exc}", error=True)
+            return EXIT_USAGE
+        try:
+            return await _serve(manager, reporter, stop_timeout, watching)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await of(control).stop()
+
+
+async def _serve(
+    manager: ServicesManager,
+    reporter: Reporter,
+    stop_timeout: float,
+    watching: Watching | None,
+) -> int:
     unsubscribe = manager.subscribe(functools.partial(reporter.event, manager))
     try:
         async with reporter.showing(manager), anyio.create_task_group() as operating:

@@ -1,0 +1,175 @@
+"""The operator's commands against a running `startable up`: `status`, `logs`,
+`start`, `stop`, `restart` and `down`, through its control socket (`_control`).
+
+Each finds the socket from the cluster file (the first argument when it ends
+in `.toml`, else `./startable.toml`), or takes `--control PATH`. Exit codes:
+0 when the command was carried out, 1 when the cluster refused or failed it
+(the error is printed), 2 when there is no cluster to ask (no such file, or
+no `startable up` of it runs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import anyio
+import msgspec
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from .. import StartableError
+from ..cluster import ServiceDefinitionError, load_cluster
+from ..program import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from ._control import ControlError, Line, Status, command, default_path, request
+from ._humanise import format_bytes, format_duration
+from ._output import escape, output_line
+
+DEFAULT_FILE = "startable.toml"
+
+
+class _Usage(StartableError):
+    """No cluster to ask: exit code 2."""
+
+
+def locate(arguments: Sequence[str], control: str | None) -> tuple[str, list[str]]:
+    """The control socket's path, and the arguments that are not the cluster file."""
+    rest = list(arguments)
+    if control is not None:
+        return control, rest
+    file = rest.pop(0) if rest and rest[0].endswith(".toml") else DEFAULT_FILE
+    if not os.path.isfile(file):
+        named = "" if file != DEFAULT_FILE else " (name the cluster file, or give --control PATH)"
+        raise _Usage(f"no such cluster file: {file}{named}")
+    try:
+        cluster = load_cluster(file)
+    except ServiceDefinitionError as exc:
+        raise _Usage(str(exc)) from None
+    return default_path(cluster.name, cluster.path), rest
+
+
+def run_command(
+    name: str,
+    arguments: Sequence[str],
+    *,
+    control: str | None = None,
+    as_json: bool = False,
+    lines: int = 10,
+    follow: bool = False,
+) -> int:
+    """Run the operator's command `name`; its exit code."""
+    try:
+        path, services = _arguments(name, arguments, control)
+        return anyio.run(_run, name, path, services, as_json, lines, follow, backend="trio")
+    except _Usage as exc:
+        print(f"startable: error: {escape(str(exc), newlines=True)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # `logs -f` ends with Ctrl-C
+        return EXIT_OK
+
+
+def _arguments(name: str, arguments: Sequence[str], control: str | None) -> tuple[str, list[str]]:
+    path, services = locate(arguments, control)
+    if name in ("start", "stop", "restart") and not services:
+        raise _Usage(f"startable {name}: name the services")
+    if name in ("status", "down") and services:
+        raise _Usage(f"startable {name}: no services are named here ({services[0]!r}?)")
+    return path, services
+
+
+async def _run(
+    name: str, path: str, services: list[str], as_json: bool, lines: int, follow: bool
+) -> int:
+    got: list[Status | Line] = []
+    console = Console(highlight=False, soft_wrap=True)
+
+    def take(message: Status | Line) -> None:
+        if isinstance(message, Line):
+            _print_line(message)
+        else:
+            got.append(message)
+
+    asked = command(name, services, lines=lines, follow=follow)
+    try:
+        await request(path, asked, take, deadline=None if follow else _deadline(name))
+    except ControlError as exc:
+        missing = "no startable up of this cluster runs" in str(exc)
+        print(f"startable: error: {escape(str(exc), newlines=True)}", file=sys.stderr)
+        return EXIT_USAGE if missing else EXIT_FAILED
+    if name == "down":
+        await _until_gone(path)
+        print("stopped")
+    status = next((m for m in got if isinstance(m, Status)), None)
+    if status is not None:
+        if as_json:
+            document = {
+                "cluster": status.cluster,
+                "state": status.state,
+                "pid": status.pid,
+                "services": msgspec.to_builtins(status.rows),
+            }
+            sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        else:
+            console.print(render_status(status))
+    elif name in ("start", "stop", "restart"):
+        print(f"{name}: done ({', '.join(services)})")
+    return EXIT_OK
+
+
+def _deadline(name: str) -> float:
+    # A stop may take its ladder's time, a start the service's; status answers at once.
+    return 10.0 if name in ("status", "logs", "down") else 600.0
+
+
+async def _until_gone(path: str) -> None:
+    """Wait until the cluster has stopped (its control socket is gone)."""
+    with anyio.move_on_after(600):
+        while os.path.exists(path):  # noqa: ASYNC110, ASYNC240 - another process removes it
+            await anyio.sleep(0.05)
+
+
+def _print_line(line: Line) -> None:
+    label = line.service if line.replica < 0 else f"{line.service}#{line.replica}"
+    sys.stdout.write(f"{escape(label)} | {output_line(line.text)}\n")
+    sys.stdout.flush()
+
+
+def render_status(status: Status) -> Group:
+    """What `startable status` prints: a table of the services, and their last errors."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("name", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    for header in ("pid", "CPU", "memory", "restarts", "uptime"):
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("ended", no_wrap=True)
+    errors: list[tuple[str, str]] = []
+    for row in status.rows:
+        name = escape(row.name) if row.replica < 0 else f" #{row.replica}"
+        state = row.state + (f" {row.live}/{row.replicas}" if row.replicas else "")
+        table.add_row(
+            name,
+            Text(state, style="bold green" if row.state == "STARTED" else ""),
+            str(row.pid) if row.pid is not None else "-",
+            f"{row.cpu_percent:.1f}%" if row.cpu_percent is not None else "-",
+            format_bytes(row.memory) if row.memory is not None else "-",
+            str(row.restarts),
+            format_duration(row.uptime) if row.uptime is not None else "-",
+            row.ended or "-",
+        )
+        if row.last_error:
+            label = escape(row.name) + ("" if row.replica < 0 else f"#{row.replica}")
+            errors.append((label, escape(row.last_error)))
+    title = Text(f"{escape(status.cluster)}: {status.state} (pid {status.pid})", style="bold")
+    parts: list[RenderableType] = [title, table]
+    if errors:
+        parts.append(Text("last errors", style="dim"))
+        width = max(len(label) for label, _ in errors)
+        for label, error in errors:
+            line = Text(f"{label:<{width}}  ", no_wrap=True, overflow="ellipsis")
+            line.append(error, style="red")
+            parts.append(line)
+    return Group(*parts)

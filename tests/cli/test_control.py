@@ -1,0 +1,167 @@
+"""The control socket of a real `startable up`, and the commands that use it:
+status, logs, start, stop, restart, down; hostile input on the socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from startable.cli._control import Command, Done, Status, connect, default_path
+
+from .test_up import ROOT, cluster_file, service, trio_only, up
+
+pytestmark = [pytest.mark.anyio, pytest.mark.processes]
+
+
+async def startable(*arguments: str) -> tuple[int, str, str]:
+    """Run the `startable` command; its exit code, stdout and stderr."""
+    result = await anyio.run_process(
+        [sys.executable, "-m", "startable", *arguments], cwd=ROOT, check=False
+    )
+    return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+
+async def status(control: Path) -> dict[str, dict[str, object]]:
+    code, out, err = await startable("status", "--control", str(control), "--json")
+    assert code == 0, err
+    return {row["name"]: row for row in json.loads(out)["services"] if row["replica"] < 0}
+
+
+async def as_nobody_connect(path: Path) -> str:
+    code = (
+        "import os, socket\n"
+        "os.setgid(65534); os.setuid(65534)\n"
+        "try:\n"
+        f"    socket.socket(socket.AF_UNIX).connect({str(path)!r}); print('connected')\n"
+        "except PermissionError:\n"
+        "    print('refused')\n"
+    )
+    result = await anyio.run_process([sys.executable, "-c", code], check=False)
+    return result.stdout.decode().strip()
+
+
+def shop(tmp_path: Path) -> Path:
+    return cluster_file(
+        tmp_path,
+        service("db", "Talker"),
+        service("web", "Talker", "db"),
+        service("lone", "Talker"),
+    )
+
+
+@trio_only
+async def test_status_logs_and_restart_of_a_running_cluster(tmp_path: Path) -> None:
+    control = tmp_path / "control.sock"
+    with anyio.fail_after(120):
+        async with up(shop(tmp_path), "--control", str(control)) as cli:
+            await cli.wait_for("services STARTED")
+            mode = stat.S_IMODE(os.stat(control).st_mode)
+            assert mode == 0o600, oct(mode)
+            rows = await status(control)
+            assert [rows[name]["state"] for name in ("db", "web", "lone")] == ["STARTED"] * 3
+            before = {name: rows[name]["pid"] for name in rows}
+            # The table, for people.
+            code, out, _ = await startable("status", "--control", str(control))
+            assert code == 0 and "demo: STARTED" in out and "web" in out
+            # Recent output, with the prefixes of `up`.
+            code, out, _ = await startable("logs", "--control", str(control), "db", "-n", "5")
+            assert code == 0
+            assert out.splitlines() == ["db | hello from db", "db | a line on stderr"]
+            # A restart of db takes web (its dependent) down and back; lone is left alone.
+            code, out, err = await startable("restart", "--control", str(control), "db")
+            assert code == 0, err
+            assert out == "restart: done (db)\n"
+            after = await status(control)
+            assert after["db"]["pid"] != before["db"] and after["web"]["pid"] != before["web"]
+            assert after["lone"]["pid"] == before["lone"]
+            assert all(row["state"] == "STARTED" for row in after.values())
+            # Stopped, a service says how it ended; started, it is back.
+            code, _, err = await startable("stop", "--control", str(control), "web")
+            assert code == 0, err
+            assert (await status(control))["web"]["ended"] == "clean"
+            code, _, err = await startable("start", "--control", str(control), "web")
+            assert code == 0, err
+            assert (await status(control))["web"]["state"] == "STARTED"
+            # A service that is not there is refused, naming it; the cluster runs on.
+            code, _, err = await startable("stop", "--control", str(control), "nope")
+            assert code == 1 and "there is no service named 'nope' in demo" in err
+            # down: the same stop as Ctrl-C, and the socket goes with the cluster.
+            code, out, err = await startable("down", "--control", str(control))
+            assert (code, out) == (0, "stopped\n"), err
+            assert await cli.finish() == 0
+            assert not control.exists()
+    assert cli.out.index("web: STOPPED") < cli.out.index("db: STOPPED")
+
+
+@trio_only
+async def test_the_cluster_file_finds_its_socket_and_a_second_up_is_refused(
+    tmp_path: Path,
+) -> None:
+    path = shop(tmp_path)
+    control = Path(default_path("demo", str(path)))
+    with anyio.fail_after(120):
+        async with up(path) as cli:
+            await cli.wait_for("services STARTED")
+            directory = stat.S_IMODE(os.stat(control.parent).st_mode)
+            assert directory == 0o700, oct(directory)
+            if os.geteuid() == 0:  # another user cannot reach it (root can be one)
+                assert await as_nobody_connect(control) == "refused"
+            code, out, _ = await startable("status", str(path), "--json")
+            assert code == 0 and json.loads(out)["cluster"] == "demo"
+            # Another `up` of the same file would take the socket: it is refused.
+            second = await anyio.run_process(
+                [sys.executable, "-m", "startable", "up", str(path), "--no-live"],
+                cwd=ROOT,
+                check=False,
+            )
+            assert second.returncode == 2
+            assert b"another startable up of this cluster file runs already" in second.stderr
+            assert os.path.exists(control)  # noqa: ASYNC240 - (the refused one left it alone)
+            code, _, _ = await startable("status", str(path))
+            assert code == 0
+            cli.process.send_signal(2)
+            assert await cli.finish() == 0
+    code, _, err = await startable("status", str(path))
+    assert code == 2 and "no startable up of this cluster runs" in err
+
+
+@trio_only
+async def test_garbage_and_malformed_commands_are_refused_and_the_cluster_answers_on(
+    tmp_path: Path,
+) -> None:
+    control = tmp_path / "control.sock"
+    with anyio.fail_after(120):
+        async with up(shop(tmp_path), "--control", str(control)) as cli:
+            await cli.wait_for("services STARTED")
+            # Bytes that are no frame: that connection is closed, nothing else.
+            async with await anyio.connect_unix(control) as raw:
+                await raw.send(b"\x00\x01garbage" * 100)
+                with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, OSError)):
+                    with anyio.fail_after(10):
+                        while True:
+                            await raw.receive()
+            # Frames that are well made but no command, or ask what cannot be.
+            async with connect(str(control)) as port:
+                for bad, why in (
+                    (Command(1, "format-disk"), "there is no command 'format-disk'"),
+                    (Command(2, "stop", ("../etc",)), "is not a service name"),
+                    (Command(3, "logs", (), -5), "lines is from 0"),
+                    (Command(4, "stop"), "names the services"),
+                    (Status(5, "x", "y", 1), "only commands"),
+                ):
+                    await port.send(bad)
+                    answer = await port.receive()
+                    assert isinstance(answer, Done) and why in answer.error, answer
+                await port.send(Command(6, "status"))
+                assert isinstance(await port.receive(), Status)
+            # And what the command line asks still works.
+            assert (await status(control))["db"]["state"] == "STARTED"
+            assert "malformed" not in cli.err
+            cli.process.send_signal(2)
+            assert await cli.finish() == 0
