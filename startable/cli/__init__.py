@@ -194,6 +194,8 @@ def _parser(width: int | None = None) -> argparse.ArgumentParser:
         ("stop", "stop services of a running cluster, and first what depends on them"),
         ("restart", "stop and start services of a running cluster, their dependents too"),
         ("down", "stop a running cluster, as Ctrl-C does, and wait until it has stopped"),
+        ("reload", "replace each replica of pools of a running cluster, one at a time"),
+        ("scale", "give a pool of a running cluster this many replicas"),
     ):
         operator = add(
             name,
@@ -204,8 +206,15 @@ def _parser(width: int | None = None) -> argparse.ArgumentParser:
         )
         if name in ("status", "down"):
             operator.add_argument("args", nargs="*", metavar="FILE", help="the cluster file")
+        elif name == "scale":
+            operator.add_argument(
+                "args",
+                nargs="+",
+                metavar="[FILE] POOL N",
+                help="the cluster file (if it ends in .toml), the pool, its replicas",
+            )
         else:
-            required = name != "logs"
+            required = name not in ("logs", "reload")
             operator.add_argument(
                 "args",
                 nargs="+" if required else "*",
@@ -251,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return _check.check(args.file, as_json=args.json)
         return _check.graph(args.file, output=args.output)
-    if args.command in ("status", "logs", "start", "stop", "restart", "down"):
+    if args.command in ("status", "logs", "start", "stop", "restart", "down", "reload", "scale"):
         from ._commands import run_command
 
         return run_command(

@@ -25,7 +25,7 @@ from rich.text import Text
 from .. import StartableError
 from ..cluster import ServiceDefinitionError, load_cluster
 from ..program import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from ._control import ControlError, Line, Status, command, default_path, request
+from ._control import Command, ControlError, Line, Status, command, default_path, request
 from ._humanise import format_bytes, format_duration
 from ._output import escape, output_line
 
@@ -64,12 +64,23 @@ def run_command(
     """Run the operator's command `name`; its exit code."""
     try:
         path, services = _arguments(name, arguments, control)
-        return anyio.run(_run, name, path, services, as_json, lines, follow, backend="trio")
+        replicas = 0
+        if name == "scale":
+            replicas = _replicas(services)
+            services = services[:1]
+        asked = command(name, services, lines=lines, follow=follow, replicas=replicas)
+        return anyio.run(_run, asked, path, as_json, backend="trio")
     except _Usage as exc:
         print(f"startable: error: {escape(str(exc), newlines=True)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # `logs -f` ends with Ctrl-C
         return EXIT_OK
+
+
+def _replicas(arguments: Sequence[str]) -> int:
+    if len(arguments) != 2 or not arguments[1].isdigit():
+        raise _Usage("startable scale: name one pool and a number of replicas: scale web 4")
+    return int(arguments[1])
 
 
 def _arguments(name: str, arguments: Sequence[str], control: str | None) -> tuple[str, list[str]]:
@@ -81,9 +92,8 @@ def _arguments(name: str, arguments: Sequence[str], control: str | None) -> tupl
     return path, services
 
 
-async def _run(
-    name: str, path: str, services: list[str], as_json: bool, lines: int, follow: bool
-) -> int:
+async def _run(asked: Command, path: str, as_json: bool) -> int:
+    name, services, follow = asked.command, list(asked.services), asked.follow
     got: list[Status | Line] = []
     console = Console(highlight=False, soft_wrap=True)
 
@@ -93,7 +103,6 @@ async def _run(
         else:
             got.append(message)
 
-    asked = command(name, services, lines=lines, follow=follow)
     try:
         await request(path, asked, take, deadline=None if follow else _deadline(name))
     except ControlError as exc:
@@ -115,8 +124,10 @@ async def _run(
             sys.stdout.write(json.dumps(document, indent=2) + "\n")
         else:
             console.print(render_status(status))
-    elif name in ("start", "stop", "restart"):
-        print(f"{name}: done ({', '.join(services)})")
+    elif name in ("start", "stop", "restart", "reload"):
+        print(f"{name}: done ({', '.join(services) or 'every pool'})")
+    elif name == "scale":
+        print(f"scale: {services[0]} has {asked.replicas} replicas")
     return EXIT_OK
 
 

@@ -38,6 +38,7 @@ import startable
 
 from .. import StartableError, State, as_raw_start, as_raw_stop, of
 from ..cluster import (
+    MAX_REPLICAS,
     NAME_RULE,
     MessageError,
     OutputLine,
@@ -53,7 +54,7 @@ LOG_LINES: Final = 1000
 MAX_CONNECTIONS: Final = 32
 #: The most lines one `logs` asks for.
 MAX_LINES: Final = 100_000
-COMMANDS: Final = ("status", "logs", "start", "stop", "restart", "down")
+COMMANDS: Final = ("status", "logs", "start", "stop", "restart", "down", "reload", "scale")
 
 
 class ControlMessage(msgspec.Struct, frozen=True, tag_field="t", array_like=True):
@@ -68,6 +69,7 @@ class Command(ControlMessage, tag="command", frozen=True):
     services: tuple[str, ...] = ()
     lines: int = 10
     follow: bool = False
+    replicas: int = 0
 
 
 class Row(msgspec.Struct, frozen=True):
@@ -383,6 +385,16 @@ class ControlServer:
                 return f"there is no service named {name!r} in {self.manager.name}"
         if command.command in ("start", "stop", "restart") and not command.services:
             return f"{command.command} names the services it is about"
+        if command.command == "scale":
+            if len(command.services) != 1:
+                return "scale names one pool"
+            if not 1 <= command.replicas <= MAX_REPLICAS:
+                return f"a pool has 1 to {MAX_REPLICAS} replicas, not {command.replicas}"
+        pools = self.manager.pools()
+        if command.command in ("reload", "scale"):
+            for name in command.services:
+                if name not in pools:
+                    return f"{name!r} is not a pool (pools: {', '.join(pools) or 'none'})"
         return None
 
     async def _do(self, port: ConnectionPort[AnyControl], command: Command) -> None:
@@ -403,7 +415,14 @@ class ControlServer:
             await port.send(Done(rid, f"{manager.name} is {of(manager).state.name}, not STARTED"))
             return
         try:
-            for name in command.services:
+            if command.command == "scale":
+                await manager.scale(command.services[0], command.replicas)
+            names = command.services
+            if command.command == "reload" and not names:  # every pool
+                names = tuple(manager.pools())
+            for name in names if command.command != "scale" else ():
+                if command.command == "reload":
+                    await manager.reload(name)
                 if command.command in ("stop", "restart"):
                     await manager.stop_service(name)
                 if command.command in ("start", "restart"):
@@ -496,6 +515,11 @@ async def request(
 
 
 def command(
-    name: str, services: Sequence[str] = (), *, lines: int = 10, follow: bool = False
+    name: str,
+    services: Sequence[str] = (),
+    *,
+    lines: int = 10,
+    follow: bool = False,
+    replicas: int = 0,
 ) -> Command:
-    return Command(next(_ids), name, tuple(services), lines, follow)
+    return Command(next(_ids), name, tuple(services), lines, follow, replicas)

@@ -165,3 +165,90 @@ async def test_garbage_and_malformed_commands_are_refused_and_the_cluster_answer
             assert "malformed" not in cli.err
             cli.process.send_signal(2)
             assert await cli.finish() == 0
+
+
+@trio_only
+async def test_pools_reload_and_scale_and_logs_follow(tmp_path: Path) -> None:
+    control = tmp_path / "control.sock"
+    path = cluster_file(
+        tmp_path, service("db", "Talker"), service("web", "Talker", "db", extra="replicas = 2")
+    )
+
+    def replicas(rows: list[dict[str, object]]) -> dict[object, object]:
+        return {row["replica"]: row["pid"] for row in rows if row["replica"] >= 0}  # type: ignore[operator]
+
+    async def every_row() -> list[dict[str, object]]:
+        code, out, err = await startable("status", "--control", str(control), "--json")
+        assert code == 0, err
+        rows: list[dict[str, object]] = json.loads(out)["services"]
+        return rows
+
+    with anyio.fail_after(120):
+        async with up(path, "--control", str(control)) as cli:
+            await cli.wait_for("services STARTED")
+            before = replicas(await every_row())
+            assert sorted(before) == [0, 1]
+            follower = await anyio.open_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "startable",
+                    "logs",
+                    "--control",
+                    str(control),
+                    "db",
+                    "-n",
+                    "0",
+                    "-f",
+                ],
+                cwd=ROOT,
+            )
+            try:
+                code, out, err = await startable("reload", "--control", str(control))
+                assert (code, out) == (0, "reload: done (every pool)\n"), err
+                after = replicas(await every_row())
+                assert sorted(after) == [0, 1] and not set(after.values()) & set(before.values())
+                code, out, err = await startable("scale", "--control", str(control), "web", "3")
+                assert (code, out) == (0, "scale: web has 3 replicas\n"), err
+                assert sorted(replicas(await every_row())) == [0, 1, 2]
+                code, _, err = await startable("scale", "--control", str(control), "db", "2")
+                assert code == 1 and "'db' is not a pool (pools: web)" in err
+                code, _, err = await startable("scale", "--control", str(control), "web", "0")
+                assert code == 1 and "a pool has 1 to 256 replicas, not 0" in err
+                # A restart of db prints again: the follower sees it as it comes.
+                assert (await startable("restart", "--control", str(control), "db"))[0] == 0
+                assert follower.stdout is not None
+                seen = ""
+                while "db | hello from db" not in seen:
+                    seen += (await follower.stdout.receive()).decode()
+                assert "db | goodbye" in seen  # (its stop, before)
+            finally:
+                follower.kill()
+                await follower.wait()
+            cli.process.send_signal(2)
+            assert await cli.finish() == 0
+
+
+@trio_only
+async def test_status_shows_a_service_that_crashes_and_is_restarted(tmp_path: Path) -> None:
+    control = tmp_path / "control.sock"
+    path = cluster_file(
+        tmp_path,
+        service("db", "Talker"),
+        service(
+            "flaky",
+            "Crashes",
+            extra="[services.flaky.restart]\nmode = 'always'\nbackoff = 0.2\nintensity = 100\n",
+        ),
+    )
+    with anyio.fail_after(120):
+        async with up(path, "--control", str(control)) as cli:
+            await cli.wait_for("flaky: restarting")
+            row: dict[str, object] = {}
+            while not row or int(row["restarts"]) < 2:  # type: ignore[call-overload]
+                row = (await status(control))["flaky"]
+            assert "RemoteExited" in str(row["last_error"]) or "exit" in str(row["last_error"])
+            code, out, _ = await startable("status", "--control", str(control))
+            assert code == 0 and "last errors" in out and "flaky" in out
+            cli.process.send_signal(2)
+            await cli.finish()
