@@ -140,6 +140,12 @@ def _parser(width: int | None = None) -> argparse.ArgumentParser:
         "a clean stop.",
     )
     up.add_argument("file", metavar="FILE", help="a TOML cluster file")
+    up.add_argument(
+        "services",
+        nargs="*",
+        metavar="SERVICE",
+        help="run only these services, and what they need (default: all)",
+    )
     up.add_argument("--backend", choices=("trio", "asyncio"), default="trio")
     up.add_argument(
         "--no-live",
@@ -253,7 +259,14 @@ def render_reference() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `startable` command; returns the exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # Names after an option (`up FILE --no-live web`) belong to the list of names.
+    listed = "services" if args.command == "up" else "args"
+    if extra and (any(e.startswith("-") for e in extra) or not hasattr(args, listed)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        setattr(args, listed, [*getattr(args, listed), *extra])
     if args.command in ("check", "graph"):
         from . import _check
 
@@ -275,7 +288,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._up import up  # rich and the cluster layer, only for this command
 
         return up(
-            args.file, backend=args.backend, live=args.live, dev=args.dev, control=args.control
+            args.file,
+            backend=args.backend,
+            live=args.live,
+            dev=args.dev,
+            control=args.control,
+            only=args.services,
         )
     configure_logging(args.log_level)  # before the import: it may log
     try:

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import textwrap
+from collections.abc import Sequence
 from typing import Literal
 
 import anyio
@@ -29,6 +30,7 @@ from ..cluster import (
     ServiceDefinitionError,
     ServiceNode,
     ServicesManager,
+    ServiceSpec,
     load_cluster,
 )
 from ..program import EXIT_FAILED, EXIT_FORCED, EXIT_OK, EXIT_USAGE, Phase, drive
@@ -47,6 +49,7 @@ def up(
     live: bool | None = None,
     dev: bool = False,
     control: str | None = None,
+    only: Sequence[str] = (),
 ) -> int:
     """Run the cluster described by the file at `path` until SIGINT or SIGTERM.
 
@@ -63,6 +66,7 @@ def up(
             changes (after the file's `reload_delay` of quiet).
         control: the control socket's path (by default `default_path` of
             the cluster's name and file).
+        only: run only these services, and what they need (empty: all).
 
     Returns:
         The exit code: 0 when everything stopped cleanly after a signal (or
@@ -82,7 +86,11 @@ def up(
         return EXIT_USAGE
     if live is None:
         live = sys.stdout.isatty()
-    services = list(cluster.services)
+    try:
+        services = needed(cluster.services, only)
+    except KeyError as exc:
+        print(f"startable: error: {path}: {exc.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
     watching: Watching | None = None
     if dev:
         from ._dev import dev_services, missing, watched_directories
@@ -132,6 +140,29 @@ def up(
                 root.setLevel(level)
     except KeyboardInterrupt:  # before `serve` listens for signals, or after it
         return EXIT_FORCED
+
+
+def needed(specs: Sequence[ServiceSpec], only: Sequence[str]) -> list[ServiceSpec]:
+    """The services of `specs` that `only` names, and all they depend on, in the
+    file's order (all of them when `only` is empty).
+
+    Raises:
+        KeyError: a name that is no service of the file (its message says so).
+    """
+    if not only:
+        return list(specs)
+    by_name = {spec.name: spec for spec in specs}
+    wanted: set[str] = set()
+    stack = list(only)
+    while stack:
+        name = stack.pop()
+        if name not in by_name:
+            known = ", ".join(by_name)
+            raise KeyError(f"there is no service named {escape(name)!r} (services: {known})")
+        if name not in wanted:
+            wanted.add(name)
+            stack.extend(by_name[name].depends_on)
+    return [spec for spec in specs if spec.name in wanted]
 
 
 class _EscapingFormatter(logging.Formatter):

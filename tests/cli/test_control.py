@@ -252,3 +252,17 @@ async def test_status_shows_a_service_that_crashes_and_is_restarted(tmp_path: Pa
             assert code == 0 and "last errors" in out and "flaky" in out
             cli.process.send_signal(2)
             await cli.finish()
+
+
+@trio_only
+async def test_up_of_some_services_runs_them_and_what_they_need(tmp_path: Path) -> None:
+    control = tmp_path / "control.sock"
+    path = shop(tmp_path)
+    with anyio.fail_after(120):
+        async with up(path, "web", "--control", str(control)) as cli:
+            await cli.wait_for("services STARTED")
+            assert sorted(await status(control)) == ["db", "web"]  # not lone
+            cli.process.send_signal(2)
+            assert await cli.finish() == 0
+    code, _, err = await startable("up", str(path), "nope", "--no-live")
+    assert code == 2 and "there is no service named 'nope' (services: db, web, lone)" in err
