@@ -231,6 +231,19 @@ def _parser(width: int | None = None) -> argparse.ArgumentParser:
         operator.add_argument("--control", metavar="PATH", help="the control socket's path")
         if name == "status":
             operator.add_argument("--json", action="store_true", help="print it as JSON")
+            operator.add_argument(
+                "--watch",
+                action="store_true",
+                help="show it again every --interval until Ctrl-C or the cluster stops "
+                "(with --json: one document a line)",
+            )
+            operator.add_argument(
+                "--interval",
+                type=seconds,
+                default=1.0,
+                metavar="SECONDS",
+                help="seconds between two --watch views (default 1)",
+            )
         if name == "logs":
             operator.add_argument(
                 "-n", "--lines", type=int, default=10, help="recent lines to show (default 10)"
@@ -283,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             as_json=getattr(args, "json", False),
             lines=getattr(args, "lines", 10),
             follow=getattr(args, "follow", False),
+            watch=args.interval if getattr(args, "watch", False) else None,
         )
     if args.command == "up":
         from ._up import up  # rich and the cluster layer, only for this command

@@ -10,6 +10,7 @@ no `startable up` of it runs).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -19,6 +20,7 @@ import anyio
 import msgspec
 from rich import box
 from rich.console import Console, Group, RenderableType
+from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
@@ -60,8 +62,10 @@ def run_command(
     as_json: bool = False,
     lines: int = 10,
     follow: bool = False,
+    watch: float | None = None,
 ) -> int:
-    """Run the operator's command `name`; its exit code."""
+    """Run the operator's command `name`; its exit code (`watch`: `status` again
+    every that many seconds, until Ctrl-C or the cluster's end)."""
     try:
         path, services = _arguments(name, arguments, control)
         replicas = 0
@@ -69,6 +73,8 @@ def run_command(
             replicas = _replicas(services)
             services = services[:1]
         asked = command(name, services, lines=lines, follow=follow, replicas=replicas)
+        if watch is not None and name == "status":
+            return anyio.run(_watch, path, as_json, watch, backend="trio")
         return anyio.run(_run, asked, path, as_json, backend="trio")
     except _Usage as exc:
         print(f"startable: error: {escape(str(exc), newlines=True)}", file=sys.stderr)
@@ -115,13 +121,7 @@ async def _run(asked: Command, path: str, as_json: bool) -> int:
     status = next((m for m in got if isinstance(m, Status)), None)
     if status is not None:
         if as_json:
-            document = {
-                "cluster": status.cluster,
-                "state": status.state,
-                "pid": status.pid,
-                "services": msgspec.to_builtins(status.rows),
-            }
-            sys.stdout.write(json.dumps(document, indent=2) + "\n")
+            sys.stdout.write(json.dumps(_document(status), indent=2) + "\n")
         else:
             console.print(render_status(status))
     elif name in ("start", "stop", "restart", "reload"):
@@ -129,6 +129,43 @@ async def _run(asked: Command, path: str, as_json: bool) -> int:
     elif name == "scale":
         print(f"scale: {services[0]} has {asked.replicas} replicas")
     return EXIT_OK
+
+
+async def _watch(path: str, as_json: bool, interval: float) -> int:
+    """`status` every `interval` seconds: in place on a terminal, else one after
+    another; it ends with Ctrl-C, or when the cluster has stopped."""
+    console = Console(highlight=False, soft_wrap=True)
+    live = None if as_json or not console.is_terminal else Live(console=console)
+    with live if live is not None else contextlib.nullcontext():
+        while True:
+            got: list[Status | Line] = []
+            try:
+                await request(path, command("status"), got.append, deadline=_deadline("status"))
+            except ControlError as exc:
+                if not os.path.exists(path):  # noqa: ASYNC240 - it has stopped (or never ran)
+                    print("the cluster is not running (any more)", file=sys.stderr)
+                    return EXIT_OK
+                print(f"startable: error: {escape(str(exc), newlines=True)}", file=sys.stderr)
+                return EXIT_FAILED
+            status = next(m for m in got if isinstance(m, Status))
+            if as_json:
+                sys.stdout.write(json.dumps(_document(status)) + "\n")
+                sys.stdout.flush()
+            elif live is not None:
+                live.update(render_status(status))
+            else:
+                console.print(render_status(status))
+                console.print()
+            await anyio.sleep(interval)
+
+
+def _document(status: Status) -> dict[str, object]:
+    return {
+        "cluster": status.cluster,
+        "state": status.state,
+        "pid": status.pid,
+        "services": msgspec.to_builtins(status.rows),
+    }
 
 
 def _deadline(name: str) -> float:

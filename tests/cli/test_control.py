@@ -266,3 +266,35 @@ async def test_up_of_some_services_runs_them_and_what_they_need(tmp_path: Path) 
             assert await cli.finish() == 0
     code, _, err = await startable("up", str(path), "nope", "--no-live")
     assert code == 2 and "there is no service named 'nope' (services: db, web, lone)" in err
+
+
+@trio_only
+async def test_status_watch_shows_it_again_until_the_cluster_stops(tmp_path: Path) -> None:
+    control = tmp_path / "control.sock"
+    with anyio.fail_after(120):
+        async with up(shop(tmp_path), "--control", str(control)) as cli:
+            await cli.wait_for("services STARTED")
+            watcher = await anyio.open_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "startable",
+                    "status",
+                    "--control",
+                    str(control),
+                    "--watch",
+                    "--interval",
+                    "0.2",
+                    "--json",
+                ],
+                cwd=ROOT,
+            )
+            assert watcher.stdout is not None
+            seen = ""
+            while seen.count("\n") < 2:  # two documents, one a line
+                seen += (await watcher.stdout.receive()).decode()
+            documents = [json.loads(line) for line in seen.splitlines()[:2]]
+            assert all(document["state"] == "STARTED" for document in documents)
+            cli.process.send_signal(2)
+            assert await cli.finish() == 0
+            assert await watcher.wait() == 0  # it ends when the cluster has stopped
