@@ -156,6 +156,12 @@ def _parser(width: int | None = None) -> argparse.ArgumentParser:
         "is not a terminal)",
     )
     up.add_argument(
+        "--detach",
+        action="store_true",
+        help="run it in the background (its output appended to a log next to the control "
+        "socket); return once it is STARTED (exit code 0) or its start failed (1)",
+    )
+    up.add_argument(
         "--control",
         metavar="PATH",
         help="the control socket's path (by default one derived from the cluster's name and "
@@ -297,6 +303,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             lines=getattr(args, "lines", 10),
             follow=getattr(args, "follow", False),
             watch=args.interval if getattr(args, "watch", False) else None,
+        )
+    if args.command == "up" and args.detach:
+        from ._detach import detach
+
+        return detach(
+            args.file,
+            only=args.services,
+            control=args.control,
+            backend=args.backend,
+            dev=args.dev,
         )
     if args.command == "up":
         from ._up import up  # rich and the cluster layer, only for this command

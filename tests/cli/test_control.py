@@ -298,3 +298,32 @@ async def test_status_watch_shows_it_again_until_the_cluster_stops(tmp_path: Pat
             cli.process.send_signal(2)
             assert await cli.finish() == 0
             assert await watcher.wait() == 0  # it ends when the cluster has stopped
+
+
+@trio_only
+async def test_up_detach_returns_once_started_and_down_stops_it(tmp_path: Path) -> None:
+    control = tmp_path / "control.sock"
+    path = shop(tmp_path)
+    with anyio.fail_after(120):
+        code, out, err = await startable("up", str(path), "--detach", "--control", str(control))
+        try:
+            assert code == 0, err
+            assert "demo: STARTED in the background" in out
+            assert all(row["state"] == "STARTED" for row in (await status(control)).values())
+            log = tmp_path / "control.log"
+            assert "db: STARTED" in log.read_text()
+        finally:
+            code, out, err = await startable("down", "--control", str(control))
+        assert (code, out) == (0, "stopped\n"), err
+
+
+@trio_only
+async def test_up_detach_whose_start_fails_exits_1_with_the_reason(tmp_path: Path) -> None:
+    control = tmp_path / "control.sock"
+    path = cluster_file(tmp_path, service("db", "FailsToStart"))
+    with anyio.fail_after(120):
+        code, _, err = await startable("up", str(path), "--detach", "--control", str(control))
+    assert code == 1
+    assert "the cluster did not start (exit code 1)" in err
+    assert "the database said no" in err
+    assert not control.exists()
