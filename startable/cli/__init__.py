@@ -105,6 +105,13 @@ def seconds(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    """An argparse `type=`: a number of lines, 0 to 100,000."""
+    if not (text.isascii() and text.isdigit()) or int(text) > 100_000:
+        raise argparse.ArgumentTypeError(f"expected 0 to 100000 lines, not {text!r}")
+    return int(text)
+
+
 def _parser(width: int | None = None) -> argparse.ArgumentParser:
     def formatter(prog: str) -> argparse.HelpFormatter:
         return argparse.HelpFormatter(prog, width=width)
@@ -252,7 +259,11 @@ def _parser(width: int | None = None) -> argparse.ArgumentParser:
             )
         if name == "logs":
             operator.add_argument(
-                "-n", "--lines", type=int, default=10, help="recent lines to show (default 10)"
+                "-n",
+                "--lines",
+                type=_count,
+                default=10,
+                help="recent lines to show (default 10; 0 to 100000)",
             )
             operator.add_argument(
                 "-f", "--follow", action="store_true", help="then follow (until Ctrl-C)"

@@ -26,8 +26,18 @@ from rich.text import Text
 
 from .. import StartableError
 from ..cluster import ServiceDefinitionError, load_cluster
-from ..program import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from ._control import Command, ControlError, Line, Status, command, default_path, request
+from ..program import EXIT_FAILED, EXIT_FORCED, EXIT_OK, EXIT_USAGE
+from ._control import (
+    ClusterGone,
+    Command,
+    ControlError,
+    Line,
+    NotRunning,
+    Status,
+    command,
+    default_path,
+    request,
+)
 from ._humanise import format_bytes, format_duration
 from ._output import escape, output_line
 
@@ -42,7 +52,7 @@ def locate(arguments: Sequence[str], control: str | None) -> tuple[str, list[str
     """The control socket's path, and the arguments that are not the cluster file."""
     rest = list(arguments)
     if control is not None:
-        return control, rest
+        return os.path.abspath(control), rest
     file = rest.pop(0) if rest and rest[0].endswith(".toml") else DEFAULT_FILE
     if not os.path.isfile(file):
         named = "" if file != DEFAULT_FILE else " (name the cluster file, or give --control PATH)"
@@ -79,8 +89,8 @@ def run_command(
     except _Usage as exc:
         print(f"startable: error: {escape(str(exc), newlines=True)}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:  # `logs -f` ends with Ctrl-C
-        return EXIT_OK
+    except KeyboardInterrupt:  # `logs -f` and `status --watch` end with Ctrl-C
+        return EXIT_OK if follow or watch is not None else EXIT_FORCED
 
 
 def _replicas(arguments: Sequence[str]) -> int:
@@ -111,12 +121,18 @@ async def _run(asked: Command, path: str, as_json: bool) -> int:
 
     try:
         await request(path, asked, take, deadline=None if follow else _deadline(name))
+    except ClusterGone:
+        if follow:  # the cluster stopped: nothing more to follow
+            return EXIT_OK
+        print("startable: error: the cluster stopped before it answered", file=sys.stderr)
+        return EXIT_FAILED
     except ControlError as exc:
-        missing = "no startable up of this cluster runs" in str(exc)
         print(f"startable: error: {escape(str(exc), newlines=True)}", file=sys.stderr)
-        return EXIT_USAGE if missing else EXIT_FAILED
+        return EXIT_USAGE if isinstance(exc, NotRunning) else EXIT_FAILED
     if name == "down":
-        await _until_gone(path)
+        if not await _until_gone(path):
+            print("startable: error: still stopping after 600s", file=sys.stderr)
+            return EXIT_FAILED
         print("stopped")
     status = next((m for m in got if isinstance(m, Status)), None)
     if status is not None:
@@ -136,14 +152,15 @@ async def _watch(path: str, as_json: bool, interval: float) -> int:
     another; it ends with Ctrl-C, or when the cluster has stopped."""
     console = Console(highlight=False, soft_wrap=True)
     live = None if as_json or not console.is_terminal else Live(console=console)
+    shown = False
     with live if live is not None else contextlib.nullcontext():
         while True:
             got: list[Status | Line] = []
             try:
                 await request(path, command("status"), got.append, deadline=_deadline("status"))
             except ControlError as exc:
-                if not os.path.exists(path):  # noqa: ASYNC240 - it has stopped (or never ran)
-                    print("the cluster is not running (any more)", file=sys.stderr)
+                if isinstance(exc, NotRunning | ClusterGone) and shown:  # it has stopped
+                    print("the cluster has stopped", file=sys.stderr)
                     return EXIT_OK
                 print(f"startable: error: {escape(str(exc), newlines=True)}", file=sys.stderr)
                 return EXIT_FAILED
@@ -156,6 +173,7 @@ async def _watch(path: str, as_json: bool, interval: float) -> int:
             else:
                 console.print(render_status(status))
                 console.print()
+            shown = True
             await anyio.sleep(interval)
 
 
@@ -173,11 +191,14 @@ def _deadline(name: str) -> float:
     return 10.0 if name in ("status", "logs", "down") else 600.0
 
 
-async def _until_gone(path: str) -> None:
-    """Wait until the cluster has stopped (its control socket is gone)."""
+async def _until_gone(path: str) -> bool:
+    """Wait until the cluster has stopped (its control socket is gone); False if it
+    has not within 600 seconds."""
     with anyio.move_on_after(600):
         while os.path.exists(path):  # noqa: ASYNC110, ASYNC240 - another process removes it
             await anyio.sleep(0.05)
+        return True
+    return False
 
 
 def _print_line(line: Line) -> None:

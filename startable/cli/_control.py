@@ -18,9 +18,12 @@ name, the numbers).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import itertools
+import logging
 import os
+import re
 import signal
 import socket
 import stat
@@ -54,6 +57,7 @@ LOG_LINES: Final = 1000
 MAX_CONNECTIONS: Final = 32
 #: The most lines one `logs` asks for.
 MAX_LINES: Final = 100_000
+logger = logging.getLogger("startable.cli")
 COMMANDS: Final = ("status", "logs", "start", "stop", "restart", "down", "reload", "scale")
 
 
@@ -132,17 +136,31 @@ def default_path(cluster: str, file: str) -> str:
         else os.path.join("/tmp", f"startable-{os.getuid()}")
     )
     digest = hashlib.sha256(os.path.abspath(file).encode()).hexdigest()[:12]
-    return os.path.join(base, f"{cluster[:40]}-{digest}.sock")
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", cluster[:40]).lstrip(".") or "cluster"
+    return os.path.join(base, f"{name}-{digest}.sock")
 
 
 class ControlError(StartableError):
-    """The control socket cannot be used: it names why."""
+    """The control socket cannot be used, or the command failed: it names why."""
 
 
-def _private_directory(directory: str) -> None:
-    """Make `directory` (mode 0700), or check that the existing one is ours and private."""
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    info = os.lstat(directory)
+class NotRunning(ControlError):
+    """No `startable up` answers at that control socket."""
+
+
+class ClusterGone(ControlError):
+    """The cluster went away (it stopped) before it answered."""
+
+
+def private_directory(directory: str, *, make: bool = True) -> None:
+    """Make `directory` (mode 0700), or check that the existing one is ours and private
+    (not a symbolic link, not another user's, not open to others)."""
+    if make:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        raise NotRunning(f"{directory}: no startable up runs (no such directory)") from None
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
         raise ControlError(f"{directory} is not a directory of this user's")
     if info.st_mode & 0o077:
@@ -297,18 +315,26 @@ class ControlServer:
         self.refused = 0
         self._connections = 0
         self._listener: anyio.abc.SocketListener | None = None
+        self._lock: int | None = None
 
     def __repr__(self) -> str:
         return f"<ControlServer {self.path}: {of(self).state.name}>"
 
     @as_raw_start
     async def _start(self) -> None:
-        _private_directory(os.path.dirname(self.path))
-        if os.path.lexists(self.path):  # noqa: ASYNC240 - one stat, before anything runs
-            if await _answers(self.path):
-                raise ControlError(
-                    f"{self.path}: another startable up of this cluster file runs already"
-                )
+        private_directory(os.path.dirname(self.path))
+        # One `up` per socket: it holds a lock for as long as it serves, so a
+        # socket found without the lock held is stale (its `up` was killed).
+        lock = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            raise ControlError(
+                f"{self.path}: another startable up of this cluster file runs already"
+            ) from None
+        self._lock = lock
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)  # left by one that was killed
         listener = await anyio.create_unix_listener(self.path, mode=0o600)
         self._listener = listener
@@ -317,14 +343,22 @@ class ControlServer:
     @as_raw_stop
     async def _stop(self) -> None:
         listener, self._listener = self._listener, None
-        if listener is not None:  # (only its own socket: not one it found serving)
+        if listener is not None:  # (only its own socket, with the lock still held)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)  # (the task that serves it closes it, cancelled)
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            os.close(lock)  # (the lock file stays: removing it would race a new `up`)
 
     async def _serve(self, listener: anyio.abc.SocketListener) -> None:
         async with listener, anyio.create_task_group() as group:
             while True:
-                stream = await listener.accept()
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:  # out of file descriptors, say: the cluster goes on
+                    logger.warning("the control socket could not accept a connection: %s", exc)
+                    await anyio.sleep(0.5)
+                    continue
                 if self._connections >= MAX_CONNECTIONS:
                     await stream.aclose()
                     continue
@@ -345,6 +379,8 @@ class ControlServer:
                 await self._converse(port)
         except (PortError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # that client went away, or broke the framing: it alone is closed
+        except Exception:  # a fault of ours: that connection ends, the cluster goes on
+            logger.exception("the control socket failed a connection")
         finally:
             self._connections -= 1
             with contextlib.suppress(Exception):
@@ -362,6 +398,9 @@ class ControlServer:
                 self.refused += 1
                 await port.send(Done(0, "only commands come to the control socket"))
                 continue
+            message = msgspec.structs.replace(
+                message, services=tuple(dict.fromkeys(message.services))
+            )
             why = self._problem(message)
             if why is not None:
                 self.refused += 1
@@ -438,20 +477,19 @@ class ControlServer:
             for line in self.logs.recent(command.services, command.lines):
                 await port.send(msgspec.structs.replace(line, id=rid))
             if command.follow:
-                async for line in following:  # until the client goes, or the cluster stops
-                    await port.send(msgspec.structs.replace(line, id=rid))
+                async with anyio.create_task_group() as group:
+
+                    async def until_hung_up() -> None:  # (a follower sends nothing more)
+                        with contextlib.suppress(Exception):
+                            while True:
+                                await port.receive()
+                        group.cancel_scope.cancel()
+
+                    group.start_soon(until_hung_up)
+                    async for line in following:  # until the client goes, or the cluster stops
+                        await port.send(msgspec.structs.replace(line, id=rid))
+                return
         await port.send(Done(rid))
-
-
-async def _answers(path: str) -> bool:
-    """Whether something listens at `path` now."""
-    try:
-        with anyio.fail_after(2):
-            stream = await anyio.connect_unix(path)
-    except (OSError, TimeoutError):
-        return False
-    await stream.aclose()
-    return True
 
 
 # -- the client side -------------------------------------------------------------
@@ -465,12 +503,11 @@ async def connect(path: str) -> AsyncIterator[ConnectionPort[AnyControl]]:
         ControlError: nothing answers there (no `startable up` of that file runs).
     """
     try:
+        private_directory(os.path.dirname(path), make=False)
         with anyio.fail_after(5):
             stream = await anyio.connect_unix(path)
-    except FileNotFoundError:
-        raise ControlError(
-            f"{path}: no startable up of this cluster runs (no control socket)"
-        ) from None
+    except (FileNotFoundError, ConnectionRefusedError):  # (refused: a stale socket)
+        raise NotRunning(f"{path}: no startable up of this cluster runs") from None
     except (OSError, TimeoutError) as exc:
         raise ControlError(f"{path}: cannot reach the control socket: {exc}") from None
     port: ConnectionPort[AnyControl] = ConnectionPort(stream, receives=AnyControl, name="control")
@@ -496,8 +533,8 @@ async def request(
             no answer within `deadline` seconds (None: no bound, for `logs -f`);
             the cluster stopped before it answered.
     """
-    with anyio.fail_after(deadline) if deadline is not None else contextlib.nullcontext():
-        try:
+    try:
+        with anyio.fail_after(deadline) if deadline is not None else contextlib.nullcontext():
             async with connect(path) as port:
                 await port.send(command)
                 while True:
@@ -508,10 +545,10 @@ async def request(
                         return
                     if isinstance(message, Status | Line) and message.id == command.id:
                         take(message)
-        except TimeoutError:
-            raise ControlError(f"{path}: no answer within {deadline:g}s") from None
-        except (PortError, OSError) as exc:
-            raise ControlError(f"the cluster went away before it answered: {exc}") from None
+    except TimeoutError:
+        raise ControlError(f"{path}: no answer within {deadline:g}s") from None
+    except (PortError, OSError) as exc:
+        raise ClusterGone(f"the cluster went away before it answered: {exc}") from None
 
 
 def command(

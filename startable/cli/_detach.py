@@ -18,8 +18,16 @@ from collections.abc import Sequence
 import anyio
 
 from ..cluster import ServiceDefinitionError, load_cluster
-from ..program import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from ._control import ControlError, Line, Status, command, default_path, request
+from ..program import EXIT_FAILED, EXIT_FORCED, EXIT_OK, EXIT_USAGE
+from ._control import (
+    ControlError,
+    Line,
+    Status,
+    command,
+    default_path,
+    private_directory,
+    request,
+)
 from ._output import escape
 
 #: How long a detached start may take before it is given up (and stopped).
@@ -41,12 +49,25 @@ def detach(
     except ServiceDefinitionError as exc:
         print(f"startable: error: {escape(str(exc), newlines=True)}", file=sys.stderr)
         return EXIT_USAGE
-    socket_path = control or default_path(cluster.name, cluster.path)
+    socket_path = os.path.abspath(control) if control else default_path(cluster.name, cluster.path)
     log_path = os.path.splitext(socket_path)[0] + ".log"
     arguments = [sys.executable, "-m", "startable", "up", path, *only, "--no-live"]
     arguments += ["--control", socket_path, "--backend", backend] + (["--dev"] if dev else [])
-    os.makedirs(os.path.dirname(log_path), mode=0o700, exist_ok=True)
-    with open(log_path, "ab") as log:
+    if _state(socket_path) is not None:
+        print(
+            f"startable: error: {socket_path}: another startable up of this file runs",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        private_directory(os.path.dirname(socket_path))
+        # Appended to, never followed through a link, readable by this user only.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+        descriptor = os.open(log_path, flags, 0o600)
+    except (ControlError, OSError) as exc:
+        print(f"startable: error: {escape(str(exc), newlines=True)}", file=sys.stderr)
+        return EXIT_USAGE
+    with os.fdopen(descriptor, "ab") as log:
         log.write(f"\n== startable up {path} --detach, {time.ctime()}\n".encode())
         log.flush()
         process = subprocess.Popen(
@@ -56,6 +77,22 @@ def detach(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    try:
+        return _until_started(process, cluster.name, path, socket_path, log_path, limit)
+    except KeyboardInterrupt:  # the operator gave up waiting: the start is given up too
+        process.terminate()
+        print(f"startable: {cluster.name}: the detached start was stopped", file=sys.stderr)
+        return EXIT_FORCED
+
+
+def _until_started(
+    process: subprocess.Popen[bytes],
+    name: str,
+    path: str,
+    socket_path: str,
+    log_path: str,
+    limit: float,
+) -> int:
     give_up = time.monotonic() + limit
     while time.monotonic() < give_up:
         code = process.poll()
@@ -65,10 +102,9 @@ def detach(
             )
             sys.stderr.write(_tail(log_path))
             return EXIT_USAGE if code == EXIT_USAGE else EXIT_FAILED
-        state = _state(socket_path)
-        if state == "STARTED":
+        if _state(socket_path, pid=process.pid) == "STARTED":
             print(
-                f"{cluster.name}: STARTED in the background (pid {process.pid})\n"
+                f"{name}: STARTED in the background (pid {process.pid})\n"
                 f"  its output: {log_path}\n"
                 f"  startable status {path}   startable logs {path} -f   startable down {path}"
             )
@@ -77,14 +113,14 @@ def detach(
         time.sleep(0.1)
     process.terminate()
     print(
-        f"startable: error: {cluster.name} was not STARTED within {limit:g}s: stopped it",
-        file=sys.stderr,
+        f"startable: error: {name} was not STARTED within {limit:g}s: stopped it", file=sys.stderr
     )
     return EXIT_FAILED
 
 
-def _state(socket_path: str) -> str | None:
-    """The cluster's state, as its control socket says (None: it does not answer yet)."""
+def _state(socket_path: str, pid: int | None = None) -> str | None:
+    """The cluster's state, as its control socket says (None: it does not answer, or
+    it is not the `up` of process `pid`)."""
     if not os.path.exists(socket_path):
         return None
     got: list[Status | Line] = []
@@ -96,7 +132,9 @@ def _state(socket_path: str) -> str | None:
     except ControlError:
         return None
     status = next((m for m in got if isinstance(m, Status)), None)
-    return status.state if status is not None else None
+    if status is None or (pid is not None and status.pid != pid):
+        return None
+    return status.state
 
 
 def _tail(path: str, lines: int = 40) -> str:

@@ -123,8 +123,9 @@ def up(
                 manager = ServicesManager(services, **options)
                 logs = LogBuffer()
                 _show_output(manager, reporter, logs)
+                where = os.path.abspath(control) if control else None
                 server = ControlServer(
-                    manager, control or default_path(cluster.name, cluster.path), logs
+                    manager, where or default_path(cluster.name, cluster.path), logs
                 )
                 return anyio.run(
                     serve,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import sys
 from pathlib import Path
@@ -327,3 +328,33 @@ async def test_up_detach_whose_start_fails_exits_1_with_the_reason(tmp_path: Pat
     assert "the cluster did not start (exit code 1)" in err
     assert "the database said no" in err
     assert not control.exists()
+
+
+@trio_only
+async def test_a_stale_socket_is_no_cluster_and_logs_follow_ends_with_the_cluster(
+    tmp_path: Path,
+) -> None:
+    control = tmp_path / "control.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(control))  # bound, never listening: what a killed `up` leaves
+    stale.close()
+    code, _, err = await startable("status", "--control", str(control))
+    assert code == 2 and "no startable up of this cluster runs" in err
+    with anyio.fail_after(120):
+        async with up(shop(tmp_path), "--control", str(control)) as cli:  # it takes the path
+            await cli.wait_for("services STARTED")
+            code, _, err = await startable(
+                "up", str(shop(tmp_path)), "--detach", "--control", str(control)
+            )
+            assert code == 2 and "another startable up of this file runs" in err
+            follower = await anyio.open_process(
+                [sys.executable, "-m", "startable", "logs", "--control", str(control), "-f"],
+                cwd=ROOT,
+            )
+            assert follower.stdout is not None
+            seen = ""
+            while "hello from lone" not in seen:
+                seen += (await follower.stdout.receive()).decode()
+            cli.process.send_signal(2)
+            assert await cli.finish() == 0
+            assert await follower.wait() == 0  # the cluster stopped: nothing more to follow
