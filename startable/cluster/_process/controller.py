@@ -82,6 +82,10 @@ class StopStep:
     time: float
 
 
+#: Seconds a SIGKILLed process has to be seen gone before it is said to survive it.
+AFTER_SIGKILL = 10.0
+
+
 class ServiceController:
     """Drives one incarnation of a service: one child process, from start to exit.
 
@@ -371,7 +375,9 @@ class ServiceController:
                 self._state_at_signal = self.remote_state
             self.ladder.append(StopStep(action, time.time()))  # type: ignore[arg-type]
             process.signal(signum)
-        with anyio.move_on_after(self.options.term_timeout):
+        # SIGKILL is not refused, only slow to be seen on a loaded machine (the
+        # kernel, then a zygote's report): past this, the process is stuck.
+        with anyio.move_on_after(max(self.options.term_timeout, AFTER_SIGKILL)):
             await process.exited()
             return
         raise ClusterError(f"{self.name}: pid {process.pid} survived SIGKILL")
