@@ -93,19 +93,21 @@ async def start_host(url: str) -> anyio.abc.Process:
     return process
 
 
+def calling_host(server: EmbeddedRedis) -> ServicesManager:
+    """The host that calls the store, which runs on the others."""
+    spec = ServiceSpec(name="store", remote=True)
+    return ServicesManager(
+        [spec], name="bench", redis=server.url, cluster_key=KEY, registry_ttl=TTL
+    )
+
+
 async def one_failover(
     server: EmbeddedRedis, how: signal.Signals, reaped: bool = False
 ) -> dict[str, float]:
     """Start two store hosts, signal the one that serves, and time the way back
     (`reaped`: from when the killed host's process is gone, not from the signal)."""
     hosts = [await start_host(server.url) for _ in range(2)]
-    caller = ServicesManager(
-        [ServiceSpec(name="store", remote=True)],
-        name="bench",
-        redis=server.url,
-        cluster_key=KEY,
-        registry_ttl=TTL,
-    )
+    caller = calling_host(server)
     figures: dict[str, float] = {}
     try:
         async with startable.running(caller):
@@ -157,13 +159,7 @@ async def redis_restart(server: EmbeddedRedis) -> dict[str, float]:
     """Two hosts; Redis is killed and started again on its port (empty): how soon
     calls across hosts succeed again."""
     store = await start_host(server.url)
-    caller = ServicesManager(
-        [ServiceSpec(name="store", remote=True)],
-        name="bench",
-        redis=server.url,
-        cluster_key=KEY,
-        registry_ttl=TTL,
-    )
+    caller = calling_host(server)
     figures: dict[str, float] = {}
     try:
         async with startable.running(caller):

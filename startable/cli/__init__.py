@@ -105,6 +105,11 @@ def seconds(text: str) -> float:
     return value
 
 
+#: The commands that reach a running cluster through its control socket
+#: (`_control.COMMANDS`, which a test keeps the same).
+OPERATOR_COMMANDS = ("status", "logs", "start", "stop", "restart", "down", "reload", "scale")
+
+
 def _count(text: str) -> int:
     """An argparse `type=`: a number of lines, 0 to 100,000."""
     if not (text.isascii() and text.isdigit()) or int(text) > 100_000:
@@ -303,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return _check.check(args.file, as_json=args.json)
         return _check.graph(args.file, output=args.output)
-    if args.command in ("status", "logs", "start", "stop", "restart", "down", "reload", "scale"):
+    if args.command in OPERATOR_COMMANDS:
         from ._commands import run_command
 
         return run_command(

@@ -38,8 +38,8 @@ from ._control import (
     default_path,
     request,
 )
-from ._humanise import format_bytes, format_duration
 from ._output import escape, output_line
+from ._table import figure_cells
 
 DEFAULT_FILE = "startable.toml"
 
@@ -222,11 +222,7 @@ def render_status(status: Status) -> Group:
         table.add_row(
             name,
             Text(state, style="bold green" if row.state == "STARTED" else ""),
-            str(row.pid) if row.pid is not None else "-",
-            f"{row.cpu_percent:.1f}%" if row.cpu_percent is not None else "-",
-            format_bytes(row.memory) if row.memory is not None else "-",
-            str(row.restarts),
-            format_duration(row.uptime) if row.uptime is not None else "-",
+            *figure_cells(row.pid, row.cpu_percent, row.memory, row.restarts, row.uptime),
             row.ended or "-",
         )
         if row.last_error:

@@ -46,10 +46,13 @@ from ..cluster import (
     MessageError,
     OutputLine,
     PortError,
+    ServiceContainer,
     ServiceNode,
     ServicesManager,
 )
 from ..cluster._ipc.port import ConnectionPort
+from ._humanise import forced_signal
+from ._table import RUNNING
 
 #: Lines kept per service for `startable logs` (the oldest go first).
 LOG_LINES: Final = 1000
@@ -235,18 +238,16 @@ def rows(manager: ServicesManager) -> tuple[Row, ...]:
         found.append(_row(node))
         for replica in node.replicas:
             lifecycle = of(replica)
-            running = lifecycle.state in (State.STARTING, State.STARTED, State.STOPPING)
-            sample = (
-                replica.container.resources[-1] if running and replica.container.resources else None
-            )
+            running = lifecycle.state in RUNNING
+            cpu, memory = _sample(replica.container if running else None)
             found.append(
                 Row(
                     node.name,
                     lifecycle.state.name,
                     replica=replica.index,
                     pid=replica.pid if running else None,
-                    cpu_percent=sample.cpu_percent if sample is not None else None,
-                    memory=sample.rss if sample is not None else None,
+                    cpu_percent=cpu,
+                    memory=memory,
                     restarts=replica.restarts,
                     uptime=replica.uptime,
                     last_error=_error(replica.last_error),
@@ -255,25 +256,29 @@ def rows(manager: ServicesManager) -> tuple[Row, ...]:
     return tuple(found)
 
 
+def _sample(container: ServiceContainer | None) -> tuple[float | None, int | None]:
+    """The CPU percentage and memory of `container`'s last resource sample, if any."""
+    samples = container.resources if container is not None else []
+    return (samples[-1].cpu_percent, samples[-1].rss) if samples else (None, None)
+
+
 def _row(node: ServiceNode) -> Row:
     lifecycle = of(node)
-    running = lifecycle.state in (State.STARTING, State.STARTED, State.STOPPING)
-    container = node.container if running else None
-    sample = container.resources[-1] if container is not None and container.resources else None
+    running = lifecycle.state in RUNNING
+    cpu, memory = _sample(node.container if running else None)
     replicas = node.replicas
     ended = ""
     if lifecycle.state is State.STOPPED and lifecycle.statistics().cycle:
-        ended = node.ended_by if node.ended_by in ("SIGTERM", "SIGKILL") else "clean"
-        if lifecycle.statistics().stop_reason is not None and ended == "clean":
-            ended = "failed"
+        failed = lifecycle.statistics().stop_reason is not None
+        ended = forced_signal(node) or ("failed" if failed else "clean")
     return Row(
         node.name,
         lifecycle.state.name,
         pid=node.pid if running and not replicas else None,
         replicas=len(replicas),
         live=sum(of(replica).state is State.STARTED for replica in replicas),
-        cpu_percent=sample.cpu_percent if sample is not None else None,
-        memory=sample.rss if sample is not None else None,
+        cpu_percent=cpu,
+        memory=memory,
         restarts=node.restarts,
         uptime=node.uptime,
         last_error=_error(node.last_error),

@@ -153,19 +153,33 @@ class _ServiceTable:
         last_error: BaseException | None,
     ) -> None:
         sample = samples[-1] if samples else None
+        cpu, memory = (sample.cpu_percent, sample.rss) if sample is not None else (None, None)
         cells: list[RenderableType] = [
             name,
             state,
-            str(pid) if pid is not None else "-",
-            f"{sample.cpu_percent:.1f}%" if sample is not None else "-",
-            format_bytes(sample.rss) if sample is not None else "-",
-            str(restarts),
-            format_duration(uptime) if uptime is not None else "-",
+            *figure_cells(pid, cpu, memory, restarts, uptime),
         ]
         if error_width is not None:
             error = short_error(last_error) if last_error is not None else ""
             cells.append(Text(error, style="red", no_wrap=True, overflow="ellipsis"))
         table.add_row(*cells)
+
+
+def figure_cells(
+    pid: int | None,
+    cpu_percent: float | None,
+    memory: int | None,
+    restarts: int,
+    uptime: float | None,
+) -> list[str]:
+    """The pid, CPU, memory, restarts and uptime cells of a row ("-": unknown)."""
+    return [
+        str(pid) if pid is not None else "-",
+        f"{cpu_percent:.1f}%" if cpu_percent is not None else "-",
+        format_bytes(memory) if memory is not None else "-",
+        str(restarts),
+        format_duration(uptime) if uptime is not None else "-",
+    ]
 
 
 _HINTS: dict[Phase, str] = {

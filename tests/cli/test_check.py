@@ -90,3 +90,10 @@ def test_a_file_that_cannot_be_used_exits_2_naming_the_problem(
 def test_a_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", str(tmp_path / "nope.toml")]) == 2
     assert "nope.toml" in capsys.readouterr().err
+
+
+def test_the_operator_commands_are_the_control_sockets() -> None:
+    from startable.cli import OPERATOR_COMMANDS
+    from startable.cli._control import COMMANDS
+
+    assert OPERATOR_COMMANDS == COMMANDS

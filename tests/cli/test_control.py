@@ -8,9 +8,11 @@ import os
 import socket
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import pytest
 
 from startable.cli._control import Command, Done, Status, connect, default_path
@@ -26,6 +28,20 @@ async def startable(*arguments: str) -> tuple[int, str, str]:
         [sys.executable, "-m", "startable", *arguments], cwd=ROOT, check=False
     )
     return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+
+async def background(*arguments: str) -> anyio.abc.Process:
+    """The `startable` command, running on (its stdout piped)."""
+    return await anyio.open_process([sys.executable, "-m", "startable", *arguments], cwd=ROOT)
+
+
+async def read_until(process: anyio.abc.Process, done: Callable[[str], bool]) -> str:
+    """What `process` writes on stdout, until `done` says it is enough."""
+    assert process.stdout is not None
+    seen = ""
+    while not done(seen):
+        seen += (await process.stdout.receive()).decode()
+    return seen
 
 
 async def status(control: Path) -> dict[str, dict[str, object]]:
@@ -70,10 +86,11 @@ async def test_status_logs_and_restart_of_a_running_cluster(tmp_path: Path) -> N
             # The table, for people.
             code, out, _ = await startable("status", "--control", str(control))
             assert code == 0 and "demo: STARTED" in out and "web" in out
-            # Recent output, with the prefixes of `up`.
+            # Recent output, with the prefixes of `up` (stdout and stderr are two pipes:
+            # which line was read first is not known).
             code, out, _ = await startable("logs", "--control", str(control), "db", "-n", "5")
             assert code == 0
-            assert out.splitlines() == ["db | hello from db", "db | a line on stderr"]
+            assert sorted(out.splitlines()) == ["db | a line on stderr", "db | hello from db"]
             # A restart of db takes web (its dependent) down and back; lone is left alone.
             code, out, err = await startable("restart", "--control", str(control), "db")
             assert code == 0, err
@@ -189,21 +206,7 @@ async def test_pools_reload_and_scale_and_logs_follow(tmp_path: Path) -> None:
             await cli.wait_for("services STARTED")
             before = replicas(await every_row())
             assert sorted(before) == [0, 1]
-            follower = await anyio.open_process(
-                [
-                    sys.executable,
-                    "-m",
-                    "startable",
-                    "logs",
-                    "--control",
-                    str(control),
-                    "db",
-                    "-n",
-                    "0",
-                    "-f",
-                ],
-                cwd=ROOT,
-            )
+            follower = await background("logs", "--control", str(control), "db", "-n", "0", "-f")
             try:
                 code, out, err = await startable("reload", "--control", str(control))
                 assert (code, out) == (0, "reload: done (every pool)\n"), err
@@ -218,10 +221,7 @@ async def test_pools_reload_and_scale_and_logs_follow(tmp_path: Path) -> None:
                 assert code == 1 and "a pool has 1 to 256 replicas, not 0" in err
                 # A restart of db prints again: the follower sees it as it comes.
                 assert (await startable("restart", "--control", str(control), "db"))[0] == 0
-                assert follower.stdout is not None
-                seen = ""
-                while "db | hello from db" not in seen:
-                    seen += (await follower.stdout.receive()).decode()
+                seen = await read_until(follower, lambda seen: "db | hello from db" in seen)
                 assert "db | goodbye" in seen  # (its stop, before)
             finally:
                 follower.kill()
@@ -275,25 +275,10 @@ async def test_status_watch_shows_it_again_until_the_cluster_stops(tmp_path: Pat
     with anyio.fail_after(120):
         async with up(shop(tmp_path), "--control", str(control)) as cli:
             await cli.wait_for("services STARTED")
-            watcher = await anyio.open_process(
-                [
-                    sys.executable,
-                    "-m",
-                    "startable",
-                    "status",
-                    "--control",
-                    str(control),
-                    "--watch",
-                    "--interval",
-                    "0.2",
-                    "--json",
-                ],
-                cwd=ROOT,
+            watcher = await background(
+                "status", "--control", str(control), "--watch", "--interval", "0.2", "--json"
             )
-            assert watcher.stdout is not None
-            seen = ""
-            while seen.count("\n") < 2:  # two documents, one a line
-                seen += (await watcher.stdout.receive()).decode()
+            seen = await read_until(watcher, lambda seen: seen.count("\n") >= 2)  # 2 documents
             documents = [json.loads(line) for line in seen.splitlines()[:2]]
             assert all(document["state"] == "STARTED" for document in documents)
             cli.process.send_signal(2)
@@ -347,14 +332,8 @@ async def test_a_stale_socket_is_no_cluster_and_logs_follow_ends_with_the_cluste
                 "up", str(shop(tmp_path)), "--detach", "--control", str(control)
             )
             assert code == 2 and "another startable up of this file runs" in err
-            follower = await anyio.open_process(
-                [sys.executable, "-m", "startable", "logs", "--control", str(control), "-f"],
-                cwd=ROOT,
-            )
-            assert follower.stdout is not None
-            seen = ""
-            while "hello from lone" not in seen:
-                seen += (await follower.stdout.receive()).decode()
+            follower = await background("logs", "--control", str(control), "-f")
+            await read_until(follower, lambda seen: "hello from lone" in seen)
             cli.process.send_signal(2)
             assert await cli.finish() == 0
             assert await follower.wait() == 0  # the cluster stopped: nothing more to follow

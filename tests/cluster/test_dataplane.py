@@ -3,7 +3,9 @@ runs the same plane between child processes)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -11,6 +13,7 @@ import pytest
 import startable
 from startable.cluster import (
     ClusterError,
+    ConnectionPort,
     Event,
     HandlerNotFound,
     RemoteError,
@@ -282,47 +285,45 @@ async def test_a_message_larger_than_a_port_carries_is_refused_in_process_too() 
             assert await manager.client.request("store", "get", "k") is None
 
 
-async def test_an_outbox_emptied_before_its_pump_woke_goes_on_pumping() -> None:
-    """The node clears its outbox when it stops; its pump must not trip on that."""
+@contextlib.asynccontextmanager
+async def pumping() -> AsyncIterator[tuple[Outbox, ConnectionPort[AnyMessage]]]:
+    """An outbox whose pump writes to a port, and the port at the other end."""
     manager = ServicesManager()
     ours, theirs = port_pair(AnyMessage)
     outbox = Outbox(manager.router, PortLink(ours))
+    async with (
+        startable.running(ours),
+        startable.running(theirs),
+        anyio.create_task_group() as group,
+    ):
+        group.start_soon(outbox.pump)
+        yield outbox, theirs
+        group.cancel_scope.cancel()
+
+
+async def test_an_outbox_emptied_before_its_pump_woke_goes_on_pumping() -> None:
+    """The node clears its outbox when it stops; its pump must not trip on that."""
     with anyio.fail_after(10):
-        async with (
-            startable.running(ours),
-            startable.running(theirs),
-            anyio.create_task_group() as group,
-        ):
-            group.start_soon(outbox.pump)
+        async with pumping() as (outbox, theirs):
             await anyio.wait_all_tasks_blocked()  # the pump waits for a message
             outbox.put(Event("lost", None, "x"))
             outbox.clear()  # before the pump woke up
             await anyio.wait_all_tasks_blocked()  # it woke to nothing, and waits again
             outbox.put(Event("kept", None, "x"))
             assert (await theirs.receive()).topic == "kept"
-            group.cancel_scope.cancel()
 
 
 async def test_an_answer_too_large_for_a_port_is_sent_as_an_error() -> None:
     """A reply the port refuses (from another host, where the limit is the
     envelope's) reaches the container as an error: it would wait out its deadline."""
-    manager = ServicesManager()
-    ours, theirs = port_pair(AnyMessage)
-    outbox = Outbox(manager.router, PortLink(ours))
     with anyio.fail_after(10):
-        async with (
-            startable.running(ours),
-            startable.running(theirs),
-            anyio.create_task_group() as group,
-        ):
-            group.start_soon(outbox.pump)
+        async with pumping() as (outbox, theirs):
             outbox.put(Reply(7, b"x" * 2**21))
             outbox.put(Reply(8, "small"))
             first, second = await theirs.receive(), await theirs.receive()
             assert isinstance(first, Reply) and first.id == 7 and first.kind == "error"
             assert first.error is not None and "the answer was not sent" in first.error.message
             assert isinstance(second, Reply) and second.value == "small"
-            group.cancel_scope.cancel()
 
 
 class Counter:

@@ -30,8 +30,6 @@ from .test_hosts import KEY, REMOTE_STORE, host, hosts, store
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.processes,
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-    pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning"),
 ]
 
 

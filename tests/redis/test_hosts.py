@@ -42,8 +42,6 @@ from .. import plane_services
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.processes,
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-    pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning"),
 ]
 KEY = "a test cluster key, long enough!!"
 
@@ -151,20 +149,27 @@ class Tagged:
         return self.tag
 
 
-async def test_the_least_loaded_instance_is_picked_across_three_hosts(
-    redis_server: EmbeddedRedis,
-) -> None:
+@contextlib.asynccontextmanager
+async def three_stores(redis_server: EmbeddedRedis) -> AsyncIterator[ServicesManager]:
+    """Stores tagged b, c and d on three hosts, and a host that sees all three."""
     stores = [
         host(redis_server, ServiceSpec(name="store", factory=lambda t=tag: Tagged(t)))
         for tag in "bcd"
     ]
     a = host(redis_server, REMOTE_STORE)
+    async with hosts(*stores, a):
+        assert a.link is not None
+        while len(a.link.instances("store")) < 3:  # (the other two come on a beat)
+            await a.link.refresh("store")
+            await anyio.sleep(0.05)
+        yield a
+
+
+async def test_the_least_loaded_instance_is_picked_across_three_hosts(
+    redis_server: EmbeddedRedis,
+) -> None:
     with anyio.fail_after(20):
-        async with hosts(*stores, a):
-            assert a.link is not None
-            while len(a.link.instances("store")) < 3:  # (the other two come on a beat)
-                await a.link.refresh("store")
-                await anyio.sleep(0.05)
+        async with three_stores(redis_server) as a:
             answers: list[str] = []
 
             async def call() -> None:
@@ -180,17 +185,8 @@ async def test_the_least_loaded_instance_is_picked_across_three_hosts(
 async def test_a_request_to_all_reaches_one_instance_on_each_host(
     redis_server: EmbeddedRedis,
 ) -> None:
-    stores = [
-        host(redis_server, ServiceSpec(name="store", factory=lambda t=tag: Tagged(t)))
-        for tag in "bcd"
-    ]
-    a = host(redis_server, REMOTE_STORE)
     with anyio.fail_after(20):
-        async with hosts(*stores, a):
-            assert a.link is not None
-            while len(a.link.instances("store")) < 3:
-                await a.link.refresh("store")
-                await anyio.sleep(0.05)
+        async with three_stores(redis_server) as a:
             answers = await a.client.request_all("store", "hold", 0)
     assert sorted(answer.value for answer in answers) == ["b", "c", "d"]
     # Numbered past any replica of a pool here, by the order they were seen.

@@ -26,8 +26,6 @@ from startable.cluster import (
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.processes,
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-    pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning"),
 ]
 KEY = "a test cluster key, long enough!!"
 TTL = 1.0

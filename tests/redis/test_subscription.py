@@ -14,10 +14,6 @@ from startable.cluster._redis.subscription import Subscription
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.processes,
-    # coredis (6.9) leaves the memory streams of a connection it lost unclosed:
-    # its leak, reported whenever they are collected (in a later test too).
-    pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
 
 
