@@ -215,6 +215,7 @@ def config_change_problem(change: ConfigChange) -> str | None:
         _service_problem(change.service, "a configured service")
         or _name_problem(change.key, "a configuration key")
         or (None if not change.deleted or change.value is None else "a deleted key has no value")
+        or config_value_problem(change.value)
     )
 
 
