@@ -219,6 +219,8 @@ def render_status(status: Status) -> Group:
     for row in status.rows:
         name = escape(row.name) if row.replica < 0 else f" #{row.replica}"
         state = row.state + (f" {row.live}/{row.replicas}" if row.replicas else "")
+        if row.health:
+            state += f" ({row.health})"
         table.add_row(
             name,
             Text(state, style="bold green" if row.state == "STARTED" else ""),

@@ -46,7 +46,7 @@ from ..cluster import (
     MessageError,
     OutputLine,
     PortError,
-    ServiceContainer,
+    Resources,
     ServiceNode,
     ServicesManager,
 )
@@ -94,6 +94,8 @@ class Row(msgspec.Struct, frozen=True):
     uptime: float | None = None
     last_error: str = ""
     ended: str = ""
+    #: With a health check: "starting", "healthy" or "unhealthy" (empty: none, or not running).
+    health: str = ""
 
 
 class Status(ControlMessage, tag="status", frozen=True):
@@ -239,7 +241,7 @@ def rows(manager: ServicesManager) -> tuple[Row, ...]:
         for replica in node.replicas:
             lifecycle = of(replica)
             running = lifecycle.state in RUNNING
-            cpu, memory = _sample(replica.container if running else None)
+            cpu, memory = _sample(replica.container.resources if running else [])
             found.append(
                 Row(
                     node.name,
@@ -256,16 +258,15 @@ def rows(manager: ServicesManager) -> tuple[Row, ...]:
     return tuple(found)
 
 
-def _sample(container: ServiceContainer | None) -> tuple[float | None, int | None]:
-    """The CPU percentage and memory of `container`'s last resource sample, if any."""
-    samples = container.resources if container is not None else []
+def _sample(samples: Sequence[Resources]) -> tuple[float | None, int | None]:
+    """The CPU percentage and memory of the last of `samples`, if any."""
     return (samples[-1].cpu_percent, samples[-1].rss) if samples else (None, None)
 
 
 def _row(node: ServiceNode) -> Row:
     lifecycle = of(node)
     running = lifecycle.state in RUNNING
-    cpu, memory = _sample(node.container if running else None)
+    cpu, memory = _sample(node.resources if running else [])
     replicas = node.replicas
     ended = ""
     if lifecycle.state is State.STOPPED and lifecycle.statistics().cycle:
@@ -283,6 +284,7 @@ def _row(node: ServiceNode) -> Row:
         uptime=node.uptime,
         last_error=_error(node.last_error),
         ended=ended,
+        health=(node.health or "") if running else "",
     )
 
 

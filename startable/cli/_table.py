@@ -47,6 +47,10 @@ def _state_cell(node: ServiceNode) -> Text:
             style = "bold red"
         if (forced := forced_signal(node)) is not None:  # not a clean stop: say how it ended
             text, style = f"STOPPED ({forced})", "bold red"
+    elif state in RUNNING and node.health is not None:
+        text += f" ({node.health})"
+        if node.health == "unhealthy":
+            style = "bold yellow"
     return Text(text, style=style)
 
 
@@ -113,14 +117,13 @@ class _ServiceTable:
             if replicas:  # a pool: live of desired, and a row per replica below
                 live = sum(of(replica).state is State.STARTED for replica in replicas)
                 state.append(f" {live}/{len(replicas)}")
-            container = node.container if running else None
             self._row(
                 table,
                 error_width,
                 Text(escape(node.name), style=self._colour(node)),
                 state,
                 node.pid if running and not replicas else None,  # (a pool: below)
-                container.resources if container is not None else [],
+                node.resources if running else [],
                 node.restarts,
                 node.uptime,
                 node.last_error,

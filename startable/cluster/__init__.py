@@ -44,6 +44,7 @@ if _TYPE_CHECKING:
     from ._errors import ForcedStop as ForcedStop
     from ._errors import FrameError as FrameError
     from ._errors import HandlerNotFound as HandlerNotFound
+    from ._errors import HealthCheckFailed as HealthCheckFailed
     from ._errors import MalformedRequest as MalformedRequest
     from ._errors import MessageError as MessageError
     from ._errors import PortClosed as PortClosed
@@ -63,6 +64,8 @@ if _TYPE_CHECKING:
     from ._ipc.port import from_socket as from_socket
     from ._ipc.port import port_pair as port_pair
     from ._names import NAME_RULE as NAME_RULE
+    from ._process.command import CommandProcess as CommandProcess
+    from ._process.command import Readiness as Readiness
     from ._process.container import ServiceContainer as ServiceContainer
     from ._process.controller import OutputLine as OutputLine
     from ._process.controller import ServiceController as ServiceController
@@ -88,6 +91,7 @@ if _TYPE_CHECKING:
     from ._system.node import ServiceNode as ServiceNode
     from ._system.pool import Replica as Replica
     from ._system.services import MAX_REPLICAS as MAX_REPLICAS
+    from ._system.services import HealthCheck as HealthCheck
     from ._system.services import RestartPolicy as RestartPolicy
     from ._system.services import ServiceSpec as ServiceSpec
 
@@ -95,6 +99,10 @@ if _TYPE_CHECKING:
 _WHERE: dict[str, str] = {
     "source_directory": "._system.file",
     "MAX_REPLICAS": "._system.services",
+    "HealthCheck": "._system.services",
+    "HealthCheckFailed": "._errors",
+    "CommandProcess": "._process.command",
+    "Readiness": "._process.command",
     "Replica": "._system.pool",
     "Answer": "._data.client",
     "ServiceClient": "._data.client",
@@ -184,6 +192,7 @@ __all__ = (
     "ClusterError",
     "ClusterFile",
     "ClusterFileError",
+    "CommandProcess",
     "Config",
     "ConfigChange",
     "ConfigChanges",
@@ -197,6 +206,8 @@ __all__ = (
     "ForcedStop",
     "FrameError",
     "HandlerNotFound",
+    "HealthCheck",
+    "HealthCheckFailed",
     "LinkStatistics",
     "ListenAddress",
     "ListenSocket",
@@ -208,6 +219,7 @@ __all__ = (
     "PortError",
     "PortStatistics",
     "ProcessOptions",
+    "Readiness",
     "RedisLink",
     "RemoteError",
     "RemoteExited",

@@ -98,19 +98,51 @@ class ForcedStop(ClusterError):
         signal: the last rung used, `"SIGTERM"` or `"SIGKILL"`.
         waited: the seconds given to the rung before it (the close request's
             `close_timeout`, or SIGTERM's `term_timeout`).
+        before: what was sent before it, in words (a `command` service's stop
+            signal); by default the rung below `signal`.
         state: the service's state, as its process last reported it, when
             the first signal was sent (`"STARTED"`: it never began to stop;
             `"STOPPING"`: its raw stop hung), or None if it never said.
     """
 
-    def __init__(self, service: str, signal: str, waited: float, state: str | None = None) -> None:
-        before = "the close request" if signal == "SIGTERM" else "SIGTERM"
+    def __init__(
+        self,
+        service: str,
+        signal: str,
+        waited: float,
+        state: str | None = None,
+        *,
+        before: str | None = None,
+    ) -> None:
+        if before is None:
+            before = "the close request" if signal == "SIGTERM" else "SIGTERM"
         then = f" (its service was {state} then)" if state is not None else ""
         super().__init__(f"{service} did not end within {waited:g}s of {before}: {signal}{then}")
         self.service = service
         self.signal = signal
         self.waited = waited
         self.state = state
+        self.before = before
+
+
+class HealthCheckFailed(ClusterError):
+    """A service's health check failed `failures` times in a row: the reason it
+    is stopped with (a failure: its restart policy and the cascade apply).
+
+    Attributes:
+        service: the service's name.
+        failures: the checks that failed in a row.
+        problem: what the last one found, in words.
+    """
+
+    def __init__(self, service: str, failures: int, problem: str) -> None:
+        super().__init__(f"{service}: its health check failed {failures} times in a row: {problem}")
+        self.service = service
+        self.failures = failures
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[type[HealthCheckFailed], tuple[str, int, str]]:
+        return type(self), (self.service, self.failures, self.problem)
 
 
 class ServiceExited(ClusterError):

@@ -76,9 +76,13 @@ class OutputLine:
 
 @attrs.frozen
 class StopStep:
-    """One rung of the stop ladder that was used, and when."""
+    """One rung of the stop ladder that was used, and when.
 
-    action: Literal["close request", "SIGTERM", "SIGKILL"]
+    `action` is `"close request"` or the name of the signal sent
+    (`"SIGTERM"`, `"SIGKILL"`; a `command` service's stop signal).
+    """
+
+    action: str
     time: float
 
 
@@ -197,7 +201,7 @@ class ServiceController:
         return self.process.pid if self.process is not None else None
 
     @property
-    def ended_by(self) -> Literal["close request", "SIGTERM", "SIGKILL"] | None:
+    def ended_by(self) -> str | None:
         """The rung of the stop ladder that ended the process, once it has ended.
 
         `"close request"`: it stopped when asked (cleanly). `"SIGTERM"` or
@@ -373,7 +377,7 @@ class ServiceController:
                 return
             if action == "SIGTERM":  # what it was doing when asking was not enough
                 self._state_at_signal = self.remote_state
-            self.ladder.append(StopStep(action, time.time()))  # type: ignore[arg-type]
+            self.ladder.append(StopStep(action, time.time()))
             process.signal(signum)
         # SIGKILL is not refused, only slow to be seen on a loaded machine (the
         # kernel, then a zygote's report): past this, the process is stuck.

@@ -21,6 +21,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -229,3 +230,40 @@ async def read_lines(fileno: int, *, limit: int = 65536) -> AsyncIterator[str]:
             cut = end if end >= 0 else limit
             line, buffer = buffer[:cut], buffer[cut + (end >= 0) :]
             yield line.decode(errors="replace")
+
+
+#: How a program that is not a startable child is run: it dies with this
+#: process (the kernel's parent-death signal, kept across exec), unless this
+#: process is gone already; its resource limits are set; then it is exec'd,
+#: keeping its pid. A program that cannot be run exits 127, saying why.
+_SHIM = """\
+import ctypes, os, resource, sys
+ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+if os.getppid() != int(sys.argv[1]):
+    os._exit(70)
+for name, value in zip(("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_NOFILE"), sys.argv[2].split(",")):
+    if value:
+        resource.setrlimit(getattr(resource, name), (int(value), int(value)))
+try:
+    os.execvp(sys.argv[3], sys.argv[3:])
+except OSError as exc:
+    print(f"startable: cannot run {sys.argv[3]!r}: {exc.strerror}", file=sys.stderr, flush=True)
+    os._exit(127)
+"""
+
+
+def program_args(
+    args: Sequence[str],
+    *,
+    memory: int | None = None,
+    cpu_time: int | None = None,
+    open_files: int | None = None,
+) -> list[str]:
+    """The arguments that run the program `args` (looked up on the child's
+    `$PATH` if it has no `/`) as a child that dies with this process, under
+    the resource limits given (bytes of address space, seconds of CPU, open
+    descriptors; None: this process's own)."""
+    limits = ",".join(
+        "" if value is None else str(value) for value in (memory, cpu_time, open_files)
+    )
+    return [sys.executable, "-I", "-S", "-c", _SHIM, str(os.getpid()), limits, *args]

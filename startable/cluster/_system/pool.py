@@ -47,7 +47,7 @@ from .._process.remote import ENV_REPLICA, ENV_REPLICAS, ENV_SERVICE
 from .._process.zygote import Zygote
 from .elsewhere import RemoteRunner
 from .launch import Report, launch_in_order
-from .runners import ContainerRunner, InProcessRunner
+from .runners import CommandRunner, ContainerRunner, InProcessRunner
 from .services import MAX_REPLICAS, RestartPolicy, ServiceSpec
 from .supervisor import Decision, Supervisor, uptime
 
@@ -518,14 +518,17 @@ def runner_for(
     router: Router,
     notify: ReplicaNotice | None = None,
     link: Callable[[], RedisLink | None] = lambda: None,
-) -> InProcessRunner | ContainerRunner | PoolRunner | RemoteRunner:
+) -> InProcessRunner | ContainerRunner | CommandRunner | PoolRunner | RemoteRunner:
     """The runner `spec` asks for: another host's (`spec.remote`, through
     `link()`), a pool (`spec.is_pool`, telling `notify` of its replicas'
-    restarts), a container for an `entry`, this process for a `factory`."""
+    restarts), a container for an `entry`, a program for a `command`, this
+    process for a `factory`."""
     if spec.remote:
         return RemoteRunner(spec, link)
     if spec.is_pool:
         return PoolRunner(spec, router, notify)
     if spec.entry is not None:
         return ContainerRunner(spec, router)
+    if spec.command is not None:
+        return CommandRunner(spec)
     return InProcessRunner(spec, router)

@@ -3,8 +3,9 @@
 A `ServiceNode` keeps what is the same for every service: the order of
 starts and stops, the cascade, availability. How the service runs is its
 runner's: in this process (`InProcessRunner`), in a child process of its
-own (`ContainerRunner`), as a pool of replicas (`pool.PoolRunner`); later
-"on another host". `pool.runner_for` picks one from the spec. A new way to
+own (`ContainerRunner`), as a program that is not a lifecycle
+(`CommandRunner`), as a pool of replicas (`pool.PoolRunner`), on other
+hosts (`elsewhere.RemoteRunner`). `pool.runner_for` picks one from the spec. A new way to
 run a service is a new class with the `Runner` methods, and one more case
 in `runner_for`.
 """
@@ -24,6 +25,7 @@ from .._data.contract import AnyMessage
 from .._data.link import PortLink
 from .._data.router import LocalLink, Outbox, Router
 from .._ipc.port import ConnectionPort, from_socket
+from .._process.command import CommandProcess
 from .._process.container import ServiceContainer
 from .._process.controller import OutputLine
 from .._process.failfast import FailFast
@@ -261,3 +263,60 @@ class ContainerRunner:
             port, self._port = self._port, None
             if port is not None and of(port).state not in IDLE:
                 await of(port).stop()
+
+
+class CommandRunner:
+    """Runs `spec.command` as a `CommandProcess` (a new one on every start).
+
+    The program has no data plane: it is not attached to the router, so a
+    request to it fails with `ServiceUnavailable`. `process` is the current
+    (or last) run.
+    """
+
+    def __init__(self, spec: ServiceSpec) -> None:
+        assert spec.command is not None
+        self.spec = spec
+        self.process: CommandProcess | None = None
+        self.on_output = spec.on_output
+        self.events_dropped = 0
+        self.backlog = 0
+        self.containers: tuple[ServiceContainer, ...] = ()
+        self.listeners: tuple[ListenSocket, ...] = ()
+        self._starting = FailFast()
+
+    @property
+    def service(self) -> CommandProcess | None:
+        return self.process
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def release(self) -> None:
+        pass  # it keeps nothing across restarts
+
+    def set_output(self, callback: Callable[[OutputLine], object] | None) -> None:
+        self.on_output = callback
+
+    async def start(self, node: Startable) -> None:
+        spec = self.spec
+        assert spec.command is not None
+        limits = spec.permissions
+        self.process = process = CommandProcess(
+            spec.command,
+            env=spec.env,
+            cwd=spec.cwd,
+            name=spec.name,
+            ready=spec.ready,
+            options=spec.container_options,
+            stop_signal=spec.stop_signal,
+            memory=limits.memory if limits is not None else None,
+            cpu_time=limits.cpu_time if limits is not None else None,
+            open_files=limits.open_files if limits is not None else None,
+            on_output=self.on_output,
+        )
+        await self._starting.start(node, of(process), node.stop)
+
+    async def stop(self, err: BaseException | None) -> None:
+        if self.process is not None:
+            await self._starting.stop(of(self.process), err)

@@ -7,6 +7,8 @@ dependencies (unknown ones, cycles), entries, permissions.
 from __future__ import annotations
 
 import graphlib
+import shlex
+import signal
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -14,6 +16,7 @@ import attrs
 
 from .._errors import DependencyCycleError, ServiceDefinitionError
 from .._names import check_entry, check_name, number
+from .._process.command import Readiness
 from .._process.controller import OutputLine
 from .._process.listen import MAX_LISTEN, ListenAddress
 from .._process.options import ProcessOptions
@@ -54,6 +57,93 @@ class RestartPolicy:
         return float(min(self.backoff * 2**restarts_in_window, self.max_backoff))
 
 
+def _as_command(value: str | Iterable[str] | None) -> tuple[str, ...] | None:
+    """A command as a tuple of arguments; a string is split as a shell would (`shlex`)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return tuple(shlex.split(value))
+        except ValueError as exc:
+            raise ValueError(f"the command {value!r} cannot be split: {exc}") from None
+    try:
+        return tuple(value)
+    except TypeError:
+        raise TypeError(f"a command is a string or a list of strings, not {value!r}") from None
+
+
+def _check_command(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    args = value if isinstance(value, tuple) else ()
+    if not args or not args[0] or not all(isinstance(a, str) and "\0" not in a for a in args):
+        raise ValueError(
+            f"{type(instance).__name__}.{attribute.name}: a command is a program and its "
+            f"arguments, strings without NUL (the program not empty), not {value!r}"
+        )
+
+
+def _as_signal(value: int | str) -> signal.Signals:
+    """`"SIGINT"`, `"INT"` or a number, as a signal."""
+    if isinstance(value, str):
+        name = value.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        try:
+            return signal.Signals[name]
+        except KeyError:
+            raise ValueError(f"{value!r} is not a signal's name") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"a signal is a name or a number, not {value!r}")
+    try:
+        return signal.Signals(value)
+    except ValueError:
+        raise ValueError(f"{value} is not a signal") from None
+
+
+@attrs.frozen(kw_only=True)
+class HealthCheck:
+    """A probe of a running service, every `interval` seconds once it is STARTED:
+    `retries` failures in a row stop it as failed (`HealthCheckFailed`), so that
+    its restart policy brings it back and what depends on it follows.
+
+    Give exactly one of `command` (healthy when it exits 0 within `timeout`)
+    and `port` (healthy when `host:port` accepts a TCP connection within
+    `timeout`). It applies to every kind of service.
+
+    Attributes:
+        command: a program and its arguments (a string is split as a shell
+            would), run in the service's `cwd` with its `env`.
+        port: a TCP port to connect to.
+        host: where `port` is tried.
+        interval: seconds between the end of one check and the next (the
+            first comes `interval` after the start).
+        timeout: seconds one check may take (a command that runs longer is
+            killed, and the check has failed).
+        retries: failures in a row that stop the service.
+    """
+
+    command: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_as_command, validator=_check_command
+    )
+    port: int | None = attrs.field(default=None, validator=number(at_least=1, integer=True))
+    host: str = attrs.field(default="127.0.0.1", validator=attrs.validators.min_len(1))
+    interval: float = attrs.field(default=10.0, validator=number(above=0))
+    timeout: float = attrs.field(default=5.0, validator=number(above=0))
+    retries: int = attrs.field(default=3, validator=number(at_least=1, integer=True))
+
+    def __attrs_post_init__(self) -> None:
+        if (self.command is None) == (self.port is None):
+            raise ValueError("a health check is one of command or port")
+        if self.port is not None and self.port > 65535:
+            raise ValueError(f"HealthCheck.port: {self.port} is not a TCP port")
+
+    def describe(self) -> str:
+        """The probe, in words."""
+        if self.command is not None:
+            return shlex.join(self.command)
+        return f"{self.host}:{self.port}"
+
+
 def _as_names(value: Iterable[str]) -> tuple[str, ...]:
     if isinstance(value, str):
         raise ServiceDefinitionError(f"depends_on is a list of names, not the string {value!r}")
@@ -86,9 +176,10 @@ class ServiceSpec:
     """One service, as the manager is told about it.
 
     Give exactly one of `entry` (run in a `ServiceContainer`: a child process
-    of its own) or `factory` (run in this process; a zero-argument callable
-    returning an object with a lifecycle, called at every start), or set
-    `remote` (it runs on other hosts).
+    of its own), `factory` (run in this process; a zero-argument callable
+    returning an object with a lifecycle, called at every start) or `command`
+    (a program that is not a Python lifecycle, run as a `CommandProcess`), or
+    set `remote` (it runs on other hosts).
 
     Attributes:
         name: unique in its manager; see `NAME_RULE`.
@@ -131,6 +222,19 @@ class ServiceSpec:
             live in the registry, waiting `limit` seconds for one at each
             start, and stops on its own when the last one is gone. Only
             `depends_on`, `restart` and `limit` apply to it.
+        command: a program and its arguments (a string is split as a shell
+            would): it runs in `cwd` with `env`, its output is captured, it
+            is STARTED once `ready` holds, it stops on its own when it exits
+            (a failure unless it exits 0), and its stop is `stop_signal`, then
+            SIGKILL after `container_options.term_timeout`. It has no data
+            plane. Of `permissions`, only `memory`, `cpu_time` and
+            `open_files` apply to it.
+        ready: when a `command` is STARTED (`Readiness`: its program runs, a
+            TCP port accepts, a line on stdout matches, or sd_notify's `READY=1`).
+        stop_signal: what asks a `command` to stop (a name such as `"SIGINT"`,
+            or a number).
+        health: a `HealthCheck` run while it is STARTED, for every kind of
+            service (not `remote` ones).
         drain: for a pool, the seconds a replica that is being replaced
             (`reload`, or `scale` down) is given to answer the requests it was
             given: it gets no new one, and is stopped once it owes none, or
@@ -158,6 +262,16 @@ class ServiceSpec:
     limit: float = attrs.field(default=60.0, validator=number(above=0))
     drain: float = attrs.field(default=10.0, validator=number(above=0))
     remote: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    command: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_as_command, validator=_check_command
+    )
+    ready: Readiness = attrs.field(
+        factory=Readiness, validator=attrs.validators.instance_of(Readiness)
+    )
+    stop_signal: signal.Signals = attrs.field(default=signal.SIGTERM, converter=_as_signal)
+    health: HealthCheck | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(HealthCheck))
+    )
 
     @property
     def is_pool(self) -> bool:
@@ -172,8 +286,15 @@ class ServiceSpec:
     def _problem(self) -> str | None:
         if self.remote:
             return self._remote_problem()
+        if self.command is not None:
+            return self._command_problem()
+        if self.ready != Readiness() or self.stop_signal != signal.SIGTERM:
+            return "ready and stop_signal are for a command"
         if (self.entry is None) == (self.factory is None):
-            return "give exactly one of entry (a child process) or factory (in this process)"
+            return (
+                "give exactly one of entry (a child process), factory (in this process) "
+                "or command (a program)"
+            )
         if self.entry is not None:
             try:
                 check_entry(self.entry, self.code is not None)
@@ -210,6 +331,36 @@ class ServiceSpec:
             return f"an address is listed twice in listen: {[str(a) for a in self.listen]}"
         return self._graph_problem()
 
+    def _command_problem(self) -> str | None:
+        python_only = {
+            "entry": self.entry is not None,
+            "code": self.code is not None,
+            "factory": self.factory is not None,
+            "may_create_services": self.may_create_services,
+            "listen": bool(self.listen),
+            "replicas": self.replicas != 1,
+            "pool": self.pool,
+            "preload": self.preload,
+        }
+        given = [name for name, set_ in python_only.items() if set_]
+        if given:
+            return f"a command is a program: {', '.join(given)} do not apply to it"
+        permissions: object = self.permissions
+        if permissions is not None:
+            if not isinstance(permissions, Permissions):
+                return f"permissions must be a Permissions, not {permissions!r}"
+            sandboxed = [
+                name
+                for name in ("read", "write", "network", "subprocesses")
+                if getattr(permissions, name)
+            ]
+            if sandboxed:
+                return (
+                    f"of permissions, a command takes memory, cpu_time and open_files; "
+                    f"{', '.join(sandboxed)} are for Python services (entry)"
+                )
+        return self._graph_problem()
+
     def _remote_problem(self) -> str | None:
         local = {
             "entry": self.entry is not None,
@@ -224,6 +375,8 @@ class ServiceSpec:
             "replicas": self.replicas != 1,
             "pool": self.pool,
             "preload": self.preload,
+            "command": self.command is not None,
+            "health": self.health is not None,
         }
         given = [name for name, set_ in local.items() if set_]
         if given:
