@@ -1010,3 +1010,99 @@ def test_without_key_file_the_key_comes_from_the_environment(
         cluster.manager_options()
     monkeypatch.setenv("STARTABLE_CLUSTER_KEY", "e" * 32)
     assert cluster.manager_options()["cluster_key"] is None  # (the manager reads it)
+
+
+# -- command services and health checks -----------------------------------------
+
+
+def test_a_command_service_becomes_a_spec(tmp_path: Path) -> None:
+    (tmp_path / "bin").mkdir()
+    script = tmp_path / "bin" / "serve.sh"
+    script.write_text("#!/bin/sh\nexec sleep 60\n")
+    script.chmod(0o755)
+    path = write(
+        tmp_path,
+        """\
+        [services.cache]
+        command = "sh -c 'exec sleep 60'"
+        stop_signal = "SIGINT"
+        env = { MODE = "fast" }
+        ready = { port = 6390 }
+        timeouts = { ready = 5, term = 2 }
+        permissions = { memory = "64MiB", open_files = 256 }
+        health = { command = ["sh", "-c", "true"], interval = 2, timeout = 1, retries = 4 }
+
+        [services.script]
+        command = ["./bin/serve.sh", ""]
+        ready = { line = "^Ready" }
+
+        [services.notified]
+        command = ["sleep", "60"]
+        ready = { notify = true }
+
+        [services.api]
+        entry = "kv:Store"
+        depends_on = ["cache"]
+        health = { port = 8000, host = "localhost" }
+        """,
+    )
+    cache, script_spec, notified, api = load_cluster(path).services
+    assert cache.command == ("sh", "-c", "exec sleep 60")
+    assert cache.stop_signal.name == "SIGINT"
+    assert cache.env == {"MODE": "fast"}  # no PYTHONPATH: it is not Python
+    assert cache.ready.port == 6390 and cache.ready.kind == "port"
+    assert cache.container_options.ready_timeout == 5
+    assert cache.container_options.term_timeout == 2
+    assert cache.permissions == Permissions(memory=64 * 2**20, open_files=256)
+    assert cache.health is not None and cache.health.retries == 4
+    assert cache.cwd == str(tmp_path)
+    assert script_spec.command == ("./bin/serve.sh", "")
+    assert script_spec.ready.kind == "line"
+    assert notified.ready.notify
+    assert api.health is not None and (api.health.host, api.health.port) == ("localhost", 8000)
+
+
+@pytest.mark.parametrize(
+    ("lines", "key", "fragment"),
+    [
+        ('command = ""', "services.svc.command", "expected a program to run"),
+        ("command = []", "services.svc.command", "expected a program to run"),
+        ("command = [1]", "services.svc.command", "found the integer 1"),
+        ("command = 5", "services.svc.command", "a string or an array of strings"),
+        ("command = \"sh -c 'open\"", "services.svc.command", "cannot split"),
+        ('command = "no-such-program-here"', "services.svc.command", "is not on $PATH"),
+        ('command = "./absent.sh"', "services.svc.command", "is not an executable file"),
+        ('command = "sh"\nreplicas = 2', "services.svc.replicas", "does not apply"),
+        ('command = "sh"\nentry = "kv:Store"', "services.svc.entry", "does not apply"),
+        ('command = "sh"\nbogus = 1', "services.svc", "unknown key 'bogus'"),
+        ('command = "sh"\ntimeouts = { close = 1 }', "services.svc.timeouts.close", "no close"),
+        ('command = "sh"\nready = {}', "services.svc.ready", "give one of port, line"),
+        ('command = "sh"\nready = { port = 70000 }', "services.svc.ready", "not a TCP port"),
+        ('command = "sh"\nready = { port = 1, line = "x" }', "services.svc.ready", "one of"),
+        ('command = "sh"\nready = { line = "(" }', "services.svc.ready", "regular expression"),
+        ('command = "sh"\nstop_signal = "SIGNOPE"', "services.svc", "not a signal"),
+        (
+            'command = "sh"\npermissions = { network = true }',
+            "services.svc.permissions.network",
+            "for Python services",
+        ),
+        ('command = "sh"\nhealth = {}', "services.svc.health", "one of command or port"),
+        (
+            'command = "sh"\nhealth = { port = 1, interval = -1 }',
+            "services.svc.health.interval",
+            "must be positive",
+        ),
+        (
+            'command = "sh"\nhealth = { port = 1, retries = 0 }',
+            "services.svc.health.retries",
+            "must be positive",
+        ),
+        ('entry = "kv:Store"\nready = { port = 1 }', "services.svc", "unknown key 'ready'"),
+    ],
+)
+def test_a_bad_command_service_is_refused(
+    tmp_path: Path, lines: str, key: str, fragment: str
+) -> None:
+    error = refused(tmp_path, "[services.svc]\n" + lines + "\n")
+    assert error.key == key
+    assert fragment in error.problem

@@ -35,7 +35,7 @@ from startable.cluster import (
     ServiceSpec,
 )
 
-from ..waiting import until
+from ..waiting import poll, until
 
 #: The program the tests run: `key=value` arguments say how it behaves.
 PROGRAM = textwrap.dedent(
@@ -163,8 +163,7 @@ async def test_its_output_is_captured_line_by_line_from_both_streams(program: Pa
             process = manager["talker"].runner.service
             assert isinstance(process, CommandProcess)
             with anyio.fail_after(10):
-                while ("stderr", "to stderr") not in seen:
-                    await anyio.sleep(0.01)
+                await poll(lambda: ("stderr", "to stderr") in seen)
     assert ("stdout", "booting") in seen
     assert ("stdout", "got SIGTERM") in seen  # its last words, after the stop signal
 
@@ -185,7 +184,7 @@ async def test_a_program_not_ready_in_time_fails_its_start_and_is_stopped(progra
     process = CommandProcess(
         command(program), ready=Readiness(line="never"), options=ProcessOptions(ready_timeout=0.5)
     )
-    with anyio.fail_after(30), pytest.raises(ClusterError, match="not ready within 0.5s"):
+    with anyio.fail_after(30), pytest.raises(ClusterError, match=r"not ready within 0\.5s"):
         async with startable.running(process):
             pass
     assert process.pid is None or not alive(process.pid)
@@ -198,7 +197,7 @@ async def test_a_missing_program_is_named(tmp_path: Path) -> None:
         async with startable.running(process):
             pass
     missing = CommandProcess([str(tmp_path / "absent")], ready=Readiness(line="x"))
-    with anyio.fail_after(30), pytest.raises(RemoteExited, match="exit code 127.*cannot run"):
+    with anyio.fail_after(30), pytest.raises(RemoteExited, match=r"exit code 127.*cannot run"):
         async with startable.running(missing):
             pass
 
@@ -244,8 +243,8 @@ async def test_a_crash_is_restarted_and_cascades_and_a_clean_exit_is_not_restart
     # It fails once (exit 5, after it was ready), then runs: the restart policy brings it back.
     script = tmp_path / "once.sh"
     script.write_text(
-        f'if [ ! -e {flag} ]; then touch {flag}; echo up; sleep 0.3; exit 5; fi\n'
-        f'exec {sys.executable} {program}\n'
+        f"if [ ! -e {flag} ]; then touch {flag}; echo up; sleep 0.3; exit 5; fi\n"
+        f"exec {sys.executable} {program}\n"
     )
     specs = [
         ServiceSpec(
@@ -295,8 +294,7 @@ async def test_its_resources_are_sampled(program: Path) -> None:
     with anyio.fail_after(30):
         async with startable.running(ServicesManager([spec])) as manager:
             node = manager["sampled"]
-            while not node.resources:
-                await anyio.sleep(0.02)
+            await poll(lambda: bool(node.resources))
             assert node.resources[-1].rss > 0
 
 
@@ -313,8 +311,7 @@ async def test_notices_from_another_process_or_malformed_are_dropped(program: Pa
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stranger:
                 stranger.sendto(b"STATUS=forged", path)
                 stranger.sendto(b"x" * 5000, path)
-            while process.messages_dropped < 4:
-                await anyio.sleep(0.01)
+            await poll(lambda: process.messages_dropped >= 4)
             assert process.status is None
             assert of(process).state is State.STARTED
 
@@ -327,8 +324,7 @@ async def test_a_stranger_cannot_make_the_program_ready(program: Path) -> None:
         async with anyio.create_task_group() as group:
 
             async def forge() -> None:
-                while process._notify is None:
-                    await anyio.sleep(0.01)
+                await poll(lambda: process._notify is not None)
                 with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stranger:
                     stranger.sendto(b"READY=1", process._notify.path)
 
@@ -361,8 +357,7 @@ async def test_a_failing_health_command_stops_the_service_as_failed_and_it_is_re
     with anyio.fail_after(60):
         async with startable.running(manager):
             node = manager["checked"]
-            while node.health != "healthy":
-                await anyio.sleep(0.02)
+            await poll(lambda: node.health == "healthy")
             first = node.pid
             sick.touch()
             await until(manager, lambda: node.restarts == 1)
@@ -431,7 +426,10 @@ async def test_a_health_command_that_hangs_is_killed_and_counts_as_failed(
         ({"command": []}, "a command is a program"),
         ({"command": ["", "x"]}, "a command is a program"),
         ({"command": "x 'unclosed"}, "cannot be split"),
-        ({"entry": "a.b:C", "ready": Readiness(port=80)}, "ready and stop_signal are for a command"),
+        (
+            {"entry": "a.b:C", "ready": Readiness(port=80)},
+            "ready and stop_signal are for a command",
+        ),
         ({"command": ["x"], "stop_signal": "SIGNOPE"}, "not a signal"),
         ({"command": ["x"], "remote": True}, "command do not apply"),
     ],

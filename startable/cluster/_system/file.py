@@ -16,6 +16,7 @@ import importlib.machinery
 import math
 import os
 import re
+import shlex
 import shutil
 import sys
 import tomllib
@@ -26,9 +27,17 @@ import attrs
 
 from .._errors import DependencyCycleError, ServiceDefinitionError
 from .._names import check_entry, check_name, entry_file
+from .._process.command import Readiness
 from .._process.listen import MAX_LISTEN, ListenAddress
 from .._sandbox.permissions import Permissions
-from .services import ENV_CLUSTER_KEY, MAX_REPLICAS, RestartPolicy, ServiceSpec, check_graph
+from .services import (
+    ENV_CLUSTER_KEY,
+    MAX_REPLICAS,
+    HealthCheck,
+    RestartPolicy,
+    ServiceSpec,
+    check_graph,
+)
 
 _T = TypeVar("_T")
 
@@ -73,6 +82,20 @@ _SERVICE_KEYS: Final = (
     "pool",
     "preload",
     "remote",
+    "health",
+)
+#: The keys a `command` service may have.
+_COMMAND_KEYS: Final = (
+    "command",
+    "depends_on",
+    "env",
+    "cwd",
+    "restart",
+    "permissions",
+    "timeouts",
+    "ready",
+    "stop_signal",
+    "health",
 )
 _CLUSTER_KEYS: Final = (
     "name",
@@ -362,6 +385,8 @@ def _service(services: _Table, name: str) -> ServiceSpec:
         raise services.error(str(exc), name, service=name) from exc
     table = services.table(name, service=name)
     assert table is not None  # TOML has no null: the key is there, so is a value
+    if "command" in table.data:
+        return _command(table, name)
     table.check_keys(_SERVICE_KEYS)
     if table.boolean("remote"):
         return _remote(table, name)
@@ -430,12 +455,126 @@ def _service(services: _Table, name: str) -> ServiceSpec:
         "preload": preload,
         "limit": limit,
         "drain": drain,
+        "health": _health(table),
     }
     return table.build(ServiceSpec, name=name, **_present(fields))
 
 
+def _command(table: _Table, name: str) -> ServiceSpec:
+    """A `command = ...` service: a program, with what applies to one."""
+    for key in table.data:
+        if key in _SERVICE_KEYS and key not in _COMMAND_KEYS:
+            raise table.error(f"a command is a program: {key!r} does not apply to it", key)
+    table.check_keys(_COMMAND_KEYS)
+    args = _args(table, "command")
+    cwd = table.path("cwd") or table.directory
+    env = _env(table, python=False)
+    timeouts = table.table("timeouts")
+    options: dict[str, Any] = {}
+    if timeouts is not None:
+        if "close" in timeouts.data:
+            raise timeouts.error(
+                "a command has no close request: its stop begins with its stop signal, "
+                "then SIGKILL after timeouts.term",
+                "close",
+            )
+        timeouts.check_keys(("ready", "term"))
+        for key in ("ready", "term"):
+            options[_TIMEOUTS[key]] = timeouts.number(key, positive=True)
+    permissions = _permissions(table)
+    if permissions is not None:
+        asked = table.table("permissions")
+        sandboxed = ("read", "write", "network", "subprocesses")
+        given = [key for key in sandboxed if asked is not None and key in asked.data]
+        if given:
+            raise table.error(
+                f"a command takes memory, cpu_time and open_files; {given[0]!r} is for "
+                "Python services (entry)",
+                "permissions",
+                given[0],
+            )
+    if table.check_environment:
+        _check_program(table, args[0], env, cwd)
+    fields = {
+        "command": args,
+        "depends_on": _depends_on(table, name),
+        "env": env,
+        "cwd": cwd,
+        "restart": _restart(table),
+        "permissions": permissions,
+        "container_options": _present(options),
+        "ready": _ready(table),
+        "stop_signal": table.string("stop_signal"),
+        "health": _health(table),
+    }
+    return table.build(ServiceSpec, name=name, **_present(fields))
+
+
+def _args(table: _Table, key: str) -> list[str]:
+    """A command: an array of strings, or one string split as a shell would."""
+    value = table.get(key, (str, list), "a string or an array of strings")
+    if isinstance(value, str):
+        try:
+            args = shlex.split(value)
+        except ValueError as exc:
+            raise table.error(f"cannot split {_describe(value)}: {exc}", key) from None
+    else:
+        args = value if isinstance(value, list) else []
+        for arg in args:
+            if not isinstance(arg, str):
+                raise table.error(f"expected an array of strings, found {_describe(arg)}", key)
+    if not args or not args[0]:
+        raise table.error("expected a program to run, found none", key)
+    if any("\0" in arg for arg in args):
+        raise table.error("a command cannot hold a NUL character", key)
+    return args
+
+
+def _check_program(table: _Table, program: str, env: Mapping[str, str], cwd: str) -> None:
+    if os.sep in program:
+        path = os.path.join(cwd, program)
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise table.error(f"{path!r} is not an executable file", "command")
+    elif shutil.which(program, path=env.get("PATH", os.environ.get("PATH"))) is None:
+        raise table.error(f"{program!r} is not on $PATH", "command")
+
+
+def _ready(service: _Table) -> Readiness | None:
+    table = service.table("ready")
+    if table is None:
+        return None
+    table.check_keys(("port", "host", "line", "notify"))
+    fields = {
+        "port": table.integer("port", positive=True),
+        "host": table.string("host"),
+        "line": table.string("line"),
+        "notify": table.boolean("notify"),
+    }
+    if not any(fields[key] is not None for key in ("port", "line", "notify")):
+        raise table.error("give one of port, line or notify (without: as soon as it runs)")
+    return table.build(Readiness, **_present(fields))
+
+
+def _health(service: _Table) -> HealthCheck | None:
+    table = service.table("health")
+    if table is None:
+        return None
+    table.check_keys(("command", "port", "host", "interval", "timeout", "retries"))
+    fields = {
+        "command": _args(table, "command") if "command" in table.data else None,
+        "port": table.integer("port", positive=True),
+        "host": table.string("host"),
+        "interval": table.number("interval", positive=True),
+        "timeout": table.number("timeout", positive=True),
+        "retries": table.integer("retries", positive=True),
+    }
+    return table.build(HealthCheck, **_present(fields))
+
+
 def _remote(table: _Table, name: str) -> ServiceSpec:
     """A `remote = true` service: only its dependencies, restart policy and limit apply."""
+    if "health" in table.data:
+        raise table.error("a remote service runs on another host: check it there", "health")
     table.check_keys(_REMOTE_KEYS)
     depends_on = _depends_on(table, name)
     fields = {
@@ -576,7 +715,8 @@ def source_directory(spec: ServiceSpec) -> str | None:
     return directory
 
 
-def _env(service: _Table) -> dict[str, str]:
+def _env(service: _Table, *, python: bool = True) -> dict[str, str]:
+    """`env`; for a Python service, the file's directory first on its PYTHONPATH."""
     env: dict[str, str] = {}
     table = service.table("env")
     if table is not None:
@@ -587,6 +727,8 @@ def _env(service: _Table) -> dict[str, str]:
             if "\0" in value:
                 raise table.error("an environment variable cannot hold a NUL character", name)
             env[name] = value
+    if not python:
+        return env
     given = env.get("PYTHONPATH")
     env["PYTHONPATH"] = service.directory + (os.pathsep + given if given else "")
     return env
