@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import graphlib
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -52,8 +53,19 @@ def describe(spec: ServiceSpec) -> dict[str, Any]:
     described: dict[str, Any] = {"name": spec.name}
     if spec.remote:
         described["remote"] = True
+    elif spec.command is not None:
+        described["command"] = list(spec.command)
+        described["ready"] = spec.ready.describe()
+        described["stop_signal"] = spec.stop_signal.name
     else:
         described["entry"] = spec.entry if spec.entry is not None else "(code)"
+    if spec.health is not None:
+        described["health"] = {
+            "probe": spec.health.describe(),
+            "interval": spec.health.interval,
+            "timeout": spec.health.timeout,
+            "retries": spec.health.retries,
+        }
     described["depends_on"] = list(spec.depends_on)
     described["restart"] = {
         "mode": spec.restart.mode,
@@ -79,6 +91,11 @@ def _text(cluster: ClusterFile) -> str:
     ]
     if cluster.redis is not None:
         settings += [f"redis = {cluster.redis}", f"registry_ttl = {cluster.registry_ttl:g}s"]
+    if cluster.log_directory is not None:
+        settings.append(
+            f"logs in {cluster.log_directory} ({cluster.log_max_size} bytes, "
+            f"{cluster.log_keep} kept)"
+        )
     lines.append("  " + ", ".join(settings))
     lines.append("start order (a step starts once the steps before it are STARTED):")
     for number, step in enumerate(steps(cluster.services), 1):
@@ -86,7 +103,12 @@ def _text(cluster: ClusterFile) -> str:
     lines.append("services:")
     width = max(len(spec.name) for spec in cluster.services)
     for spec in cluster.services:
-        what = "remote (runs on another host)" if spec.remote else f"entry {spec.entry or '(code)'}"
+        if spec.remote:
+            what = "remote (runs on another host)"
+        elif spec.command is not None:
+            what = f"command {shlex.join(spec.command)}, ready when {spec.ready.describe()}"
+        else:
+            what = f"entry {spec.entry or '(code)'}"
         parts = [what]
         if spec.depends_on:
             parts.append("needs " + ", ".join(spec.depends_on))
@@ -98,6 +120,12 @@ def _text(cluster: ClusterFile) -> str:
                 parts.append("restricted permissions")
             if spec.listen:
                 parts.append("listens on " + ", ".join(str(a) for a in spec.listen))
+            if spec.health is not None:
+                check = spec.health
+                parts.append(
+                    f"health {check.describe()} every {check.interval:g}s "
+                    f"({check.retries} failures stop it)"
+                )
         lines.append(f"  {spec.name:<{width}}  " + "; ".join(parts))
     count = len(cluster.services)
     lines.append(f"ok: {count} service{'s' if count != 1 else ''}, nothing started")
@@ -126,6 +154,13 @@ def check(path: str, *, as_json: bool = False) -> int:
             "on_service_exit": cluster.on_service_exit,
             "stop_timeout": cluster.stop_timeout,
             "redis": cluster.redis,
+            "logs": None
+            if cluster.log_directory is None
+            else {
+                "directory": cluster.log_directory,
+                "max_size": cluster.log_max_size,
+                "keep": cluster.log_keep,
+            },
             "order": steps(cluster.services),
             "services": [describe(spec) for spec in cluster.services],
         }

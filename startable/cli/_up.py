@@ -36,6 +36,7 @@ from ..cluster import (
 from ..program import EXIT_FAILED, EXIT_FORCED, EXIT_OK, EXIT_USAGE, Phase, drive
 from ._control import ControlError, ControlServer, LogBuffer, default_path
 from ._humanise import describe_error, service_colours
+from ._logfiles import LogFiles
 from ._output import escape, nonblocking_std_streams
 from ._reporters import LiveReporter, PlainReporter, Reporter, label_width
 
@@ -119,10 +120,15 @@ def up(
                 handler.setFormatter(_EscapingFormatter("%(levelname)s %(name)s: %(message)s"))
             root.addHandler(handler)
             root.setLevel(logging.WARNING)
+            files = (
+                LogFiles(cluster.log_directory, cluster.log_max_size, cluster.log_keep)
+                if cluster.log_directory is not None
+                else None
+            )
             try:
                 manager = ServicesManager(services, **options)
                 logs = LogBuffer()
-                _show_output(manager, reporter, logs)
+                _show_output(manager, reporter, logs, files)
                 where = os.path.abspath(control) if control else None
                 server = ControlServer(
                     manager, where or default_path(cluster.name, cluster.path), logs
@@ -139,6 +145,8 @@ def up(
             finally:
                 root.removeHandler(handler)
                 root.setLevel(level)
+                if files is not None:
+                    files.close()
     except KeyboardInterrupt:  # before `serve` listens for signals, or after it
         return EXIT_FORCED
 
@@ -173,14 +181,19 @@ class _EscapingFormatter(logging.Formatter):
         return escape(super().format(record), newlines=True)
 
 
-def _show_output(manager: ServicesManager, reporter: Reporter, logs: LogBuffer) -> None:
-    """Send each service's output to `reporter` and `logs`, those created at run time too."""
+def _show_output(
+    manager: ServicesManager, reporter: Reporter, logs: LogBuffer, files: LogFiles | None = None
+) -> None:
+    """Send each service's output to `reporter`, `logs` and `files` (if any), those
+    created at run time too."""
 
     def show(node: ServiceNode) -> None:
         name = node.name
 
         def output(line: OutputLine) -> None:
             logs.add(name, line)
+            if files is not None:
+                files.write(name, line)
             reporter.output(name, line)
 
         node.set_output(output)

@@ -1069,7 +1069,7 @@ def test_a_command_service_becomes_a_spec(tmp_path: Path) -> None:
         ("command = []", "services.svc.command", "expected a program to run"),
         ("command = [1]", "services.svc.command", "found the integer 1"),
         ("command = 5", "services.svc.command", "a string or an array of strings"),
-        ("command = \"sh -c 'open\"", "services.svc.command", "cannot split"),
+        ('command = "sh -c \'open"', "services.svc.command", "cannot split"),
         ('command = "no-such-program-here"', "services.svc.command", "is not on $PATH"),
         ('command = "./absent.sh"', "services.svc.command", "is not an executable file"),
         ('command = "sh"\nreplicas = 2', "services.svc.replicas", "does not apply"),

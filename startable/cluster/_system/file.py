@@ -105,7 +105,13 @@ _CLUSTER_KEYS: Final = (
     "redis",
     "key_file",
     "registry_ttl",
+    "logs",
 )
+#: `[cluster.logs]`: the defaults of `max_size` (bytes) and `keep`.
+DEFAULT_LOG_SIZE: Final = 10 * 2**20
+DEFAULT_LOG_KEEP: Final = 5
+#: `[cluster.logs] keep` at most.
+MAX_LOG_KEEP: Final = 1000
 #: The keys a `remote = true` service may have.
 _REMOTE_KEYS: Final = ("remote", "depends_on", "restart", "limit")
 _MODES: Final = ("never", "on-failure", "always")
@@ -175,6 +181,11 @@ class ClusterFile:
             other hosts of the cluster; None for a cluster of one host.
         key_file: `[cluster] key_file`, absolute: the file holding the
             cluster key (`$STARTABLE_CLUSTER_KEY` when None).
+        log_directory: `[cluster.logs] directory`, absolute: where `startable
+            up` writes each service's output, `<service>.log` (None: nowhere).
+        log_max_size: `[cluster.logs] max_size`: the bytes a log file may
+            reach before it is rotated to `<service>.log.1`.
+        log_keep: `[cluster.logs] keep`: how many rotated files are kept.
         registry_ttl: `[cluster] registry_ttl`: seconds an instance stays
             live in the registry without a heartbeat.
     """
@@ -189,6 +200,9 @@ class ClusterFile:
     redis: str | None = None
     key_file: str | None = None
     registry_ttl: float = DEFAULT_REGISTRY_TTL
+    log_directory: str | None = None
+    log_max_size: int = DEFAULT_LOG_SIZE
+    log_keep: int = DEFAULT_LOG_KEEP
 
     def cluster_key(self) -> bytes | None:
         """The key in `key_file` (surrounding whitespace stripped), or None without one.
@@ -343,6 +357,17 @@ def _parse(
         raise cluster.error(
             f"expected one of {choices}, found {_describe(on_exit)}", "on_service_exit"
         )
+    logs = cluster.table("logs")
+    log_fields: dict[str, Any] = {}
+    if logs is not None:
+        logs.check_keys(("directory", "max_size", "keep"))
+        log_fields["log_directory"] = logs.path("directory")
+        if log_fields["log_directory"] is None:
+            raise logs.error("missing required key 'directory'")
+        log_fields["log_max_size"] = _size(logs, "max_size")
+        keep = log_fields["log_keep"] = logs.integer("keep", positive=False)
+        if keep is not None and keep > MAX_LOG_KEEP:
+            raise logs.error(f"keeps {MAX_LOG_KEEP} files at most, not {keep}", "keep")
     services = root.table("services")
     if services is None:
         raise root.error("missing required key 'services'")
@@ -375,6 +400,7 @@ def _parse(
         redis=redis,
         key_file=key_file,
         registry_ttl=DEFAULT_REGISTRY_TTL if registry_ttl is None else registry_ttl,
+        **_present(log_fields),
     )
 
 
@@ -795,22 +821,27 @@ def _check_limit(permissions: _Table, key: str, value: int | None) -> None:
 
 
 def _memory(permissions: _Table) -> int | None:
-    value = permissions.get("memory", (int, str), "an integer (bytes) or a string such as '256MiB'")
+    return _size(permissions, "memory")
+
+
+def _size(table: _Table, key: str) -> int | None:
+    """A size in bytes: an integer, or a string such as `'256MiB'`."""
+    value = table.get(key, (int, str), "an integer (bytes) or a string such as '256MiB'")
     if not isinstance(value, str):
-        return permissions.integer("memory", positive=True)
+        return table.integer(key, positive=True)
     match = _MEMORY.fullmatch(value)
     if match is None or match[2] not in _UNITS:
         units = ", ".join(unit for unit in _UNITS if unit)
-        raise permissions.error(
+        raise table.error(
             f"expected a size such as '256MiB' (units: {units}), found {_describe(value)}",
-            "memory",
+            key,
         )
     figure = float(match[1]) * _UNITS[match[2]]
     if figure >= _LIMIT_BOUND:  # inf among them
-        raise permissions.error(f"must be less than 2**63 bytes, not {_describe(value)}", "memory")
+        raise table.error(f"must be less than 2**63 bytes, not {_describe(value)}", key)
     size = round(figure)
     if size <= 0:
-        raise permissions.error(f"must be positive, not {_describe(value)}", "memory")
+        raise table.error(f"must be positive, not {_describe(value)}", key)
     return size
 
 
