@@ -141,8 +141,9 @@ class CommandProcess:
         options: timeouts, how much output and how many resource samples are
             kept (`close_timeout`, `python` and `on_thread_error` do not apply).
         stop_signal: the signal that asks it to stop.
-        memory, cpu_time, open_files: resource limits (bytes of address space,
-            seconds of CPU, open descriptors), set before the program runs.
+        memory: a limit on its address space, in bytes (set before it runs).
+        cpu_time: a limit on its CPU time, in seconds.
+        open_files: a limit on its open file descriptors.
         on_output: called with each line it writes.
     """
 
