@@ -316,6 +316,24 @@ async def test_notices_from_another_process_or_malformed_are_dropped(program: Pa
             assert of(process).state is State.STARTED
 
 
+async def test_a_process_the_program_started_may_say_it_is_ready(tmp_path: Path) -> None:
+    sender = (
+        "import os, socket; s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); "
+        "s.sendto(b'READY=1', os.environ['NOTIFY_SOCKET']); import time; time.sleep(60)"
+    )
+    # The shell is the program; the Python it starts (a child of its) sends READY=1.
+    # (It still runs when the datagram is read: that of one gone by then cannot be
+    # told from a stranger's, and is dropped, as systemd drops it.)
+    process = CommandProcess(
+        ["sh", "-c", f'"{sys.executable}" -c "{sender}" & exec sleep 60'],
+        ready=Readiness(notify=True),
+        options=ProcessOptions(ready_timeout=20),
+    )
+    with anyio.fail_after(30):
+        async with startable.running(process):
+            assert process.messages_dropped == 0
+
+
 async def test_a_stranger_cannot_make_the_program_ready(program: Path) -> None:
     process = CommandProcess(
         command(program), ready=Readiness(notify=True), options=ProcessOptions(ready_timeout=1)

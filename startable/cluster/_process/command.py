@@ -232,7 +232,7 @@ class CommandProcess:
         if self.options.resources_interval > 0:
             lifecycle.start_soon(self._sample, process.pid)
         if self._notify is not None:
-            lifecycle.start_soon(self._receive_notices, self._notify, process.pid)
+            lifecycle.start_soon(self._receive_notices, self._notify, process)
         timeout = self.options.ready_timeout
         with anyio.move_on_after(timeout) as waiting:
             await self._until_ready()
@@ -372,11 +372,20 @@ class CommandProcess:
         except psutil.Error:  # it has ended (or is not ours to read): no more samples
             return
 
-    async def _receive_notices(self, notify: _NotifySocket, pid: int) -> None:
+    async def _receive_notices(self, notify: _NotifySocket, process: ProcessBase) -> None:
+        def ours(sender: int) -> bool:
+            """The program, or a process it started (in its cgroup, or below it)."""
+            if sender == process.pid:
+                return True
+            cgroup = process.cgroup
+            return sender in tree(process.pid) or (
+                cgroup is not None and sender in cgroup.members()
+            )
+
         while True:
             await anyio.wait_readable(notify.socket)
             try:
-                fields = notify.receive(lambda sender: sender == pid or sender in tree(pid))
+                fields = notify.receive(ours)
             except BlockingIOError:
                 continue
             except ValueError as exc:
