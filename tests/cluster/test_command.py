@@ -180,6 +180,21 @@ async def test_a_program_that_exits_before_it_is_ready_fails_its_start_with_its_
     assert "failing now" in str(caught.value)  # its last line says why
 
 
+async def test_a_program_that_exits_at_once_with_no_rule_stops_as_failed() -> None:
+    # Ready as soon as it runs, it may have exited before its start is done: it
+    # is never left STARTED with no process.
+    spec = ServiceSpec(
+        name="brief", command=["sh", "-c", "exit 4"], restart=RestartPolicy(mode="never")
+    )
+    manager = ServicesManager([spec])
+    with anyio.fail_after(30):
+        async with startable.running(manager):
+            node = manager["brief"]
+            await until(manager, lambda: of(node).state is State.STOPPED)
+            reason = of(node).statistics().stop_reason
+            assert isinstance(reason, RemoteExited) and reason.returncode == 4
+
+
 async def test_a_program_not_ready_in_time_fails_its_start_and_is_stopped(program: Path) -> None:
     process = CommandProcess(
         command(program), ready=Readiness(line="never"), options=ProcessOptions(ready_timeout=0.5)
@@ -450,6 +465,7 @@ async def test_a_health_command_that_hangs_is_killed_and_counts_as_failed(
         ),
         ({"command": ["x"], "stop_signal": "SIGNOPE"}, "not a signal"),
         ({"command": ["x"], "remote": True}, "command do not apply"),
+        ({"command": ["x"], "restart": {"mode": "never"}}, "must be <class"),
     ],
 )
 def test_a_bad_command_spec_is_refused(fields: dict[str, object], says: str) -> None:

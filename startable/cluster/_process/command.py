@@ -40,7 +40,7 @@ from .probes import tcp_problem
 from .spawn import ProcessBase, program_args, read_lines, spawn
 
 logger = logging.getLogger("startable.cluster")
-STARTED = State.STARTED
+STARTING, STARTED = State.STARTING, State.STARTED
 #: The environment variable that names the sd_notify socket (systemd's name).
 ENV_NOTIFY = "NOTIFY_SOCKET"
 #: The largest sd_notify datagram taken; a longer one is dropped.
@@ -343,12 +343,14 @@ class CommandProcess:
         self.returncode = code = await process.wait()
         self._ended.set()
         lifecycle = of(self)
-        if lifecycle.state is STARTED:
+        # (While STARTING, the stop comes once the start is done: a program that
+        # exits as soon as it is ready stops then.)
+        if lifecycle.state in (STARTING, STARTED):
             if code == 0:
                 lifecycle.stop_nowait()
             else:
                 await self._last_words()
-                if lifecycle.state is STARTED:
+                if lifecycle.state in (STARTING, STARTED):
                     lifecycle.stop_nowait(self._failure("the program ended"))
 
     async def _sample(self, pid: int) -> None:

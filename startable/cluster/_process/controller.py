@@ -404,7 +404,9 @@ class ServiceController:
         self._ended.set()
         self._release_pings()
         lifecycle = of(self)
-        if lifecycle.state is STARTED:
+        # While STARTING, the stop comes once the start is done: a remote that said
+        # STARTED and ended at once must not leave this controller STARTED.
+        if lifecycle.state in (STARTING, STARTED):
             lifecycle.stop_nowait(self._failure("the remote process ended"))
 
     async def _receive(self) -> None:

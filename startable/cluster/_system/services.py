@@ -250,7 +250,9 @@ class ServiceSpec:
     may_create_services: bool = False
     env: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
     cwd: str | None = None
-    restart: RestartPolicy = attrs.field(factory=RestartPolicy)
+    restart: RestartPolicy = attrs.field(
+        factory=RestartPolicy, validator=attrs.validators.instance_of(RestartPolicy)
+    )
     container_options: ProcessOptions = attrs.field(
         factory=ProcessOptions, converter=_as_process_options
     )
