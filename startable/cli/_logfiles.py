@@ -7,7 +7,9 @@ a line would take it past `max_size` bytes, it becomes `<service>.log.1`,
 the older ones move up (`.1` to `.2`...) and the oldest past `keep` is
 removed. Files are created mode 0600 (the directory 0700), never through a
 symbolic link. A write that fails (a full disk) loses that line, never the
-service: the failure is logged, and counted in `LogFiles.lost`.
+service: the failure is logged, and counted in `LogFiles.lost`. Lines are
+written as they come, one `write` each, in the event loop: the files are
+meant for a local disk (a stalled network mount would stall `up`).
 """
 
 from __future__ import annotations
@@ -58,8 +60,12 @@ class LogFiles:
             if size and size + len(data) > self.max_size:
                 self._rotate(service)
                 fd, size = self._file(service)
-            os.write(fd, data)
-            self._open[service] = (fd, size + len(data))
+            written = 0
+            try:
+                while written < len(data):  # (a short write: near a full disk)
+                    written += os.write(fd, data[written:])
+            finally:
+                self._open[service] = (fd, size + written)
         except OSError as exc:
             lost = self.lost[service] = self.lost.get(service, 0) + 1
             if lost & (lost - 1) == 0:  # the 1st, 2nd, 4th...: a full disk cannot fill the log

@@ -251,6 +251,36 @@ async def test_the_stop_signal_can_be_another(program: Path) -> None:
     assert [step.action for step in process.ladder] == ["SIGINT"]
 
 
+async def test_a_stop_signal_of_sigkill_is_not_a_forced_stop() -> None:
+    process = CommandProcess(["sleep", "60"], stop_signal=signal.SIGKILL)
+    with anyio.fail_after(30):
+        async with startable.running(process):  # its stop raises nothing
+            pass
+    assert process.ended_by == "close request"
+    assert [step.action for step in process.ladder] == ["SIGKILL"]
+
+
+async def test_descriptors_sent_with_a_notice_are_closed(program: Path, tmp_path: Path) -> None:
+    sender = tmp_path / "sender.py"
+    sender.write_text(
+        "import os, socket, time\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+        "s.connect(os.environ['NOTIFY_SOCKET'])\n"
+        "r, w = os.pipe()\n"
+        "for _ in range(50):\n"
+        "    socket.send_fds(s, [b'STATUS=fds'], [r, w])\n"
+        "s.send(b'READY=1')\n"
+        "time.sleep(60)\n"
+    )
+    before = len(os.listdir("/proc/self/fd"))
+    process = CommandProcess([sys.executable, str(sender)], ready=Readiness(notify=True))
+    with anyio.fail_after(30):
+        async with startable.running(process):
+            # 100 descriptors came; what this process holds grew by its own few only.
+            assert len(os.listdir("/proc/self/fd")) - before < 20
+            assert process.status == "fds"
+
+
 async def test_a_crash_is_restarted_and_cascades_and_a_clean_exit_is_not_restarted(
     program: Path, tmp_path: Path
 ) -> None:
@@ -403,6 +433,28 @@ async def test_a_failing_health_command_stops_the_service_as_failed_and_it_is_re
             assert first is not None and not alive(first)
 
 
+async def test_a_passing_check_clears_the_failures_before_it(tmp_path: Path) -> None:
+    sick = tmp_path / "sick"
+    sick.touch()
+    spec = ServiceSpec(
+        name="flapping",
+        factory=Idle,
+        health=HealthCheck(command=["sh", "-c", f"! rm {sick}"], interval=0.05, retries=2),
+    )
+    manager = ServicesManager([spec])
+    with anyio.fail_after(30):
+        async with startable.running(manager):
+            node = manager["flapping"]
+            await poll(lambda: node.health == "unhealthy")  # one failure, then...
+            await poll(lambda: node.health == "healthy")  # ...a pass: the count starts again
+            assert (node.health_failures, node.health_problem) == (0, None)
+            sick.touch()
+            await poll(lambda: node.health == "unhealthy")
+            assert node.health_failures == 1
+            await poll(lambda: node.health == "healthy")
+            assert node.restarts == 0 and of(node).state is State.STARTED
+
+
 async def test_a_tcp_health_check_applies_to_a_service_in_this_process() -> None:
     port = free_port()
     spec = ServiceSpec(
@@ -464,6 +516,8 @@ async def test_a_health_command_that_hangs_is_killed_and_counts_as_failed(
             "ready and stop_signal are for a command",
         ),
         ({"command": ["x"], "stop_signal": "SIGNOPE"}, "not a signal"),
+        ({"command": ["x"], "stop_signal": "SIGSTOP"}, "does not end a program"),
+        ({"command": ["x"], "stop_signal": 19}, "does not end a program"),
         ({"command": ["x"], "remote": True}, "command do not apply"),
         ({"command": ["x"], "restart": {"mode": "never"}}, "must be <class"),
     ],
@@ -502,6 +556,7 @@ def test_a_bad_readiness_rule_is_refused(fields: dict[str, object], says: str) -
         ({"port": 80, "interval": float("nan")}, "interval"),
         ({"port": 80, "retries": 0}, "retries"),
         ({"port": 80, "timeout": float("inf")}, "timeout"),
+        ({"port": 80, "interval": 1e300}, "86400 seconds at most"),
     ],
 )
 def test_a_bad_health_check_is_refused(fields: dict[str, object], says: str) -> None:

@@ -47,6 +47,22 @@ ENV_NOTIFY = "NOTIFY_SOCKET"
 MAX_NOTIFY = 4096
 #: The longest `STATUS=` text kept.
 MAX_STATUS = 200
+#: How much of a line the `line` readiness rule is matched against (the
+#: matching runs in the event loop: a program cannot make it long).
+MAX_MATCHED = 4096
+#: Signals that cannot end a program by default: refused as a stop signal.
+NOT_ENDING = frozenset(
+    {
+        signal.SIGSTOP,
+        signal.SIGTSTP,
+        signal.SIGTTIN,
+        signal.SIGTTOU,
+        signal.SIGCONT,
+        signal.SIGCHLD,
+        signal.SIGWINCH,
+        signal.SIGURG,
+    }
+)
 _NOTIFY_KEY = re.compile(r"[A-Z][A-Z0-9_]*")
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 _PORT_POLL = 0.05  # seconds between tries of a readiness port
@@ -173,6 +189,8 @@ class CommandProcess:
         self.ready = ready or Readiness()
         self.options = options = ProcessOptions.of(options)
         self.stop_signal = signal.Signals(stop_signal)
+        if self.stop_signal in NOT_ENDING:
+            raise ValueError(f"{self.stop_signal.name} does not end a program: not a stop signal")
         self.limits = {"memory": memory, "cpu_time": cpu_time, "open_files": open_files}
         self.on_output = on_output
         self.output: deque[OutputLine] = deque(maxlen=options.output_lines)
@@ -202,7 +220,7 @@ class CommandProcess:
         ladder did not run (it ended on its own) or it has not ended."""
         if self.returncode is None or not self.ladder:
             return None
-        return "SIGKILL" if self.ladder[-1].action == "SIGKILL" else "close request"
+        return "SIGKILL" if len(self.ladder) > 1 else "close request"  # (it had to escalate)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -213,7 +231,10 @@ class CommandProcess:
         environ: Mapping[str, str] = os.environ if self.options.inherit_env else {}
         env = {**environ, **self.env}
         if self.ready.notify:
-            self._notify = _NotifySocket()
+            try:
+                self._notify = _NotifySocket()
+            except OSError as exc:  # a $TMPDIR too long for a socket's path, most likely
+                raise ClusterError(f"{self.name}: cannot make its sd_notify socket: {exc}") from exc
             env[ENV_NOTIFY] = self._notify.path
         program = self.args[0]
         if os.sep not in program and shutil.which(program, path=env.get("PATH")) is None:
@@ -256,8 +277,9 @@ class CommandProcess:
             race.start_soon(wait, self._ready)
             race.start_soon(wait, self._ended)
         if not self._ready.is_set():
-            await self._last_words()
-            raise self._failure("it exited before it was ready")
+            await self._last_words()  # (a ready line, or READY=1, may be read still)
+            if not self._ready.is_set():
+                raise self._failure("it exited before it was ready")
 
     async def _last_words(self) -> None:
         """Wait (1 s at most) for what the program wrote before it ended to be read."""
@@ -333,7 +355,11 @@ class CommandProcess:
                 self.output.append(line)
                 if self.on_output is not None:
                     self.on_output(line)
-                if pattern is not None and stream == "stdout" and pattern.search(text):
+                if (
+                    pattern is not None
+                    and stream == "stdout"
+                    and pattern.search(text[:MAX_MATCHED])
+                ):
                     self._ready.set()
                     pattern = None
         finally:
@@ -455,8 +481,10 @@ class _NotifySocket:
                 and len(payload) >= _UCRED.size
             ):
                 sender = _UCRED.unpack_from(payload)[0]
-        if len(data) > MAX_NOTIFY or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        if len(data) > MAX_NOTIFY or flags & socket.MSG_TRUNC:
             raise ValueError(f"a datagram longer than {MAX_NOTIFY} bytes")
+        if flags & socket.MSG_CTRUNC:
+            raise ValueError("a datagram with more descriptors or credentials than taken")
         if sender is None or not allowed(sender):
             raise ValueError(f"a datagram from pid {sender}, not the program or what it started")
         try:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import anyio
 
-from .spawn import read_lines, spawn
+from .spawn import program_args, read_lines, spawn
 
 #: The longest problem a probe reports (a command's last line is cut to it).
 MAX_PROBLEM = 200
@@ -41,7 +41,7 @@ async def command_problem(
     last line of output). The caller bounds it: cancelled, the program is
     killed, with what it started."""
     try:
-        child = await spawn(args, env=env, cwd=cwd, label=label)
+        child = await spawn(program_args(args), env=env, cwd=cwd, label=label)  # dies with us
     except OSError as exc:
         return f"{args[0]!r} could not run: {exc.strerror or exc}"
     last: list[str] = []

@@ -75,9 +75,16 @@ class ProcessBase:
         return self.returncode is None
 
     async def wait(self) -> int:
-        """Wait for the child to exit (the first caller reaps it); its return code."""
+        """Wait for the child to exit (the first caller reaps it); its return code.
+
+        Once `aclose` has released it unreaped (it never exited), this waits
+        until cancelled: its exit can no longer be seen here.
+        """
         if self.returncode is None:
-            await anyio.wait_readable(self.pidfd)
+            try:
+                await anyio.wait_readable(self.pidfd)
+            except (anyio.ClosedResourceError, ValueError):  # released under this waiter
+                await anyio.sleep_forever()
             if self.returncode is None:
                 if self.cgroup is not None:  # what it left anywhere
                     self.cgroup.kill()
@@ -94,7 +101,7 @@ class ProcessBase:
         The child leads its group, so this reaches what it started too; once
         it has exited, nothing is sent to its group (its pid could be reused).
         """
-        if not self._alive():
+        if not self._alive() or self.pidfd < 0:  # (released: its pid may be another's)
             return
         try:
             left_its_group = os.getpgid(self.pid) != self.pid
@@ -118,14 +125,17 @@ class ProcessBase:
             pass
 
     async def aclose(self) -> None:
-        """Release its pipes, its pidfd, and its cgroup once empty (waiting up to 2 s)."""
-        for fd in (self.stdout, self.stderr):
+        """Release its pipes, its pidfd, and its cgroup once empty (waiting up to 2 s).
+
+        A task still waiting on one of them is woken first (it gets
+        `ClosedResourceError`), so that a descriptor number reused by a new
+        process is never watched by the old one's reader.
+        """
+        for fd in (self.stdout, self.stderr, self.pidfd):
             if fd >= 0:
+                anyio.notify_closing(fd)
                 os.close(fd)
-        self.stdout = self.stderr = -1
-        if self.pidfd >= 0:
-            os.close(self.pidfd)
-            self.pidfd = -1
+        self.stdout = self.stderr = self.pidfd = -1
         cgroup, self.cgroup = self.cgroup, None
         if cgroup is not None:
             with anyio.move_on_after(2, shield=True):
@@ -213,10 +223,14 @@ async def spawn(
 
 
 async def read_lines(fileno: int, *, limit: int = 65536) -> AsyncIterator[str]:
-    """Lines from a non-blocking pipe until EOF (an over-long line comes in pieces)."""
+    """Lines from a non-blocking pipe until EOF, or until the pipe is released
+    under it (an over-long line comes in pieces)."""
     buffer = b""
     while True:
-        await anyio.wait_readable(fileno)
+        try:
+            await anyio.wait_readable(fileno)
+        except anyio.ClosedResourceError:  # its owner released it: the end
+            return
         try:
             chunk = os.read(fileno, 65536)
         except BlockingIOError:

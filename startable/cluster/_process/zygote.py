@@ -397,8 +397,6 @@ class Zygote:
                 await process.wait()
                 for done in self._drained:  # its output, to the end
                     await done.wait()
-            for fd in (process.stdout, process.stderr):
-                anyio.notify_closing(fd)
             await process.aclose()
 
 

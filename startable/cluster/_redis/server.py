@@ -220,8 +220,6 @@ class EmbeddedRedis:
             process.signal(signal.SIGKILL)
             with anyio.move_on_after(5, shield=True):
                 await process.exited()
-        for fd in (process.stdout, process.stderr, process.pidfd):
-            anyio.notify_closing(fd)
         await process.aclose()
 
     def kill(self) -> None:

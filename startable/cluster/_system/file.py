@@ -36,6 +36,7 @@ from .services import (
     HealthCheck,
     RestartPolicy,
     ServiceSpec,
+    as_stop_signal,
     check_graph,
 )
 
@@ -463,8 +464,13 @@ def _service(services: _Table, name: str) -> ServiceSpec:
     if replicas is not None and replicas > MAX_REPLICAS:
         raise table.error(f"a pool has {MAX_REPLICAS} replicas at most, not {replicas}", "replicas")
     restart, permissions = _restart(table), _permissions(table)
+    health = _health(table)
     if table.check_environment:  # once the values are known to be right
         _check_here(table, entry, code, env, cwd or table.directory, options.get("python"))
+        if health is not None and health.command is not None:
+            _check_program(
+                table, health.command[0], env, cwd or table.directory, "health", "command"
+            )
     fields = {
         "entry": entry,
         "code": code,
@@ -481,7 +487,7 @@ def _service(services: _Table, name: str) -> ServiceSpec:
         "preload": preload,
         "limit": limit,
         "drain": drain,
-        "health": _health(table),
+        "health": health,
     }
     return table.build(ServiceSpec, name=name, **_present(fields))
 
@@ -519,8 +525,17 @@ def _command(table: _Table, name: str) -> ServiceSpec:
                 "permissions",
                 given[0],
             )
+    stop_signal = table.string("stop_signal")
+    if stop_signal is not None:
+        try:
+            as_stop_signal(stop_signal)
+        except ValueError as exc:
+            raise table.error(str(exc), "stop_signal") from None
+    health = _health(table)
     if table.check_environment:
-        _check_program(table, args[0], env, cwd)
+        _check_program(table, args[0], env, cwd, "command")
+        if health is not None and health.command is not None:
+            _check_program(table, health.command[0], env, cwd, "health", "command")
     fields = {
         "command": args,
         "depends_on": _depends_on(table, name),
@@ -530,8 +545,8 @@ def _command(table: _Table, name: str) -> ServiceSpec:
         "permissions": permissions,
         "container_options": _present(options),
         "ready": _ready(table),
-        "stop_signal": table.string("stop_signal"),
-        "health": _health(table),
+        "stop_signal": stop_signal,
+        "health": health,
     }
     return table.build(ServiceSpec, name=name, **_present(fields))
 
@@ -556,13 +571,16 @@ def _args(table: _Table, key: str) -> list[str]:
     return args
 
 
-def _check_program(table: _Table, program: str, env: Mapping[str, str], cwd: str) -> None:
+def _check_program(
+    table: _Table, program: str, env: Mapping[str, str], cwd: str, *key: str
+) -> None:
+    """The program a command (or a health check, at `key`) runs must be there."""
     if os.sep in program:
         path = os.path.join(cwd, program)
         if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-            raise table.error(f"{path!r} is not an executable file", "command")
+            raise table.error(f"{path!r} is not an executable file", *key)
     elif shutil.which(program, path=env.get("PATH", os.environ.get("PATH"))) is None:
-        raise table.error(f"{program!r} is not on $PATH", "command")
+        raise table.error(f"{program!r} is not on $PATH", *key)
 
 
 def _ready(service: _Table) -> Readiness | None:
@@ -570,14 +588,19 @@ def _ready(service: _Table) -> Readiness | None:
     if table is None:
         return None
     table.check_keys(("port", "host", "line", "notify"))
+    port = table.integer("port", positive=True)
     fields = {
-        "port": table.integer("port", positive=True),
+        "port": port,
         "host": table.string("host"),
         "line": table.string("line"),
         "notify": table.boolean("notify"),
     }
     if not any(fields[key] is not None for key in ("port", "line", "notify")):
         raise table.error("give one of port, line or notify (without: as soon as it runs)")
+    if fields["host"] is not None and port is None:
+        raise table.error("a host is where a port is tried: give port too", "host")
+    if port is not None and port > 65535:
+        raise table.error(f"{port} is not a TCP port (1 to 65535)", "port")
     return table.build(Readiness, **_present(fields))
 
 

@@ -16,7 +16,7 @@ import attrs
 
 from .._errors import DependencyCycleError, ServiceDefinitionError
 from .._names import check_entry, check_name, number
-from .._process.command import Readiness
+from .._process.command import NOT_ENDING, Readiness
 from .._process.controller import OutputLine
 from .._process.listen import MAX_LISTEN, ListenAddress
 from .._process.options import ProcessOptions
@@ -83,21 +83,35 @@ def _check_command(instance: object, attribute: attrs.Attribute[Any], value: obj
         )
 
 
-def _as_signal(value: int | str) -> signal.Signals:
-    """`"SIGINT"`, `"INT"` or a number, as a signal."""
+def as_stop_signal(value: int | str) -> signal.Signals:
+    """`"SIGINT"`, `"INT"` or a number, as a signal that ends a program by default.
+
+    Raises:
+        ValueError: not a signal, or one that does not end a program (SIGSTOP...).
+        TypeError: neither a string nor an integer.
+    """
     if isinstance(value, str):
         name = value.upper()
         name = name if name.startswith("SIG") else "SIG" + name
         try:
-            return signal.Signals[name]
+            signum = signal.Signals[name]
         except KeyError:
             raise ValueError(f"{value!r} is not a signal's name") from None
-    if isinstance(value, bool) or not isinstance(value, int):
+    elif isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"a signal is a name or a number, not {value!r}")
-    try:
-        return signal.Signals(value)
-    except ValueError:
-        raise ValueError(f"{value} is not a signal") from None
+    else:
+        try:
+            signum = signal.Signals(value)
+        except ValueError:
+            raise ValueError(f"{value} is not a signal") from None
+    if signum in NOT_ENDING:
+        raise ValueError(f"{signum.name} does not end a program by default: not a stop signal")
+    return signum
+
+
+#: `HealthCheck.interval` and `HealthCheck.timeout` at most, in seconds.
+MAX_HEALTH_INTERVAL = 86400.0
+MAX_HEALTH_TIMEOUT = 3600.0
 
 
 @attrs.frozen(kw_only=True)
@@ -116,9 +130,9 @@ class HealthCheck:
         port: a TCP port to connect to.
         host: where `port` is tried.
         interval: seconds between the end of one check and the next (the
-            first comes `interval` after the start).
+            first comes `interval` after the start); a day at most.
         timeout: seconds one check may take (a command that runs longer is
-            killed, and the check has failed).
+            killed, and the check has failed); an hour at most.
         retries: failures in a row that stop the service.
     """
 
@@ -134,6 +148,11 @@ class HealthCheck:
     def __attrs_post_init__(self) -> None:
         if (self.command is None) == (self.port is None):
             raise ValueError("a health check is one of command or port")
+        for name, most in (("interval", MAX_HEALTH_INTERVAL), ("timeout", MAX_HEALTH_TIMEOUT)):
+            if getattr(self, name) > most:
+                raise ValueError(
+                    f"HealthCheck.{name}: {most:g} seconds at most, not {getattr(self, name):g}"
+                )
         if self.port is not None and self.port > 65535:
             raise ValueError(f"HealthCheck.port: {self.port} is not a TCP port")
 
@@ -270,7 +289,7 @@ class ServiceSpec:
     ready: Readiness = attrs.field(
         factory=Readiness, validator=attrs.validators.instance_of(Readiness)
     )
-    stop_signal: signal.Signals = attrs.field(default=signal.SIGTERM, converter=_as_signal)
+    stop_signal: signal.Signals = attrs.field(default=signal.SIGTERM, converter=as_stop_signal)
     health: HealthCheck | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(HealthCheck))
     )
