@@ -139,12 +139,19 @@ def test_the_map_in_the_docs_lists_every_module() -> None:
 
 
 @pytest.mark.processes
-def test_a_child_process_never_loads_the_orchestration_layer() -> None:
+@pytest.mark.parametrize(
+    ("prefix", "why"),
+    [
+        ("startable.cluster._system", "the orchestration layer is the manager's"),
+        ("startable.cluster._sandbox", "the sandbox loads only when permissions are given"),
+    ],
+)
+def test_a_child_process_loads_only_what_it_runs(prefix: str, why: str) -> None:
     code = (
         "import sys, startable.cluster._process.remote; "
-        "print(sorted(m for m in sys.modules if m.startswith('startable.cluster._system')))"
+        f"print(sorted(m for m in sys.modules if m.startswith({prefix!r})))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.strip() == "[]", why

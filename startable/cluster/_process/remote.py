@@ -65,7 +65,6 @@ from .._ipc.messages import (
 from .._ipc.port import ConnectionPort, from_socket
 from .._ipc.wire import FrameCodec, FrameReader
 from .._names import entry_file
-from .._sandbox.permissions import apply, narrow_to_this_process
 from .descendants import become_subreaper, end_own_descendants
 from .listen import place_listeners
 
@@ -215,6 +214,8 @@ def main() -> NoReturn:
     if preloaded is not None:  # forked by a zygote that applied them already...
         mechanisms = _preloaded(preloaded)
         if request.permissions is not None:  # ...but for its own /proc/<pid>
+            from .._sandbox.permissions import narrow_to_this_process  # (the zygote's)
+
             paths = [] if request.code is not None else _code_paths(request.entry)
             narrow_to_this_process(request.permissions, paths)
     else:
@@ -249,6 +250,9 @@ def prepare(
     mechanisms applied. `forks`: for a zygote (see `permissions.apply`)."""
     if permissions is None:
         return ()
+    # Loaded only where it is used: a child with no permissions never pays for it.
+    from .._sandbox.permissions import apply
+
     _warm_up(resources_interval)
     paths = [] if code is not None else _code_paths(entry)
     return apply(permissions, paths, forks=forks)
