@@ -11,6 +11,18 @@ settings.register_profile("startable", deadline=None, suppress_health_check=[Hea
 settings.load_profile("startable")
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Write startable's bytecode once, so that the child processes the tests start
+    read it instead of compiling the sources each (where `PYTHONDONTWRITEBYTECODE`
+    is set, nothing else writes it for an editable install)."""
+    import compileall
+    from pathlib import Path
+
+    import startable
+
+    compileall.compile_dir(Path(startable.__file__).parent, quiet=2)
+
+
 @pytest.fixture(params=["trio", "asyncio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -139,8 +139,9 @@ async def test_a_sigkilled_host_is_failed_over_and_no_request_outlives_its_deadl
                 process.kill()
             with anyio.move_on_after(10, shield=True):
                 await process.wait()
-    # No request outlived its deadline (a caller's deadline is its own timer).
-    assert all(took < deadline + 0.5 for _, took, _ in outcomes)
+    # No request outlived its deadline (a caller's deadline is its own timer): none
+    # hung past it. The margin is for a loaded machine's late timers, not a speed test.
+    assert all(took < deadline + 5 for _, took, _ in outcomes)
     # What failed was in flight at the kill (one per caller at most): it timed out, or
     # failed at once when a call to the dead host went undelivered.
     failed = [o for _, _, o in outcomes if isinstance(o, Exception)]
