@@ -281,10 +281,7 @@ class ServiceNode:
     # -- the cascade --------------------------------------------------------------
 
     def _on_dependency_stopping(self, dependency: ServiceNode) -> Hook:
-        def stop(reason: BaseException | None) -> None:
-            of(self).stop_nowait(dependency._reason_for(self, reason))
-
-        return stop
+        return _Cascade(self, dependency)
 
     def _reason_for(
         self, dependent: ServiceNode, reason: BaseException | None
@@ -297,3 +294,23 @@ class ServiceNode:
         if isinstance(reason, DependencyStopped):
             return DependencyStopped(self.name, dependency.name, reason.origin, reason.reason)
         return DependencyStopped(self.name, dependency.name, dependency.name, reason)
+
+
+class _Cascade:
+    """The on_stopping hook a node puts on each dependency's cycle: the node stops
+    in the same step, with a `DependencyStopped` reason.
+
+    One small object (not a closure, its cells and their tuple): a manager of
+    many services holds one per dependency, and each is an object the cyclic
+    garbage collector scans.
+    """
+
+    __slots__ = ("dependency", "node")
+
+    def __init__(self, node: ServiceNode, dependency: ServiceNode) -> None:
+        self.node = node
+        self.dependency = dependency
+
+    def __call__(self, reason: BaseException | None) -> None:
+        node = self.node
+        of(node).stop_nowait(self.dependency._reason_for(node, reason))
