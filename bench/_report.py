@@ -6,8 +6,10 @@ Not a benchmark itself; the scripts import it from their own directory.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 
 import startable
 
@@ -32,6 +34,16 @@ class Best(dict[str, float]):
 
     def keep(self, label: str, value: float, better: Callable[[float, float], float] = min) -> None:
         self[label] = better(self[label], value) if label in self else value
+
+
+async def timed(call: Callable[[], Awaitable[object]], times: int) -> float:
+    """The median seconds of `times` awaits of `call()`."""
+    laps = []
+    for _ in range(times):
+        start = time.perf_counter()
+        await call()
+        laps.append(time.perf_counter() - start)
+    return statistics.median(laps)
 
 
 def compile_package() -> None:

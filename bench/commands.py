@@ -17,13 +17,10 @@
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
-from collections.abc import Awaitable, Callable
 
 import anyio
-from _report import Best, Row, arguments, report
+from _report import Best, Row, arguments, report, timed
 
 import startable
 from startable.cluster import CommandProcess, Readiness
@@ -31,16 +28,6 @@ from startable.cluster._process.probes import command_problem
 from startable.cluster._process.spawn import program_args
 
 PROGRAM = ["sh", "-c", "echo ready; exec sleep 60"]
-
-
-async def timed(call: Callable[[], Awaitable[object]], times: int) -> float:
-    """The median seconds of `times` awaits of `call()`."""
-    laps = []
-    for _ in range(times):
-        start = time.perf_counter()
-        await call()
-        laps.append(time.perf_counter() - start)
-    return statistics.median(laps)
 
 
 async def bare_cycle() -> None:

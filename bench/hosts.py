@@ -18,14 +18,12 @@ calls it:
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
 
 import anyio
 import coredis
-from _report import Best, Row, arguments, report
+from _report import Best, Row, arguments, report, timed
 
 import startable
 from startable.cluster import EmbeddedRedis, ServicesManager, ServiceSpec, handler
@@ -41,16 +39,6 @@ class Store:
     @handler
     def get(self, key: str) -> str:
         return key
-
-
-async def timed(call: Callable[[], Awaitable[object]], times: int) -> float:
-    """The median seconds of `times` awaits of `call()`."""
-    laps = []
-    for _ in range(times):
-        start = time.perf_counter()
-        await call()
-        laps.append(time.perf_counter() - start)
-    return statistics.median(laps)
 
 
 async def bare(url: str, times: int, clouds: bool) -> float:

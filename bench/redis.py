@@ -11,29 +11,17 @@ every live instance grows with their number, linearly at most.
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 
 import anyio
 import coredis
-from _report import Best, Row, arguments, report
+from _report import Best, Row, arguments, report, timed
 
 import startable
 from startable.cluster import EmbeddedRedis
 from startable.cluster._redis.registry import Registry
 
 KEY = b"bench-key-" * 4
-
-
-async def timed(call: object, times: int) -> float:
-    """The median seconds of `times` awaits of `call()`."""
-    laps = []
-    for _ in range(times):
-        start = time.perf_counter()
-        await call()  # type: ignore[operator]
-        laps.append(time.perf_counter() - start)
-    return statistics.median(laps)
 
 
 async def measure(sizes: tuple[int, ...], beats: int) -> dict[str, float]:
