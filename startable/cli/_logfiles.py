@@ -20,6 +20,7 @@ import logging
 import os
 
 from ..cluster import OutputLine
+from ..cluster._names import now_and_then
 from ._output import output_line
 
 logger = logging.getLogger("startable.cli")
@@ -68,7 +69,7 @@ class LogFiles:
                 self._open[service] = (fd, size + written)
         except OSError as exc:
             lost = self.lost[service] = self.lost.get(service, 0) + 1
-            if lost & (lost - 1) == 0:  # the 1st, 2nd, 4th...: a full disk cannot fill the log
+            if now_and_then(lost):  # a full disk cannot fill the log
                 logger.warning(
                     "%s: a line could not be written to %s (%d lost so far): %s",
                     service,

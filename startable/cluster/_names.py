@@ -94,3 +94,9 @@ def number(
             raise ValueError(f"{field} must be at least {at_least:g}, not {value!r}")
 
     return check
+
+
+def now_and_then(count: int) -> bool:
+    """Whether the `count`th time something is dropped or fails gets a log line:
+    the 1st, 2nd, 4th, 8th... (a flood cannot fill the log; the count says how many)."""
+    return count & (count - 1) == 0

@@ -26,6 +26,7 @@ from msgspec.structs import replace
 
 from .._errors import ServiceUnavailable
 from .._ipc.messages import ErrorInfo
+from .._names import now_and_then
 from .contract import (
     MAX_CONFIGURING,
     RESERVED_TOPICS,
@@ -332,7 +333,7 @@ class Router:
         answer = invalid(message, f"refused by {self.directory.name}: {why}")
         if answer is not None:
             origin.put(answer)
-        if count & (count - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood cannot fill the log
+        if now_and_then(count):
             who = f"service {source!r}" if source is not None else "the manager's client"
             logger.warning("%s sent a malformed message (%d so far): %s", who, count, why)
 

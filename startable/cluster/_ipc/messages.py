@@ -9,10 +9,14 @@ formatted traceback), never as pickled objects.
 from __future__ import annotations
 
 import math
+import time
 import traceback
-from typing import Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
 import msgspec
+
+if TYPE_CHECKING:
+    import psutil
 
 #: The version of the control plane's messages. A remote speaking another
 #: (another release of startable, under `python =`) is refused at once.
@@ -121,6 +125,22 @@ class Resources(Message, tag="resources", frozen=True):
     rss: int
     threads: int
     open_files: int
+
+    @classmethod
+    def of(cls, process: psutil.Process) -> Resources:
+        """A sample of `process` now (its CPU since the last `cpu_percent` call).
+
+        Raises:
+            psutil.Error: it has ended, or is not this user's to read.
+        """
+        with process.oneshot():
+            return cls(
+                time=time.time(),
+                cpu_percent=process.cpu_percent(None),
+                rss=process.memory_info().rss,
+                threads=process.num_threads(),
+                open_files=process.num_fds(),
+            )
 
 
 class Pong(Message, tag="pong", frozen=True):

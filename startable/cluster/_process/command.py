@@ -32,7 +32,7 @@ import attrs
 from ... import State, as_raw_start, as_raw_stop, of
 from .._errors import ClusterError, ForcedStop, RemoteExited
 from .._ipc.messages import Resources
-from .._names import NAME_RULE, number
+from .._names import NAME_RULE, now_and_then, number
 from .controller import AFTER_SIGKILL, OutputLine, StopStep
 from .descendants import tree
 from .options import ProcessOptions
@@ -387,16 +387,7 @@ class CommandProcess:
             process.cpu_percent(None)  # the first call only sets the reference point
             while True:
                 await anyio.sleep(self.options.resources_interval)
-                with process.oneshot():
-                    self.resources.append(
-                        Resources(
-                            time=time.time(),
-                            cpu_percent=process.cpu_percent(None),
-                            rss=process.memory_info().rss,
-                            threads=process.num_threads(),
-                            open_files=process.num_fds(),
-                        )
-                    )
+                self.resources.append(Resources.of(process))
         except psutil.Error:  # it has ended (or is not ours to read): no more samples
             return
 
@@ -428,7 +419,7 @@ class CommandProcess:
     def _dropped(self, why: str) -> None:
         self.messages_dropped += 1
         count = self.messages_dropped
-        if count & (count - 1) == 0:  # the 1st, 2nd, 4th...: a flood cannot fill the log
+        if now_and_then(count):
             logger.warning(
                 "%s: dropped an sd_notify message (%d so far): %s", self.name, count, why
             )

@@ -44,7 +44,7 @@ from .._ipc.messages import (
     problem,
 )
 from .._ipc.port import ConnectionPort, from_socket
-from .._names import NAME_RULE
+from .._names import NAME_RULE, now_and_then
 from .._sandbox.permissions import Permissions
 from .listen import ENV_LISTEN, ENV_LISTEN_NAMES, ListenSocket
 from .options import ProcessOptions
@@ -463,7 +463,7 @@ class ServiceController:
     def _dropped(self, why: str) -> None:
         self.messages_dropped += 1
         count = self.messages_dropped
-        if count & (count - 1) == 0:  # the 1st, 2nd, 4th...: a flood cannot fill the log
+        if now_and_then(count):
             logger.warning(
                 "%s: dropped a message from the remote (%d so far): %s", self.name, count, why
             )
@@ -503,7 +503,7 @@ class ServiceController:
         count = self.thread_errors
         state = of(self).state
         stopping = self.options.on_thread_error == "stop" and state in (STARTING, STARTED)
-        if stopping or count & (count - 1) == 0:  # 1st, 2nd, 4th...: a flood cannot fill the log
+        if stopping or now_and_then(count):
             what = "stopping it" if stopping else f"it runs on ({count} so far)"
             logger.warning("%s: an error ended a thread: %s; %s", self.name, error, what)
         if stopping and state is STARTED:

@@ -28,7 +28,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any, NoReturn, TypeAlias
 
@@ -64,7 +63,7 @@ from .._ipc.messages import (
 )
 from .._ipc.port import ConnectionPort, from_socket
 from .._ipc.wire import FrameCodec, FrameReader
-from .._names import entry_file
+from .._names import entry_file, now_and_then
 from .descendants import become_subreaper, end_own_descendants
 from .listen import place_listeners
 
@@ -461,7 +460,7 @@ async def _listen(port: ControlPort, ending: _Ending, client: ServiceClient | No
             message = await port.receive()
         except MessageError as exc:  # the port's contract: dropped, the port stays
             dropped += 1
-            if dropped & (dropped - 1) == 0:
+            if now_and_then(dropped):
                 print(f"startable: {exc} ({dropped} so far)", file=sys.stderr, flush=True)
             continue
         except PortClosed:
@@ -496,12 +495,4 @@ async def _sample(outbox: Outbox, interval: float) -> None:
     process.cpu_percent(None)  # the first call only sets the reference point
     while True:
         await anyio.sleep(interval)
-        with process.oneshot():
-            sample = Resources(
-                time=time.time(),
-                cpu_percent=process.cpu_percent(None),
-                rss=process.memory_info().rss,
-                threads=process.num_threads(),
-                open_files=process.num_fds(),
-            )
-        await outbox.send(sample)
+        await outbox.send(Resources.of(process))

@@ -59,6 +59,7 @@ from .._data.contract import (
 from .._data.router import GRACE, Router
 from .._errors import ClusterError
 from .._ipc.messages import ErrorInfo
+from .._names import now_and_then
 from .envelope import EnvelopeRefused, Replays, envelope_key, open_envelope, seal
 from .registry import Instance, Keys, Registry
 from .subscription import Subscription
@@ -790,7 +791,7 @@ class RedisLink:
     def _warn(self, what: str, message: str) -> None:
         """Log `message` the 1st, 2nd, 4th, 8th... time for `what` (no flood fills the log)."""
         count = self._warned[what] = self._warned.get(what, 0) + 1
-        if count & (count - 1) == 0:
+        if now_and_then(count):
             logger.warning("%s (%s: %d so far)", message, what, count)
 
 
