@@ -7,25 +7,19 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 from pathlib import Path
 
 import anyio
 import pytest
 
+from ..specs import free_port
 from ..waiting import poll
 from .test_control import startable, status
 from .test_up import ROOT, gone, trio_only, up
 
 pytestmark = [pytest.mark.anyio, pytest.mark.processes]
 EXAMPLE = ROOT / "examples" / "commands"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def example(tmp_path: Path) -> Path:

@@ -35,6 +35,8 @@ from startable.cluster import (
     ServiceSpec,
 )
 
+from ..cli_targets import Quick
+from ..specs import free_port
 from ..waiting import poll, until
 
 #: The program the tests run: `key=value` arguments say how it behaves.
@@ -82,24 +84,6 @@ def program(tmp_path: Path) -> Path:
     path = tmp_path / "program.py"
     path.write_text(PROGRAM)
     return path
-
-
-class Idle:
-    """A service in this process that does nothing."""
-
-    @startable.as_raw_start
-    async def _start(self) -> None:
-        pass
-
-    @startable.as_raw_stop
-    async def _stop(self, err: BaseException | None) -> None:
-        pass
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def command(program: Path, *args: str) -> list[str]:
@@ -296,7 +280,7 @@ async def test_a_crash_is_restarted_and_cascades_and_a_clean_exit_is_not_restart
             name="flaky", command=["sh", str(script)], ready=Readiness(line="up|ready now"),
             restart=RestartPolicy(backoff=0),
         ),
-        ServiceSpec(name="user", factory=Idle, depends_on=["flaky"]),
+        ServiceSpec(name="user", factory=Quick, depends_on=["flaky"]),
         ServiceSpec(
             name="done", command=command(program, "exit=0"),
             restart=RestartPolicy(mode="on-failure"),
@@ -434,68 +418,64 @@ async def test_a_failing_health_command_stops_the_service_as_failed_and_it_is_re
 
 
 async def test_a_passing_check_clears_the_failures_before_it(tmp_path: Path) -> None:
-    sick = tmp_path / "sick"
+    sick, gate = tmp_path / "sick", tmp_path / "gate"
     sick.touch()
+    # A check fails once each time `sick` is made, and then closes `gate`: the next
+    # check waits until the test opens it, so each state holds until it is seen.
+    probe = f"if [ -e {sick} ]; then rm {sick}; touch {gate}; exit 1; fi; "
+    probe += f"while [ -e {gate} ]; do sleep 0.01; done"
     spec = ServiceSpec(
         name="flapping",
-        factory=Idle,
-        health=HealthCheck(command=["sh", "-c", f"! rm {sick}"], interval=0.05, retries=2),
+        factory=Quick,
+        health=HealthCheck(command=["sh", "-c", probe], interval=0.05, timeout=60, retries=2),
     )
     manager = ServicesManager([spec])
     with anyio.fail_after(30):
         async with startable.running(manager):
             node = manager["flapping"]
             await poll(lambda: node.health == "unhealthy")  # one failure, then...
+            gate.unlink()
             await poll(lambda: node.health == "healthy")  # ...a pass: the count starts again
             assert (node.health_failures, node.health_problem) == (0, None)
             sick.touch()
             await poll(lambda: node.health == "unhealthy")
             assert node.health_failures == 1
+            gate.unlink()
             await poll(lambda: node.health == "healthy")
             assert node.restarts == 0 and of(node).state is State.STARTED
 
 
-async def test_a_tcp_health_check_applies_to_a_service_in_this_process() -> None:
-    port = free_port()
+async def stopped_by(check: HealthCheck) -> BaseException | None:
+    """Run a service in this process with `check` until it stops; the reason it stopped
+    with (the manager's other work goes on)."""
     spec = ServiceSpec(
-        name="inproc",
-        factory=Idle,
-        health=HealthCheck(port=port, interval=0.05, timeout=1, retries=3),
-        restart=RestartPolicy(mode="never"),
+        name="inproc", factory=Quick, health=check, restart=RestartPolicy(mode="never")
     )
     manager = ServicesManager([spec])
     with anyio.fail_after(30):
         async with startable.running(manager):
             node = manager["inproc"]
             await until(manager, lambda: of(node).state is State.STOPPED)
-            error = of(node).statistics().stop_reason
-            assert isinstance(error, HealthCheckFailed)
-            assert error.failures == 3
-            assert f"127.0.0.1:{port} refused" in error.problem
             assert of(manager).state is State.STARTED  # the others are unaffected
+            return of(node).statistics().stop_reason
+
+
+async def test_a_tcp_health_check_applies_to_a_service_in_this_process() -> None:
+    port = free_port()
+    error = await stopped_by(HealthCheck(port=port, interval=0.05, timeout=1, retries=3))
+    assert isinstance(error, HealthCheckFailed)
+    assert error.failures == 3
+    assert f"127.0.0.1:{port} refused" in error.problem
 
 
 async def test_a_health_command_that_hangs_is_killed_and_counts_as_failed(
     tmp_path: Path,
 ) -> None:
     pidfile = tmp_path / "pid"
-    spec = ServiceSpec(
-        name="inproc",
-        factory=Idle,
-        health=HealthCheck(
-            command=["sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"],
-            interval=0.05,
-            timeout=0.3,
-            retries=1,
-        ),
-        restart=RestartPolicy(mode="never"),
-    )
-    manager = ServicesManager([spec])
-    with anyio.fail_after(30):
-        async with startable.running(manager):
-            node = manager["inproc"]
-            await until(manager, lambda: of(node).state is State.STOPPED)
-            assert "did not answer within 0.3s" in str(of(node).statistics().stop_reason)
+    # (The timeout leaves a loaded machine time to start it: it sleeps a minute.)
+    command = ["sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"]
+    error = await stopped_by(HealthCheck(command=command, interval=0.05, timeout=2, retries=1))
+    assert "did not answer within 2s" in str(error)
     assert not alive(int(pidfile.read_text()))
 
 

@@ -23,6 +23,8 @@ from startable.cluster import (
     ServiceUnavailable,
 )
 
+from ..specs import free_port
+
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.processes,
@@ -161,15 +163,6 @@ def _host_of(pid: int) -> str:
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "two_hosts"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 async def _until(process: anyio.abc.Process, marker: str, seen: list[str]) -> None:
     assert process.stdout is not None
     while not any(marker in line for line in "".join(seen).splitlines()):
@@ -180,7 +173,7 @@ async def _until(process: anyio.abc.Process, marker: str, seen: list[str]) -> No
 async def test_the_tutorial_runs_as_two_startable_up_sharing_one_embedded_server(
     tmp_path: Path,
 ) -> None:
-    port = _free_port()  # (the files' port, 6390, may be taken on this machine)
+    port = free_port()  # (the files' port, 6390, may be taken on this machine)
     for source in EXAMPLE.iterdir():
         if source.suffix in (".py", ".toml"):
             text = source.read_text(encoding="utf-8").replace("6390", str(port))
