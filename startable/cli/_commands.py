@@ -218,14 +218,14 @@ def render_status(status: Status) -> Group:
     errors: list[tuple[str, str]] = []
     for row in status.rows:
         name = escape(row.name) if row.replica < 0 else f" #{row.replica}"
-        state = row.state + (f" {row.live}/{row.replicas}" if row.replicas else "")
+        state = escape(row.state) + (f" {row.live}/{row.replicas}" if row.replicas else "")
         if row.health:
-            state += f" ({row.health})"
+            state += f" ({escape(row.health)})"
         table.add_row(
             name,
             Text(state, style="bold green" if row.state == "STARTED" else ""),
             *figure_cells(row.pid, row.cpu_percent, row.memory, row.restarts, row.uptime),
-            row.ended or "-",
+            escape(row.ended) or "-",
         )
         if row.last_error:
             label = escape(row.name) + ("" if row.replica < 0 else f"#{row.replica}")
