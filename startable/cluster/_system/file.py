@@ -574,7 +574,8 @@ def _args(table: _Table, key: str) -> list[str]:
 def _check_program(
     table: _Table, program: str, env: Mapping[str, str], cwd: str, *key: str
 ) -> None:
-    """The program a command (or a health check, at `key`) runs must be there."""
+    """The program at `key` (a command's, a health check's, a `python`) must be there:
+    an executable file (a path, relative to `cwd`), or found on `$PATH`."""
     if os.sep in program:
         path = os.path.join(cwd, program)
         if not (os.path.isfile(path) and os.access(path, os.X_OK)):
@@ -677,12 +678,8 @@ def _check_here(
     """Check that what a service names is there: its cwd, its python, its entry."""
     if not os.path.isdir(cwd):
         raise table.error(f"{cwd!r} is not a directory", "cwd")
-    if python is not None:
-        if os.sep in python:
-            if not (os.path.isfile(python) and os.access(python, os.X_OK)):
-                raise table.error(f"{python!r} is not an executable file", "python")
-        elif shutil.which(python, path=env.get("PATH", os.environ.get("PATH"))) is None:
-            raise table.error(f"{python!r} is not on $PATH", "python")
+    if python is not None:  # (a path is absolute by now)
+        _check_program(table, python, env, cwd, "python")
     if code is not None:
         return
     file = entry_file(entry)
