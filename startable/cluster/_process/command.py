@@ -36,7 +36,7 @@ from .._names import NAME_RULE, now_and_then, number
 from .controller import AFTER_SIGKILL, OutputLine, StopStep
 from .descendants import tree
 from .options import ProcessOptions
-from .probes import tcp_problem
+from .probes import inherited_env, tcp_problem
 from .spawn import ProcessBase, program_args, read_lines, spawn
 
 logger = logging.getLogger("startable.cluster")
@@ -228,8 +228,7 @@ class CommandProcess:
     async def _start(self) -> None:
         self._ended, self._ready = anyio.Event(), anyio.Event()
         self._output_done = {"stdout": anyio.Event(), "stderr": anyio.Event()}
-        environ: Mapping[str, str] = os.environ if self.options.inherit_env else {}
-        env = {**environ, **self.env}
+        env = inherited_env(self.env, self.options.inherit_env)
         if self.ready.notify:
             try:
                 self._notify = _NotifySocket()

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import anyio
 
+from .controller import AFTER_SIGKILL
 from .spawn import program_args, read_lines, spawn
 
 #: The longest problem a probe reports (a command's last line is cut to it).
@@ -62,9 +63,9 @@ async def command_problem(
         return f"{args[0]!r} exited with code {code}{said}"
     finally:
         child.signal(signal.SIGKILL)  # what it left behind, or itself if it overran
-        with anyio.CancelScope(shield=True):
+        with anyio.move_on_after(AFTER_SIGKILL, shield=True):  # (SIGKILLed: it ends)
             await child.wait()
-            await child.aclose()
+        await child.aclose()
 
 
 def inherited_env(env: Mapping[str, str], inherit: bool) -> dict[str, str]:
