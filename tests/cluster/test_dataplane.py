@@ -306,9 +306,13 @@ async def test_an_outbox_emptied_before_its_pump_woke_goes_on_pumping() -> None:
     with anyio.fail_after(10):
         async with pumping() as (outbox, theirs):
             await anyio.wait_all_tasks_blocked()  # the pump waits for a message
-            outbox.put(Event("lost", None, "x"))
+            big = Event("big", "x" * 2**19, "x")  # more than the socket takes at once:
+            outbox.put(big)  # the port writes the rest as the other end reads
+            outbox.put(Event("lost", None, "x"))  # so this one waits in the outbox
+            assert len(outbox) == 1
             outbox.clear()  # before the pump woke up
             await anyio.wait_all_tasks_blocked()  # it woke to nothing, and waits again
+            assert (await theirs.receive()).topic == "big"
             outbox.put(Event("kept", None, "x"))
             assert (await theirs.receive()).topic == "kept"
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import msgspec
 import pytest
 
@@ -340,3 +341,80 @@ async def test_cancelled_sends_leave_a_keyed_stream_intact() -> None:
             await sender.send(Ping(b"after"))
             assert (await receiver.receive()).payload == b"after"
             assert startable.of(receiver).state is State.STARTED
+
+
+async def test_sends_behind_a_half_written_frame_all_go_whole_and_in_order() -> None:
+    """While one frame waits for the peer to read, the sends behind it wait their
+    turn: each goes after it, whole, in the order each task sent them."""
+    one, two = socket.socketpair()
+    big = 4 * 2**20  # more than the socket buffers hold
+    sender = from_socket(one, receives=Ping, max_frame=2 * big)
+    receiver = from_socket(two, receives=Ping, max_frame=2 * big)
+    with anyio.fail_after(30):
+        async with startable.running(sender), startable.running(receiver):
+            async with anyio.create_task_group() as group:
+                group.start_soon(sender.send, Ping(b"x" * big))
+                await anyio.wait_all_tasks_blocked()  # half written, waiting for the reader
+
+                async def small(task: int) -> None:
+                    for n in range(5):
+                        await sender.send(Ping(b"%d.%d" % (task, n)))
+
+                for task in range(3):
+                    group.start_soon(small, task)
+                await anyio.wait_all_tasks_blocked()
+                assert not sender.send_nowait(Ping(b"not now"))  # a send is under way
+                received = [(await receiver.receive()).payload for _ in range(16)]
+            assert received[0] == b"x" * big
+            for task in range(3):
+                mine = [p for p in received[1:] if p.startswith(b"%d." % task)]
+                assert mine == [b"%d.%d" % (task, n) for n in range(5)]
+
+
+async def test_send_nowait_hands_the_rest_of_a_big_frame_to_the_port() -> None:
+    one, two = socket.socketpair()
+    big = 4 * 2**20
+    sender = from_socket(one, receives=Ping, max_frame=2 * big)
+    receiver = from_socket(two, receives=Ping, max_frame=2 * big)
+    with anyio.fail_after(30):
+        async with (
+            startable.running(sender),
+            startable.running(receiver),
+            anyio.create_task_group() as group,
+        ):
+            assert sender.send_nowait(Ping(b"small"))
+            assert sender.send_nowait(Ping(b"x" * big))  # taken in part: the port writes the rest
+            assert not sender.send_nowait(Ping(b"behind"))  # (that send is under way)
+            group.start_soon(sender.send, Ping(b"after"))  # waits its turn
+            assert [(await receiver.receive()).payload for _ in range(3)] == [
+                b"small",
+                b"x" * big,
+                b"after",
+            ]
+            with pytest.raises(FrameError):
+                sender.send_nowait(Ping(b"x" * (2 * big + 1)))
+
+
+async def test_a_loop_of_sends_lets_the_other_tasks_run() -> None:
+    """Sends the socket takes at once cost no scheduler pass, but a task that
+    sends in a loop still lets the others run now and then."""
+    sender, receiver = port_pair(Ping)
+    turns = 0
+
+    async def other() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await anyio.lowlevel.checkpoint()
+
+    with anyio.fail_after(10):
+        async with (
+            startable.running(sender),
+            startable.running(receiver),
+            anyio.create_task_group() as group,
+        ):
+            group.start_soon(other)  # (it has not run yet)
+            for _ in range(100):  # (all fit in the socket's buffer)
+                await sender.send(Ping(b"x"))
+            assert turns > 0
+            group.cancel_scope.cancel()

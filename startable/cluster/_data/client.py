@@ -172,9 +172,12 @@ class ServiceClient:
     own, started before its service and stopped after it: a service may call
     its dependencies from its raw start and its raw stop.
 
-    Requests it receives run the service's `handler` methods, each in a task
-    of its own, bounded by the caller's deadline; they are refused (the
-    caller gets `ServiceUnavailable`) unless the service is STARTED.
+    Requests it receives run the service's `handler` methods: an async one
+    in a task of its own, cancelled when the caller's deadline passes; a
+    plain function, in a container, as soon as its request is read (it runs
+    to its end once called, so a task would add only its cost: keep it as
+    short as anything else that runs in the event loop). They are refused
+    (the caller gets `ServiceUnavailable`) unless the service is STARTED.
 
     Attributes:
         name: the service's name (empty for the manager's own client).
@@ -632,7 +635,8 @@ class ServiceClient:
             if waiter is not None:  # else: the caller gave up already
                 waiter.take(message)
         elif isinstance(message, Call):
-            of(self).start_soon(self._answer, message)
+            if message.key or not self._link.own_task or not self._answer_now(message):
+                of(self).start_soon(self._answer, message)
         elif isinstance(message, Event):
             for stream in self._subscriptions.get(message.topic, ()):
                 try:
@@ -640,9 +644,53 @@ class ServiceClient:
                 except anyio.WouldBlock:
                     self.events_dropped += 1
 
+    def _answer_now(self, call: Call) -> bool:
+        """Run the handler of `call` here, if it is a plain function of a STARTED
+        service, and send its reply: whether it did (if not, a task answers).
+
+        A plain function runs to its end once called (no deadline can cut it
+        short), so a task of its own would add nothing but its cost. It runs
+        only from the link's own task (`Link.own_task`), never a sender's.
+        """
+        target = self._target
+        if target is None or of(target).state is not STARTED:
+            return False
+        found = _handler_of(target, call.method)
+        if not getattr(found, MARK, False) or inspect.iscoroutinefunction(found):
+            return False
+        token = _current.set(self)  # the handler runs as this service
+        try:
+            result = getattr(target, call.method)(*call.args, **call.kwargs)
+        except Exception as exc:
+            reply = Reply(call.id, kind="error", error=ErrorInfo.of(exc))
+        else:
+            if inspect.isawaitable(result):  # (a plain function that hands back a coroutine)
+                of(self).start_soon(self._answer_awaitable, call, result)
+                return True
+            reply = Reply(call.id, result)
+        finally:
+            _current.reset(token)
+        try:
+            if self._link.post(reply):
+                return True
+        except ClusterError:  # the router is gone: nobody is waiting
+            return True
+        except (TypeError, ValueError, msgspec.EncodeError):
+            pass  # the task below sends why instead
+        of(self).start_soon(self._send_reply, call, reply)
+        return True
+
     async def _answer(self, call: Call) -> None:
         with serving_as(self):  # the handler runs as this service, whoever called it
             reply = await (self._run_once(call) if call.key else self._run_handler(call))
+        await self._send_reply(call, reply)
+
+    async def _answer_awaitable(self, call: Call, awaitable: Any) -> None:
+        with serving_as(self):
+            reply = await self._awaited(call, awaitable)
+        await self._send_reply(call, reply)
+
+    async def _send_reply(self, call: Call, reply: Reply) -> None:
         try:
             await self._send(reply)
         except (TypeError, ValueError, msgspec.EncodeError) as exc:
@@ -711,15 +759,21 @@ class ServiceClient:
                 "no-handler",
                 f"service {self.name!r} has no handler {call.method!r} (its handlers: {known})",
             )
-        method = getattr(target, call.method)
+        try:
+            result = getattr(target, call.method)(*call.args, **call.kwargs)
+        except Exception as exc:
+            return Reply(call.id, kind="error", error=ErrorInfo.of(exc))
+        if inspect.isawaitable(result):
+            return await self._awaited(call, result)
+        return Reply(call.id, result)
+
+    async def _awaited(self, call: Call, awaitable: Any) -> Reply:
+        """The reply to `call` once its handler's `awaitable` is done, within its deadline."""
         with anyio.move_on_after(call.timeout):
             try:
-                result = method(*call.args, **call.kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
+                return Reply(call.id, await awaitable)
             except Exception as exc:
                 return Reply(call.id, kind="error", error=ErrorInfo.of(exc))
-            return Reply(call.id, result)
         return _failed(call, "timeout", f"{self.name}.{call.method} ran past the caller's deadline")
 
 

@@ -38,9 +38,18 @@ class Link(Protocol):
     large for the link, and `TypeError` when it cannot be encoded.
     """
 
+    #: Whether the link calls `deliver` from a task of its own (never from a
+    #: sender's task): the client may then run a plain handler right there.
+    own_task: bool
+
     async def open(self, receiver: Receiver) -> None: ...
 
     async def send(self, message: AnyMessage) -> None: ...
+
+    def post(self, message: AnyMessage) -> bool:
+        """Send `message` now if that needs no waiting: whether it did (if not,
+        nothing is sent: `send` it). It raises as `send` does."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -48,6 +57,8 @@ class Link(Protocol):
 class PortLink:
     """A link over a `ConnectionPort` (a container's data socket); the router
     reaches the container's client through one too."""
+
+    own_task = True  # (`_deliver`)
 
     def __init__(self, port: ConnectionPort[Any]) -> None:
         self.port = port
@@ -65,10 +76,21 @@ class PortLink:
         """Send `message`; `ServiceUnavailable` if the port is closed or closing."""
         try:
             await self.port.send(message)
-        except FrameError as exc:  # too large: not sent, the port is fine
-            raise ValueError(str(exc)) from None
-        except (PortError, StateError) as exc:
-            raise ServiceUnavailable(f"{self.port.name} is closed: {exc}") from None
+        except (FrameError, PortError, StateError) as exc:
+            raise self._translated(exc) from None
+
+    def post(self, message: AnyMessage) -> bool:
+        """Send `message` if the port can without waiting (`ConnectionPort.send_nowait`)."""
+        try:
+            return self.port.send_nowait(message)
+        except (FrameError, PortError, StateError) as exc:
+            raise self._translated(exc) from None
+
+    def _translated(self, error: Exception) -> Exception:
+        """What a send's failure means to the client."""
+        if isinstance(error, FrameError):  # too large: not sent, the port is fine
+            return ValueError(str(error))
+        return ServiceUnavailable(f"{self.port.name} is closed: {error}")
 
     async def close(self) -> None:
         await of(self.port).stop()

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import anyio
 import anyio.lowlevel
+import msgspec
 from msgspec.structs import replace
 
 from .._errors import ServiceUnavailable
@@ -485,6 +486,12 @@ class Outbox:
             if isinstance(message, Event):
                 self.events_dropped += 1
             return False
+        if not waiting:  # straight to the socket, if it takes it now (in order: none waits)
+            try:
+                if self.link.post(message):
+                    return True
+            except (ValueError, TypeError, msgspec.EncodeError, ServiceUnavailable):
+                pass  # queued: the pump meets it again, and deals with it
         self._queue.append(message)
         self._filled.set()
         return True
@@ -539,12 +546,18 @@ class LocalLink:
         self._endpoint = _LocalEndpoint(client, self.name)
         self.router.attach(self.name, self._endpoint)
 
+    own_task = False  # (a message is delivered by the task of whoever sent it)
+
     async def send(self, message: AnyMessage) -> None:
         await anyio.lowlevel.checkpoint()  # as a port would: a loop of sends lets others run
+        self.post(message)
+
+    def post(self, message: AnyMessage) -> bool:
         endpoint = self._endpoint
         if endpoint is None or not self.router.attached(endpoint):
             raise ServiceUnavailable("the cluster is out of reach: the link is closed")
         self.router.handle(endpoint, copy(message))
+        return True
 
     async def close(self) -> None:
         endpoint, self._endpoint = self._endpoint, None

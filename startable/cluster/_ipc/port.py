@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import attrs
 import msgspec
 
@@ -29,6 +30,9 @@ from .wire import (
 
 T = TypeVar("T")
 STARTED = State.STARTED
+#: Reads or writes a port over a socket makes in a row without having to wait,
+#: before it lets the other tasks of its process run once.
+FAIR_TURNS: Final = 16
 
 
 @attrs.frozen
@@ -98,6 +102,9 @@ class ConnectionPort(Generic[T]):
             raise ValueError("a cluster key must be at least 16 bytes")
         self.name = name
         self._stream: anyio.abc.ByteStream = stream
+        #: The raw socket under a port made by `from_socket`: sends and receives
+        #: that need not wait cost no scheduler pass (see `_SocketStream`).
+        self._raw = stream if isinstance(stream, _SocketStream) else None
         self._reader = FrameReader(FrameCodec(max_frame=max_frame))
         self._key = key
         self._initiator = initiator
@@ -107,6 +114,8 @@ class ConnectionPort(Generic[T]):
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder: msgspec.msgpack.Decoder[T] = msgspec.msgpack.Decoder(receives)
         self._send_lock = anyio.Lock(fast_acquire=True)  # no extra scheduler pass per send
+        #: The rest of a frame the kernel took part of, until it is written.
+        self._backlog: memoryview | None = None
         # The counters `statistics` reports, one attribute each (see PortStatistics).
         self._frames_sent = self._frames_received = 0
         self._bytes_sent = self._bytes_received = 0
@@ -133,8 +142,6 @@ class ConnectionPort(Generic[T]):
 
     @as_raw_start
     async def _open(self) -> None:
-        if isinstance(self._stream, _SocketStream):  # made in sync code: unwrap it once
-            self._stream = await self._stream.get()
         if self._key is None:
             return
         try:
@@ -178,6 +185,9 @@ class ConnectionPort(Generic[T]):
     async def send(self, message: msgspec.Struct) -> None:
         """Send one message.
 
+        On a port over a socket (`from_socket`), a frame the kernel takes at
+        once is sent without a scheduler pass (but see `_SocketStream`).
+
         Raises:
             FrameError: if the encoded message exceeds `max_frame` (the
                 message is not sent; the port stays open).
@@ -185,22 +195,103 @@ class ConnectionPort(Generic[T]):
             StateError: if the port is not STARTED.
         """
         payload = self._encoder.encode(message)
+        raw = self._raw
+        if raw is not None:
+            await (
+                raw.fair_turn()
+            )  # (before the frame is committed: a cancellation here sends nothing)
+            written = self._write_now(raw, payload)
+            if written is not None:
+                if not written:  # the kernel took part of it: the rest, as any send
+                    async with self._send_lock:  # (free: taken without a scheduler pass)
+                        await self._flush()
+                return
         async with self._send_lock:
+            await self._flush()
             # Framed under the lock: with a key, each frame takes the next sequence number.
             frame = self._reader.codec.encode(payload)
-            try:
-                with anyio.move_on_after(self._send_timeout, shield=True) as writing:
-                    await self._stream.send(frame)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                raise self._broken(
-                    PortClosed(f"{self.name}: the connection is gone ({exc!r})")
-                ) from exc
-            if writing.cancelled_caught:
-                raise self._broken(
-                    PortClosed(f"{self.name}: the peer read nothing for {self._send_timeout}s")
-                )
+            await self._write(self._stream, frame)
+            self._sent(frame)
+
+    @assert_state()
+    def send_nowait(self, message: msgspec.Struct) -> bool:
+        """Send one message if that needs no waiting for another send: whether it did.
+
+        False (nothing sent) while another send waits for the peer, or on a
+        port that is not over a socket (`from_socket`); send it with `send`
+        then. A frame the kernel takes only part of is sent (True): a task of
+        the port writes the rest as the peer reads, within `send_timeout`.
+
+        Raises:
+            FrameError: if the encoded message exceeds `max_frame` (the
+                message is not sent; the port stays open).
+            PortError: if the connection is gone (the port stops).
+            StateError: if the port is not STARTED.
+        """
+        raw = self._raw
+        if raw is None:
+            return False
+        written = self._write_now(raw, self._encoder.encode(message))
+        if written is None:
+            return False
+        if not written:
+            of(self).start_soon(self._flush_alone)
+        return True
+
+    def _write_now(self, raw: _SocketStream, payload: bytes) -> bool | None:
+        """Frame `payload` and write it at once, unless another send is under way.
+
+        Returns:
+            None if it wrote nothing (another send is under way); True if the
+            kernel took all of the frame; False if it took part of it (the
+            rest is kept in `_backlog`, for the caller to have it written).
+        """
+        codec = self._reader.codec
+        codec.check_size(len(payload))  # (whether or not another send is under way)
+        if self._backlog is not None or self._send_lock.locked():
+            return None
+        # No await from here to the write: nothing can come in between.
+        frame = codec.encode(payload)
+        try:
+            sent = raw.write_now(frame)
+        except (anyio.ClosedResourceError, OSError) as exc:
+            raise self._broken(
+                PortClosed(f"{self.name}: the connection is gone ({exc!r})")
+            ) from exc
+        self._sent(frame)
+        if sent == len(frame):
+            return True
+        self._backlog = memoryview(frame)[sent:]
+        return False
+
+    def _sent(self, frame: bytes) -> None:
         self._frames_sent += 1
         self._bytes_sent += len(frame)
+
+    async def _flush_alone(self) -> None:
+        async with self._send_lock:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Write what is left of a frame the kernel took part of (the port holds the lock)."""
+        backlog = self._backlog
+        if backlog is not None:
+            await self._write(self._stream, backlog)
+            self._backlog = None
+
+    async def _write(self, stream: anyio.abc.ByteStream, data: bytes | memoryview) -> None:
+        """Write all of `data`, shielded, within `send_timeout` (the port holds the lock)."""
+        try:
+            with anyio.move_on_after(self._send_timeout, shield=True) as writing:
+                await stream.send(data)  # type: ignore[arg-type]  # (_SocketStream takes a view)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            raise self._broken(
+                PortClosed(f"{self.name}: the connection is gone ({exc!r})")
+            ) from exc
+        if writing.cancelled_caught:
+            raise self._broken(
+                PortClosed(f"{self.name}: the peer read nothing for {self._send_timeout}s")
+            )
 
     @assert_state()
     async def receive(self) -> T:
@@ -299,36 +390,78 @@ def from_socket(
 
 
 class _SocketStream(anyio.abc.ByteStream):
-    """A byte stream over a raw socket, made lazily inside the event loop.
+    """A byte stream straight over a connected non-blocking socket (`from_socket`'s).
 
-    `anyio.abc.SocketStream.from_socket` is a coroutine; ports are built in
-    synchronous code, so the wrapping happens on first use.
+    It reads and writes the socket itself, on either backend, and waits only
+    when the socket says so (`anyio.wait_readable` / `wait_writable`): a read
+    of bytes already there, or a write the kernel takes at once, costs no
+    scheduler pass, where a stream of the backend's would make one for
+    each. So that a busy port never starves the other tasks of its process,
+    every `FAIR_TURNS`-th read or write that did not wait lets them run
+    first (a checkpoint, before any byte moves: a cancellation there loses
+    nothing).
     """
 
     def __init__(self, sock: socket.socket) -> None:
-        self._socket: socket.socket | None = sock
-        self._stream: anyio.abc.SocketStream | None = None
+        self._socket = sock
+        self._closed = False
+        self._turns = 0
 
-    async def get(self) -> anyio.abc.SocketStream:
-        if self._stream is None:
-            if self._socket is None:
-                raise anyio.ClosedResourceError
-            self._stream = await anyio.abc.SocketStream.from_socket(self._socket)
-            self._socket = None
-        return self._stream
+    async def fair_turn(self) -> None:
+        """A checkpoint every `FAIR_TURNS` calls (reset whenever the socket made us wait)."""
+        self._turns += 1
+        if self._turns >= FAIR_TURNS:
+            self._turns = 0
+            await anyio.lowlevel.checkpoint()
+
+    def write_now(self, data: bytes | memoryview) -> int:
+        """Write what the kernel takes now, without waiting: how many bytes it took.
+
+        Raises:
+            anyio.ClosedResourceError: the stream is closed.
+            OSError: the connection is gone.
+        """
+        if self._closed:
+            raise anyio.ClosedResourceError
+        try:
+            return self._socket.send(data)
+        except BlockingIOError:
+            return 0
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        return await (await self.get()).receive(max_bytes)
+        await self.fair_turn()
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                data = self._socket.recv(max_bytes)
+            except BlockingIOError:
+                self._turns = 0
+                await anyio.wait_readable(self._socket)
+                continue
+            if not data:
+                raise anyio.EndOfStream
+            return data
 
-    async def send(self, item: bytes) -> None:
-        await (await self.get()).send(item)
+    async def send(self, item: bytes | memoryview) -> None:
+        view = memoryview(item)
+        while view:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                view = view[self._socket.send(view) :]
+            except BlockingIOError:
+                pass
+            if view:
+                self._turns = 0
+                await anyio.wait_writable(self._socket)
 
     async def send_eof(self) -> None:
-        await (await self.get()).send_eof()
+        self._socket.shutdown(socket.SHUT_WR)
 
     async def aclose(self) -> None:
-        if self._stream is not None:
-            await self._stream.aclose()
-        elif self._socket is not None:
+        if not self._closed:
+            self._closed = True
+            anyio.notify_closing(self._socket)  # wakes a task waiting on it, if any
             self._socket.close()
-            self._socket = None
+        await anyio.lowlevel.checkpoint()

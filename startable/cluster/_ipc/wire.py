@@ -65,14 +65,18 @@ class FrameCodec:
             FrameError: if the payload is larger than `max_frame`.
         """
         size = len(payload)
-        if size > self.max_frame:
-            raise FrameError(f"a frame of {size} bytes exceeds the limit of {self.max_frame} bytes")
+        self.check_size(size)
         header = HEADER.pack(size)
         if self._send_key is None:
             return header + payload
         tag = mac(self._send_key, _SEQUENCE.pack(self._sent), header, payload)
         self._sent += 1
         return header + payload + tag
+
+    def check_size(self, size: int) -> None:
+        """Raises FrameError if a payload of `size` bytes is larger than `max_frame`."""
+        if size > self.max_frame:
+            raise FrameError(f"a frame of {size} bytes exceeds the limit of {self.max_frame} bytes")
 
     def body_size(self, header: bytes) -> int:
         """How many bytes follow this header (payload and tag).
