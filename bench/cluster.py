@@ -30,7 +30,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import anyio
 import psutil
+from _echo import ASYNC_ECHO_CHILD, raw_echo_round_trip
 from _report import Best, Row, arguments, report
 
 import startable
@@ -49,7 +49,6 @@ from startable.cluster import (
     ServicesManager,
     ServiceSpec,
 )
-from startable.cluster._ipc.wire import FrameCodec, FrameReader
 
 ROOT = Path(__file__).resolve().parent.parent
 #: No resource samples: a benchmark measures the start and the stop alone.
@@ -143,72 +142,6 @@ async def port_round_trip(n: int) -> float:
         for _ in range(n):
             await controller.ping()
         return (time.perf_counter() - began) / n
-
-
-ECHO_CHILD = """
-import socket, sys
-sys.path.insert(0, sys.argv[2])
-from startable.cluster._ipc.wire import FrameCodec, FrameReader
-sock = socket.socket(fileno=int(sys.argv[1]))
-codec = FrameCodec()
-reader = FrameReader(FrameCodec())
-while True:
-    data = sock.recv(65536)
-    if not data:
-        break
-    reader.feed(data)
-    while (payload := reader.next()) is not None:
-        sock.sendall(codec.encode(payload))
-"""
-
-ASYNC_ECHO_CHILD = """
-import socket, sys
-sys.path.insert(0, sys.argv[2])
-import anyio
-from startable.cluster._ipc.wire import FrameCodec, FrameReader
-
-async def main():
-    stream = await anyio.abc.SocketStream.from_socket(socket.socket(fileno=int(sys.argv[1])))
-    codec, reader = FrameCodec(), FrameReader(FrameCodec())
-    async for data in stream:
-        reader.feed(data)
-        while (payload := reader.next()) is not None:
-            await stream.send(codec.encode(payload))
-
-anyio.run(main, backend="trio")
-"""
-
-
-async def raw_echo_round_trip(n: int, child_code: str = ECHO_CHILD) -> float:
-    ours, theirs = socket.socketpair()
-    child = subprocess.Popen(  # noqa: ASYNC220 (spawning does not block for long)
-        [sys.executable, "-c", child_code, str(theirs.fileno()), str(ROOT)],
-        pass_fds=[theirs.fileno()],
-    )
-    theirs.close()
-    stream = await anyio.abc.SocketStream.from_socket(ours)
-    codec, reader = FrameCodec(), FrameReader(FrameCodec())
-    payload = b"\x92\xa4ping\xc4\x08" + bytes(8)  # the size of an encoded Ping
-
-    async def once() -> None:
-        await stream.send(codec.encode(payload))
-        while reader.next() is None:
-            reader.feed(await stream.receive())
-
-    try:
-        for _ in range(50):
-            await once()
-        began = time.perf_counter()
-        for _ in range(n):
-            await once()
-        return (time.perf_counter() - began) / n
-    finally:
-        await stream.aclose()
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
 
 
 def _pipe_echo(connection: multiprocessing.connection.Connection) -> None:

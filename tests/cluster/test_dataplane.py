@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import startable
@@ -20,12 +22,14 @@ from startable.cluster import (
     RequestRefused,
     RequestTimeout,
     ServicesManager,
+    ServiceClient,
     ServiceSpec,
     ServiceUnavailable,
     handler,
     port_pair,
     this_service,
 )
+from startable.cluster._data.client import serving_as
 from startable.cluster._data.contract import AnyMessage, Call, Reply
 from startable.cluster._data.link import PortLink
 from startable.cluster._data.router import Outbox
@@ -382,3 +386,84 @@ async def test_retries_are_a_small_count(retries: object) -> None:
         async with startable.running(manager):
             with pytest.raises(ValueError, match="retries"):
                 await manager.client.request("store", "get", "k", retries=retries)
+
+
+class Plain:
+    """Plain-function handlers, which a client over a port runs as their request is read."""
+
+    def __init__(self) -> None:
+        self.cancelled = anyio.Event()
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        pass
+
+    @handler
+    def whoami(self) -> str:
+        return this_service().name
+
+    @handler
+    def fail(self) -> None:
+        raise KeyError("plain failure")
+
+    @handler
+    def unsendable(self) -> object:
+        return object()
+
+    @handler
+    def later(self, value: int) -> Any:
+        """A plain function that hands back a coroutine: it is awaited all the same."""
+        return self._later(value)
+
+    async def _later(self, value: int) -> int:
+        if value < 0:
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self.cancelled.set()
+        await anyio.lowlevel.checkpoint()
+        return value * 2
+
+
+@contextlib.asynccontextmanager
+async def joined(target: object) -> AsyncIterator[ServiceClient]:
+    """A caller's client and `target`'s, joined by a socketpair (as two containers
+    are by the direct data-plane benchmark): the caller's client, once `target` runs."""
+    ours, theirs = port_pair(AnyMessage)
+    caller, callee = ServiceClient("caller", PortLink(ours)), ServiceClient("plain", PortLink(theirs))
+    callee.serve(target)
+    # Started by hand: whichever client stops first cuts the other's link, which
+    # then stops on its own (with a reason) as the owner closes.
+    async with startable.open_owner():
+        await startable.of(caller).start()
+        await startable.of(callee).start()
+        with serving_as(callee):
+            await startable.of(target).start()
+        yield caller
+
+
+async def test_plain_handlers_over_a_port_answer_as_their_request_is_read() -> None:
+    plain = Plain()
+    with anyio.fail_after(10):
+        async with joined(plain) as caller:
+            assert await caller.request("plain", "whoami") == "plain"
+            with pytest.raises(RemoteError, match="plain failure") as failed:
+                await caller.request("plain", "fail")
+            assert "KeyError" in failed.value.info.traceback
+            with pytest.raises(RemoteError, match="cannot be sent"):
+                await caller.request("plain", "unsendable")
+            assert await caller.request("plain", "later", 21) == 42
+            with pytest.raises(RequestTimeout):
+                await caller.request("plain", "later", -1, deadline=0.2)
+            await plain.cancelled.wait()  # the coroutine it handed back was cancelled
+            with pytest.raises(HandlerNotFound):
+                await caller.request("plain", "_later", 1)
+            # Many at once, while the answers are written as they come.
+            async with anyio.create_task_group() as group:
+                for _ in range(50):
+                    group.start_soon(caller.request, "plain", "whoami")
+        other = Plain()
+        async with joined(other) as caller:
+            await startable.of(other).stop()
+            with pytest.raises(ServiceUnavailable, match="not STARTED"):
+                await caller.request("plain", "whoami")
