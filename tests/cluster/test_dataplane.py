@@ -21,8 +21,8 @@ from startable.cluster import (
     RemoteError,
     RequestRefused,
     RequestTimeout,
-    ServicesManager,
     ServiceClient,
+    ServicesManager,
     ServiceSpec,
     ServiceUnavailable,
     handler,
@@ -194,6 +194,38 @@ async def test_the_caller_never_waits_past_its_deadline_and_the_handler_is_cance
             await made["Store"].cancelled.wait()  # type: ignore[attr-defined]
             # The plane is still fine afterwards.
             assert await manager.client.request("store", "put", "a", 1) == ""
+
+
+async def test_a_short_deadline_behind_a_long_one_ends_first() -> None:
+    """One timer ends the waits of a client's requests: a request with a short
+    deadline, sent while one with a long deadline waits, does not wait for it."""
+    manager, _ = cluster()
+    with anyio.fail_after(10):
+        async with startable.running(manager), anyio.create_task_group() as group:
+            long_one = anyio.Event()
+
+            async def long() -> None:
+                with pytest.raises(RequestTimeout):
+                    await manager.client.request("store", "slow", deadline=60)
+                long_one.set()
+
+            group.start_soon(long)
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(RequestTimeout, match=r"deadline of 0\.2s"):
+                await manager.client.request("store", "slow", deadline=0.2)
+            assert not long_one.is_set()  # (it waits on)
+            group.cancel_scope.cancel()
+
+
+async def test_answered_requests_do_not_pile_up_in_the_timer() -> None:
+    manager, _ = cluster()
+    with anyio.fail_after(30):
+        async with startable.running(manager):
+            client = manager.client
+            for n in range(3000):
+                await client.request("store", "put", "k", n)
+            assert len(client._expiries) <= 1024 + 1  # (each holds an id, not its reply)
+            assert await client.request("store", "get", "k") == 2999
 
 
 @pytest.mark.parametrize("deadline", [0, -1, math.inf, math.nan])
@@ -430,7 +462,10 @@ async def joined(target: object) -> AsyncIterator[ServiceClient]:
     """A caller's client and `target`'s, joined by a socketpair (as two containers
     are by the direct data-plane benchmark): the caller's client, once `target` runs."""
     ours, theirs = port_pair(AnyMessage)
-    caller, callee = ServiceClient("caller", PortLink(ours)), ServiceClient("plain", PortLink(theirs))
+    caller, callee = (
+        ServiceClient("caller", PortLink(ours)),
+        ServiceClient("plain", PortLink(theirs)),
+    )
     callee.serve(target)
     # Started by hand: whichever client stops first cuts the other's link, which
     # then stops on its own (with a reason) as the owner closes.

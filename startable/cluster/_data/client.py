@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import heapq
 import inspect
 import itertools
 import logging
+import math
 import secrets
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -112,15 +114,18 @@ def set_process_client(client: ServiceClient | None) -> None:
 class _Waiter:
     """What one request waits for: a reply; or for a request to all, its parts."""
 
-    __slots__ = ("done", "instances", "parts", "reply")
+    __slots__ = ("done", "expired", "instances", "parts", "reply")
 
     def __init__(self, gathering: bool = False) -> None:
         self.done = anyio.Event()
+        self.expired = False  # whether the client's timer ended the wait (the deadline passed)
         self.reply: Reply | None = None
         self.instances: list[int] | None = None  # from the fan-out, for a request to all
         self.parts: dict[int, Reply] | None = {} if gathering else None
 
     def take(self, reply: Reply) -> None:
+        if self.expired:  # the deadline passed: what comes after it is too late
+            return
         parts = self.parts
         if parts is None or (reply.part < 0 and reply.kind != "fan-out"):
             self.reply = reply  # the answer (or why there is none)
@@ -213,6 +218,9 @@ class ServiceClient:
         self._subscriptions: dict[str, list[MemoryObjectSendStream[Event]]] = {}
         self._registered: set[str] = set()  # topics the router delivers here
         self._token = secrets.token_hex(8)  # names this client's calls across their retries
+        #: (when, id) of the requests the timer (`_expire`) may have to end (a heap).
+        self._expiries: list[tuple[float, int]] = []
+        self._timer: anyio.CancelScope | None = None
         #: Calls with a key: until when each is kept, and its reply (or its run, in progress).
         self._answers: OrderedDict[str, tuple[float, Reply | anyio.Event]] = OrderedDict()
 
@@ -260,6 +268,7 @@ class ServiceClient:
     @as_raw_start
     async def _open(self) -> None:
         await self._link.open(self)
+        of(self).start_soon(self._expire)
 
     @as_raw_stop
     async def _close(self) -> None:
@@ -460,16 +469,52 @@ class ServiceClient:
             raise ValueError(f"{service}.{method}: {why}" if service else why)
         waiter = self._waiting[message.id] = _Waiter(gathering)
         try:
-            with anyio.move_on_after(deadline):
+            # The deadline runs from before the send, as the callee's runs from after it.
+            expires = anyio.current_time() + deadline
+            try:
+                if self._link.post(message):  # the client's timer ends the wait at the deadline
+                    self._expire_at(expires, message.id)
+                    await waiter.done.wait()
+                    return waiter
+            except (TypeError, ValueError, msgspec.EncodeError) as exc:  # ValueError: too large
+                raise _unsendable(exc, service, method) from None
+            with anyio.move_on_after(deadline):  # (a send that waits is bounded too)
                 try:
                     await self._link.send(message)
-                except (TypeError, ValueError, msgspec.EncodeError) as exc:  # ValueError: too large
-                    kind = ValueError if isinstance(exc, ValueError) else TypeError
-                    raise kind(f"cannot send a request to {service}.{method}: {exc}") from None
+                except (TypeError, ValueError, msgspec.EncodeError) as exc:
+                    raise _unsendable(exc, service, method) from None
                 await waiter.done.wait()
         finally:
             del self._waiting[message.id]
         return waiter
+
+    def _expire_at(self, when: float, rid: int) -> None:
+        """Have the timer end the wait of request `rid` at `when`, if it still waits then."""
+        heap = self._expiries
+        if len(heap) >= 2 * len(self._waiting) + 1024:  # mostly answered ones: forget them
+            heap[:] = [entry for entry in heap if entry[1] in self._waiting]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (when, rid))
+        timer = self._timer
+        if timer is not None and when < timer.deadline:
+            timer.deadline = when
+
+    async def _expire(self) -> None:
+        """The client's timer: wakes each waiting request whose deadline has passed.
+
+        One task for all of them: a cancel scope per request would cost more
+        than the rest of its way through the client.
+        """
+        heap, waiting = self._expiries, self._waiting
+        while True:
+            with anyio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self._timer:
+                await anyio.sleep_forever()
+            now = anyio.current_time()
+            while heap and heap[0][0] <= now:
+                waiter = waiting.get(heapq.heappop(heap)[1])
+                if waiter is not None and not waiter.done.is_set():
+                    waiter.expired = True
+                    waiter.done.set()
 
     def _failure(self, waiter: _Waiter, service: str, method: str, deadline: float) -> Exception:
         """Why a request that ended without its answer has none."""
@@ -477,7 +522,7 @@ class ServiceClient:
             error = _error_of(waiter.reply, service, method)
             assert error is not None
             return error
-        if waiter.done.is_set():
+        if waiter.done.is_set() and not waiter.expired:
             return ServiceUnavailable(
                 f"{self.name or 'the manager'} lost its link to the cluster before "
                 f"{service} answered",
@@ -796,6 +841,12 @@ def _error_of(reply: Reply, service: str, method: str) -> Exception | None:
         return RemoteError(reply.error, f"in {service}.{method}")
     failure = FAILURES.get(reply.kind, RequestError)
     return failure(reply.message, service, method)
+
+
+def _unsendable(error: Exception, service: str, method: str) -> Exception:
+    """Why a request could not be sent: too large (ValueError), or not encodable."""
+    kind = ValueError if isinstance(error, ValueError) else TypeError
+    return kind(f"cannot send a request to {service}.{method}: {error}")
 
 
 def _failed(call: Call, kind: str, message: str) -> Reply:

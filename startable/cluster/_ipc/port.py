@@ -406,6 +406,7 @@ class _SocketStream(anyio.abc.ByteStream):
         self._socket = sock
         self._closed = False
         self._turns = 0
+        self._drained = False  # whether the last read found less than it could take
 
     async def fair_turn(self) -> None:
         """A checkpoint every `FAIR_TURNS` calls (reset whenever the socket made us wait)."""
@@ -429,7 +430,11 @@ class _SocketStream(anyio.abc.ByteStream):
             return 0
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        await self.fair_turn()
+        if self._drained:  # the last read took all there was: wait first, not a vain recv
+            self._turns = 0
+            await anyio.wait_readable(self._socket)
+        else:
+            await self.fair_turn()
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
@@ -441,6 +446,7 @@ class _SocketStream(anyio.abc.ByteStream):
                 continue
             if not data:
                 raise anyio.EndOfStream
+            self._drained = len(data) < max_bytes
             return data
 
     async def send(self, item: bytes | memoryview) -> None:
