@@ -268,7 +268,6 @@ class ServiceClient:
     @as_raw_start
     async def _open(self) -> None:
         await self._link.open(self)
-        of(self).start_soon(self._expire)
 
     @as_raw_stop
     async def _close(self) -> None:
@@ -496,7 +495,10 @@ class ServiceClient:
             heapq.heapify(heap)
         heapq.heappush(heap, (when, rid))
         timer = self._timer
-        if timer is not None and when < timer.deadline:
+        if timer is None:  # its first request: the timer starts (most clients never ask)
+            self._timer = anyio.CancelScope(deadline=when)
+            of(self).start_soon(self._expire)
+        elif when < timer.deadline:
             timer.deadline = when
 
     async def _expire(self) -> None:
@@ -507,7 +509,8 @@ class ServiceClient:
         """
         heap, waiting = self._expiries, self._waiting
         while True:
-            with anyio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self._timer:
+            assert self._timer is not None
+            with self._timer:
                 await anyio.sleep_forever()
             now = anyio.current_time()
             while heap and heap[0][0] <= now:
@@ -515,6 +518,7 @@ class ServiceClient:
                 if waiter is not None and not waiter.done.is_set():
                     waiter.expired = True
                     waiter.done.set()
+            self._timer = anyio.CancelScope(deadline=heap[0][0] if heap else math.inf)
 
     def _failure(self, waiter: _Waiter, service: str, method: str, deadline: float) -> Exception:
         """Why a request that ended without its answer has none."""
