@@ -224,6 +224,7 @@ async def test_answered_requests_do_not_pile_up_in_the_timer() -> None:
             client = manager.client
             for n in range(3000):
                 await client.request("store", "put", "k", n)
+            assert client._expiries is not None
             assert len(client._expiries) <= 1024 + 1  # (each holds an id, not its reply)
             assert await client.request("store", "get", "k") == 2999
 

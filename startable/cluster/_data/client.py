@@ -17,11 +17,9 @@ import contextlib
 import contextvars
 import heapq
 import inspect
-import itertools
 import logging
 import math
 import secrets
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -213,16 +211,18 @@ class ServiceClient:
         self.events_dropped = 0
         self._link = link
         self._target: object | None = None
-        self._ids = itertools.count(1)
+        self._last_id = 0  # (an int, not an itertools.count: one object less for the collector)
         self._waiting: dict[int, _Waiter] = {}
         self._subscriptions: dict[str, list[MemoryObjectSendStream[Event]]] = {}
-        self._registered: set[str] = set()  # topics the router delivers here
+        self._registered: dict[str, None] = {}  # topics the router delivers here (an empty
+        # dict of strings is not tracked by the collector; a set always is)
         self._token = secrets.token_hex(8)  # names this client's calls across their retries
-        #: (when, id) of the requests the timer (`_expire`) may have to end (a heap).
-        self._expiries: list[tuple[float, int]] = []
+        #: (when, id) of the requests the timer (`_expire`) may have to end (a heap,
+        #: made with the first request).
+        self._expiries: list[tuple[float, int]] | None = None
         self._timer: anyio.CancelScope | None = None
         #: Calls with a key: until when each is kept, and its reply (or its run, in progress).
-        self._answers: OrderedDict[str, tuple[float, Reply | anyio.Event]] = OrderedDict()
+        self._answers: dict[str, tuple[float, Reply | anyio.Event]] = {}  # (oldest first)
 
     def __repr__(self) -> str:
         return f"<ServiceClient {self.name or '(manager)'}: {of(self).state.name}>"
@@ -358,7 +358,7 @@ class ServiceClient:
             or not 0 <= retries <= MAX_RETRIES
         ):
             raise ValueError(f"retries is an integer from 0 to {MAX_RETRIES}, not {retries!r}")
-        rid = next(self._ids)
+        rid = self._new_id()
         key = f"{self._token}.{rid}" if retries else ""
         call = Call(rid, service, method, args, kwargs, deadline, pick=_PICKS[pick], key=key)
         if not retries:
@@ -386,7 +386,7 @@ class ServiceClient:
                 first.add_note(f"not sent again: {exc}")
                 raise first from None
             attempt = call.attempt + 1
-            call = replace(call, id=next(self._ids), timeout=left, attempt=attempt)
+            call = replace(call, id=self._new_id(), timeout=left, attempt=attempt)
 
     @assert_state()
     async def request_all(
@@ -417,7 +417,7 @@ class ServiceClient:
             RequestTimeout: not even the list of replicas came back in time.
             TypeError, ValueError: as for `request`.
         """
-        call = Call(next(self._ids), service, method, args, kwargs, deadline, pick="all")
+        call = Call(self._new_id(), service, method, args, kwargs, deadline, pick="all")
         waiter = await self._wait(call, deadline, service, method, gathering=True)
         if waiter.instances is None:
             raise self._failure(waiter, service, method, deadline)
@@ -487,10 +487,16 @@ class ServiceClient:
             del self._waiting[message.id]
         return waiter
 
+    def _new_id(self) -> int:
+        self._last_id += 1
+        return self._last_id
+
     def _expire_at(self, when: float, rid: int) -> None:
         """Have the timer end the wait of request `rid` at `when`, if it still waits then."""
         heap = self._expiries
-        if len(heap) >= 2 * len(self._waiting) + 1024:  # mostly answered ones: forget them
+        if heap is None:
+            heap = self._expiries = []
+        elif len(heap) >= 2 * len(self._waiting) + 1024:  # mostly answered ones: forget them
             heap[:] = [entry for entry in heap if entry[1] in self._waiting]
             heapq.heapify(heap)
         heapq.heappush(heap, (when, rid))
@@ -508,6 +514,7 @@ class ServiceClient:
         than the rest of its way through the client.
         """
         heap, waiting = self._expiries, self._waiting
+        assert heap is not None  # (made before this task is started)
         while True:
             assert self._timer is not None
             with self._timer:
@@ -586,8 +593,8 @@ class ServiceClient:
         streams.append(send)
         try:
             if topic not in self._registered:  # each early subscriber waits for the router
-                await self._ask(Subscribe(next(self._ids), topic), deadline, "", "subscribe")
-                self._registered.add(topic)
+                await self._ask(Subscribe(self._new_id(), topic), deadline, "", "subscribe")
+                self._registered[topic] = None
             with receive:
                 yield receive
         finally:
@@ -596,7 +603,7 @@ class ServiceClient:
             if not streams and self._subscriptions.get(topic) is streams:
                 del self._subscriptions[topic]
                 if topic in self._registered and of(self).state is STARTED:
-                    self._registered.discard(topic)
+                    del self._registered[topic]
                     with (
                         anyio.move_on_after(deadline, shield=True),
                         contextlib.suppress(ClusterError),
@@ -658,7 +665,7 @@ class ServiceClient:
             RequestTimeout: it was not STARTED within `deadline` seconds.
         """
         message = Create(
-            next(self._ids), name, entry, code, tuple(depends_on), dict(env or {}), deadline
+            self._new_id(), name, entry, code, tuple(depends_on), dict(env or {}), deadline
         )
         await self._ask(message, deadline, name, "create")
 

@@ -238,7 +238,7 @@ class Config:
     async def _ask(
         self, op: str, key: str = "", value: Any = None, deadline: float = DEFAULT_DEADLINE
     ) -> Any:
-        message = Configure(next(self.client._ids), op, self.service, key, value, deadline)
+        message = Configure(self.client._new_id(), op, self.service, key, value, deadline)
         return (await self.client._ask(message, deadline, self.service, f"config {op}")).value
 
     async def get(

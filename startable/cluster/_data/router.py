@@ -531,52 +531,50 @@ class Outbox:
 
 
 class LocalLink:
-    """The link of a client in the manager's process: straight into the router.
+    """The link of a client in the manager's process: straight into the router,
+    whose endpoint for the client it is too.
 
     Messages are copied both ways as a wire would copy them, so that a
     service sees the same values whether it runs here or in a container.
     """
 
+    own_task = False  # (a message is delivered by the task of whoever sent it)
+
     def __init__(self, router: Router, name: str | None) -> None:
         self.router = router
         self.name = name
-        self._endpoint: _LocalEndpoint | None = None
+        self._client: Receiver | None = None
 
     async def open(self, client: Receiver) -> None:
-        self._endpoint = _LocalEndpoint(client, self.name)
-        self.router.attach(self.name, self._endpoint)
-
-    own_task = False  # (a message is delivered by the task of whoever sent it)
+        self._client = client
+        self.router.attach(self.name, self)
 
     async def send(self, message: AnyMessage) -> None:
         await anyio.lowlevel.checkpoint()  # as a port would: a loop of sends lets others run
         self.post(message)
 
     def post(self, message: AnyMessage) -> bool:
-        endpoint = self._endpoint
-        if endpoint is None or not self.router.attached(endpoint):
+        if self._client is None or not self.router.attached(self):
             raise ServiceUnavailable("the cluster is out of reach: the link is closed")
-        self.router.handle(endpoint, copy(message))
+        self.router.handle(self, copy(message))
         return True
 
     async def close(self) -> None:
-        endpoint, self._endpoint = self._endpoint, None
-        if endpoint is not None:  # (its runner may have detached it already: that is fine)
-            self.router.detach(endpoint)
-
-
-class _LocalEndpoint:
-    def __init__(self, client: Receiver, name: str | None) -> None:
-        self.client = client
-        self.name = name or "the manager"
+        if self._client is not None:  # (its runner may have detached it already: that is fine)
+            self._client = None
+            self.router.detach(self)
 
     def put(self, message: AnyMessage) -> bool:
+        """A message from the router, for the client (the endpoint's side)."""
+        client = self._client
+        if client is None:
+            return False
         # What reaches the router is a copy already; an event may go to several services.
         if isinstance(message, Event):
             try:
                 message = copy(message)
             except ValueError as exc:  # its source's name made it too large
-                logger.warning("%s: an event was dropped: %s", self.name, exc)
+                logger.warning("%s: an event was dropped: %s", self.name or "the manager", exc)
                 return False
-        self.client.deliver(message)
+        client.deliver(message)
         return True

@@ -552,7 +552,7 @@ class ServicesManager:
         if lifecycle.state is STOPPING:  # still stopping from a cascade: start it once stopped
             await lifecycle.wait_state(STOPPED)
         try:
-            await lifecycle.start(functools.partial(self._supervisor.report, node))
+            await lifecycle.start(self._supervisor.hook(node))
         except Exception as exc:
             node.last_error = exc
             report.send_nowait((node, exc))

@@ -123,6 +123,10 @@ class Supervisor(Generic[M]):
         if not member.held and self._reports is not None:
             self._reports.send_nowait((member, reason))
 
+    def hook(self, member: M) -> _Report[M]:
+        """The stop hook to start `member` with: it calls `report` for it."""
+        return _Report(self, member)
+
     def cascaded(self, origin: str, members: set[M]) -> None:
         """`members` stopped (or could not start) because `origin` did: they come
         back when it does."""
@@ -182,3 +186,18 @@ class Supervisor(Generic[M]):
             return
         member.restarts += 1
         await self._restart_member(member)
+
+
+class _Report(Generic[M]):
+    """A member's stop hook: one slotted object, not a partial of a bound method
+    (with its args tuple): a manager of many services holds one per service,
+    and each is an object the cyclic garbage collector scans."""
+
+    __slots__ = ("member", "supervisor")
+
+    def __init__(self, supervisor: Supervisor[M], member: M) -> None:
+        self.supervisor = supervisor
+        self.member = member
+
+    def __call__(self, reason: BaseException | None) -> None:
+        self.supervisor.report(self.member, reason)
