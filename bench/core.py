@@ -21,7 +21,9 @@ What is measured:
    one (docs/semantics.md, *Cancellation*).
 2. A guarded async method call against the same method unguarded, for an
    empty body and for a body that does one checkpoint (the least an async
-   method that yields does). Bar: <= 1.5x.
+   method that yields does). Bar: <= 1.5x. For context, against its floor
+   for the empty body: the same method awaited through a plain async
+   wrapper (the second coroutine any check made at the await costs).
 3. Memory per idle object (tracemalloc): a service object with its lifecycle
    created, against mode's ``Service``. Bar: <= 1 KiB.
 """
@@ -62,6 +64,10 @@ class Guarded:
 
     async def empty_unguarded(self) -> int:
         return 1
+
+    async def empty_passed_through(self) -> int:
+        """The floor of any check made when the call is awaited: a second coroutine."""
+        return await self.empty_unguarded()
 
     @startable.assert_state()
     async def one_checkpoint(self) -> int:
@@ -136,13 +142,16 @@ async def _calls(n: int, method: Callable[[], Awaitable[Any]]) -> float:
     return (time.perf_counter() - began) / n
 
 
-async def _guard_pair(n: int, guarded_name: str) -> tuple[float, float]:
+async def _guard_pair(n: int, guarded_name: str) -> tuple[float, float, float]:
+    """(guarded, unguarded, passed through an unguarded wrapper; 0 if there is none)."""
     obj = Guarded()
     async with startable.running(obj):
         guarded = getattr(obj, guarded_name)
         plain = getattr(obj, f"{guarded_name}_unguarded")
+        through = getattr(obj, f"{guarded_name}_passed_through", None)
         await _calls(n // 10, guarded)  # warm up
-        return await _calls(n, guarded), await _calls(n, plain)
+        floor = await _calls(n, through) if through is not None else 0.0
+        return await _calls(n, guarded), await _calls(n, plain), floor
 
 
 # -- memory ------------------------------------------------------------------
@@ -262,10 +271,13 @@ def main() -> int:
     for _ in range(rounds):
         for backend in ("trio", "asyncio"):
             for body in ("empty", "one_checkpoint"):
-                with_guard, without = anyio.run(_guard_pair, n_calls, body, backend=backend)
+                with_guard, without, through = anyio.run(
+                    _guard_pair, n_calls, body, backend=backend
+                )
                 for key, value in (
                     (f"{body}/{backend}/guarded", with_guard),
                     (f"{body}/{backend}/plain", without),
+                    (f"{body}/{backend}/through", through),
                 ):
                     guard[key] = min(guard.get(key, 1e9), value)
     memory = {
@@ -310,6 +322,18 @@ def main() -> int:
                     guarded / plain <= 1.5,
                 )
             )
+            through = guard[f"{body}/{backend}/through"]
+            if through:
+                rows.append(
+                    (
+                        f"  (for context) its floor: an unguarded wrapper ({backend})",
+                        f"{through * 1e9:.0f} ns: a second coroutine, the least a check made "
+                        f"when the call is awaited costs; the check itself "
+                        f"{(guarded - through) * 1e9:.0f} ns",
+                        f"{through / plain:.2f}x",
+                        None,
+                    )
+                )
     if args.instructions:
         if shutil.which("valgrind") is None:
             sys.exit("--instructions needs valgrind (apt install valgrind)")
