@@ -4,6 +4,7 @@ runs the same plane between child processes)."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from collections.abc import AsyncIterator
 from typing import Any
@@ -33,6 +34,7 @@ from startable.cluster._data.client import serving_as
 from startable.cluster._data.contract import AnyMessage, Call, Reply
 from startable.cluster._data.link import PortLink
 from startable.cluster._data.router import Outbox
+from startable.cluster._ipc.port import FAIR_TURNS
 
 from .. import plane_services
 
@@ -196,25 +198,52 @@ async def test_the_caller_never_waits_past_its_deadline_and_the_handler_is_cance
             assert await manager.client.request("store", "put", "a", 1) == ""
 
 
+class Stubborn:
+    """A handler its deadline cannot cut short: only the caller's own timer ends the wait."""
+
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        pass
+
+    @handler
+    async def stubborn(self, seconds: float) -> None:
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(seconds)
+
+
+def stubborn_cluster() -> ServicesManager:
+    return ServicesManager([ServiceSpec(name="stubborn", factory=Stubborn)])
+
+
 async def test_a_short_deadline_behind_a_long_one_ends_first() -> None:
     """One timer ends the waits of a client's requests: a request with a short
     deadline, sent while one with a long deadline waits, does not wait for it."""
-    manager, _ = cluster()
+    manager = stubborn_cluster()
     with anyio.fail_after(10):
         async with startable.running(manager), anyio.create_task_group() as group:
             long_one = anyio.Event()
 
             async def long() -> None:
                 with pytest.raises(RequestTimeout):
-                    await manager.client.request("store", "slow", deadline=60)
+                    await manager.client.request("stubborn", "stubborn", 1, deadline=60)
                 long_one.set()
 
             group.start_soon(long)
             await anyio.wait_all_tasks_blocked()
-            with pytest.raises(RequestTimeout, match=r"deadline of 0\.2s"):
-                await manager.client.request("store", "slow", deadline=0.2)
+            with pytest.raises(RequestTimeout, match=r"no answer within the deadline of 0\.2s"):
+                await manager.client.request("stubborn", "stubborn", 0.5, deadline=0.2)
             assert not long_one.is_set()  # (it waits on)
             group.cancel_scope.cancel()
+
+
+async def test_requests_end_at_their_deadlines_after_the_manager_restarts() -> None:
+    """The manager's client is started again with the manager: so is its timer."""
+    manager = stubborn_cluster()
+    for _ in range(2):
+        with anyio.fail_after(5):
+            async with startable.running(manager):
+                with pytest.raises(RequestTimeout):
+                    await manager.client.request("stubborn", "stubborn", 0.5, deadline=0.2)
 
 
 async def test_answered_requests_do_not_pile_up_in_the_timer() -> None:
@@ -225,7 +254,9 @@ async def test_answered_requests_do_not_pile_up_in_the_timer() -> None:
             for n in range(3000):
                 await client.request("store", "put", "k", n)
             assert client._expiries is not None
-            assert len(client._expiries) <= 1024 + 1  # (each holds an id, not its reply)
+            # (Each holds an id, not its reply; it is compacted once it reaches 1,024
+            # more than twice the requests waiting, the one being sent included.)
+            assert len(client._expiries) <= 1024 + 2
             assert await client.request("store", "get", "k") == 2999
 
 
@@ -503,3 +534,63 @@ async def test_plain_handlers_over_a_port_answer_as_their_request_is_read() -> N
             await startable.of(other).stop()
             with pytest.raises(ServiceUnavailable, match="not STARTED"):
                 await caller.request("plain", "whoami")
+
+
+async def test_an_outbox_keeps_its_order_while_its_pump_holds_a_message() -> None:
+    """The pump took a message and is at a checkpoint before writing it (its port's
+    fair turn): a message put then waits behind it, though the port is idle."""
+    with anyio.fail_after(10):
+        async with pumping() as (outbox, theirs):
+            await anyio.wait_all_tasks_blocked()  # the pump waits for a message
+            raw = outbox.link.port._raw
+            assert raw is not None
+            raw._turns = FAIR_TURNS - 1  # its next send is the one that lets others run
+            outbox._queue.append(Event("t", 1, "x"))  # (as `put` leaves it when the
+            outbox._filled.set()  # port was busy a moment ago)
+            for _ in range(10):
+                await anyio.lowlevel.checkpoint()
+                if not len(outbox):  # the pump took it
+                    outbox.put(Event("t", 2, "x"))
+                    break
+            assert [(await theirs.receive()).payload for _ in range(2)] == [1, 2]
+
+
+@pytest.mark.parametrize("big_every", [5, 17])
+async def test_an_outbox_keeps_the_order_of_one_emitters_events(big_every: int) -> None:
+    count = 1000
+    with anyio.fail_after(60):
+        async with pumping() as (outbox, theirs), anyio.create_task_group() as group:
+
+            async def produce() -> None:
+                for i in range(count):
+                    size = 300_000 if i % big_every == 0 else 10
+                    while not outbox.put(Event("t", [i, "x" * size], "x")):  # full: again
+                        await anyio.lowlevel.checkpoint()
+                    if i % 3 == 0:
+                        await anyio.lowlevel.checkpoint()
+
+            group.start_soon(produce)
+            got = [(await theirs.receive()).payload[0] for _ in range(count)]
+            assert got == list(range(count))
+
+
+MARK: contextvars.ContextVar[str] = contextvars.ContextVar("mark")
+
+
+class Marks:
+    @startable.as_raw_start
+    async def _start(self) -> None:
+        pass
+
+    @handler
+    def mark(self) -> str:
+        before = MARK.get("unset")
+        MARK.set("set by an earlier request")  # (a log's correlation id, say)
+        return before
+
+
+async def test_a_plain_handler_over_a_port_does_not_see_what_the_last_one_set() -> None:
+    with anyio.fail_after(10):
+        async with joined(Marks()) as caller:
+            assert await caller.request("plain", "mark") == "unset"
+            assert await caller.request("plain", "mark") == "unset"

@@ -26,6 +26,7 @@ from startable.cluster import (
     port_pair,
 )
 from startable.cluster._ipc.messages import CloseRequest, ErrorInfo, Ping, RunEntry, ToRemote
+from startable.cluster._ipc.port import _SocketStream
 
 pytestmark = pytest.mark.anyio
 
@@ -418,3 +419,68 @@ async def test_a_loop_of_sends_lets_the_other_tasks_run() -> None:
                 await sender.send(Ping(b"x"))
             assert turns > 0
             group.cancel_scope.cancel()
+
+
+async def test_a_cancelled_send_whose_frame_went_in_part_still_sends_it_whole() -> None:
+    """A caller already cancelled whose frame the kernel took part of: the rest is
+    written all the same (the cancellation takes effect once the frame is out)."""
+    one, two = socket.socketpair()
+    big = 4 * 2**20
+    sender = from_socket(one, receives=Ping, max_frame=2 * big)
+    receiver = from_socket(two, receives=Ping, max_frame=2 * big)
+    got: list[bytes] = []
+    with anyio.fail_after(10):
+        async with (
+            startable.running(sender),
+            startable.running(receiver),
+            anyio.create_task_group() as group,
+        ):
+
+            async def read() -> None:
+                got.append((await receiver.receive()).payload)
+
+            group.start_soon(read)
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await sender.send(Ping(b"x" * big))
+            assert sender.statistics().frames_sent == 1
+    assert got == [b"x" * big]
+
+
+async def test_a_port_closed_under_its_waiting_reader_ends_that_read() -> None:
+    with anyio.fail_after(5):
+        for _ in range(3):  # (each time on a file descriptor the last one freed)
+            one, two = port_pair(Ping)
+            async with startable.running(one), anyio.create_task_group() as group:
+                await startable.of(two).start()
+                outcome: list[str] = []
+
+                async def read(port: ConnectionPort[Any], outcome: list[str]) -> None:
+                    try:
+                        await port.receive()
+                    except Exception as exc:
+                        outcome.append(type(exc).__name__)
+
+                group.start_soon(read, two, outcome)
+                await anyio.wait_all_tasks_blocked()  # it waits for the socket
+                await startable.of(two).stop()
+                await anyio.wait_all_tasks_blocked()
+                assert outcome == ["PortClosed"]
+                assert startable.of(one).state is State.STARTED
+
+
+async def test_the_rest_of_a_send_nowait_that_times_out_stops_the_port_only() -> None:
+    """The port's own task that writes the rest of a frame stops the port when the
+    peer reads nothing for send_timeout, as a send would; it raises into nobody."""
+    one, two = socket.socketpair()
+    one.setblocking(False)
+    big = 4 * 2**20
+    stream = _SocketStream(one)
+    sender = ConnectionPort(stream, receives=Ping, max_frame=2 * big, send_timeout=0.3)
+    receiver = from_socket(two, receives=Ping, max_frame=2 * big)
+    with anyio.fail_after(10):
+        async with startable.running(receiver), startable.open_owner():
+            await startable.of(sender).start()  # no hook, as a container's runner does
+            assert sender.send_nowait(Ping(b"x" * big))  # nobody reads it
+            await startable.of(sender).wait_state(State.STOPPED)
+            assert isinstance(startable.of(sender).statistics().stop_reason, PortClosed)

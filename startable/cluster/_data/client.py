@@ -267,6 +267,7 @@ class ServiceClient:
 
     @as_raw_start
     async def _open(self) -> None:
+        self._timer = self._expiries = None  # (the last cycle's timer task is gone)
         await self._link.open(self)
 
     @as_raw_stop
@@ -502,8 +503,9 @@ class ServiceClient:
         heapq.heappush(heap, (when, rid))
         timer = self._timer
         if timer is None:  # its first request: the timer starts (most clients never ask)
-            self._timer = anyio.CancelScope(deadline=when)
+            timer = anyio.CancelScope(deadline=when)
             of(self).start_soon(self._expire)
+            self._timer = timer  # (once the task is sure to run)
         elif when < timer.deadline:
             timer.deadline = when
 
@@ -674,9 +676,12 @@ class ServiceClient:
     def deliver(self, message: AnyMessage) -> None:
         """Take one message from the router: called by the client's `Link`.
 
-        It never waits and never raises: a message that breaks the contract
-        is answered as invalid (when it has an id) and dropped; a reply wakes
-        its request; a request runs its handler in a task of the client; an
+        It never waits and never raises (but for what a plain handler run
+        here raises that is not an `Exception`, as from a task of the
+        client): a message that breaks the contract is answered as invalid
+        (when it has an id) and dropped; a reply wakes its request; a request
+        runs its handler, a plain function here when the link has a task of
+        its own (`Link.own_task`), anything else in a task of the client; an
         event goes to every subscription on its topic.
         """
         why = problem(message)
@@ -714,9 +719,10 @@ class ServiceClient:
         found = _handler_of(target, call.method)
         if not getattr(found, MARK, False) or inspect.iscoroutinefunction(found):
             return False
-        token = _current.set(self)  # the handler runs as this service
+        context = contextvars.copy_context()  # (what it sets stays its own)
+        context.run(_current.set, self)  # the handler runs as this service
         try:
-            result = getattr(target, call.method)(*call.args, **call.kwargs)
+            result = context.run(getattr(target, call.method), *call.args, **call.kwargs)
         except Exception as exc:
             reply = Reply(call.id, kind="error", error=ErrorInfo.of(exc))
         else:
@@ -724,15 +730,13 @@ class ServiceClient:
                 of(self).start_soon(self._answer_awaitable, call, result)
                 return True
             reply = Reply(call.id, result)
-        finally:
-            _current.reset(token)
         try:
             if self._link.post(reply):
                 return True
         except ClusterError:  # the router is gone: nobody is waiting
             return True
-        except (TypeError, ValueError, msgspec.EncodeError):
-            pass  # the task below sends why instead
+        except Exception:
+            pass
         of(self).start_soon(self._send_reply, call, reply)
         return True
 
@@ -749,7 +753,7 @@ class ServiceClient:
     async def _send_reply(self, call: Call, reply: Reply) -> None:
         try:
             await self._send(reply)
-        except (TypeError, ValueError, msgspec.EncodeError) as exc:
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
             error = TypeError(f"the result of {self.name}.{call.method} cannot be sent: {exc}")
             await self._send(Reply(call.id, kind="error", error=ErrorInfo.of(error)))
 

@@ -455,8 +455,9 @@ class Router:
 
 
 class Outbox:
-    """What the router sends to one container, written to its data port by a
-    task of its own (`pump`, run by the container's node).
+    """What the router sends to one container, written to its data port at once
+    when the port is idle, else by a task of its own (`pump`, run by the
+    container's node) as the container reads.
 
     Up to `capacity` messages wait here while the container's socket is
     full. Past that a request for the container is refused (its caller
@@ -474,6 +475,7 @@ class Outbox:
         self.events_dropped = 0
         self._queue: deque[AnyMessage] = deque()
         self._filled = anyio.Event()
+        self._sending = False  # the pump holds a message it took from the queue
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -486,7 +488,8 @@ class Outbox:
             if isinstance(message, Event):
                 self.events_dropped += 1
             return False
-        if not waiting:  # straight to the socket, if it takes it now (in order: none waits)
+        if not waiting and not self._sending:  # straight to the socket if it takes it now
+            # (in order: nothing waits here, and the pump holds no message it took)
             try:
                 if self.link.post(message):
                     return True
@@ -514,6 +517,7 @@ class Outbox:
                     self._filled = anyio.Event()
                     await self._filled.wait()
                 message = queue.popleft()
+                self._sending = True
                 try:
                     await self.link.send(message)
                 except ValueError as exc:  # too large for the port (which is fine): not sent
@@ -525,6 +529,8 @@ class Outbox:
                         queue.appendleft(replace(message, value=None, kind="error", error=error))
                     else:
                         logger.warning("%s: a message was dropped: %s", self.link.port.name, exc)
+                finally:
+                    self._sending = False
         except ServiceUnavailable:
             self.router.detach(self)
             self.clear()
@@ -550,7 +556,7 @@ class LocalLink:
         self.router.attach(self.name, self)
 
     async def send(self, message: AnyMessage) -> None:
-        await anyio.lowlevel.checkpoint()  # as a port would: a loop of sends lets others run
+        await anyio.lowlevel.checkpoint()  # a loop of sends lets others run
         self.post(message)
 
     def post(self, message: AnyMessage) -> bool:

@@ -203,8 +203,11 @@ class ConnectionPort(Generic[T]):
             written = self._write_now(raw, payload)
             if written is not None:
                 if not written:  # the kernel took part of it: the rest, as any send
-                    async with self._send_lock:  # (free: taken without a scheduler pass)
+                    self._send_lock.acquire_nowait()  # (free, and no checkpoint: committed)
+                    try:
                         await self._flush()
+                    finally:
+                        self._send_lock.release()
                 return
         async with self._send_lock:
             await self._flush()
@@ -269,8 +272,11 @@ class ConnectionPort(Generic[T]):
         self._bytes_sent += len(frame)
 
     async def _flush_alone(self) -> None:
-        async with self._send_lock:
-            await self._flush()
+        try:
+            async with self._send_lock:
+                await self._flush()
+        except PortError:
+            pass  # the port stopped with it as its reason already
 
     async def _flush(self) -> None:
         """Write what is left of a frame the kernel took part of (the port holds the lock)."""
@@ -430,6 +436,8 @@ class _SocketStream(anyio.abc.ByteStream):
             return 0
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._closed:
+            raise anyio.ClosedResourceError
         if self._drained:  # the last read took all there was: wait first, not a vain recv
             self._turns = 0
             await anyio.wait_readable(self._socket)
