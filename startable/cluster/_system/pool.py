@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import anyio
 import attrs
 
-from ... import Startable, State, as_raw_start, as_raw_stop, of
+from ... import Startable, State, StateError, as_raw_start, as_raw_stop, of
 from .._data.router import Router
 from .._errors import ClusterError
 from .._process.container import ServiceContainer
@@ -370,11 +370,15 @@ class PoolRunner:
         self._zygotes.append(zygote)  # (a stop while it preloads closes it too)
         try:
             await zygote.start(node.start_soon)
-        except BaseException:
+        except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await zygote.aclose()
             if zygote in self._zygotes:
                 self._zygotes.remove(zygote)
+            if isinstance(exc, StateError) and node.state not in (State.STARTING, STARTED):
+                # the pool stopped while the zygote's process was being made: its
+                # readers had no owner left to run in
+                raise ClusterError(f"pool {spec.name!r} stopped while its zygote started") from None
             raise
         return zygote
 
