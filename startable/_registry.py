@@ -28,7 +28,9 @@ class ObjectRef(weakref.ref):  # type: ignore[type-arg]
 
 
 def _forget(ref: ObjectRef) -> None:
-    REGISTRY.pop(ref.key, None)
+    startable = REGISTRY.pop(ref.key, None)
+    if startable is not None:
+        startable._release()
 
 
 def make_ref(obj: Any) -> ObjectRef:

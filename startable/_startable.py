@@ -161,6 +161,10 @@ class _Cycle(Owner):
     def describe(self) -> str:
         return repr(self.startable)
 
+    def release(self) -> None:
+        """Let go of its lifecycle, whose object is gone (see `Startable._release`)."""
+        self.startable = _RELEASED
+
     def crash(self, exc: Exception) -> None:
         """A task of this cycle failed: the service stops with that error."""
         startable = self.startable
@@ -272,6 +276,19 @@ class Startable:
         self._observers = None
         self._calls = None
         return self
+
+    def _release(self) -> None:
+        """Its object is gone: its last cycle lets go of it (called from the
+        registry's weak-reference callback).
+
+        A cycle and its lifecycle refer to each other; once the object is
+        freed, nothing else refers to either, and without this they would
+        be garbage that only the cyclic collector frees. Nothing runs in
+        the cycle by then (a cycle holds its object until STOPPED).
+        """
+        cycle = self._cycle
+        if cycle is not None:
+            cycle.release()
 
     # -- introspection ------------------------------------------------------
 
@@ -972,6 +989,11 @@ def _cancel_reason(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "KeyboardInterrupt"
     return "cancelled"
+
+
+#: What a cycle refers to once its object is gone (`Startable._release`).
+_RELEASED = Startable(name="<collected>")
+_RELEASED._state = STOPPED
 
 
 def _is_running(owner: Owner) -> bool:

@@ -351,6 +351,37 @@ class TestBehaviour:
         with pytest.raises(TypeError, match="raw_start must be callable"):
             startable.Startable(42)  # type: ignore[arg-type]
 
+    async def test_a_stopped_object_is_freed_without_the_collector(self) -> None:
+        """An object that ran a cycle, once dropped, leaves no garbage cycle behind:
+        its lifecycle and its last cycle are freed by reference counting."""
+        obj = Plain()
+        with anyio.fail_after(10):
+            async with startable.open_owner():
+                await startable.of(obj).start()
+                await startable.of(obj).stop()
+        lifecycle = weakref.ref(startable.of(obj))
+        gc.collect()
+        gc.disable()
+        try:
+            del obj
+            assert lifecycle() is None
+        finally:
+            gc.enable()
+
+    async def test_a_lifecycle_kept_past_its_object_keeps_its_figures(self) -> None:
+        obj = Plain()
+        with anyio.fail_after(10):
+            async with startable.open_owner():
+                await startable.of(obj).start()
+                await startable.of(obj).stop(ValueError("done"))
+        lifecycle = startable.of(obj)
+        del obj
+        gc.collect()
+        assert lifecycle.state is State.STOPPED
+        assert lifecycle.statistics().cycle == 1
+        assert isinstance(lifecycle.statistics().stop_reason, ValueError)
+        assert repr(lifecycle) == "<Startable <collected>: STOPPED cycle 1>"
+
     async def test_lifecycle_of_a_collected_object_cannot_start(self) -> None:
         lifecycle = startable.of(Plain())
         gc.collect()
