@@ -13,6 +13,11 @@
    cyclic garbage collector paused during the timed part (the bar is about
    startable's own work), and with it running, for context: CPython's
    collections grow with the number of live objects, whoever made them.
+   For context too, the floor any library on anyio meets: as many plain
+   tasks, each making three checkpoints, then as many making two, in one
+   task group each (on this project's 2-core machines 10k of them take
+   12x to 13x as long as 1k with the collector paused, and 17x to 18x with
+   it running: 10k tasks' frames no longer fit the caches).
 2. 1,000 independent services whose raw start sleeps 20 ms: the time until
    all are STARTED, against the sum of their sleeps (20 s, what starting
    them one after the other would take). Bar: <= 10%. For context, against
@@ -98,16 +103,46 @@ async def start_stop(specs: list[ServiceSpec], collect: bool, times: int) -> flo
     return total / times
 
 
-def in_fresh_process(size: int, collect: bool, times: int) -> float:
+async def plain_tasks(size: int, collect: bool, times: int) -> float:
+    """The runtime's floor of `start_stop`: as many plain tasks, no startable.
+
+    One task group of `size` tasks, three checkpoints each (for the starts),
+    then another, two checkpoints each (for the stops); the mean of `times`.
+    """
+
+    async def checkpoints(count: int) -> None:
+        for _ in range(count):
+            await anyio.lowlevel.checkpoint()
+
+    total = 0.0
+    for _ in range(times):
+        gc.collect()
+        if not collect:
+            gc.disable()
+        try:
+            began = time.perf_counter()
+            for count in (3, 2):
+                async with anyio.create_task_group() as group:
+                    for _ in range(size):
+                        group.start_soon(checkpoints, count)
+            total += time.perf_counter() - began
+        finally:
+            gc.enable()
+    return total / times
+
+
+def in_fresh_process(size: int, collect: bool, times: int, plain: bool = False) -> float:
     """`start_stop` of a graph of `size`, `times` in a row, timed in a new interpreter.
 
     Each timing gets a heap of its own: one left large and fragmented by an
     earlier, larger run slows every later one, whatever its size. The small
     graph is timed as many times in a row as make one large one, so that
     both timed parts last as long and see as much of the machine's noise
-    (the minimum of short runs is luckier).
+    (the minimum of short runs is luckier). With `plain`, `plain_tasks`
+    instead.
     """
-    argv = [sys.executable, __file__, "--graph", str(size), str(int(collect)), str(times)]
+    what = "--tasks" if plain else "--graph"
+    argv = [sys.executable, __file__, what, str(size), str(int(collect)), str(times)]
     return float(subprocess.run(argv, check=True, capture_output=True, text=True).stdout)
 
 
@@ -207,10 +242,15 @@ async def direct(env: dict[str, str]) -> dict[str, float]:
 def main() -> int:
     parser = arguments(__doc__)
     parser.add_argument("--graph", nargs=3, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--tasks", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.graph:  # one timing, in a process of its own (see in_fresh_process)
         size, collect, times = args.graph
         print(anyio.run(start_stop, graph(size), bool(collect), times, backend="trio"))
+        return 0
+    if args.tasks:
+        size, collect, times = args.tasks
+        print(anyio.run(plain_tasks, size, bool(collect), times, backend="trio"))
         return 0
     rounds, small, large, sleepers = (1, 20, 200, 50) if args.quick else (3, 1000, 10000, 1000)
     env = plane_env(*((100, 640) if args.quick else (3000, 12800)))
@@ -218,9 +258,9 @@ def main() -> int:
     for _ in range(rounds):
         for size in (small, large):
             for collect in (False, True):
-                key = f"graph {size}{' gc' * collect}"
-                elapsed = in_fresh_process(size, collect, large // size)
-                best.keep(key, elapsed)
+                for plain in (False, True):
+                    key = f"{'tasks' if plain else 'graph'} {size}{' gc' * collect}"
+                    best.keep(key, in_fresh_process(size, collect, large // size, plain))
         best.keep("sleepy", anyio.run(start_sleepy, sleepers, backend="trio"))
         best.keep("floor", anyio.run(sleep_together, sleepers, backend="trio"))
         for way in (direct, routed):
@@ -234,6 +274,8 @@ def main() -> int:
 
     ratio = best[f"graph {large}"] / best[f"graph {small}"]
     ratio_gc = best[f"graph {large} gc"] / best[f"graph {small} gc"]
+    floor = best[f"tasks {large}"] / best[f"tasks {small}"]
+    floor_gc = best[f"tasks {large} gc"] / best[f"tasks {small} gc"]
     sequential = sleepers * 0.02
     share = best["sleepy"] / sequential
     large_ms, small_ms = best[f"graph {large}"] * 1000, best[f"graph {small}"] * 1000
@@ -249,6 +291,14 @@ def main() -> int:
             f"{best[f'graph {large} gc'] * 1000:.0f} ms vs "
             f"{best[f'graph {small} gc'] * 1000:.0f} ms",
             f"{ratio_gc:.2f}x",
+            None,
+        ),
+        (
+            f"  (for context) the floor: {large} vs {small} plain tasks",
+            f"{floor:.2f}x paused ({best[f'tasks {large}'] * 1000:.0f} ms vs "
+            f"{best[f'tasks {small}'] * 1000:.1f} ms), {floor_gc:.2f}x running; startable's "
+            f"ratios are {ratio / floor:.2f}x and {ratio_gc / floor_gc:.2f}x these",
+            f"{floor:.2f}x",
             None,
         ),
         (
