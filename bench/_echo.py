@@ -56,8 +56,16 @@ anyio.run(main, backend="trio")
 """
 
 
-async def raw_echo_round_trip(n: int, child_code: str = ECHO_CHILD, payload: bytes = PING) -> float:
-    """Seconds per round trip of `payload`, framed, to a child running `child_code`."""
+async def raw_echo_round_trip(
+    n: int, child_code: str = ECHO_CHILD, payload: bytes = PING, *, reader_task: bool = False
+) -> float:
+    """Seconds per round trip of `payload`, framed, to a child running `child_code`.
+
+    With `reader_task`, the parent reads in a task of its own, which wakes
+    the sender with an event: the shape of any port whose peer also sends
+    on its own (a control port's remote reports its state and resources),
+    so that one task must always be reading.
+    """
     ours, theirs = socket.socketpair()
     child = subprocess.Popen(  # noqa: ASYNC220 (spawning does not block for long)
         [sys.executable, "-c", child_code, str(theirs.fileno()), str(ROOT)],
@@ -72,13 +80,32 @@ async def raw_echo_round_trip(n: int, child_code: str = ECHO_CHILD, payload: byt
         while reader.next() is None:
             reader.feed(await stream.receive())
 
+    answered = [anyio.Event()]
+
+    async def read() -> None:
+        async for data in stream:
+            reader.feed(data)
+            while reader.next() is not None:
+                answered[0].set()
+
+    async def once_read_elsewhere() -> None:
+        answered[0] = anyio.Event()
+        await stream.send(codec.encode(payload))
+        await answered[0].wait()
+
+    trip = once_read_elsewhere if reader_task else once
     try:
-        for _ in range(50):
-            await once()
-        began = time.perf_counter()
-        for _ in range(n):
-            await once()
-        return (time.perf_counter() - began) / n
+        async with anyio.create_task_group() as group:
+            if reader_task:
+                group.start_soon(read)
+            for _ in range(50):
+                await trip()
+            began = time.perf_counter()
+            for _ in range(n):
+                await trip()
+            elapsed = (time.perf_counter() - began) / n
+            group.cancel_scope.cancel()
+        return elapsed
     finally:
         await stream.aclose()
         try:
