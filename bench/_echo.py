@@ -56,8 +56,44 @@ anyio.run(main, backend="trio")
 """
 
 
+RELAY_CHILD = """
+import socket, sys
+import anyio, anyio.abc
+
+async def main():
+    up = await anyio.abc.SocketStream.from_socket(socket.socket(fileno=int(sys.argv[1])))
+    down = await anyio.abc.SocketStream.from_socket(socket.socket(fileno=int(sys.argv[3])))
+
+    async def copy(source, sink):
+        try:
+            async for data in source:
+                await sink.send(data)
+        except anyio.BrokenResourceError:
+            pass
+        group.cancel_scope.cancel()  # one side is gone: so is the relay
+
+    async with up, down, anyio.create_task_group() as group:
+        group.start_soon(copy, up, down)
+        group.start_soon(copy, down, up)
+
+anyio.run(main, backend="trio")
+"""
+
+
+def _spawn(code: str, theirs: socket.socket, *more: socket.socket) -> subprocess.Popen[bytes]:
+    """A child running `code` with the sockets' fds as argv[1] and argv[3:] (argv[2]: ROOT)."""
+    fds = [theirs.fileno(), *(s.fileno() for s in more)]
+    argv = [sys.executable, "-c", code, str(fds[0]), str(ROOT), *map(str, fds[1:])]
+    return subprocess.Popen(argv, pass_fds=fds)
+
+
 async def raw_echo_round_trip(
-    n: int, child_code: str = ECHO_CHILD, payload: bytes = PING, *, reader_task: bool = False
+    n: int,
+    child_code: str = ECHO_CHILD,
+    payload: bytes = PING,
+    *,
+    reader_task: bool = False,
+    relayed: bool = False,
 ) -> float:
     """Seconds per round trip of `payload`, framed, to a child running `child_code`.
 
@@ -65,12 +101,22 @@ async def raw_echo_round_trip(
     the sender with an event: the shape of any port whose peer also sends
     on its own (a control port's remote reports its state and resources),
     so that one task must always be reading.
+
+    With `relayed`, the frames go through one more child on their way there
+    and back (`RELAY_CHILD`: trio, copying bytes as they come, both ways,
+    without reading a frame): the floor of any router on anyio, with as
+    many processes as a request routed by a manager.
     """
     ours, theirs = socket.socketpair()
-    child = subprocess.Popen(  # noqa: ASYNC220 (spawning does not block for long)
-        [sys.executable, "-c", child_code, str(theirs.fileno()), str(ROOT)],
-        pass_fds=[theirs.fileno()],
-    )
+    children = []
+    if relayed:
+        near, far = socket.socketpair()
+        children.append(_spawn(RELAY_CHILD, theirs, near))
+        children.append(_spawn(child_code, far))
+        for end in (near, far):
+            end.close()
+    else:
+        children.append(_spawn(child_code, theirs))
     theirs.close()
     stream = await anyio.abc.SocketStream.from_socket(ours)
     codec, reader = FrameCodec(), FrameReader(FrameCodec())
@@ -108,8 +154,9 @@ async def raw_echo_round_trip(
         return elapsed
     finally:
         await stream.aclose()
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        for child in children:  # (the relay ends first, and its end ends the echo)
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()

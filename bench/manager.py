@@ -32,7 +32,10 @@
    direct and <= 2.5x the echo. For context, routed against its floor: a
    routed request makes the two hops of a direct one and two more (caller
    to manager, manager to caller), each as dear as half an echo, so it
-   cannot take less than direct + one echo, whatever the manager does.
+   cannot take less than direct + one echo, whatever the manager does;
+   and the echo through a third process of trio that copies bytes both
+   ways without reading a frame (bench/_echo.py's relay): what any router
+   on anyio costs at least, with as many processes as a routed request.
 4. The same requests, 64 in flight from one caller. Bar: routed >= 15,000/s.
 
 Figures are the best of several rounds, on trio.
@@ -41,6 +44,7 @@ Figures are the best of several rounds, on trio.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import random
@@ -271,6 +275,8 @@ def main() -> int:
         trips = int(env["BENCH_SEQUENTIAL"])
         echo = anyio.run(raw_echo_round_trip, trips, ASYNC_ECHO_CHILD, REQUEST, backend="trio")
         best.keep("echo rtt", echo)
+        relayed = functools.partial(raw_echo_round_trip, relayed=True)
+        best.keep("relay rtt", anyio.run(relayed, trips, ASYNC_ECHO_CHILD, REQUEST, backend="trio"))
 
     ratio = best[f"graph {large}"] / best[f"graph {small}"]
     ratio_gc = best[f"graph {large} gc"] / best[f"graph {small} gc"]
@@ -315,8 +321,8 @@ def main() -> int:
             None,
         ),
     ]
-    routed_us, direct_us, echo_us = (
-        best[f"{way} rtt"] * 1e6 for way in ("routed", "direct", "echo")
+    routed_us, direct_us, echo_us, relay_us = (
+        best[f"{way} rtt"] * 1e6 for way in ("routed", "direct", "echo", "relay")
     )
     rows += [
         (
@@ -342,6 +348,14 @@ def main() -> int:
             f"{routed_us:.0f} µs vs {direct_us + echo_us:.0f} µs; the manager's own work "
             f"{routed_us - direct_us - echo_us:.0f} µs for its two messages",
             f"{routed_us / (direct_us + echo_us):.2f}x",
+            None,
+        ),
+        (
+            "  (for context) the echo through a byte relay (trio)",
+            f"{relay_us:.0f} µs, {relay_us / echo_us:.2f}x the echo and "
+            f"{relay_us / direct_us:.2f}x direct: the floor of any router on anyio "
+            "(three processes, no frame read)",
+            f"routed {routed_us / relay_us:.2f}x it",
             None,
         ),
         (
