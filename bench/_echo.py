@@ -56,6 +56,8 @@ anyio.run(main, backend="trio")
 """
 
 
+#: Copies bytes as they come between the sockets of argv[1] and argv[3], both ways,
+#: without reading a frame; it ends when either side does.
 RELAY_CHILD = """
 import socket, sys
 import anyio, anyio.abc
@@ -80,7 +82,7 @@ anyio.run(main, backend="trio")
 """
 
 
-def _spawn(code: str, theirs: socket.socket, *more: socket.socket) -> subprocess.Popen[bytes]:
+def spawn(code: str, theirs: socket.socket, *more: socket.socket) -> subprocess.Popen[bytes]:
     """A child running `code` with the sockets' fds as argv[1] and argv[3:] (argv[2]: ROOT)."""
     fds = [theirs.fileno(), *(s.fileno() for s in more)]
     argv = [sys.executable, "-c", code, str(fds[0]), str(ROOT), *map(str, fds[1:])]
@@ -93,7 +95,6 @@ async def raw_echo_round_trip(
     payload: bytes = PING,
     *,
     reader_task: bool = False,
-    relayed: bool = False,
 ) -> float:
     """Seconds per round trip of `payload`, framed, to a child running `child_code`.
 
@@ -101,22 +102,9 @@ async def raw_echo_round_trip(
     the sender with an event: the shape of any port whose peer also sends
     on its own (a control port's remote reports its state and resources),
     so that one task must always be reading.
-
-    With `relayed`, the frames go through one more child on their way there
-    and back (`RELAY_CHILD`: trio, copying bytes as they come, both ways,
-    without reading a frame): the floor of any router on anyio, with as
-    many processes as a request routed by a manager.
     """
     ours, theirs = socket.socketpair()
-    children = []
-    if relayed:
-        near, far = socket.socketpair()
-        children.append(_spawn(RELAY_CHILD, theirs, near))
-        children.append(_spawn(child_code, far))
-        for end in (near, far):
-            end.close()
-    else:
-        children.append(_spawn(child_code, theirs))
+    child = spawn(child_code, theirs)
     theirs.close()
     stream = await anyio.abc.SocketStream.from_socket(ours)
     codec, reader = FrameCodec(), FrameReader(FrameCodec())
@@ -154,9 +142,13 @@ async def raw_echo_round_trip(
         return elapsed
     finally:
         await stream.aclose()
-        for child in children:  # (the relay ends first, and its end ends the echo)
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        end(child)
+
+
+def end(child: subprocess.Popen[bytes]) -> None:
+    """Wait for `child`, whose socket is closed, to end (kill it after 30 s)."""
+    try:
+        child.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
