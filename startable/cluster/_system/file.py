@@ -221,13 +221,18 @@ class ClusterFile:
         options: dict[str, Any] = {"name": self.name, "on_service_exit": self.on_service_exit}
         if self.redis is not None:
             key = self.cluster_key()
-            if key is None and ENV_CLUSTER_KEY not in os.environ:
-                raise ClusterFileError(
-                    self.path,
-                    "a cluster of many hosts needs the cluster key: give key_file, "
-                    f"or set ${ENV_CLUSTER_KEY}",
-                    "cluster.key_file",
-                )
+            if key is None:
+                from_env = os.environ.get(ENV_CLUSTER_KEY)
+                if from_env is None:
+                    why = (
+                        "a cluster of many hosts needs the cluster key: give key_file, "
+                        f"or set ${ENV_CLUSTER_KEY}"
+                    )
+                    raise ClusterFileError(self.path, why, "cluster.key_file")
+                size = len(from_env.encode())
+                if size < 32:  # (as the manager would refuse it, but before anything starts)
+                    why = f"${ENV_CLUSTER_KEY} has {size} bytes; a cluster key has 32 or more"
+                    raise ClusterFileError(self.path, why, "cluster.key_file")
             options.update(redis=self.redis, cluster_key=key, registry_ttl=self.registry_ttl)
         return options
 
