@@ -155,6 +155,7 @@ def _parser(width: int | None = None) -> argparse.ArgumentParser:
     up.add_argument(
         "services",
         nargs="*",
+        default=[],  # (without one, argparse names it among the arguments required)
         metavar="SERVICE",
         help="run only these services, and what they need (default: all)",
     )

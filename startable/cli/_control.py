@@ -43,6 +43,7 @@ from .. import StartableError, State, as_raw_start, as_raw_stop, of
 from ..cluster import (
     MAX_REPLICAS,
     NAME_RULE,
+    DependencyStopped,
     MessageError,
     OutputLine,
     PortError,
@@ -51,7 +52,7 @@ from ..cluster import (
     ServicesManager,
 )
 from ..cluster._ipc.port import ConnectionPort
-from ._humanise import forced_signal
+from ._humanise import forced_signal, in_order
 from ._table import RUNNING
 
 #: Lines kept per service for `startable logs` (the oldest go first).
@@ -233,10 +234,11 @@ def _line(rid: int, service: str, line: OutputLine) -> Line:
     return Line(rid, service, line.stream, line.text, line.time, replica)
 
 
-def rows(manager: ServicesManager) -> tuple[Row, ...]:
-    """What `startable status` shows of each service of `manager` (and each replica)."""
+def rows(manager: ServicesManager, order: Sequence[str] = ()) -> tuple[Row, ...]:
+    """What `startable status` shows of each service of `manager` (and each replica),
+    in `order` (a cluster file's), then the others in the manager's order."""
     found: list[Row] = []
-    for node in manager.nodes.values():
+    for node in in_order(manager.nodes.values(), order):
         found.append(_row(node))
         for replica in node.replicas:
             lifecycle = of(replica)
@@ -270,8 +272,10 @@ def _row(node: ServiceNode) -> Row:
     replicas = node.replicas
     ended = ""
     if lifecycle.state is State.STOPPED and lifecycle.statistics().cycle:
-        failed = lifecycle.statistics().stop_reason is not None
-        ended = forced_signal(node) or ("failed" if failed else "clean")
+        reason = lifecycle.statistics().stop_reason
+        # (stopped because what it needs was stopped on purpose: nothing failed)
+        clean = reason is None or (isinstance(reason, DependencyStopped) and reason.reason is None)
+        ended = forced_signal(node) or ("clean" if clean else "failed")
     return Row(
         node.name,
         lifecycle.state.name,
@@ -305,6 +309,8 @@ class ControlServer:
         logs: the buffer `startable logs` reads.
         down: what `startable down` does (by default: SIGTERM to this
             process, which `startable up` takes as it takes Ctrl-C).
+        order: the services' names in the order `startable status` lists
+            them (a cluster file's); the others follow, as the manager has them.
     """
 
     def __init__(
@@ -313,8 +319,10 @@ class ControlServer:
         path: str,
         logs: LogBuffer,
         down: Callable[[], object] | None = None,
+        order: Sequence[str] = (),
     ) -> None:
         self.manager = manager
+        self.order = tuple(order)
         self.path = path
         self.logs = logs
         self.down = down or (lambda: os.kill(os.getpid(), signal.SIGTERM))
@@ -447,7 +455,9 @@ class ControlServer:
         rid, manager = command.id, self.manager
         if command.command == "status":
             state = of(manager).state.name
-            await port.send(Status(rid, manager.name, state, os.getpid(), rows(manager)))
+            await port.send(
+                Status(rid, manager.name, state, os.getpid(), rows(manager, self.order))
+            )
             await port.send(Done(rid))
             return
         if command.command == "logs":

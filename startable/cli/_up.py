@@ -131,7 +131,7 @@ def up(
                 _show_output(manager, reporter, logs, files)
                 where = os.path.abspath(control) if control else None
                 server = ControlServer(
-                    manager, where or default_path(cluster.name, cluster.path), logs
+                    manager, where or default_path(cluster.name, cluster.path), logs, order=order
                 )
                 return anyio.run(
                     serve,
@@ -243,7 +243,9 @@ async def serve(
         try:
             await of(control).start()
         except (ControlError, OSError) as exc:
-            reporter.say(f"the control socket cannot be served: {exc}", error=True)
+            reporter.say(
+                f"startable: error: the control socket cannot be served: {exc}", error=True
+            )
             return EXIT_USAGE
         try:
             return await _serve(manager, reporter, stop_timeout, watching)
@@ -349,7 +351,8 @@ class _Narrator:
         self.reporter.phase = phase
         if phase == "running":
             count = len(self.manager.nodes)
-            self.reporter.say(f"{self.manager.name}: {count} services STARTED (Ctrl-C to stop)")
+            services = f"{count} service{'' if count == 1 else 's'}"
+            self.reporter.say(f"{self.manager.name}: {services} STARTED (Ctrl-C to stop)")
             pools = self.manager.pools()
             if pools:
                 self.reporter.say(

@@ -97,3 +97,22 @@ def test_the_operator_commands_are_the_control_sockets() -> None:
     from startable.cli._control import COMMANDS
 
     assert OPERATOR_COMMANDS == COMMANDS
+
+
+def test_a_short_key_in_the_environment_is_refused_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, '[cluster]\nredis = "embedded"\n[services.a]\nentry = "m:A"\n')
+    monkeypatch.setenv("STARTABLE_CLUSTER_KEY", "short")
+    for command in ("check", "up"):
+        assert main([command, path]) == 2
+        err = capsys.readouterr().err
+        assert "$STARTABLE_CLUSTER_KEY has 5 bytes; a cluster key has 32 or more" in err
+        assert "Traceback" not in err
+
+
+def test_up_without_a_file_asks_for_the_file_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["up"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.endswith("the following arguments are required: FILE\n")

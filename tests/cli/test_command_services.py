@@ -50,7 +50,7 @@ async def test_the_example_runs_and_is_seen_through_status_logs_and_log_files(
         assert "ready when READY=1 on $NOTIFY_SOCKET" in out
         assert "health 127.0.0.1:" in out
         async with up(path, "--control", str(control)) as cli:
-            await cli.wait_for("services STARTED")
+            await cli.wait_for("STARTED (Ctrl-C to stop)")
             rows = await status(control)
             assert {name: row["state"] for name, row in rows.items()} == {
                 "web": "STARTED",
@@ -95,7 +95,7 @@ async def test_status_json_shows_a_command_that_fails_its_health_check(tmp_path:
     control = tmp_path / "control.sock"
     with anyio.fail_after(120):
         async with up(path, "--control", str(control)) as cli:
-            await cli.wait_for("services STARTED")
+            await cli.wait_for("STARTED (Ctrl-C to stop)")
 
             async def stopped() -> dict[str, object]:
                 while True:

@@ -77,10 +77,11 @@ async def test_status_logs_and_restart_of_a_running_cluster(tmp_path: Path) -> N
     control = tmp_path / "control.sock"
     with anyio.fail_after(120):
         async with up(shop(tmp_path), "--control", str(control)) as cli:
-            await cli.wait_for("services STARTED")
+            await cli.wait_for("STARTED (Ctrl-C to stop)")
             mode = stat.S_IMODE(os.stat(control).st_mode)
             assert mode == 0o600, oct(mode)
             rows = await status(control)
+            assert list(rows) == ["db", "web", "lone"]  # the file's order (lone starts before web)
             assert [rows[name]["state"] for name in ("db", "web", "lone")] == ["STARTED"] * 3
             before = {name: rows[name]["pid"] for name in rows}
             # The table, for people.
@@ -106,6 +107,15 @@ async def test_status_logs_and_restart_of_a_running_cluster(tmp_path: Path) -> N
             code, _, err = await startable("start", "--control", str(control), "web")
             assert code == 0, err
             assert (await status(control))["web"]["state"] == "STARTED"
+            # Stopped by the cascade of a stop asked for, a dependent did not fail either.
+            code, _, err = await startable("stop", "--control", str(control), "db")
+            assert code == 0, err
+            rows = await status(control)
+            assert [rows[name]["ended"] for name in ("db", "web")] == ["clean", "clean"]
+            code, _, err = await startable("start", "--control", str(control), "db")
+            assert code == 0, err
+            rows = await status(control)
+            assert [rows[name]["state"] for name in ("db", "web")] == ["STARTED", "STARTED"]
             # A service that is not there is refused, naming it; the cluster runs on.
             code, _, err = await startable("stop", "--control", str(control), "nope")
             assert code == 1 and "there is no service named 'nope' in demo" in err
@@ -125,7 +135,7 @@ async def test_the_cluster_file_finds_its_socket_and_a_second_up_is_refused(
     control = Path(default_path("demo", str(path)))
     with anyio.fail_after(120):
         async with up(path) as cli:
-            await cli.wait_for("services STARTED")
+            await cli.wait_for("STARTED (Ctrl-C to stop)")
             directory = stat.S_IMODE(os.stat(control.parent).st_mode)
             assert directory == 0o700, oct(directory)
             if os.geteuid() == 0:  # another user cannot reach it (root can be one)
@@ -139,6 +149,7 @@ async def test_the_cluster_file_finds_its_socket_and_a_second_up_is_refused(
                 check=False,
             )
             assert second.returncode == 2
+            assert b"startable: error: the control socket cannot be served" in second.stderr
             assert b"another startable up of this cluster file runs already" in second.stderr
             assert os.path.exists(control)  # noqa: ASYNC240 - (the refused one left it alone)
             code, _, _ = await startable("status", str(path))
@@ -156,7 +167,7 @@ async def test_garbage_and_malformed_commands_are_refused_and_the_cluster_answer
     control = tmp_path / "control.sock"
     with anyio.fail_after(120):
         async with up(shop(tmp_path), "--control", str(control)) as cli:
-            await cli.wait_for("services STARTED")
+            await cli.wait_for("STARTED (Ctrl-C to stop)")
             # Bytes that are no frame: that connection is closed, nothing else.
             async with await anyio.connect_unix(control) as raw:
                 await raw.send(b"\x00\x01garbage" * 100)
@@ -203,7 +214,7 @@ async def test_pools_reload_and_scale_and_logs_follow(tmp_path: Path) -> None:
 
     with anyio.fail_after(120):
         async with up(path, "--control", str(control)) as cli:
-            await cli.wait_for("services STARTED")
+            await cli.wait_for("STARTED (Ctrl-C to stop)")
             before = replicas(await every_row())
             assert sorted(before) == [0, 1]
             follower = await background("logs", "--control", str(control), "db", "-n", "0", "-f")
@@ -261,7 +272,7 @@ async def test_up_of_some_services_runs_them_and_what_they_need(tmp_path: Path) 
     path = shop(tmp_path)
     with anyio.fail_after(120):
         async with up(path, "web", "--control", str(control)) as cli:
-            await cli.wait_for("services STARTED")
+            await cli.wait_for("STARTED (Ctrl-C to stop)")
             assert sorted(await status(control)) == ["db", "web"]  # not lone
             cli.process.send_signal(2)
             assert await cli.finish() == 0
@@ -274,7 +285,7 @@ async def test_status_watch_shows_it_again_until_the_cluster_stops(tmp_path: Pat
     control = tmp_path / "control.sock"
     with anyio.fail_after(120):
         async with up(shop(tmp_path), "--control", str(control)) as cli:
-            await cli.wait_for("services STARTED")
+            await cli.wait_for("STARTED (Ctrl-C to stop)")
             watcher = await background(
                 "status", "--control", str(control), "--watch", "--interval", "0.2", "--json"
             )
@@ -327,7 +338,7 @@ async def test_a_stale_socket_is_no_cluster_and_logs_follow_ends_with_the_cluste
     assert code == 2 and "no startable up of this cluster runs" in err
     with anyio.fail_after(120):
         async with up(shop(tmp_path), "--control", str(control)) as cli:  # it takes the path
-            await cli.wait_for("services STARTED")
+            await cli.wait_for("STARTED (Ctrl-C to stop)")
             code, _, err = await startable(
                 "up", str(shop(tmp_path)), "--detach", "--control", str(control)
             )

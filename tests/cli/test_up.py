@@ -838,7 +838,7 @@ async def test_sighup_reloads_the_pools_and_ttin_ttou_scale_them(tmp_path: Path)
     path = cluster_file(tmp_path, service("web", "PoolMember", extra="replicas = 2"))
     with anyio.fail_after(90):
         async with up(path) as cli:
-            await cli.wait_for("demo: 1 services STARTED")
+            await cli.wait_for("demo: 1 service STARTED")
             first = set(re.findall(r"replica \d of 2 up \(pid (\d+)\)", cli.out))
             assert len(first) == 2, cli.out
             cli.process.send_signal(signal.SIGHUP)
@@ -934,7 +934,7 @@ async def test_dev_mode_starts_a_crashed_pool_again_on_the_next_save(tmp_path: P
     )
     with anyio.fail_after(60):
         async with up(path, "--dev") as cli:
-            await cli.wait_for("demo: 1 services STARTED")
+            await cli.wait_for("demo: 1 service STARTED")
             app.write_text(DEV_APP.format(version=0))  # the save brings the bug in...
             await cli.wait_for("web: STOPPED")  # ...and the replica crashes (no refork)
             app.write_text(DEV_APP.format(version=2))  # the fix
