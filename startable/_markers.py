@@ -123,7 +123,9 @@ def as_raw_start(func: F) -> F:
     Raises:
         DefinitionError: at class definition, if the class already has a raw
             start under another name, if the method is also marked as raw stop
-            or guarded, or if it is not a method defined in a class body.
+            or guarded, or if it is not a method defined in a class body
+            (on Python 3.11, as the `__cause__` of a `RuntimeError`: see
+            `DefinitionError`).
 
     Example:
         ```python

@@ -17,7 +17,7 @@ from ._program import EXIT_FAILED as EXIT_FAILED
 from ._program import EXIT_FORCED as EXIT_FORCED
 from ._program import EXIT_OK as EXIT_OK
 from ._program import Phase, configure_logging, drive
-from ._startable import Startable, StateChange, of
+from ._startable import Startable, StateChange, of, own_name
 
 T = TypeVar("T")
 
@@ -163,11 +163,8 @@ def run(
 
 def _label(lifecycle: Startable) -> str:
     """`lifecycle.name`, with the object's own `name` if it has one (`ServiceNode 'kv'`)."""
-    try:
-        own = getattr(lifecycle.target, "name", None)
-    except Exception:  # a property that fails: the label does without it
-        own = None
-    return f"{lifecycle.name} {own!r}" if isinstance(own, str) else lifecycle.name
+    own = own_name(lifecycle.target)
+    return f"{lifecycle.name} {own!r}" if own is not None else lifecycle.name
 
 
 def _log_change(change: StateChange, *, level: int = logging.INFO, why: str | None = None) -> None:

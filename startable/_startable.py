@@ -313,9 +313,12 @@ class Startable:
     def __repr__(self) -> str:
         if self._ref is not None:
             obj = self._ref()
-            label = (
-                f"{type(obj).__qualname__} at {id(obj):#x}" if obj is not None else "<collected>"
-            )
+            if obj is None:
+                label = "<collected>"
+            else:
+                own = own_name(obj)
+                named = f" {own!r}" if own is not None else ""
+                label = f"{type(obj).__qualname__}{named} at {id(obj):#x}"
         else:
             label = self._name or f"at {id(self):#x}"
         cycle = self._cycle
@@ -1019,6 +1022,15 @@ def _isawaitable(obj: object) -> TypeGuard[Awaitable[object]]:
 
 async def _await(awaitable: Awaitable[object]) -> None:
     await awaitable
+
+
+def own_name(obj: object) -> str | None:
+    """`obj.name` if it is a string (`ServiceNode 'kv'` in a label), else None."""
+    try:
+        own = getattr(obj, "name", None)
+    except Exception:  # a property that fails: the label does without it
+        return None
+    return own if isinstance(own, str) else None
 
 
 def _logger() -> Any:

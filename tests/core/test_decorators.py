@@ -262,6 +262,21 @@ class TestOf:
         assert "Plain at 0x" in repr(startable.of(obj))
         assert repr(startable.Startable(name="pool")) == "<Startable pool: READY>"
 
+    def test_repr_names_an_object_by_its_own_name(self) -> None:
+        class Named(Plain):
+            name = "kv"
+
+        class BadName(Plain):
+            @property
+            def name(self) -> str:
+                raise RuntimeError("no name")
+
+        named, bad = Named(), BadName()
+        expected = f"<Startable {Named.__qualname__} 'kv' at {id(named):#x}: READY>"
+        assert repr(startable.of(named)) == expected
+        assert repr(startable.of(bad)).startswith("<Startable ")  # (a failing name is left out)
+        assert "'" not in repr(startable.of(bad))
+
     def test_public_objects_report_the_public_module(self) -> None:
         assert startable.Startable.__module__ == "startable"
         assert startable.of.__module__ == "startable"

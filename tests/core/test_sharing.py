@@ -102,7 +102,7 @@ async def test_a_user_that_stops_a_shared_child_tells_the_others_why() -> None:
             await startable.of(second).wait_state(STOPPED)
     (reason,) = second.reasons
     assert isinstance(reason, StoppedError)
-    assert "Closer at" in str(reason) and "User at" in str(reason)
+    assert "Closer 'closer' at" in str(reason) and "User 'second' at" in str(reason)
     assert reason.__cause__ is why
     assert pool.stop_reasons == [reason]  # the pool itself is told too
 
@@ -128,7 +128,7 @@ async def test_a_user_in_an_outer_block_hears_why_the_inner_block_stopped_its_ch
             await startable.of(user).wait_state(STOPPED)
     (reason,) = user.reasons
     assert isinstance(reason, StoppedError)
-    assert "open_owner()" in str(reason) and "User at" in str(reason)
+    assert "open_owner()" in str(reason) and "User '" in str(reason)
 
 
 async def test_running_a_user_whose_shared_child_is_let_go_raises_nothing() -> None:
