@@ -1012,6 +1012,21 @@ def test_without_key_file_the_key_comes_from_the_environment(
     assert cluster.manager_options()["cluster_key"] is None  # (the manager reads it)
 
 
+def test_a_short_key_is_refused_by_one_rule_wherever_it_comes_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from startable.cluster import ClusterError, ServicesManager
+
+    cluster = load_cluster(write(tmp_path, f'[cluster]\nredis = "embedded"\n{KV}'))
+    monkeypatch.setenv("STARTABLE_CLUSTER_KEY", "e" * 31)
+    with pytest.raises(ClusterFileError, match="31 bytes; a cluster key has 32 or more"):
+        cluster.manager_options()
+    with pytest.raises(ClusterError, match="31 bytes; a cluster key has 32 or more"):
+        ServicesManager([], redis="embedded")
+    with pytest.raises(ClusterError, match="5 bytes; a cluster key has 32 or more"):
+        ServicesManager([], redis="embedded", cluster_key=b"short")
+
+
 # -- command services and health checks -----------------------------------------
 
 

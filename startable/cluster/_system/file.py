@@ -38,6 +38,7 @@ from .services import (
     ServiceSpec,
     as_stop_signal,
     check_graph,
+    key_problem,
 )
 
 _T = TypeVar("_T")
@@ -229,10 +230,10 @@ class ClusterFile:
                         f"or set ${ENV_CLUSTER_KEY}"
                     )
                     raise ClusterFileError(self.path, why, "cluster.key_file")
-                size = len(from_env.encode())
-                if size < 32:  # (as the manager would refuse it, but before anything starts)
-                    why = f"${ENV_CLUSTER_KEY} has {size} bytes; a cluster key has 32 or more"
-                    raise ClusterFileError(self.path, why, "cluster.key_file")
+                # (as the manager would refuse it, but before anything starts)
+                short = key_problem(from_env.encode(), f"${ENV_CLUSTER_KEY}")
+                if short is not None:
+                    raise ClusterFileError(self.path, short, "cluster.key_file")
             options.update(redis=self.redis, cluster_key=key, registry_ttl=self.registry_ttl)
         return options
 
@@ -251,10 +252,9 @@ def read_key_file(path: str, shown: str = "<cluster>") -> bytes:
         raise ClusterFileError(
             shown, f"the key file {path!r} may be read by others: chmod 600 it", where
         )
-    if len(key) < 32:
-        raise ClusterFileError(
-            shown, f"the key in {path!r} has {len(key)} bytes; a cluster key has 32 or more", where
-        )
+    short = key_problem(key, f"the key in {path!r}")
+    if short is not None:
+        raise ClusterFileError(shown, short, where)
     return key
 
 

@@ -26,7 +26,7 @@ from .directory import LocalDirectory
 from .launch import Report, closure, launch_in_order
 from .node import ServiceNode
 from .pool import PoolRunner, runner_for
-from .services import ENV_CLUSTER_KEY, ServiceSpec, check_graph
+from .services import ENV_CLUSTER_KEY, ServiceSpec, check_graph, key_problem
 from .supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -596,9 +596,9 @@ def _cluster_key(redis: str | None, key: bytes | str | None, cluster: str) -> by
             f"cluster_key (key_file in a cluster file) or set ${ENV_CLUSTER_KEY}"
         )
     data = key.encode() if isinstance(key, str) else bytes(key)
-    if len(data) < 32:
+    short = key_problem(data, f"the cluster key of {cluster}")
+    if short is not None:
         raise ClusterError(
-            f"the cluster key of {cluster} has {len(data)} bytes; it needs 32 or more "
-            "(make one with `python -c 'import secrets; print(secrets.token_hex(32))'`)"
+            f"{short} (make one with `python -c 'import secrets; print(secrets.token_hex(32))'`)"
         )
     return data

@@ -176,6 +176,17 @@ def _names(instance: object, attribute: attrs.Attribute[Any], value: tuple[str, 
 
 #: Where a host of a cluster of many finds the cluster key when none is given.
 ENV_CLUSTER_KEY = "STARTABLE_CLUSTER_KEY"
+#: The fewest bytes a cluster key may have.
+MIN_KEY_BYTES = 32
+
+
+def key_problem(key: bytes, what: str) -> str | None:
+    """Why `key` (`what` says where it came from) cannot be a cluster key; None if it can."""
+    if len(key) < MIN_KEY_BYTES:
+        return f"{what} has {len(key)} bytes; a cluster key has {MIN_KEY_BYTES} or more"
+    return None
+
+
 #: Replicas one service may have at most.
 MAX_REPLICAS = 256
 
